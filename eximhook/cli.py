@@ -1,0 +1,102 @@
+"""``eximhook``: the hooks Exim runs and the admin's commands.
+
+``main`` sends ``check-blocked`` and ``record-invalid`` to ``hooks`` before anything
+else is imported (argparse alone costs ~8 ms); everything else is an argparse
+subcommand that opens the store and calls one core function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import _fastconfig, hooks
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    config_opt, rest = _leading_config(args)
+    if rest and rest[0] in hooks.HOOKS:
+        return hooks.run(rest[0], rest[1:], _fastconfig.resolve_path(config_opt), standalone=argv is None)
+    return _admin(args, standalone=argv is None)
+
+
+def _leading_config(args: list[str]) -> tuple[str | None, list[str]]:
+    if args and args[0] == "--config" and len(args) > 1:
+        return args[1], args[2:]
+    if args and args[0].startswith("--config="):
+        return args[0].partition("=")[2], args[1:]
+    return None, args
+
+
+def _admin(args: list[str], standalone: bool) -> int:
+    from .errors import EximhookError, Exit
+
+    parser = build_parser()
+    opts = parser.parse_args(args)
+    if opts.command == "notify" and standalone:
+        hooks.silence_stderr()  # notify is also run by Exim: stdout is its one token
+    try:
+        from .config import load
+
+        cfg = load(_fastconfig.resolve_path(opts.config))
+        _fastconfig.write_cache(cfg.path, None, cfg.hook_settings())
+        code: int = opts.func(cfg, opts)
+        return code
+    except EximhookError as exc:
+        if opts.command == "notify":
+            from ._log import Logger
+
+            Logger().log("err", f"notify: {exc}")
+            print("0", end="")
+        else:
+            print(f"eximhook: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return Exit.FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from . import commands
+
+    parser = argparse.ArgumentParser(
+        prog="eximhook", description="Block senders who mail many nonexistent recipients (Exim).")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"config file (default: ${_fastconfig.ENV_VAR}, else {_fastconfig.DEFAULT_PATH})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help: str, subject: bool = False, json: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        if subject:
+            p.add_argument("ns", metavar="NS", help="namespace: auth or relay")
+            p.add_argument("key", metavar="KEY", help="authenticated id, host IP or RADIUS id")
+        if json:
+            p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        p.set_defaults(func=func)
+        return p
+
+    # the two hooks are answered by hooks.run before argparse; listed here for --help
+    add("check-blocked", None, "hook: print 1 if NS KEY is blocked, else 0", subject=True)
+    p = add("record-invalid", None, "hook: count one invalid recipient; print 1 if blocked now", subject=True)
+    p.add_argument("--rcpt", help="the invalid recipient, kept as evidence")
+    p.add_argument("--ip", help="the client's IP address, kept as evidence")
+    add("notify", commands.notify, "hook: send queued notifications; print how many were sent")
+    p = add("list", commands.list_blocks, "list blocked subjects", json=True)
+    p.add_argument("--ns", choices=("auth", "relay"), help="only this namespace")
+    add("show", commands.show, "show a subject's block, counter and history", subject=True, json=True)
+    p = add("block", commands.block, "block a subject by hand (and notify)", subject=True)
+    p.add_argument("--reason", help="why, for the record and the notification")
+    p.add_argument("--no-notify", action="store_true", help="do not mail the abuse desk")
+    add("unblock", commands.unblock, "lift a block and reset the subject's counter", subject=True)
+    p = add("history", commands.history, "the audit log, all of it or one subject's", json=True)
+    p.add_argument("ns", nargs="?", metavar="NS")
+    p.add_argument("key", nargs="?", metavar="KEY")
+    add("export", commands.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
+    add("check-config", commands.check_config, "validate the config and refresh the hooks' cache of it")
+    return parser

@@ -1,0 +1,180 @@
+"""The admin subcommands: each opens the store, calls one core function and prints a
+table for people or JSON for scripts. Return values are exit codes (``errors.Exit``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+from . import core, mirror, notify as notify_mod
+from ._fastconfig import DEFAULT_PATH
+from ._log import Logger
+from .config import Config
+from .errors import Exit
+from .periods import format_period
+from .ratelimit import in_window
+from .store import Store
+from .subjects import escape, normalize
+
+
+def open_store(cfg: Config) -> Store:
+    return Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+
+
+def subject(cfg: Config, opts: argparse.Namespace) -> tuple[str, str]:
+    return opts.ns, normalize(opts.ns, opts.key, cfg.relay.ipv6_prefix)
+
+
+def actor() -> str:
+    """Who ran the command, for the audit log: the sudo user if there is one."""
+    import pwd
+
+    name = os.environ.get("SUDO_USER") or pwd.getpwuid(os.geteuid()).pw_name
+    return f"admin:{name}"
+
+
+def command_line(cfg: Config) -> list[str]:
+    """How to run eximhook with this config, for the commands printed in mail."""
+    prog = sys.argv[0] if os.path.isabs(sys.argv[0]) and "eximhook" in os.path.basename(sys.argv[0]) else "eximhook"
+    return [prog] if cfg.path == DEFAULT_PATH else [prog, "--config", cfg.path]
+
+
+def when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows])
+
+
+def dump(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
+    from .exim import Exim
+
+    exim = Exim.from_config(cfg.exim)
+    n = cfg.notify
+    return notify_mod.send_pending(
+        store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
+        stale_after=n.stale_after, budget=n.budget, command=command_line(cfg), clock=time.time,
+        frozen_ids=exim.frozen_ids_quiet)
+
+
+def notify(cfg: Config, opts: argparse.Namespace) -> int:
+    with open_store(cfg) as store:
+        sent, errors = send_notifications(cfg, store)
+    log = Logger(cfg.log.file)
+    for error in errors:
+        log.log("err", f"notification left queued: {error}")
+    print(sent, end="")
+    return Exit.TEMPFAIL if errors else Exit.OK
+
+
+def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
+    with open_store(cfg) as store:
+        blocks = store.blocks(opts.ns)
+    if opts.json:
+        dump(blocks)
+        return Exit.OK
+    rows = [[b["ns"], escape(b["key"]), when(b["since"]), b["reason"], str(b["count"] or "-"), b["by"]]
+            for b in sorted(blocks, key=lambda b: b["since"])]
+    print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY"], rows) if rows else "no blocked subjects")
+    return Exit.OK
+
+
+def show(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    lim = cfg.limits[ns]
+    with open_store(cfg) as store:
+        block = store.get_block(ns, key)
+        counter = store.counter(ns, key)
+        events = store.history(ns, key)
+    window = in_window(counter.times, time.time(), lim.period)
+    if opts.json:
+        dump({"ns": ns, "key": key, "block": block, "history": events,
+              "counter": {"total": counter.total, "in_window": window, "limit": lim.limit,
+                          "period": lim.period, "rcpts": counter.recent, "ips": counter.ips}})
+        return Exit.OK
+    print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
+    if block:
+        print(f"  blocked at {when(block['since'])} by {block['by']}")
+    print(f"  invalid recipients: {window} in the last {format_period(lim.period)} (limit {lim.limit}), "
+          f"{counter.total} since the counter was last reset")
+    print(f"  client IPs: {', '.join(map(escape, counter.ips)) or '-'}")
+    for rcpt in counter.recent:
+        print(f"  invalid recipient: {escape(rcpt)}")
+    if events:
+        print(_history_table(events))
+    return Exit.OK
+
+
+def block(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    with open_store(cfg) as store:
+        created = core.block(store, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
+                             note=opts.reason, notify=not opts.no_notify)
+        if not created:
+            print(f"{ns} {escape(key)} was blocked already")
+            return Exit.OK
+        print(f"blocked {ns} {escape(key)}")
+        if not opts.no_notify:
+            sent, errors = send_notifications(cfg, store)
+            print(f"notification sent to {cfg.notify.to}" if sent else
+                  f"notification queued, not sent: {'; '.join(errors) or 'another notify run has it'}")
+    return Exit.OK
+
+
+def unblock(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    with open_store(cfg) as store:
+        core.unblock(store, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
+    print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
+    return Exit.OK
+
+
+def _history_table(events: list[dict[str, Any]]) -> str:
+    skip = {"seq", "ts", "event", "ns", "key", "by"}
+    rows = [[when(e["ts"]), e["event"], e.get("ns", "-"), escape(e.get("key", "-")), e.get("by", "-"),
+             escape(" ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in skip and v is not None))]
+            for e in events]
+    return table(["TIME", "EVENT", "NS", "KEY", "BY", "DETAIL"], rows)
+
+
+def history(cfg: Config, opts: argparse.Namespace) -> int:
+    if (opts.ns is None) != (opts.key is None):
+        print("eximhook: error: history takes both NS and KEY, or neither", file=sys.stderr)
+        return Exit.USAGE
+    ns, key = subject(cfg, opts) if opts.ns else (None, None)
+    with open_store(cfg) as store:
+        events = store.history(ns, key)
+    if opts.json:
+        dump(events)
+    else:
+        print(_history_table(events) if events else "no events")
+    return Exit.OK
+
+
+def export(cfg: Config, opts: argparse.Namespace) -> int:
+    with open_store(cfg) as store:
+        written = mirror.rewrite(store, cfg.store.mirror_dir)
+    for name, count in written.items():
+        print(f"{os.path.join(cfg.store.mirror_dir, name)}: {count} key(s)")
+    return Exit.OK
+
+
+def check_config(cfg: Config, opts: argparse.Namespace) -> int:
+    print(f"config {cfg.path}: ok")
+    print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
+    for ns, lim in cfg.limits.items():
+        print(f"  limits.{ns}: more than {lim.limit} invalid recipients in {format_period(lim.period)} blocks")
+    print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
+    print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
+    return Exit.OK

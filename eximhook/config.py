@@ -1,0 +1,217 @@
+"""The configuration: one TOML file, read into frozen dataclasses.
+
+Every default lives here, in the field definitions. Each field names the function that
+checks and converts its TOML value; an error names the file and the dotted key.
+Hooks read a compiled subset instead (see ``_fastconfig``), because ``tomllib`` and
+``dataclasses`` together cost ~28 ms to import.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ._fastconfig import DEFAULT_PATH
+from .errors import ConfigError
+from .periods import parse_period
+from .subjects import NAMESPACES
+
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _abs_path(value: Any) -> str:
+    if not os.path.isabs(_str(value)):
+        raise ValueError(f"must be an absolute path, not {value!r} (Exim runs hooks in its spool)")
+    return str(value)
+
+
+def _opt_abs_path(value: Any) -> str | None:
+    return None if value == "" else _abs_path(value)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value == "" else _str(value)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("must be a number of seconds above 0")
+    return float(value)
+
+
+def _period(value: Any) -> float:
+    if isinstance(value, str):
+        return parse_period(value)
+    return _seconds(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _policy(value: Any) -> str:
+    if value not in ("open", "closed"):
+        raise ValueError('must be "open" or "closed"')
+    return str(value)
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of strings, such as ["/usr/sbin/exim", "-f", "root"]')
+    _abs_path(value[0])
+    return tuple(value)
+
+
+def _ipv6_prefix(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise ValueError("must be a prefix length from 1 to 128 (128: no grouping)")
+    return value
+
+
+def _opt(default: Any, parse: Any, toml: str | None = None) -> Any:
+    return field(default=default, metadata={"parse": parse, "toml": toml})
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = _opt("/var/spool/exim4/eximhook", _abs_path)
+    mirror_dir: str = _opt("/var/spool/exim4", _abs_path)
+    map_size: int = _opt(1 << 32, _positive_int)  # grows by doubling when full
+    owner: str | None = _opt(None, _opt_str)  # "user[:group]"; default: the store dir's owner
+
+
+@dataclass(frozen=True)
+class Limit:
+    limit: int = _opt(100, _positive_int)
+    period: float = _opt(3600.0, _period)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    to: str = _opt("postmaster", _str)
+    sender: str = _opt("root", _str, toml="from")
+    sendmail: tuple[str, ...] = _opt(("/usr/sbin/exim", "-f", "root"), _argv)
+    timeout: float = _opt(10.0, _seconds)  # a hung sendmail is killed after this
+    stale_after: float = _opt(300.0, _seconds)  # a claim older than this was a crashed notify
+    budget: float = _opt(20.0, _seconds)  # notify starts no new mail after this many seconds
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    check: str = _opt("open", _policy)  # check-blocked when the store fails: open prints 0
+    record: str = _opt("open", _policy)  # record-invalid when the store fails: open prints 0
+    timeout: float = _opt(2.0, _seconds)  # watchdog: print the fallback token and exit 75
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    rcpts: int = _opt(10, _positive_int)
+    ips: int = _opt(5, _positive_int)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    ipv6_prefix: int = _opt(64, _ipv6_prefix)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    file: str | None = _opt(None, _opt_abs_path)  # default: syslog, facility mail
+
+
+@dataclass(frozen=True)
+class EximConfig:
+    binary: str = _opt("/usr/sbin/exim4", _abs_path)
+    config: str | None = _opt(None, _opt_abs_path)  # passed as -C to exim and exipick
+    exipick: str = _opt("/usr/sbin/exipick", _abs_path)
+    freeze_queued: bool = _opt(True, _bool)  # freeze a newly blocked subject's queued mail
+    timeout: float = _opt(30.0, _seconds)
+
+
+_SECTIONS = {
+    "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig,
+    "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = DEFAULT_PATH
+    store: StoreConfig = field(default_factory=StoreConfig)
+    limits: dict[str, Limit] = field(default_factory=lambda: {ns: Limit() for ns in NAMESPACES})
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    exim: EximConfig = field(default_factory=EximConfig)
+
+    def hook_settings(self) -> dict[str, Any]:
+        """The plain values the hooks need, for the marshal cache in ``_fastconfig``."""
+        return {
+            "config": self.path,
+            "store": self.store.path, "map_size": self.store.map_size, "owner": self.store.owner,
+            "mirror_dir": self.store.mirror_dir,
+            "limits": {ns: (lim.limit, lim.period) for ns, lim in self.limits.items()},
+            "check": self.hooks.check, "record": self.hooks.record, "timeout": self.hooks.timeout,
+            "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
+            "ipv6_prefix": self.relay.ipv6_prefix, "log": self.log.file,
+        }
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    for name in data:
+        if name not in _SECTIONS and name != "limits":
+            raise ConfigError(f"{path}: unknown section [{name}]")
+    limits = _table(path, "limits", data.get("limits", {}))
+    for ns in limits:
+        if ns not in NAMESPACES:
+            raise ConfigError(f"{path}: unknown section [limits.{ns}]: namespaces are {', '.join(NAMESPACES)}")
+    return Config(
+        path=os.path.abspath(path),
+        limits={ns: _build(path, f"limits.{ns}", Limit, limits.get(ns, {})) for ns in NAMESPACES},
+        **{name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()},
+    )
+
+
+def _table(path: str, where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where} must be a table ([{where}])")
+    return value
+
+
+def _build(path: str, where: str, cls: Any, value: Any) -> Any:
+    table = _table(path, where, value)
+    by_toml = {f.metadata["toml"] or f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, raw in table.items():
+        spec = by_toml.get(key)
+        if spec is None:
+            raise ConfigError(f"{path}: unknown key {where}.{key}")
+        try:
+            kwargs[spec.name] = spec.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {where}.{key} {exc}") from exc
+    return cls(**kwargs)

@@ -1,0 +1,65 @@
+"""Operations on subjects, shared by the hooks and the admin commands.
+
+They take plain values rather than a ``Config`` so the hooks can call them without
+importing the config machinery. Nothing here exits the process or prints.
+"""
+
+from __future__ import annotations
+
+from .errors import NotBlocked
+from .periods import format_period
+from .store import Counter, Outcome, Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def block_record(ns: str, key: str, now: float, *, by: str, reason: str, limit: int | None = None,
+                 period: float | None = None, count: int | None = None,
+                 counter: Counter | None = None, note: str | None = None) -> dict[str, Any]:
+    """The block as stored, mirrored, mailed and shown: when, why, and the evidence."""
+    counter = counter or Counter()
+    return {
+        "ns": ns, "key": key, "since": now, "by": by, "reason": reason, "note": note,
+        "limit": limit, "period": period, "period_text": None if period is None else format_period(period),
+        "count": count, "total": counter.total, "ips": counter.ips, "rcpts": counter.recent,
+    }
+
+
+def record_invalid(store: Store, ns: str, key: str, now: float, *, limit: int,
+                   period: float, rcpt: str | None, ip: str | None, keep_rcpts: int,
+                   keep_ips: int) -> Outcome:
+    """Count one invalid recipient; the one over the limit blocks the subject.
+
+    The block record and its notification are created in the same transaction as the
+    count (see ``Store.record_event``). The caller rewrites the mirror files when the
+    outcome says ``tripped``.
+    """
+    def make_block(counter: Counter, count: int) -> dict[str, Any]:
+        return block_record(ns, key, now, by="eximhook", reason="limit", limit=limit,
+                            period=period, count=count, counter=counter)
+
+    return store.record_event(ns, key, now, limit=limit, period=period, make_block=make_block,
+                              evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips)
+
+
+def block(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
+          note: str | None, notify: bool = True) -> bool:
+    """Block by hand; False (and nothing changed) if the subject was blocked already."""
+    from . import mirror
+
+    counter = store.counter(ns, key)
+    created = store.block(block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note),
+                          now, notify)
+    mirror.rewrite(store, mirror_dir)
+    return created
+
+
+def unblock(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str) -> None:
+    """Lift the block and reset the subject's counter, so it starts from zero."""
+    from . import mirror
+
+    if not store.unblock(ns, key, now, by):
+        raise NotBlocked(f"{ns} {key!r} is not blocked")
+    mirror.rewrite(store, mirror_dir)

@@ -1,0 +1,197 @@
+"""The queue, through exim and exipick, without ever handing them a key.
+
+exipick criteria are Perl code, and ``--show-vars`` prints values raw between quotes,
+so a key with a quote or a newline could forge output. Hence: exipick lists message
+ids only, under fixed criteria (``-z`` frozen, ``-x`` not frozen); the subject of each
+message is read from its spool ``-H`` file, where Exim writes every ACL variable with
+its length (spec, "Format of spool files"); ids are checked before they reach
+``exim -Mt/-Mf/-Mrm``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .config import EximConfig
+from .errors import EximError
+
+# 4.96: 6-6-2 base-62 characters (16 in all); 4.97 and later: 6-11-4 (23)
+MESSAGE_ID = re.compile(rb"^[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{2}|[0-9A-Za-z]{11}-[0-9A-Za-z]{4})$")
+
+
+@dataclass(frozen=True)
+class Message:
+    """What the spool says about one message."""
+
+    id: str
+    sender: str
+    received: float
+    frozen: bool
+    acl_m: dict[str, bytes]
+    recipients: list[str] = field(default_factory=list)
+    headers: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def subject(self) -> str:
+        for h in self.headers:
+            name, _, value = h.partition(b":")
+            if name.strip().lower() == b"subject":
+                return " ".join(value.decode("utf-8", "replace").split())
+        return ""
+
+    def of(self, ns: str, key: str) -> bool:
+        return self.acl_m.get("_ns") == ns.encode() and self.acl_m.get("_user") == key.encode(
+            "utf-8", "surrogateescape")
+
+    @property
+    def frozen_by_us(self) -> bool:
+        return self.frozen and self.acl_m.get("_eximhook") == b"frozen"
+
+
+class _Cursor:
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self.data, self.pos = name, data, 0
+
+    def line(self) -> bytes:
+        end = self.data.find(b"\n", self.pos)
+        if end < 0:
+            raise EximError(f"spool file {self.name} ends early")
+        out, self.pos = self.data[self.pos : end], end + 1
+        return out
+
+    def take(self, size: int) -> bytes:
+        """``size`` bytes that may hold newlines, then the newline that ends them."""
+        out, self.pos = self.data[self.pos : self.pos + size], self.pos + size + 1
+        return out
+
+    def at(self, prefix: bytes) -> bool:
+        return self.data.startswith(prefix, self.pos)
+
+
+def parse_header_file(msg_id: str, data: bytes, data_size: int = 0) -> Message:
+    """Parse a spool ``ID-H`` file (the fields eximhook needs)."""
+    cur = _Cursor(f"{msg_id}-H", data)
+    if cur.line() != f"{msg_id}-H".encode():
+        raise EximError(f"spool file {msg_id}-H does not start with its name")
+    cur.line()  # login uid gid
+    sender = cur.line().decode("utf-8", "surrogateescape")[1:-1]
+    received = float(cur.line().split()[0])
+    frozen, acl_m = False, {}
+    while cur.at(b"-"):
+        tag, _, arg = cur.line()[1:].partition(b" ")
+        if tag == b"frozen":
+            frozen = True
+        elif tag == b"aclm":
+            name, _, size = arg.rpartition(b" ")
+            acl_m[name.decode("ascii", "replace")] = cur.take(int(size))
+    _skip_tree(cur)
+    recipients = [cur.line().decode("utf-8", "surrogateescape").split(" ")[0] for _ in range(int(cur.line()))]
+    cur.line()  # the blank line before the headers
+    headers, hsize = [], 0
+    while m := re.match(rb"(\d+)(.) ", data[cur.pos : cur.pos + 16]):
+        size = int(m.group(1))
+        cur.pos += m.end()
+        text = data[cur.pos : cur.pos + size]
+        cur.pos += size
+        if m.group(2) != b"*":  # '*' marks a header Exim has removed
+            headers.append(text)
+            hsize += size
+    return Message(msg_id, sender, received, frozen, acl_m, recipients, headers, hsize + data_size)
+
+
+def _skip_tree(cur: _Cursor) -> None:
+    """Skip the tree of delivered recipients: ``XX`` when empty, else nodes ``LR address``
+    whose Y/N flags say whether a left and a right subtree follow."""
+    node = cur.line()
+    if node.startswith(b"XX"):
+        return
+    if node[0:1] == b"Y":
+        _skip_tree(cur)
+    if node[1:2] == b"Y":
+        _skip_tree(cur)
+
+
+class Exim:
+    def __init__(self, binary: str, config: str | None, exipick: str, timeout: float) -> None:
+        self.binary, self.config, self.exipick, self.timeout = binary, config, exipick, timeout
+        self._spool: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: EximConfig) -> Exim:
+        return cls(cfg.binary, cfg.config, cfg.exipick, cfg.timeout)
+
+    def _run(self, argv: Sequence[str]) -> bytes:
+        try:
+            proc = subprocess.run(argv, capture_output=True, timeout=self.timeout, check=False)
+        except FileNotFoundError as exc:
+            raise EximError(f"{argv[0]} not found: set [exim] in the config") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise EximError(f"{argv[0]} did not finish within {self.timeout:g}s") from exc
+        except OSError as exc:
+            raise EximError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        if proc.returncode != 0:
+            said = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()[:500]
+            raise EximError(f"{os.path.basename(argv[0])} {' '.join(argv[1:3])} ... exited {proc.returncode}: {said}")
+        return proc.stdout
+
+    def _exim(self, *args: str) -> bytes:
+        return self._run([self.binary, *(["-C", self.config] if self.config else []), *args])
+
+    def spool_directory(self) -> str:
+        if self._spool is None:
+            self._spool = self._exim("-n", "-bP", "spool_directory").decode().strip()
+        return self._spool
+
+    def ids(self, frozen: bool) -> list[str]:
+        """Message ids in the queue, frozen or not; exipick gets only fixed criteria."""
+        argv = [self.exipick, *(["-C", self.config] if self.config else []), "-i", "-z" if frozen else "-x"]
+        out = []
+        for raw in self._run(argv).split(b"\n"):
+            if MESSAGE_ID.match(raw.strip()):
+                out.append(raw.strip().decode())
+        return out
+
+    def message(self, msg_id: str) -> Message | None:
+        """The message as its spool files say, or None if it has left the queue."""
+        spool = os.path.join(self.spool_directory(), "input")
+        for base in (spool, os.path.join(spool, msg_id[5])):  # plain or split_spool_directory
+            try:
+                with open(os.path.join(base, f"{msg_id}-H"), "rb") as f:
+                    data = f.read()
+                size = os.path.getsize(os.path.join(base, f"{msg_id}-D"))
+            except FileNotFoundError:
+                continue
+            return parse_header_file(msg_id, data, size)
+        return None
+
+    def messages(self, ns: str, key: str, frozen: bool) -> list[Message]:
+        found = (self.message(i) for i in self.ids(frozen))
+        return [m for m in found if m is not None and m.of(ns, key)]
+
+    def frozen_ids_quiet(self, ns: str, key: str) -> list[str]:
+        """For the notification mail: the ids, or none when the queue can't be read."""
+        try:
+            return [m.id for m in self.messages(ns, key, frozen=True)]
+        except (EximError, OSError, ValueError):
+            return []
+
+    def act(self, option: str, ids: Sequence[str]) -> None:
+        """``exim -Mt`` (thaw), ``-Mf`` (freeze) or ``-Mrm`` (remove) on checked ids."""
+        bad = [i for i in ids if not MESSAGE_ID.match(i.encode())]
+        if bad:
+            raise EximError(f"not message ids: {bad!r}")
+        for start in range(0, len(ids), 100):
+            self._exim(option, *ids[start : start + 100])
+
+    def view(self, msg_id: str, body_lines: int = 40) -> str:
+        if not MESSAGE_ID.match(msg_id.encode()):
+            raise EximError(f"not a message id: {msg_id!r}")
+        headers = self._exim("-Mvh", msg_id).decode("utf-8", "replace")
+        body = self._exim("-Mvb", msg_id).decode("utf-8", "replace").split("\n")
+        more = f"\n[... {len(body) - body_lines} more lines]" if len(body) > body_lines else ""
+        return f"{headers}\n{chr(10).join(body[:body_lines])}{more}\n"

@@ -1,0 +1,116 @@
+"""Mail to the abuse desk, one per block, through the outbox in the store.
+
+The block's transaction queues the notification; ``send_pending`` claims it, runs the
+sendmail command and only then drops it from the outbox. A failed or hung command
+leaves it queued for the next run, so a notification is never lost, and a claim keeps
+two concurrent runs from sending it twice.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+from email.utils import formatdate
+from typing import Any
+
+from .periods import format_period
+from .store import Store
+from .subjects import escape, shell_quote
+
+_LABEL = {"auth": "user", "relay": "relay user"}
+_SUBJECT_KEY_MAX = 120
+
+
+def describe(block: dict[str, Any]) -> str:
+    """The seeds' sentence: ``user bob blocked because has sent mail to ...``."""
+    who = f"{_LABEL.get(block['ns'], block['ns'])} {escape(block['key'])}"
+    if block["reason"] == "limit":
+        return (f"{who} blocked because has sent mail to {block['count']} invalid recipients "
+                f"during {format_period(block['period'])} (limit {block['limit']}).")
+    note = f": {escape(block['note'])}" if block.get("note") else ""
+    return f"{who} blocked by hand ({block['by']}){note}."
+
+
+def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
+            frozen: Sequence[str] = ()) -> EmailMessage:
+    """The notification for ``block``. ``command`` is how the admin runs eximhook
+    (program and ``--config``), so the commands in the mail can be pasted as they are."""
+    shown_key = escape(block["key"])
+    if len(shown_key) > _SUBJECT_KEY_MAX:
+        shown_key = shown_key[:_SUBJECT_KEY_MAX] + "..."
+    msg = EmailMessage()
+    # escape() leaves no CR or LF in a header: a key cannot add a header of its own
+    msg["Subject"] = f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} blocked"
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(block["since"], localtime=True)
+    msg["Auto-Submitted"] = "auto-generated"
+    prog = " ".join(shell_quote(c) for c in command)
+    subject = f"{block['ns']} {shell_quote(block['key'])}"
+    lines = [
+        describe(block), "",
+        f"Namespace:   {block['ns']}",
+        f"Key:         {escape(block['key'])}",
+        f"Blocked at:  {formatdate(block['since'], localtime=True)}",
+        f"Invalid recipients recorded in all: {block['total']}",
+        f"Client IPs:  {', '.join(escape(ip) for ip in block['ips']) or '-'}",
+        "Last invalid recipients:",
+        *(f"  {escape(r)}" for r in block["rcpts"]), *([] if block["rcpts"] else ["  -"]),
+        "",
+        f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}",
+        "",
+        "From now on everything this sender submits is accepted and frozen.",
+        "Look at the frozen mail, then decide:",
+        f"  {prog} show {subject}",
+        f"  {prog} frozen {subject}",
+        f"  {prog} view MESSAGE-ID",
+        f"  {prog} release {subject}          # not spam: unblock, deliver the frozen mail",
+        f"  {prog} purge {subject} --unblock  # spam: delete the frozen mail, then unblock",
+        f"  {prog} purge {subject}            # spam: delete the frozen mail, keep the block",
+        "",
+    ]
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) -> str | None:
+    """Run ``sendmail TO`` with ``msg`` on stdin; None on success, else the reason."""
+    # Output goes to a file, not a pipe: Exim's background delivery process may keep
+    # a pipe open long after the submission has finished.
+    with tempfile.TemporaryFile() as output:
+        try:
+            proc = subprocess.run([*sendmail, to], input=msg.as_bytes(), stdout=output,
+                                  stderr=subprocess.STDOUT, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return f"{sendmail[0]} did not finish within {timeout:g}s; killed"
+        except OSError as exc:
+            return f"cannot run {sendmail[0]}: {exc.strerror}"
+        if proc.returncode != 0:
+            output.seek(0)
+            said = output.read(500).decode("utf-8", "replace").strip()
+            return f"{sendmail[0]} exited {proc.returncode}: {escape(said)}"
+    return None
+
+
+def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str], timeout: float,
+                 stale_after: float, budget: float, command: Sequence[str], clock: Callable[[], float],
+                 frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: []) -> tuple[int, list[str]]:
+    """Send queued notifications, one claim at a time, until none is left or ``budget``
+    seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors)."""
+    sent, errors, failed = 0, [], set()
+    deadline = clock() + budget
+    while clock() < deadline and (item := store.claim_next(clock(), stale_after, failed)) is not None:
+        block = item["block"]
+        msg = compose(block, to=to, sender=sender, command=command,
+                      frozen=frozen_ids(block["ns"], block["key"]))
+        error = send(msg, sendmail, to, timeout)
+        item["to"] = to
+        store.finish_notification(item, clock(), error)
+        if error is None:
+            sent += 1
+        else:
+            errors.append(error)
+            failed.add(item["seq"])  # retried by the next run, not in a tight loop now
+    return sent, errors

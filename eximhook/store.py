@@ -1,0 +1,331 @@
+"""The LMDB store: blocks, event counters, the notification outbox and the audit log.
+
+One LMDB environment (a directory holding ``data.mdb`` and ``lock.mdb``) shared by
+every Exim process and by the admin. Each read-modify-write is one LMDB write
+transaction, which LMDB serialises across processes, so a block is created exactly
+once however many connections race for it.
+
+Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
+  blocks    S                        -> JSON block record
+  counters  COUNTER NUL S            -> packed Counter
+  outbox    8-byte big-endian seq    -> JSON notification
+  audit     8-byte big-endian seq    -> JSON event
+Counters are packed with ``struct`` and checked without ``json``, because they sit on
+the hooks' path where ``import json`` alone would cost ~10 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import lmdb
+
+from ._perms import hand_over, resolve_owner
+from .errors import StoreUnavailable
+
+TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
+
+_DBS = (b"blocks", b"counters", b"outbox", b"audit")
+# LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
+# the full key lives in the record.
+_MAX_RAW_KEY = 400
+_SEQ = struct.Struct(">Q")
+_HEAD = struct.Struct("<QI")  # total events, number of timestamps
+_GROW_TRIES = 8
+# One reader slot per process that has the store open: every Exim process running a
+# hook at the same moment, plus the admin. LMDB's default is 126.
+_MAX_READERS = 1024
+
+
+def subject_key(ns: str, key: str) -> bytes:
+    raw = key.encode("utf-8", "surrogateescape")
+    if len(raw) <= _MAX_RAW_KEY:
+        return ns.encode() + b"\0" + raw
+    import hashlib
+
+    # \1 instead of \0 keeps a digest apart from any raw key
+    return ns.encode() + b"\1" + hashlib.sha256(raw).digest()
+
+
+class Counter:
+    """Events of one kind for one subject: total, sliding-window times, evidence."""
+
+    __slots__ = ("total", "times", "recent", "ips")
+
+    def __init__(self, total: int = 0, times: list[float] | None = None,
+                 recent: list[str] | None = None, ips: list[str] | None = None) -> None:
+        self.total = total
+        self.times = times or []
+        self.recent = recent or []
+        self.ips = ips or []
+
+    def encode(self) -> bytes:
+        parts = [_HEAD.pack(self.total, len(self.times)), struct.pack(f"<{len(self.times)}d", *self.times)]
+        for strings in (self.recent, self.ips):
+            parts.append(struct.pack("<H", len(strings)))
+            for text in strings:
+                data = text.encode("utf-8", "surrogateescape")
+                parts.append(struct.pack("<I", len(data)) + data)
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Counter:
+        if not data:
+            return cls()
+        total, n = _HEAD.unpack_from(data)
+        pos = _HEAD.size
+        times = list(struct.unpack_from(f"<{n}d", data, pos))
+        pos += 8 * n
+        lists: list[list[str]] = []
+        for _ in range(2):
+            (count,) = struct.unpack_from("<H", data, pos)
+            pos += 2
+            items = []
+            for _ in range(count):
+                (size,) = struct.unpack_from("<I", data, pos)
+                pos += 4
+                items.append(data[pos : pos + size].decode("utf-8", "surrogateescape"))
+                pos += size
+            lists.append(items)
+        return cls(total, times, lists[0], lists[1])
+
+
+class Outcome:
+    """What ``record_event`` did: is the subject blocked now, did this event trip it."""
+
+    __slots__ = ("blocked", "tripped", "count", "total")
+
+    def __init__(self, blocked: bool, tripped: bool, count: int, total: int) -> None:
+        self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
+
+
+class Store:
+    """An open LMDB environment and its named databases."""
+
+    def __init__(self, path: str, map_size: int = 1 << 32, owner: str | None = None) -> None:
+        self.path = path
+        try:
+            os.makedirs(path, mode=0o750, exist_ok=True)
+            self.owner = resolve_owner(owner, path)
+            self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_DBS), max_readers=_MAX_READERS,
+                                 subdir=True, readahead=False, meminit=False, metasync=False)
+            self._dbs = self._open_dbs()
+            hand_over([path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))], self.owner)
+        except (lmdb.Error, OSError, KeyError) as exc:
+            raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
+
+    def _open_dbs(self) -> dict[bytes, Any]:
+        # create=False opens existing databases without the writer lock, which the
+        # hooks must not queue for; only the very first open of a new store writes.
+        try:
+            return {n: self.env.open_db(n, create=False) for n in _DBS}
+        except lmdb.NotFoundError:
+            with self.env.begin(write=True) as txn:
+                return {n: self.env.open_db(n, txn=txn) for n in _DBS}
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions -----------------------------------------------------------
+
+    def update(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``body`` in one write transaction, growing the map when it is full.
+
+        ``body`` may run more than once (after MapFullError), so it must not have side
+        effects outside the transaction.
+        """
+        for _ in range(_GROW_TRIES):
+            try:
+                with self.env.begin(write=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            except lmdb.ReadersFullError:
+                self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
+            except lmdb.Error as exc:
+                raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+        raise StoreUnavailable(f"store {self.path}: map still full after growing it")
+
+    def read(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        for _ in range(2):
+            try:
+                with self.env.begin() as txn:
+                    return body(txn)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+            except lmdb.ReadersFullError:
+                self.env.reader_check()
+            except lmdb.Error as exc:
+                raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+        raise StoreUnavailable(f"store {self.path}: map keeps changing size")
+
+    # -- blocks ------------------------------------------------------------------
+
+    def is_blocked(self, ns: str, key: str) -> bool:
+        sk = subject_key(ns, key)
+        return self.read(lambda txn: txn.get(sk, db=self._dbs[b"blocks"]) is not None)
+
+    def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
+        import json
+
+        sk = subject_key(ns, key)
+        data = self.read(lambda txn: txn.get(sk, db=self._dbs[b"blocks"]))
+        return None if data is None else dict(json.loads(data))
+
+    def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
+        import json
+
+        prefix = b"" if ns is None else ns.encode()
+        def body(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            cur = txn.cursor(db=self._dbs[b"blocks"])
+            found = cur.set_range(prefix) if prefix else cur.first()
+            out = []
+            while found and cur.key().startswith(prefix):
+                record = json.loads(cur.value())
+                if ns is None or record["ns"] == ns:
+                    out.append(record)
+                found = cur.next()
+            return out
+        return self.read(body)
+
+    def block(self, record: dict[str, Any], now: float, notify: bool) -> bool:
+        """Store ``record`` as the subject's block unless one exists; True if new."""
+        return self.update(lambda txn: self._block_in(txn, record, now, notify))
+
+    def _block_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, notify: bool) -> bool:
+        import json
+
+        sk = subject_key(record["ns"], record["key"])
+        if not txn.put(sk, json.dumps(record).encode(), db=self._dbs[b"blocks"], overwrite=False):
+            return False
+        self._append(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
+                                     "by": record["by"], "reason": record["reason"]})
+        if notify:
+            self._append(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
+                                          "state": "queued", "attempts": 0})
+        return True
+
+    def unblock(self, ns: str, key: str, now: float, by: str, counters: tuple[str, ...] = ("invalid",)) -> bool:
+        """Lift the block and reset the subject's counters; False if it was not blocked."""
+        sk = subject_key(ns, key)
+
+        def body(txn: lmdb.Transaction) -> bool:
+            for name in counters:
+                txn.delete(name.encode() + b"\0" + sk, db=self._dbs[b"counters"])
+            if not txn.delete(sk, db=self._dbs[b"blocks"]):
+                return False
+            self._append(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
+            return True
+        return self.update(body)
+
+    # -- counters ------------------------------------------------------------------
+
+    def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
+        ck = name.encode() + b"\0" + subject_key(ns, key)
+        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self._dbs[b"counters"])))
+
+    def record_event(self, ns: str, key: str, now: float, *, limit: int, period: float,
+                     make_block: Callable[[Counter, int], dict[str, Any]],
+                     evidence: str | None = None, ip: str | None = None,
+                     keep_evidence: int = 10, keep_ips: int = 5, name: str = "invalid") -> Outcome:
+        """Count one event; the event over the limit blocks the subject, once.
+
+        Counter, block record, audit event and queued notification are written in one
+        transaction: either all of them exist afterwards or none does.
+        """
+        sk = subject_key(ns, key)
+        ck = name.encode() + b"\0" + sk
+
+        from . import ratelimit  # here, not at the top: check-blocked never needs it
+
+        def body(txn: lmdb.Transaction) -> Outcome:
+            c = Counter.decode(txn.get(ck, db=self._dbs[b"counters"]))
+            c.times, count, over = ratelimit.record(c.times, now, limit, period)
+            c.total += 1
+            if evidence:
+                c.recent = [*c.recent, evidence][-keep_evidence:]
+            if ip:
+                c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
+            txn.put(ck, c.encode(), db=self._dbs[b"counters"])
+            blocked = txn.get(sk, db=self._dbs[b"blocks"]) is not None
+            tripped = over and not blocked and self._block_in(txn, make_block(c, count), now, True)
+            return Outcome(blocked or tripped, tripped, count, c.total)
+        return self.update(body)
+
+    # -- outbox and audit log ------------------------------------------------------
+
+    def _append(self, txn: lmdb.Transaction, db: bytes, item: dict[str, Any]) -> int:
+        import json
+
+        cur = txn.cursor(db=self._dbs[db])
+        seq = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
+        item["seq"] = seq
+        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self._dbs[db], append=True)
+        return seq
+
+    def audit(self, event: dict[str, Any]) -> int:
+        return self.update(lambda txn: self._append(txn, b"audit", dict(event)))
+
+    def history(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self._items(b"audit") if ns is None or (e.get("ns") == ns and e.get("key") == key)]
+
+    def outbox(self) -> list[dict[str, Any]]:
+        return self._items(b"outbox")
+
+    def _items(self, db: bytes) -> list[dict[str, Any]]:
+        import json
+
+        return self.read(lambda txn: [json.loads(v) for _, v in txn.cursor(db=self._dbs[db])])
+
+    def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset()
+                   ) -> dict[str, Any] | None:
+        """Mark the oldest unclaimed notification not in ``skip`` as being sent by this process.
+
+        Claiming in a write transaction keeps concurrent ``notify`` runs from sending
+        the same mail. A claim older than ``stale_after`` seconds belongs to a sender
+        that died, and is taken over.
+        """
+        import json
+
+        def body(txn: lmdb.Transaction) -> dict[str, Any] | None:
+            for k, v in txn.cursor(db=self._dbs[b"outbox"]):
+                item: dict[str, Any] = json.loads(v)
+                if item["seq"] in skip or (item["state"] == "sending" and now - item["claimed"] < stale_after):
+                    continue
+                item.update(state="sending", claimed=now, claimer=os.getpid())
+                txn.put(k, json.dumps(item).encode(), db=self._dbs[b"outbox"])
+                return item
+            return None
+        return self.update(body)
+
+    def finish_notification(self, item: dict[str, Any], now: float, error: str | None) -> None:
+        """Drop a sent notification (audit "notified"), or requeue a failed one."""
+        import json
+
+        k = _SEQ.pack(item["seq"])
+        block = item["block"]
+
+        def body(txn: lmdb.Transaction) -> None:
+            if error is None:
+                txn.delete(k, db=self._dbs[b"outbox"])
+                event = {"event": "notified", "notification": item["seq"], "to": item.get("to")}
+            else:
+                item.update(state="queued", attempts=item["attempts"] + 1, error=error)
+                txn.put(k, json.dumps(item).encode(), db=self._dbs[b"outbox"])
+                event = {"event": "notify-failed", "notification": item["seq"], "error": error}
+            self._append(txn, b"audit", {"ts": now, "ns": block["ns"], "key": block["key"], "by": "notify", **event})
+        self.update(body)

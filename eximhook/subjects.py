@@ -1,0 +1,123 @@
+"""Subjects are (namespace, key) pairs; this module says which keys are valid and how
+to write them wherever they leave the program (lsearch files, headers, shell commands).
+
+Keys are ``str`` decoded from bytes with ``surrogateescape`` (as ``sys.argv`` is), so
+non-UTF-8 bytes from Exim survive a round trip unchanged.
+"""
+
+from __future__ import annotations
+
+from .errors import BadSubject
+
+NAMESPACES = ("auth", "relay")
+# The header the snippets add to a blocked subject's frozen mail, and the ${lookup}
+# file the seeds' own ACLs read.
+HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From"}
+LSEARCH_FILES = {"auth": "blocked_authenticated_users", "relay": "blocked_relay_users"}
+
+MAX_KEY_BYTES = 16384
+# Exim's lsearch reads a line into a 4096-byte buffer (src/lookups/lsearch.c); a
+# longer quoted key would never match, so such keys live in the cdb file only.
+LSEARCH_MAX_LINE = 4000
+
+
+def key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def normalize(ns: str, key: str, ipv6_prefix: int = 64) -> str:
+    """The canonical key Exim's snippets compute for the same subject.
+
+    ASCII letters are folded to lower case, as Exim's ``${lc:}`` does and as lsearch
+    compares (case-blind), so ``Bob`` cannot dodge a block on ``bob``. A relay key that
+    is an IPv6 address is grouped by ``ipv6_prefix`` and written like Exim's
+    ``${mask:$sender_host_address/64}`` (``2001.0db8.0000.0001.0000.0000.0000.0000/64``).
+    """
+    if ns not in NAMESPACES:
+        raise BadSubject(f"unknown namespace {escape(ns)!r}: use one of {', '.join(NAMESPACES)}")
+    try:
+        raw = key_bytes(key)
+    except UnicodeEncodeError as exc:
+        raise BadSubject("key holds characters that are not bytes from Exim") from exc
+    if not raw:
+        raise BadSubject("empty key")
+    if b"\0" in raw:
+        raise BadSubject("key contains NUL, which Exim can never pass")
+    if len(raw) > MAX_KEY_BYTES:
+        raise BadSubject(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
+    raw = raw.lower()
+    if ns == "relay" and b":" in raw:
+        raw = _group_ipv6(raw, ipv6_prefix)
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _group_ipv6(raw: bytes, prefix: int) -> bytes:
+    import ipaddress  # only relay keys with a colon pay for this import
+
+    try:
+        addr = ipaddress.IPv6Address(raw.decode("ascii").strip("[]"))
+    except ValueError:
+        return raw  # a RADIUS id or another non-address key: keep it as it is
+    if addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped).encode()
+    if prefix >= 128:
+        return addr.compressed.encode()
+    net = ipaddress.IPv6Network((addr, prefix), strict=False)
+    return f"{net.network_address.exploded.replace(':', '.')}/{prefix}".encode()
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(key: str) -> str:
+    """A one-line, printable rendering of ``key`` for tables, logs and mail headers.
+
+    Control characters and bytes that are not UTF-8 become ``\\n``, ``\\xNN`` etc.;
+    backslash is doubled, so two different keys never look the same.
+    """
+    out = []
+    for ch in key:
+        code = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # a non-UTF-8 byte kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
+
+
+def lsearch_line(key: str) -> bytes | None:
+    """One lsearch line for ``key``, or None when lsearch could not match it.
+
+    The key is always double-quoted; inside, Exim's string escapes (``\\\\``, ``\\"``,
+    ``\\xNN``) carry every byte that is not printable ASCII, so no key can end the
+    line or start another.
+    """
+    out = bytearray(b'"')
+    for byte in key_bytes(key):
+        if byte in (0x22, 0x5C):
+            out += b"\\" + bytes([byte])
+        elif 0x20 <= byte < 0x7F:
+            out.append(byte)
+        else:
+            out += b"\\x%02x" % byte
+    out += b'"\n'
+    return bytes(out) if len(out) <= LSEARCH_MAX_LINE else None
+
+
+def shell_quote(text: str) -> str:
+    """``text`` as one shell word an admin can paste, even with control bytes in it."""
+    import shlex
+
+    if all(ch.isprintable() and not 0xDC80 <= ord(ch) <= 0xDCFF for ch in text):
+        return shlex.quote(text)
+    body = "".join(
+        f"\\x{b:02x}" if b < 0x20 or b >= 0x7F or b in (0x27, 0x5C) else chr(b)
+        for b in key_bytes(text)
+    )
+    return f"$'{body}'"
