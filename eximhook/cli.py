@@ -36,8 +36,10 @@ def _leading_config(args: list[str]) -> tuple[str | None, list[str]]:
 def _admin(args: list[str], standalone: bool) -> int:
     from .errors import EximhookError, Exit
 
-    parser = build_parser()
-    opts = parser.parse_args(args)
+    try:
+        opts = build_parser().parse_args(args)
+    except SystemExit as exc:  # argparse exits on --help (0) and on bad usage (2)
+        return Exit.USAGE if exc.code == 2 else int(exc.code or 0)
     if opts.command == "notify" and standalone:
         hooks.silence_stderr()  # notify is also run by Exim: stdout is its one token
     try:

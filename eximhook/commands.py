@@ -11,7 +11,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import core, mirror, notify as notify_mod
+from . import core, mirror
+from . import notify as notify_mod
 from ._fastconfig import DEFAULT_PATH
 from ._log import Logger
 from .config import Config
@@ -50,7 +51,8 @@ def when(ts: float | None) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [headers, *rows])
+    lines = ("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows])
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def dump(obj: Any) -> None:
@@ -97,16 +99,19 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         block = store.get_block(ns, key)
         counter = store.counter(ns, key)
         events = store.history(ns, key)
+    # only the newest LIMIT times are kept: a full window means "LIMIT or more"
     window = in_window(counter.times, time.time(), lim.period)
+    at_least = window >= lim.limit
     if opts.json:
         dump({"ns": ns, "key": key, "block": block, "history": events,
-              "counter": {"total": counter.total, "in_window": window, "limit": lim.limit,
-                          "period": lim.period, "rcpts": counter.recent, "ips": counter.ips}})
+              "counter": {"total": counter.total, "in_window": window, "in_window_at_least": at_least,
+                          "limit": lim.limit, "period": lim.period, "rcpts": counter.recent, "ips": counter.ips}})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {when(block['since'])} by {block['by']}")
-    print(f"  invalid recipients: {window} in the last {format_period(lim.period)} (limit {lim.limit}), "
+    print(f"  invalid recipients: {window}{' or more' if at_least else ''} in the last "
+          f"{format_period(lim.period)} (limit {lim.limit}), "
           f"{counter.total} since the counter was last reset")
     print(f"  client IPs: {', '.join(map(escape, counter.ips)) or '-'}")
     for rcpt in counter.recent:

@@ -19,7 +19,6 @@ from .periods import parse_period
 from .subjects import NAMESPACES
 
 
-
 def _str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")

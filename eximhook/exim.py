@@ -87,8 +87,8 @@ def parse_header_file(msg_id: str, data: bytes, data_size: int = 0) -> Message:
         if tag == b"frozen":
             frozen = True
         elif tag == b"aclm":
-            name, _, size = arg.rpartition(b" ")
-            acl_m[name.decode("ascii", "replace")] = cur.take(int(size))
+            name, _, length = arg.rpartition(b" ")
+            acl_m[name.decode("ascii", "replace")] = cur.take(int(length))
     _skip_tree(cur)
     recipients = [cur.line().decode("utf-8", "surrogateescape").split(" ")[0] for _ in range(int(cur.line()))]
     cur.line()  # the blank line before the headers

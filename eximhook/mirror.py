@@ -47,8 +47,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0) -> dict[str, i
             header = b"# Written by eximhook from its store; edits are lost. Use: eximhook block/unblock.\n"
             if skipped:
                 header += b"# %d key(s) too long for lsearch are in %s only.\n" % (skipped, CDB_FILE.encode())
-            data = header + b"".join(lines)
-            _replace(os.path.join(mirror_dir, name), lambda f, data=data: f.write(data), store.owner)
+            _replace(os.path.join(mirror_dir, name), _writer(header + b"".join(lines)), store.owner)
             written[name] = len(lines)
 
         def cdb_bytes(out: BinaryIO) -> None:
@@ -60,6 +59,10 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0) -> dict[str, i
         _replace(os.path.join(mirror_dir, CDB_FILE), cdb_bytes, store.owner)
         written[CDB_FILE] = len(blocks)
     return written
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], object]:
+    return lambda f: f.write(data)
 
 
 def _replace(path: str, write: Callable[[BinaryIO], object], owner: tuple[int, int]) -> None:

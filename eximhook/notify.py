@@ -99,7 +99,7 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
                  frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: []) -> tuple[int, list[str]]:
     """Send queued notifications, one claim at a time, until none is left or ``budget``
     seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors)."""
-    sent, errors, failed = 0, [], set()
+    sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
     while clock() < deadline and (item := store.claim_next(clock(), stale_after, failed)) is not None:
         block = item["block"]

@@ -56,7 +56,7 @@ def subject_key(ns: str, key: str) -> bytes:
 class Counter:
     """Events of one kind for one subject: total, sliding-window times, evidence."""
 
-    __slots__ = ("total", "times", "recent", "ips")
+    __slots__ = ("ips", "recent", "times", "total")
 
     def __init__(self, total: int = 0, times: list[float] | None = None,
                  recent: list[str] | None = None, ips: list[str] | None = None) -> None:
@@ -75,9 +75,10 @@ class Counter:
         return b"".join(parts)
 
     @classmethod
-    def decode(cls, data: bytes | None) -> Counter:
+    def decode(cls, data: bytes | memoryview | None) -> Counter:
         if not data:
             return cls()
+        data = bytes(data)
         total, n = _HEAD.unpack_from(data)
         pos = _HEAD.size
         times = list(struct.unpack_from(f"<{n}d", data, pos))
@@ -99,7 +100,7 @@ class Counter:
 class Outcome:
     """What ``record_event`` did: is the subject blocked now, did this event trip it."""
 
-    __slots__ = ("blocked", "tripped", "count", "total")
+    __slots__ = ("blocked", "count", "total", "tripped")
 
     def __init__(self, blocked: bool, tripped: bool, count: int, total: int) -> None:
         self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
@@ -111,8 +112,8 @@ class Store:
     def __init__(self, path: str, map_size: int = 1 << 32, owner: str | None = None) -> None:
         self.path = path
         try:
+            self.owner = resolve_owner(owner, path)  # before makedirs: root must not own the new dir
             os.makedirs(path, mode=0o750, exist_ok=True)
-            self.owner = resolve_owner(owner, path)
             self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_DBS), max_readers=_MAX_READERS,
                                  subdir=True, readahead=False, meminit=False, metasync=False)
             self._dbs = self._open_dbs()
@@ -184,7 +185,7 @@ class Store:
 
         sk = subject_key(ns, key)
         data = self.read(lambda txn: txn.get(sk, db=self._dbs[b"blocks"]))
-        return None if data is None else dict(json.loads(data))
+        return None if data is None else dict(json.loads(bytes(data)))
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
         import json
@@ -194,8 +195,8 @@ class Store:
             cur = txn.cursor(db=self._dbs[b"blocks"])
             found = cur.set_range(prefix) if prefix else cur.first()
             out = []
-            while found and cur.key().startswith(prefix):
-                record = json.loads(cur.value())
+            while found and bytes(cur.key()).startswith(prefix):
+                record = json.loads(bytes(cur.value()))
                 if ns is None or record["ns"] == ns:
                     out.append(record)
                 found = cur.next()
@@ -289,7 +290,7 @@ class Store:
     def _items(self, db: bytes) -> list[dict[str, Any]]:
         import json
 
-        return self.read(lambda txn: [json.loads(v) for _, v in txn.cursor(db=self._dbs[db])])
+        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self._dbs[db])])
 
     def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset()
                    ) -> dict[str, Any] | None:
@@ -303,7 +304,7 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> dict[str, Any] | None:
             for k, v in txn.cursor(db=self._dbs[b"outbox"]):
-                item: dict[str, Any] = json.loads(v)
+                item: dict[str, Any] = json.loads(bytes(v))
                 if item["seq"] in skip or (item["state"] == "sending" and now - item["claimed"] < stale_after):
                     continue
                 item.update(state="sending", claimed=now, claimer=os.getpid())

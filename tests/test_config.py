@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eximhook import _fastconfig
+from eximhook.config import Config, load
+from eximhook.errors import ConfigError
+
+MINIMAL = """
+[store]
+path = "/var/spool/exim4/eximhook"
+mirror_dir = "/var/spool/exim4"
+
+[limits.auth]
+limit = 100
+period = "1h"
+
+[notify]
+to = "abuse@example.net"
+from = "root"
+sendmail = ["/usr/sbin/exim", "-f", "root"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "eximhook.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_minimal_config_from_the_issue(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, MINIMAL))
+    assert cfg.store.path == "/var/spool/exim4/eximhook"
+    assert cfg.limits["auth"].limit == 100 and cfg.limits["auth"].period == 3600
+    assert cfg.limits["relay"] == Config().limits["relay"]  # defaults fill what is missing
+    assert cfg.notify.sender == "root"
+    assert cfg.notify.sendmail == ("/usr/sbin/exim", "-f", "root")
+    assert cfg.hooks.check == "open"
+
+
+def test_empty_file_gives_every_default(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, ""))
+    assert cfg.store == Config().store
+    assert cfg.exim.binary == "/usr/sbin/exim4"
+
+
+def test_config_is_frozen(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, MINIMAL))
+    with pytest.raises(AttributeError):
+        cfg.store.path = "/tmp"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[store]\npath = 'relative'\n", r"store\.path must be an absolute path", id="relative-path"),
+        pytest.param("[limits.auth]\nlimit = 0\n", r"limits\.auth\.limit must be a whole number", id="zero-limit"),
+        pytest.param("[limits.auth]\nlimit = true\n", r"limits\.auth\.limit", id="bool-limit"),
+        pytest.param("[limits.auth]\nperiod = '1x'\n", r"limits\.auth\.period bad period", id="bad-period"),
+        pytest.param("[limits.smtp]\nlimit = 3\n", r"unknown section \[limits\.smtp\]", id="unknown-ns"),
+        pytest.param("[notify]\nsendmail = 'exim'\n", r"notify\.sendmail must be a list", id="sendmail-string"),
+        pytest.param("[notify]\nsendmail = ['exim']\n", r"notify\.sendmail must be an absolute", id="sendmail-rel"),
+        pytest.param("[notify]\nwarnto = 'x'\n", r"unknown key notify\.warnto", id="unknown-key"),
+        pytest.param("[hooks]\ncheck = 'maybe'\n", r'hooks\.check must be "open" or "closed"', id="bad-policy"),
+        pytest.param("[relay]\nipv6_prefix = 129\n", r"relay\.ipv6_prefix", id="bad-prefix"),
+        pytest.param("[bogus]\n", r"unknown section \[bogus\]", id="unknown-section"),
+        pytest.param("store = 1\n", r"store must be a table", id="not-a-table"),
+        pytest.param("[store\n", r"invalid TOML", id="bad-toml"),
+    ],
+)
+def test_invalid_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load(path)
+    assert str(info.value).startswith(path)
+
+
+def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read config: No such file"):
+        load(str(tmp_path / "nope.toml"))
+
+
+def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_fastconfig.ENV_VAR, raising=False)
+    assert _fastconfig.resolve_path(None) == "/etc/eximhook/eximhook.toml"
+    monkeypatch.setenv(_fastconfig.ENV_VAR, "/x/env.toml")
+    assert _fastconfig.resolve_path(None) == "/x/env.toml"
+    assert _fastconfig.resolve_path("/x/opt.toml") == "/x/opt.toml"
+
+
+def test_hook_cache_follows_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    settings, cached = _fastconfig.hook_settings(path)
+    assert not cached and settings["limits"]["auth"] == (100, 3600.0)
+    assert _fastconfig.hook_settings(path) == (settings, True)
+    write(tmp_path, MINIMAL.replace("limit = 100", "limit = 7"))  # the stamp changes: no stale read
+    settings, cached = _fastconfig.hook_settings(path)
+    assert not cached and settings["limits"]["auth"] == (7, 3600.0)
+
+
+def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    Path(_fastconfig.cache_path(path)).write_bytes(b"\x00garbage")
+    settings, cached = _fastconfig.hook_settings(path)
+    assert not cached and settings["store"] == "/var/spool/exim4/eximhook"

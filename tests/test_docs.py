@@ -1,0 +1,37 @@
+"""README must document every subcommand, every snippet and every exit code."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from eximhook.cli import build_parser
+from eximhook.errors import Exit
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def subcommands() -> list[str]:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices)
+    raise AssertionError("no subcommands")
+
+
+@pytest.mark.parametrize("name", subcommands())
+def test_subcommand_in_readme(name: str) -> None:
+    assert re.search(rf"eximhook( --config \S+)? {re.escape(name)}\b", README), f"README lacks `eximhook {name}`"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "exim-snippets").iterdir()))
+def test_snippet_in_readme(name: str) -> None:
+    assert f"exim-snippets/{name}" in README
+
+
+@pytest.mark.parametrize("name", [n for n in vars(Exit) if n.isupper()])
+def test_exit_code_in_readme(name: str) -> None:
+    assert re.search(rf"\|\s*{getattr(Exit, name)}\s*\|", README), f"exit code {name} missing from README"

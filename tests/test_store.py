@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eximhook import core
+from eximhook.store import Counter, Store, subject_key
+
+surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@given(
+    total=st.integers(min_value=0, max_value=2**63),
+    times=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=50),
+    recent=st.lists(surrogate_text, max_size=10),
+    ips=st.lists(surrogate_text, max_size=5),
+)
+def test_counter_codec_round_trips(total: int, times: list[float], recent: list[str], ips: list[str]) -> None:
+    c = Counter.decode(Counter(total, times, recent, ips).encode())
+    assert (c.total, c.times, c.recent, c.ips) == (total, times, recent, ips)
+
+
+def test_subject_keys_never_collide() -> None:
+    long_key = "x" * 1000
+    assert subject_key("auth", "bob") != subject_key("relay", "bob")
+    assert len(subject_key("auth", long_key)) < 64
+    assert subject_key("auth", long_key) != subject_key("auth", long_key + "y")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(str(tmp_path / "store"))
+
+
+def count(store: Store, key: str, now: float, limit: int = 3, rcpt: str | None = None) -> core.Outcome:
+    return core.record_invalid(store, "auth", key, now, limit=limit, period=3600, rcpt=rcpt, ip="192.0.2.1",
+                               keep_rcpts=2, keep_ips=5)
+
+
+def test_trip_blocks_once_with_evidence(store: Store) -> None:
+    outcomes = [count(store, "bob", 100.0 + i, rcpt=f"n{i}@x") for i in range(6)]
+    assert [o.tripped for o in outcomes] == [False, False, False, True, False, False]
+    assert [o.blocked for o in outcomes] == [False, False, False, True, True, True]
+    block = store.get_block("auth", "bob")
+    assert block is not None
+    assert (block["reason"], block["count"], block["limit"], block["period"]) == ("limit", 4, 3, 3600)
+    assert block["rcpts"] == ["n2@x", "n3@x"] and block["ips"] == ["192.0.2.1"]
+    assert store.counter("auth", "bob").total == 6
+    assert [e["event"] for e in store.history("auth", "bob")] == ["blocked"]
+    assert [n["block"]["key"] for n in store.outbox()] == ["bob"]
+
+
+def test_unblock_resets_the_counter(store: Store) -> None:
+    for i in range(4):
+        count(store, "bob", 100.0 + i)
+    assert store.unblock("auth", "bob", 200.0, "admin:root")
+    assert not store.is_blocked("auth", "bob") and store.counter("auth", "bob").total == 0
+    assert not count(store, "bob", 201.0).blocked
+    assert not store.unblock("auth", "bob", 202.0, "admin:root")
+    assert [e["event"] for e in store.history("auth", "bob")] == ["blocked", "unblocked"]
+
+
+def test_subjects_are_independent(store: Store) -> None:
+    for i in range(4):
+        count(store, "bob", 100.0 + i)
+    assert store.is_blocked("auth", "bob")
+    assert not store.is_blocked("auth", "alice") and not store.is_blocked("relay", "bob")
+    assert [b["key"] for b in store.blocks("auth")] == ["bob"] and store.blocks("relay") == []
+
+
+def test_map_grows_when_full(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "small"), map_size=64 * 1024)
+    for i in range(300):  # far more than 64 KiB of block records
+        store.block(core.block_record("auth", f"user{i:04d}-" + "p" * 200, 1.0, by="t", reason="manual"), 1.0, False)
+    assert len(store.blocks()) == 300
+    assert store.env.info()["map_size"] > 64 * 1024
+
+
+def test_notification_claims_are_exclusive(store: Store) -> None:
+    count(store, "bob", 1.0, limit=0 + 1)
+    count(store, "bob", 2.0, limit=1)
+    first = store.claim_next(10.0, stale_after=300)
+    assert first is not None and store.claim_next(11.0, stale_after=300) is None
+    assert store.claim_next(400.0, stale_after=300) is not None, "a stale claim is taken over"
+    store.finish_notification(first, 401.0, None)
+    assert store.outbox() == []
