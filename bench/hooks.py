@@ -9,7 +9,9 @@ check-blocked <= 1.5x, record-invalid <= 2x.
 
     python bench/hooks.py [--rounds 300] [--python VENV/bin/python3]
 
-The interpreter must be the one eximhook is installed in (default: this one).
+The interpreter must be the one eximhook is installed in (default: this one), by a
+regular `pip install .`: an editable install makes bin/eximhook fall back to the site
+module, which is what Exim's -IS avoids.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def main() -> int:
     script = shutil.which("eximhook", path=os.path.dirname(opts.python))
     if script is None:
         sys.exit(f"no eximhook next to {opts.python}: pip install . into that venv first")
+    probe = [opts.python, "-I", "-c", "import eximhook, os; print(os.path.dirname(eximhook.__file__))"]
+    where = subprocess.run(probe, capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    if "site-packages" not in where:
+        sys.exit(f"eximhook is imported from {where}: an editable install; run `pip install .` for the bench")
     tmp = tempfile.mkdtemp(prefix="eximhook-bench-")
     config = os.path.join(tmp, "eximhook.toml")
     with open(config, "w") as f:

@@ -116,19 +116,29 @@ class Store:
             os.makedirs(path, mode=0o750, exist_ok=True)
             self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_DBS), max_readers=_MAX_READERS,
                                  subdir=True, readahead=False, meminit=False, metasync=False)
-            self._dbs = self._open_dbs()
+            self._create_dbs()
             hand_over([path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))], self.owner)
         except (lmdb.Error, OSError, KeyError) as exc:
             raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
 
-    def _open_dbs(self) -> dict[bytes, Any]:
-        # create=False opens existing databases without the writer lock, which the
-        # hooks must not queue for; only the very first open of a new store writes.
+    def _create_dbs(self) -> None:
         try:
-            return {n: self.env.open_db(n, create=False) for n in _DBS}
+            with self.env.begin() as txn:
+                for name in _DBS:
+                    self.env.open_db(name, txn=txn, create=False)
+                return
         except lmdb.NotFoundError:
-            with self.env.begin(write=True) as txn:
-                return {n: self.env.open_db(n, txn=txn) for n in _DBS}
+            pass
+        with self.env.begin(write=True) as txn:  # a new store: the only write an open needs
+            for name in _DBS:
+                self.env.open_db(name, txn=txn)
+
+    def _db(self, txn: lmdb.Transaction, name: bytes) -> Any:
+        # Each transaction opens the handles it uses (a B-tree lookup, microseconds):
+        # py-lmdb aborts read transactions, which closes handles opened in them, and
+        # open_db() without a transaction takes the *writer* lock, holding the GIL,
+        # which would queue every hook behind any writer and stall the watchdog.
+        return self.env.open_db(name, txn=txn, create=False)
 
     def close(self) -> None:
         self.env.close()
@@ -178,13 +188,13 @@ class Store:
 
     def is_blocked(self, ns: str, key: str) -> bool:
         sk = subject_key(ns, key)
-        return self.read(lambda txn: txn.get(sk, db=self._dbs[b"blocks"]) is not None)
+        return self.read(lambda txn: txn.get(sk, db=self._db(txn, b"blocks")) is not None)
 
     def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
         import json
 
         sk = subject_key(ns, key)
-        data = self.read(lambda txn: txn.get(sk, db=self._dbs[b"blocks"]))
+        data = self.read(lambda txn: txn.get(sk, db=self._db(txn, b"blocks")))
         return None if data is None else dict(json.loads(bytes(data)))
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
@@ -192,7 +202,7 @@ class Store:
 
         prefix = b"" if ns is None else ns.encode()
         def body(txn: lmdb.Transaction) -> list[dict[str, Any]]:
-            cur = txn.cursor(db=self._dbs[b"blocks"])
+            cur = txn.cursor(db=self._db(txn, b"blocks"))
             found = cur.set_range(prefix) if prefix else cur.first()
             out = []
             while found and bytes(cur.key()).startswith(prefix):
@@ -211,7 +221,7 @@ class Store:
         import json
 
         sk = subject_key(record["ns"], record["key"])
-        if not txn.put(sk, json.dumps(record).encode(), db=self._dbs[b"blocks"], overwrite=False):
+        if not txn.put(sk, json.dumps(record).encode(), db=self._db(txn, b"blocks"), overwrite=False):
             return False
         self._append(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
                                      "by": record["by"], "reason": record["reason"]})
@@ -226,8 +236,8 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> bool:
             for name in counters:
-                txn.delete(name.encode() + b"\0" + sk, db=self._dbs[b"counters"])
-            if not txn.delete(sk, db=self._dbs[b"blocks"]):
+                txn.delete(name.encode() + b"\0" + sk, db=self._db(txn, b"counters"))
+            if not txn.delete(sk, db=self._db(txn, b"blocks")):
                 return False
             self._append(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
             return True
@@ -237,7 +247,7 @@ class Store:
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
         ck = name.encode() + b"\0" + subject_key(ns, key)
-        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self._dbs[b"counters"])))
+        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self._db(txn, b"counters"))))
 
     def record_event(self, ns: str, key: str, now: float, *, limit: int, period: float,
                      make_block: Callable[[Counter, int], dict[str, Any]],
@@ -254,15 +264,15 @@ class Store:
         from . import ratelimit  # here, not at the top: check-blocked never needs it
 
         def body(txn: lmdb.Transaction) -> Outcome:
-            c = Counter.decode(txn.get(ck, db=self._dbs[b"counters"]))
+            c = Counter.decode(txn.get(ck, db=self._db(txn, b"counters")))
             c.times, count, over = ratelimit.record(c.times, now, limit, period)
             c.total += 1
             if evidence:
                 c.recent = [*c.recent, evidence][-keep_evidence:]
             if ip:
                 c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
-            txn.put(ck, c.encode(), db=self._dbs[b"counters"])
-            blocked = txn.get(sk, db=self._dbs[b"blocks"]) is not None
+            txn.put(ck, c.encode(), db=self._db(txn, b"counters"))
+            blocked = txn.get(sk, db=self._db(txn, b"blocks")) is not None
             tripped = over and not blocked and self._block_in(txn, make_block(c, count), now, True)
             return Outcome(blocked or tripped, tripped, count, c.total)
         return self.update(body)
@@ -272,10 +282,10 @@ class Store:
     def _append(self, txn: lmdb.Transaction, db: bytes, item: dict[str, Any]) -> int:
         import json
 
-        cur = txn.cursor(db=self._dbs[db])
+        cur = txn.cursor(db=self._db(txn, db))
         seq = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
         item["seq"] = seq
-        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self._dbs[db], append=True)
+        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self._db(txn, db), append=True)
         return seq
 
     def audit(self, event: dict[str, Any]) -> int:
@@ -290,7 +300,7 @@ class Store:
     def _items(self, db: bytes) -> list[dict[str, Any]]:
         import json
 
-        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self._dbs[db])])
+        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self._db(txn, db))])
 
     def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset()
                    ) -> dict[str, Any] | None:
@@ -303,12 +313,12 @@ class Store:
         import json
 
         def body(txn: lmdb.Transaction) -> dict[str, Any] | None:
-            for k, v in txn.cursor(db=self._dbs[b"outbox"]):
+            for k, v in txn.cursor(db=self._db(txn, b"outbox")):
                 item: dict[str, Any] = json.loads(bytes(v))
                 if item["seq"] in skip or (item["state"] == "sending" and now - item["claimed"] < stale_after):
                     continue
                 item.update(state="sending", claimed=now, claimer=os.getpid())
-                txn.put(k, json.dumps(item).encode(), db=self._dbs[b"outbox"])
+                txn.put(k, json.dumps(item).encode(), db=self._db(txn, b"outbox"))
                 return item
             return None
         return self.update(body)
@@ -322,11 +332,11 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> None:
             if error is None:
-                txn.delete(k, db=self._dbs[b"outbox"])
+                txn.delete(k, db=self._db(txn, b"outbox"))
                 event = {"event": "notified", "notification": item["seq"], "to": item.get("to")}
             else:
                 item.update(state="queued", attempts=item["attempts"] + 1, error=error)
-                txn.put(k, json.dumps(item).encode(), db=self._dbs[b"outbox"])
+                txn.put(k, json.dumps(item).encode(), db=self._db(txn, b"outbox"))
                 event = {"event": "notify-failed", "notification": item["seq"], "error": error}
             self._append(txn, b"audit", {"ts": now, "ns": block["ns"], "key": block["key"], "by": "notify", **event})
         self.update(body)

@@ -1,0 +1,294 @@
+"""A real Exim on 127.0.0.1 with eximhook's snippets included verbatim.
+
+The generated config only adds scaffolding around the snippets: a local domain with a
+list of valid users, a plaintext authenticator with test users (TLS only, through the
+snippet's macro), a throwaway self-signed certificate, local delivery to maildirs,
+127.0.0.2 as a relay customer. Used by the e2e tests and by contrib/demo.py.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from eximhook.subjects import lsearch_line
+
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPETS = ROOT / "exim-snippets"
+EXIM = "/usr/sbin/exim4"
+EXIPICK = "/usr/sbin/exipick"
+EXIM_USER = "Debian-exim"
+DOMAIN = "test.example"
+MAILBOXES = ("alice", "bob", "carol", "abuse", "postmaster")
+PASSWORD = "secret"
+RELAY_CLIENT = "127.0.0.2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> object:
+    """Poll ``check`` until it returns something true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Exim:
+    """One Exim daemon with its own spool, log, mail and eximhook store in ``work``."""
+
+    def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None) -> None:
+        self.work = work
+        self.port = free_port()
+        self.users = users
+        self.limit = limit
+        self.conf = work / "exim.conf"
+        self.eximhook_conf = work / "eximhook.toml"
+        self.spool = work / "spool"
+        self.mail = work / "mail"
+        self.hook_cmd = hook_cmd or f"{sys.executable} -IS {os.path.dirname(sys.executable)}/eximhook " \
+                                    f"--config {self.eximhook_conf}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- set-up --------------------------------------------------------------------
+
+    def setup(self) -> Exim:
+        exim = pwd.getpwnam(EXIM_USER)
+        self.work.chmod(0o755)  # mkdtemp makes 0700: the Exim user must get in
+        for d in (self.spool, self.work / "log", self.mail):
+            d.mkdir(exist_ok=True)
+            os.chown(d, exim.pw_uid, exim.pw_gid)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-keyout", str(self.work / "key.pem"), "-out", str(self.work / "cert.pem")],
+                       check=True, capture_output=True)
+        (self.work / "key.pem").chmod(0o640)
+        os.chown(self.work / "key.pem", 0, exim.pw_gid)
+        passwd = b"".join((lsearch_line(u) or b"").rstrip(b"\n") + f": {PASSWORD}\n".encode() for u in self.users)
+        (self.work / "passwd").write_bytes(passwd)
+        (self.work / "passwd").chmod(0o644)
+        self.eximhook_conf.write_text(self.eximhook_toml())
+        self.eximhook_conf.chmod(0o644)
+        self.conf.write_text(self.exim_conf())
+        self.conf.chmod(0o644)
+        # creates the store, the mirror files (lsearch on a missing file is a 451) and
+        # the config cache the hooks read
+        self.eximhook("export")
+        return self
+
+    def eximhook_toml(self) -> str:
+        return f"""
+[store]
+path = "{self.spool}/eximhook"
+mirror_dir = "{self.spool}"
+
+[limits.auth]
+limit = {self.limit}
+period = "1h"
+
+[limits.relay]
+limit = {self.limit}
+period = "1h"
+
+[notify]
+to = "abuse@{DOMAIN}"
+sendmail = ["{EXIM}", "-C", "{self.conf}", "-f", "root"]
+timeout = 10
+
+[log]
+file = "{self.spool}/eximhook.log"
+
+[exim]
+binary = "{EXIM}"
+config = "{self.conf}"
+exipick = "{EXIPICK}"
+"""
+
+    def exim_conf(self) -> str:
+        s, w = SNIPPETS, self.work
+        return f"""
+# scaffolding for eximhook's end-to-end tests; the snippets are included verbatim
+EXIMHOOK_CMD = {self.hook_cmd}
+EXIMHOOK_CDB = {self.spool}/blocked_subjects.cdb
+.include {s}/macros.conf
+
+primary_hostname = mx.{DOMAIN}
+qualify_domain = {DOMAIN}
+domainlist local_domains = {DOMAIN}
+hostlist relay_from_hosts = {RELAY_CLIENT}
+spool_directory = {self.spool}
+log_file_path = {w}/log/%slog
+exim_user = {EXIM_USER}
+exim_group = {EXIM_USER}
+never_users = root
+trusted_users = {EXIM_USER}
+keep_environment =
+deliver_drop_privilege = true
+host_lookup =
+rfc1413_hosts =
+smtp_accept_queue_per_connection = 0
+smtp_accept_max = 50
+recipients_max = 5000
+queue_run_in_order = false
+log_selector = +subject +received_recipients
+tls_certificate = {w}/cert.pem
+tls_privatekey = {w}/key.pem
+.include {s}/tls-auth.conf
+acl_smtp_rcpt = acl_check_rcpt
+
+begin acl
+acl_check_rcpt:
+  accept  hosts = :
+.include {s}/acl-rcpt-auth.conf
+.include {s}/acl-rcpt-relay.conf
+.include {s}/acl-rcpt-accept.conf
+  require verify = recipient
+  accept  domains = +local_domains
+
+begin routers
+mailboxes:
+  driver = accept
+  domains = +local_domains
+  local_parts = {" : ".join(MAILBOXES)}
+  transport = maildir
+
+begin transports
+maildir:
+  driver = appendfile
+  directory = {self.mail}/$local_part_data/Maildir
+  maildir_format
+  create_directory
+  delivery_date_add
+  envelope_to_add
+  return_path_add
+  user = {EXIM_USER}
+
+begin retry
+*   *   F,1h,5m
+
+begin authenticators
+plain:
+  driver = plaintext
+  public_name = PLAIN
+  server_prompts = :
+  server_condition = ${{if eq{{$auth3}}{{${{lookup{{$auth2}}lsearch{{{w}/passwd}}{{$value}}fail}}}}}}
+  server_set_id = $auth2
+  server_advertise_condition = EXIMHOOK_AUTH_ADVERTISE
+"""
+
+    # -- running ---------------------------------------------------------------------
+
+    def start(self) -> Exim:
+        self.proc = subprocess.Popen([EXIM, "-C", str(self.conf), "-bdf", "-oX", str(self.port),
+                                      "-oP", str(self.work / "exim.pid")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def listening() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"exim exited {self.proc.returncode}: {err}{self.log('panic')}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for("exim to listen", listening)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Exim:
+        return self.setup().start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- SMTP ------------------------------------------------------------------------
+
+    def connect(self, source: str = "127.0.0.1", tls: bool = True) -> smtplib.SMTP:
+        smtp = smtplib.SMTP("127.0.0.1", self.port, source_address=(source, 0), timeout=30)
+        smtp.ehlo("client.example")
+        if tls:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            smtp.starttls(context=ctx)
+            smtp.ehlo("client.example")
+        return smtp
+
+    def send(self, rcpts: list[str], *, user: str | None = None, source: str = "127.0.0.1",
+             subject: str = "test", headers: str = "", sender: str | None = None) -> dict[str, tuple[int, bytes]]:
+        """One message over one connection; returns the refused recipients."""
+        with self.connect(source) as smtp:
+            if user is not None:
+                smtp.login(user, PASSWORD)
+            msg = f"From: <{sender or 'bob@' + DOMAIN}>\r\nSubject: {subject}\r\n{headers}\r\nhello\r\n"
+            return smtp.sendmail(sender or f"bob@{DOMAIN}", rcpts, msg.encode())
+
+    # -- inspecting ------------------------------------------------------------------
+
+    def exim(self, *args: str) -> str:
+        return subprocess.run([EXIM, "-C", str(self.conf), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def eximhook(self, *args: str) -> subprocess.CompletedProcess[str]:
+        script = os.path.join(os.path.dirname(sys.executable), "eximhook")
+        return subprocess.run([sys.executable, script, "--config", str(self.eximhook_conf), *args],
+                              capture_output=True, text=True, check=False)
+
+    def queue(self, frozen: bool | None = None) -> list[str]:
+        flag = [] if frozen is None else ["-z" if frozen else "-x"]
+        out = subprocess.run([EXIPICK, "-C", str(self.conf), "-i", *flag], capture_output=True, text=True,
+                             check=True).stdout
+        return out.split()
+
+    def headers(self, msg_id: str) -> str:
+        return self.exim("-Mvh", msg_id)
+
+    def maildir(self, box: str) -> list[bytes]:
+        new = self.mail / box / "Maildir" / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+    def log(self, name: str = "main") -> str:
+        path = self.work / "log" / f"{name}log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def hook_log(self) -> str:
+        path = self.spool / "eximhook.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def make(users: list[str], **kwargs: object) -> Exim:
+    work = Path(tempfile.mkdtemp(prefix="eximhook-e2e-"))
+    return Exim(work, users=users, **kwargs)  # type: ignore[arg-type]
+
+
+def cleanup(server: Exim) -> None:
+    server.stop()
+    shutil.rmtree(server.work, ignore_errors=True)
