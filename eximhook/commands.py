@@ -16,7 +16,8 @@ from . import notify as notify_mod
 from ._fastconfig import DEFAULT_PATH
 from ._log import Logger
 from .config import Config
-from .errors import Exit
+from .errors import EximError, Exit
+from .exim import Exim
 from .periods import format_period
 from .ratelimit import in_window
 from .store import Store
@@ -60,14 +61,24 @@ def dump(obj: Any) -> None:
 
 
 def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
-    from .exim import Exim
-
     exim = Exim.from_config(cfg.exim)
+    log = Logger(cfg.log.file)
+
+    def frozen_ids(ns: str, key: str) -> list[str]:
+        # a queue we cannot read must not hold the notification back: log, mail anyway
+        try:
+            if cfg.exim.freeze_queued:
+                core.freeze_queued(store, exim, ns, key, time.time())
+            return [m.id for m in exim.messages(ns, key, frozen=True)]
+        except (EximError, OSError, ValueError) as exc:
+            log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
+            return []
+
     n = cfg.notify
     return notify_mod.send_pending(
         store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
         stale_after=n.stale_after, budget=n.budget, command=command_line(cfg), clock=time.time,
-        frozen_ids=exim.frozen_ids_quiet)
+        frozen_ids=frozen_ids)
 
 
 def notify(cfg: Config, opts: argparse.Namespace) -> int:
@@ -138,10 +149,61 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
 
 
 def unblock(cfg: Config, opts: argparse.Namespace) -> int:
+    if opts.release:
+        return release(cfg, opts)
+    if opts.purge:
+        opts.unblock = True
+        return purge(cfg, opts)
     ns, key = subject(cfg, opts)
     with open_store(cfg) as store:
         core.unblock(store, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
     print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
+    return Exit.OK
+
+
+def frozen(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    now = time.time()
+    messages = Exim.from_config(cfg.exim).messages(ns, key, frozen=True)
+    if opts.json:
+        dump([{"id": m.id, "sender": m.sender, "recipients": m.recipients, "recipient_count": len(m.recipients),
+               "subject": m.subject, "age_s": round(now - m.received), "size": m.size,
+               "frozen_by_eximhook": m.frozen_by_us} for m in messages])
+        return Exit.OK
+    rows = [[m.id, format_period(max(60, round(now - m.received) // 60 * 60)), str(m.size), escape(m.sender),
+             str(len(m.recipients)), escape(m.subject)[:60], "yes" if m.frozen_by_us else "no"] for m in messages]
+    print(table(["ID", "AGE", "SIZE", "SENDER", "RCPTS", "SUBJECT", "BY-EXIMHOOK"], rows) if rows
+          else f"no frozen messages from {ns} {escape(key)}")
+    return Exit.OK
+
+
+def view(cfg: Config, opts: argparse.Namespace) -> int:
+    print(Exim.from_config(cfg.exim).view(opts.id, opts.lines), end="")
+    return Exit.OK
+
+
+def _report(verb: str, ns: str, key: str, ids: list[str], lifted: bool, dry_run: bool) -> None:
+    would = "would be " if dry_run else ""
+    print(f"{len(ids)} message(s) from {ns} {escape(key)} {would}{verb}: {' '.join(ids) or '-'}")
+    if lifted:
+        print(f"block on {ns} {escape(key)} {would}lifted")
+
+
+def release(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    with open_store(cfg) as store:
+        ids, lifted = core.release(store, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key, time.time(),
+                                   by=actor(), dry_run=opts.dry_run)
+    _report("released (thawed, delivery started)", ns, key, ids, lifted, opts.dry_run)
+    return Exit.OK
+
+
+def purge(cfg: Config, opts: argparse.Namespace) -> int:
+    ns, key = subject(cfg, opts)
+    with open_store(cfg) as store:
+        ids, lifted = core.purge(store, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key, time.time(),
+                                 by=actor(), dry_run=opts.dry_run, lift=opts.unblock)
+    _report("removed from the queue", ns, key, ids, lifted, opts.dry_run)
     return Exit.OK
 
 

@@ -14,6 +14,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .exim import Exim
+
 
 def block_record(ns: str, key: str, now: float, *, by: str, reason: str, limit: int | None = None,
                  period: float | None = None, count: int | None = None,
@@ -63,3 +65,47 @@ def unblock(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by:
     if not store.unblock(ns, key, now, by):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     mirror.rewrite(store, mirror_dir)
+
+
+def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> list[str]:
+    """Freeze the subject's mail still waiting in the queue, so the spam accepted just
+    before the block does not leave; returns the ids frozen (audited)."""
+    ids = [m.id for m in exim.messages(ns, key, frozen=False)]
+    if ids:
+        exim.act("-Mf", ids)
+        store.audit({"ts": now, "event": "froze-queued", "ns": ns, "key": key, "by": "eximhook", "ids": ids})
+    return ids
+
+
+def release(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
+            dry_run: bool = False) -> tuple[list[str], bool]:
+    """Not spam after all: lift the block, thaw the subject's frozen mail and start its
+    delivery. Returns the ids and whether a block was lifted. Works without a block
+    too (mail left frozen by an earlier plain ``unblock``)."""
+    ids = [m.id for m in exim.messages(ns, key, frozen=True)]
+    blocked = store.is_blocked(ns, key)
+    if dry_run:
+        return ids, blocked
+    if blocked:
+        unblock(store, mirror_dir, ns, key, now, by=by)
+    if ids:
+        exim.act("-Mt", ids)
+        exim.deliver_soon(ids)
+    store.audit({"ts": now, "event": "released", "ns": ns, "key": key, "by": by, "ids": ids})
+    return ids, blocked
+
+
+def purge(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
+          dry_run: bool = False, lift: bool = False) -> tuple[list[str], bool]:
+    """Spam: remove the subject's frozen mail from the queue; keep the block unless
+    ``lift``. Returns the ids and whether a block was lifted."""
+    ids = [m.id for m in exim.messages(ns, key, frozen=True)]
+    lifting = lift and store.is_blocked(ns, key)
+    if dry_run:
+        return ids, lifting
+    if ids:
+        exim.act("-Mrm", ids)
+    store.audit({"ts": now, "event": "purged", "ns": ns, "key": key, "by": by, "ids": ids})
+    if lifting:
+        unblock(store, mirror_dir, ns, key, now, by=by)
+    return ids, lifting

@@ -83,7 +83,8 @@ def parse_header_file(msg_id: str, data: bytes, data_size: int = 0) -> Message:
     received = float(cur.line().split()[0])
     frozen, acl_m = False, {}
     while cur.at(b"-"):
-        tag, _, arg = cur.line()[1:].partition(b" ")
+        # a second dash marks a tainted value (--aclm _user 3, --auth_id bob)
+        tag, _, arg = cur.line().removeprefix(b"-").removeprefix(b"-").partition(b" ")
         if tag == b"frozen":
             frozen = True
         elif tag == b"aclm":
@@ -173,24 +174,31 @@ class Exim:
         found = (self.message(i) for i in self.ids(frozen))
         return [m for m in found if m is not None and m.of(ns, key)]
 
-    def frozen_ids_quiet(self, ns: str, key: str) -> list[str]:
-        """For the notification mail: the ids, or none when the queue can't be read."""
-        try:
-            return [m.id for m in self.messages(ns, key, frozen=True)]
-        except (EximError, OSError, ValueError):
-            return []
-
     def act(self, option: str, ids: Sequence[str]) -> None:
         """``exim -Mt`` (thaw), ``-Mf`` (freeze) or ``-Mrm`` (remove) on checked ids."""
-        bad = [i for i in ids if not MESSAGE_ID.match(i.encode())]
-        if bad:
-            raise EximError(f"not message ids: {bad!r}")
+        self._check_ids(ids)
         for start in range(0, len(ids), 100):
             self._exim(option, *ids[start : start + 100])
 
+    def deliver_soon(self, ids: Sequence[str]) -> None:
+        """Start ``exim -M`` on ``ids`` and return at once: delivery may take long, and
+        a queue runner would get there anyway; this only saves the wait for it."""
+        self._check_ids(ids)
+        argv = [self.binary, *(["-C", self.config] if self.config else []), "-M", *ids]
+        try:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            raise EximError(f"cannot run {self.binary}: {exc.strerror}") from exc
+
+    @staticmethod
+    def _check_ids(ids: Sequence[str]) -> None:
+        bad = [i for i in ids if not MESSAGE_ID.match(i.encode())]
+        if bad:
+            raise EximError(f"not message ids: {bad!r}")
+
     def view(self, msg_id: str, body_lines: int = 40) -> str:
-        if not MESSAGE_ID.match(msg_id.encode()):
-            raise EximError(f"not a message id: {msg_id!r}")
+        self._check_ids([msg_id])
         headers = self._exim("-Mvh", msg_id).decode("utf-8", "replace")
         body = self._exim("-Mvb", msg_id).decode("utf-8", "replace").split("\n")
         more = f"\n[... {len(body) - body_lines} more lines]" if len(body) > body_lines else ""

@@ -30,6 +30,7 @@ EXIM = "/usr/sbin/exim4"
 EXIPICK = "/usr/sbin/exipick"
 EXIM_USER = "Debian-exim"
 DOMAIN = "test.example"
+REMOTE = "remote.example"  # routed to a closed port on 127.0.0.1: its mail defers and stays queued
 MAILBOXES = ("alice", "bob", "carol", "abuse", "postmaster")
 PASSWORD = "secret"
 RELAY_CLIENT = "127.0.0.2"
@@ -58,6 +59,7 @@ class Exim:
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None) -> None:
         self.work = work
         self.port = free_port()
+        self.closed_port = free_port()
         self.users = users
         self.limit = limit
         self.conf = work / "exim.conf"
@@ -169,6 +171,13 @@ mailboxes:
   local_parts = {" : ".join(MAILBOXES)}
   transport = maildir
 
+remote:
+  driver = manualroute
+  domains = {REMOTE}
+  route_list = * 127.0.0.1
+  self = send
+  transport = closed_port
+
 begin transports
 maildir:
   driver = appendfile
@@ -179,6 +188,11 @@ maildir:
   envelope_to_add
   return_path_add
   user = {EXIM_USER}
+
+closed_port:
+  driver = smtp
+  port = {self.closed_port}
+  allow_localhost
 
 begin retry
 *   *   F,1h,5m
