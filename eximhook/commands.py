@@ -50,6 +50,14 @@ def when(ts: float | None) -> str:
     return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
+def age(seconds: float) -> str:
+    """Like mailq: 45s, 12m, 5h, 3d."""
+    for unit, size, up_to in (("s", 1, 90), ("m", 60, 5400), ("h", 3600, 172800)):
+        if seconds < up_to:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds // 86400)}d"
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
     lines = ("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [headers, *rows])
@@ -170,7 +178,7 @@ def frozen(cfg: Config, opts: argparse.Namespace) -> int:
                "subject": m.subject, "age_s": round(now - m.received), "size": m.size,
                "frozen_by_eximhook": m.frozen_by_us} for m in messages])
         return Exit.OK
-    rows = [[m.id, format_period(max(60, round(now - m.received) // 60 * 60)), str(m.size), escape(m.sender),
+    rows = [[m.id, age(now - m.received), str(m.size), escape(m.sender),
              str(len(m.recipients)), escape(m.subject)[:60], "yes" if m.frozen_by_us else "no"] for m in messages]
     print(table(["ID", "AGE", "SIZE", "SENDER", "RCPTS", "SUBJECT", "BY-EXIMHOOK"], rows) if rows
           else f"no frozen messages from {ns} {escape(key)}")
@@ -207,10 +215,14 @@ def purge(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _detail(value: object) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _history_table(events: list[dict[str, Any]]) -> str:
     skip = {"seq", "ts", "event", "ns", "key", "by"}
     rows = [[when(e["ts"]), e["event"], e.get("ns", "-"), escape(e.get("key", "-")), e.get("by", "-"),
-             escape(" ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in skip and v is not None))]
+             escape(" ".join(f"{k}={_detail(v)}" for k, v in sorted(e.items()) if k not in skip and v is not None))]
             for e in events]
     return table(["TIME", "EVENT", "NS", "KEY", "BY", "DETAIL"], rows)
 

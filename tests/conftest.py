@@ -73,6 +73,19 @@ def exim_expand(expression: str) -> str:
     return proc.stdout.decode("utf-8", "replace").split("\n")[0].removeprefix("> ")
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The hooks run from the installed copy (as Exim runs them): refuse to test a
+    stale one, which would pass or fail for code that is not in this checkout."""
+    probe = [sys.executable, "-I", "-c", "import eximhook, os; print(os.path.dirname(eximhook.__file__))"]
+    installed = Path(subprocess.run(probe, capture_output=True, text=True, cwd="/", check=False).stdout.strip())
+    here = Path(__file__).resolve().parent.parent / "eximhook"
+    stale = [p.name for p in here.glob("*.py") if not (installed / p.name).is_file()
+             or (installed / p.name).read_bytes() != p.read_bytes()]
+    if stale or not os.path.exists(EXIMHOOK):
+        pytest.exit(f"the eximhook installed for {sys.executable} is not this checkout ({', '.join(stale) or EXIMHOOK}"
+                    " differs): run `bash contrib/install.sh --dev` (or pip install .)", returncode=4)
+
+
 # CI (CI=true) has Exim and root: there these tests must run, never skip.
 _CI = os.environ.get("CI") == "true"
 needs_exim = pytest.mark.skipif(not _CI and not os.path.exists(EXIM), reason="needs exim4-daemon-heavy")

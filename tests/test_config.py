@@ -105,3 +105,10 @@ def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
     Path(_fastconfig.cache_path(path)).write_bytes(b"\x00garbage")
     settings, cached = _fastconfig.hook_settings(path)
     assert not cached and settings["store"] == "/var/spool/exim4/eximhook"
+
+
+def test_example_config_shows_every_default() -> None:
+    example = load(str(Path(__file__).resolve().parent.parent / "contrib" / "eximhook.toml"))
+    defaults = Config()
+    for section in ("store", "limits", "notify", "hooks", "evidence", "relay", "log", "exim"):
+        assert getattr(example, section) == getattr(defaults, section), section

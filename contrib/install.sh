@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install eximhook on Debian 12 (as root), from this checkout:
+#   - exim4-daemon-heavy (Exim 4.96), python3-venv, openssl; no service is started
+#     while installing (policy-rc.d), so a test machine stays quiet
+#   - a venv at /opt/eximhook built from Debian's /usr/bin/python3: the Exim user runs
+#     the hooks, so the interpreter must not live under /root
+#   - eximhook into that venv; --dev adds the test and lint tools
+#   - without --dev: /etc/eximhook/eximhook.toml (from contrib/eximhook.toml, if absent),
+#     the store and the mirror files (eximhook export)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+dev=false
+[ "${1:-}" = "--dev" ] && dev=true
+venv=/opt/eximhook
+
+packages="exim4-daemon-heavy python3-venv openssl"
+if [ "$(dpkg-query -W -f='${Status}\n' $packages 2>/dev/null | grep -c 'ok installed')" = 3 ]; then
+    echo "install: Debian packages already there"
+else
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
+fi
+
+[ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+if $dev; then
+    "$venv/bin/pip" install -q "$here[test,lint]"
+else
+    "$venv/bin/pip" install -q "$here"
+fi
+chmod -R go+rX "$venv"
+echo "install: eximhook $("$venv/bin/python3" -I -c 'import eximhook; print(eximhook.__version__)') in $venv"
+
+if ! $dev; then
+    install -d -m 0755 /etc/eximhook
+    [ -e /etc/eximhook/eximhook.toml ] || install -m 0644 "$here/contrib/eximhook.toml" /etc/eximhook/eximhook.toml
+    "$venv/bin/eximhook" check-config
+    "$venv/bin/eximhook" export
+fi
