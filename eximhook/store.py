@@ -37,7 +37,7 @@ _DBS = (b"blocks", b"counters", b"outbox", b"audit")
 _MAX_RAW_KEY = 400
 _SEQ = struct.Struct(">Q")
 _HEAD = struct.Struct("<QI")  # total events, number of timestamps
-_GROW_TRIES = 8
+_TRIES = 8  # each retry doubles a full map, or frees reader slots of dead processes
 # One reader slot per process that has the store open: every Exim process running a
 # hook at the same moment, plus the admin. LMDB's default is 126.
 _MAX_READERS = 1024
@@ -157,9 +157,15 @@ class Store:
         ``body`` may run more than once (after MapFullError), so it must not have side
         effects outside the transaction.
         """
-        for _ in range(_GROW_TRIES):
+        return self._transact(body, write=True)
+
+    def read(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        return self._transact(body, write=False)
+
+    def _transact(self, body: Callable[[lmdb.Transaction], T], write: bool) -> T:
+        for _ in range(_TRIES):
             try:
-                with self.env.begin(write=True) as txn:
+                with self.env.begin(write=write) as txn:
                     return body(txn)
             except lmdb.MapFullError:
                 self.env.set_mapsize(self.env.info()["map_size"] * 2)
@@ -169,20 +175,7 @@ class Store:
                 self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
             except lmdb.Error as exc:
                 raise StoreUnavailable(f"store {self.path}: {exc}") from exc
-        raise StoreUnavailable(f"store {self.path}: map still full after growing it")
-
-    def read(self, body: Callable[[lmdb.Transaction], T]) -> T:
-        for _ in range(2):
-            try:
-                with self.env.begin() as txn:
-                    return body(txn)
-            except lmdb.MapResizedError:
-                self.env.set_mapsize(0)
-            except lmdb.ReadersFullError:
-                self.env.reader_check()
-            except lmdb.Error as exc:
-                raise StoreUnavailable(f"store {self.path}: {exc}") from exc
-        raise StoreUnavailable(f"store {self.path}: map keeps changing size")
+        raise StoreUnavailable(f"store {self.path}: gave up after {_TRIES} tries (map full, or readers full)")
 
     # -- blocks ------------------------------------------------------------------
 
