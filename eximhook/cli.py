@@ -40,6 +40,9 @@ def _admin(args: list[str], standalone: bool) -> int:
         opts = build_parser().parse_args(args)
     except SystemExit as exc:  # argparse exits on --help (0) and on bad usage (2)
         return Exit.USAGE if exc.code == 2 else int(exc.code or 0)
+    if opts.func is None:  # a hook that main() could not route: options before it
+        print(f"eximhook: error: {opts.command} takes --config once, before its name", file=sys.stderr)
+        return Exit.USAGE
     if opts.command == "notify" and standalone:
         hooks.silence_stderr()  # notify is also run by Exim: stdout is its one token
     try:

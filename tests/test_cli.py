@@ -50,6 +50,11 @@ def test_key_that_looks_like_an_option(cli: Run) -> None:
     assert json.loads(out)["counter"]["rcpts"] == ["--ip"]
 
 
+def test_hook_after_other_options_is_a_usage_error(cli: Run, config: Path) -> None:
+    code, out, err = cli("--config", str(config), "check-blocked", "auth", "bob")  # --config twice
+    assert (code, out) == (Exit.USAGE, "") and "before its name" in err
+
+
 def test_admin_usage_errors_return_64(cli: Run) -> None:
     code, out, err = cli("show", "auth")
     assert (code, out) == (Exit.USAGE, "") and "required: KEY" in err

@@ -56,7 +56,8 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> o
 class Exim:
     """One Exim daemon with its own spool, log, mail and eximhook store in ``work``."""
 
-    def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None) -> None:
+    def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
+                 macros: dict[str, str] | None = None) -> None:
         self.work = work
         self.port = free_port()
         self.closed_port = free_port()
@@ -68,6 +69,7 @@ class Exim:
         self.mail = work / "mail"
         self.hook_cmd = hook_cmd or f"{sys.executable} -IS {os.path.dirname(sys.executable)}/eximhook " \
                                     f"--config {self.eximhook_conf}"
+        self.macros = macros or {}  # defined before macros.conf, whose own are .ifndef-guarded
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- set-up --------------------------------------------------------------------
@@ -125,9 +127,10 @@ exipick = "{EXIPICK}"
 
     def exim_conf(self) -> str:
         s, w = SNIPPETS, self.work
+        overrides = "".join(f"{name} = {value}\n" for name, value in self.macros.items())
         return f"""
 # scaffolding for eximhook's end-to-end tests; the snippets are included verbatim
-EXIMHOOK_CMD = {self.hook_cmd}
+{overrides}EXIMHOOK_CMD = {self.hook_cmd}
 EXIMHOOK_CDB = {self.spool}/blocked_subjects.cdb
 .include {s}/macros.conf
 
