@@ -36,6 +36,11 @@ class Logger:
         except OSError:
             syslog.syslog(_LEVELS[level], line)  # the log file is not ours to write: fall back
             return
+        if os.geteuid() == 0 and os.fstat(fd).st_uid == 0:
+            # an admin command created it: the hooks (the Exim user) must still append
+            from ._perms import hand_over, resolve_owner
+
+            hand_over([self.file], resolve_owner(None, os.path.dirname(self.file)))
         try:
             os.write(fd, data)  # one write() with O_APPEND: lines from many processes never interleave
         finally:

@@ -63,3 +63,18 @@ def test_hooks_use_what_root_created(spool: Path) -> None:
     assert root.returncode == 0, root.stderr
     assert as_exim(config, "check-blocked", "auth", "bob").stdout == b"0"
     assert (spool / "spool/blocked_authenticated_users").stat().st_uid == exim_uid
+
+
+def test_log_file_root_creates_stays_writable_for_hooks(spool: Path) -> None:
+    from eximhook._log import Logger
+
+    log = spool / "spool" / "eximhook.log"
+    Logger(str(log)).log("notice", "written by root")
+    assert log.stat().st_uid == pwd.getpwnam(EXIM_USER).pw_uid
+    proc = subprocess.run(["setpriv", f"--reuid={EXIM_USER}", f"--regid={EXIM_USER}", "--init-groups",
+                           sys.executable, "-I", "-c",
+                           f"import sys; sys.path[:0] = {sys.path!r}\n"
+                           f"from eximhook._log import Logger; Logger({str(log)!r}).log('notice', 'by the hook')"],
+                          capture_output=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().count("\n") == 2 and "by the hook" in log.read_text()
