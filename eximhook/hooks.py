@@ -101,7 +101,8 @@ def _rewrite_mirrors(store: Store, mirror_dir: str, log: Logger) -> None:
     try:
         mirror.rewrite(store, mirror_dir, timeout=1.0)
     except Exception as exc:
-        log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; run 'eximhook export'")
+        log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
+                       "eximhook-maintain.timer or 'eximhook export' will")
 
 
 def run(name: str, args: list[str], config_path: str, *, standalone: bool = False) -> int:
