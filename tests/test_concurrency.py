@@ -50,3 +50,30 @@ def test_concurrent_notify_sends_once(tmp_path: Path, cli: Run) -> None:
         sent = list(pool.map(lambda _: hook(config, "notify").stdout, range(8)))
     assert sum(int(s) for s in sent) == 3
     assert len(list(box.iterdir())) == 3
+
+
+def test_trip_while_the_mirror_lock_is_held(tmp_path: Path, cli: Run) -> None:
+    """The block is in the store and the answer is 1 even when the mirror rewrite
+    cannot get its lock in time; `export` (run every minute by eximhook-maintain)
+    brings the mirror up to date."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path, limit=1)
+    assert hook(config, "record-invalid", "auth", "early").stdout == b"0"  # creates the store
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys, time\n"
+         f"with filelock.FileLock({str(tmp_path / 'store' / 'mirror.lock')!r}):\n"
+         "    print('held', flush=True); time.sleep(10)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        proc = hook(config, "record-invalid", "auth", "early")
+        assert (proc.returncode, proc.stdout) == (0, b"1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "could not rewrite the mirror files" in (tmp_path / "eximhook.log").read_text()
+    mirror = tmp_path / "mirror" / "blocked_authenticated_users"
+    assert not mirror.exists() or b'"early"' not in mirror.read_bytes()
+    assert cli("export", config_path=config)[0] == 0
+    assert b'"early"' in mirror.read_bytes()
