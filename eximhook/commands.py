@@ -77,7 +77,7 @@ def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
         try:
             if cfg.exim.freeze_queued:
                 core.freeze_queued(store, exim, ns, key, time.time())
-            return [m.id for m in exim.messages(ns, key, frozen=True)]
+            return exim.message_ids(ns, key, frozen=True)
         except (EximError, OSError, ValueError) as exc:
             log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
             return []

@@ -70,7 +70,7 @@ def unblock(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by:
 def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> list[str]:
     """Freeze the subject's mail still waiting in the queue, so the spam accepted just
     before the block does not leave; returns the ids frozen (audited)."""
-    ids = [m.id for m in exim.messages(ns, key, frozen=False)]
+    ids = exim.message_ids(ns, key, frozen=False)
     if ids:
         exim.act("-Mf", ids)
         store.audit({"ts": now, "event": "froze-queued", "ns": ns, "key": key, "by": "eximhook", "ids": ids})
@@ -82,7 +82,7 @@ def release(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: f
     """Not spam after all: lift the block, thaw the subject's frozen mail and start its
     delivery. Returns the ids and whether a block was lifted. Works without a block
     too (mail left frozen by an earlier plain ``unblock``)."""
-    ids = [m.id for m in exim.messages(ns, key, frozen=True)]
+    ids = exim.message_ids(ns, key, frozen=True)
     blocked = store.is_blocked(ns, key)
     if dry_run:
         return ids, blocked
@@ -99,7 +99,7 @@ def purge(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: flo
           dry_run: bool = False, lift: bool = False) -> tuple[list[str], bool]:
     """Spam: remove the subject's frozen mail from the queue; keep the block unless
     ``lift``. Returns the ids and whether a block was lifted."""
-    ids = [m.id for m in exim.messages(ns, key, frozen=True)]
+    ids = exim.message_ids(ns, key, frozen=True)
     lifting = lift and store.is_blocked(ns, key)
     if dry_run:
         return ids, lifting

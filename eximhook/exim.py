@@ -174,6 +174,9 @@ class Exim:
         found = (self.message(i) for i in self.ids(frozen))
         return [m for m in found if m is not None and m.of(ns, key)]
 
+    def message_ids(self, ns: str, key: str, frozen: bool) -> list[str]:
+        return [m.id for m in self.messages(ns, key, frozen)]
+
     def act(self, option: str, ids: Sequence[str]) -> None:
         """``exim -Mt`` (thaw), ``-Mf`` (freeze) or ``-Mrm`` (remove) on checked ids."""
         self._check_ids(ids)
