@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,10 +12,7 @@ import pytest
 
 from eximhook.cli import main
 
-# The installed launcher, as Exim runs it: VENV/bin/python3 -IS VENV/bin/eximhook
-EXIMHOOK = os.path.join(os.path.dirname(sys.executable), "eximhook")
-EXIM = shutil.which("exim4", path="/usr/sbin:/usr/bin") or "/usr/sbin/exim4"
-EXIM_USER = "Debian-exim"
+from .e2e.harness import EXIM, EXIMHOOK
 
 
 def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None) -> Path:

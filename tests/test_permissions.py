@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import EXIM_USER, EXIMHOOK, needs_root, write_config
+from .conftest import needs_root, write_config
+from .e2e.harness import EXIM_USER, EXIMHOOK
 
 pytestmark = needs_root
 

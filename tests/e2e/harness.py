@@ -29,6 +29,8 @@ SNIPPETS = ROOT / "exim-snippets"
 EXIM = "/usr/sbin/exim4"
 EXIPICK = "/usr/sbin/exipick"
 EXIM_USER = "Debian-exim"
+# The installed launcher, as Exim runs it: VENV/bin/python3 -IS VENV/bin/eximhook
+EXIMHOOK = os.path.join(os.path.dirname(sys.executable), "eximhook")
 DOMAIN = "test.example"
 REMOTE = "remote.example"  # routed to a closed port on 127.0.0.1: its mail defers and stays queued
 MAILBOXES = ("alice", "bob", "carol", "abuse", "postmaster")
@@ -67,8 +69,7 @@ class Exim:
         self.eximhook_conf = work / "eximhook.toml"
         self.spool = work / "spool"
         self.mail = work / "mail"
-        self.hook_cmd = hook_cmd or f"{sys.executable} -IS {os.path.dirname(sys.executable)}/eximhook " \
-                                    f"--config {self.eximhook_conf}"
+        self.hook_cmd = hook_cmd or f"{sys.executable} -IS {EXIMHOOK} --config {self.eximhook_conf}"
         self.macros = macros or {}  # defined before macros.conf, whose own are .ifndef-guarded
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -275,8 +276,7 @@ plain:
                               check=True).stdout
 
     def eximhook(self, *args: str) -> subprocess.CompletedProcess[str]:
-        script = os.path.join(os.path.dirname(sys.executable), "eximhook")
-        return subprocess.run([sys.executable, script, "--config", str(self.eximhook_conf), *args],
+        return subprocess.run([sys.executable, EXIMHOOK, "--config", str(self.eximhook_conf), *args],
                               capture_output=True, text=True, check=False)
 
     def queue(self, frozen: bool | None = None) -> list[str]:

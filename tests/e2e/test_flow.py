@@ -6,6 +6,7 @@ import json
 import os
 import smtplib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -189,7 +190,7 @@ def test_stuck_store_is_answered_by_the_watchdog(exim: h.Exim) -> None:
     """Another process holds the store's write lock: the hook answers 0 after
     hooks.timeout (2 s), far from Exim's 60 s, and the RCPT is accepted."""
     holder = subprocess.Popen(
-        ["setpriv", f"--reuid={h.EXIM_USER}", f"--regid={h.EXIM_USER}", "--init-groups", os.sys.executable, "-c",
+        ["setpriv", f"--reuid={h.EXIM_USER}", f"--regid={h.EXIM_USER}", "--init-groups", sys.executable, "-c",
          "import lmdb, sys, time\n"
          f"env = lmdb.open('{exim.spool}/eximhook', max_dbs=4, max_readers=1024, map_size=1<<32)\n"
          "txn = env.begin(write=True); print('held', flush=True); time.sleep(30)"],
