@@ -12,8 +12,12 @@ from .store import Counter, Outcome, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
+    from lmdb import Transaction
+
+    from ._log import Logger
     from .exim import Exim
 
 
@@ -29,21 +33,44 @@ def block_record(ns: str, key: str, now: float, *, by: str, reason: str, limit: 
     }
 
 
-def record_invalid(store: Store, ns: str, key: str, now: float, *, limit: int,
-                   period: float, rcpt: str | None, ip: str | None, keep_rcpts: int,
-                   keep_ips: int) -> Outcome:
-    """Count one invalid recipient; the one over the limit blocks the subject.
+def invalid_recipient(store: Store, ns: str, key: str, now: float, *, limit: int, period: float,
+                      rcpt: str | None, ip: str | None, keep_rcpts: int, keep_ips: int,
+                      hold: float = 0.0) -> Callable[[Transaction], Outcome]:
+    """The transaction body that counts one invalid recipient; the one over the limit
+    blocks the subject. A hook runs it alone (``store.update``), the daemon with every
+    request that queued meanwhile (``store.update_many``).
 
     The block record and its notification are created in the same transaction as the
-    count (see ``Store.record_event``). The caller rewrites the mirror files when the
-    outcome says ``tripped``.
+    count (see ``Store.event``). The caller rewrites the mirror files when the outcome
+    says ``tripped``.
     """
     def make_block(counter: Counter, count: int) -> dict[str, Any]:
         return block_record(ns, key, now, by="eximhook", reason="limit", limit=limit,
                             period=period, count=count, counter=counter)
 
-    return store.record_event(ns, key, now, limit=limit, period=period, make_block=make_block,
-                              evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips)
+    return store.event(ns, key, now, limit=limit, period=period, make_block=make_block,
+                       evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips, hold=hold)
+
+
+def trip_message(ns: str, key: str, outcome: Outcome, limit: int, period: float) -> str:
+    return f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s (limit {limit})"
+
+
+def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, timeout: float = 1.0) -> None:
+    """Bring the mirror files up to the store's generation (always, with ``force``).
+
+    For hooks and the daemon, after a trip or on finding the mirror behind: the block is
+    stored already and the answer stays 1, so a mirror that cannot be written is logged
+    for the admin (and retried by the next writer that looks), never raised.
+    """
+    from . import mirror
+
+    try:
+        if force or not mirror.current(store):
+            mirror.rewrite(store, mirror_dir, timeout=timeout)
+    except Exception as exc:
+        log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
+                       "the next event, eximhook-maintain.timer or 'eximhook export' will")
 
 
 def block(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str,

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 HOOKS = ("check-blocked", "record-invalid")
 _POLICY = {"check-blocked": "check", "record-invalid": "record"}
 _OPTIONS = {"record-invalid": ("--rcpt", "--ip")}
+# --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
+# instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
+_FLAGS = ("--fallback",)
+FALLBACK_STAMP = "fallback.stamp"
+_FALLBACK_LOG_EVERY = 60.0
 
 
 class _Output:
@@ -74,6 +79,10 @@ def parse(name: str, args: list[str]) -> tuple[str, str, dict[str, str]]:
     options: dict[str, str] = {}
     allowed = _OPTIONS.get(name, ())
     while rest:
+        if rest[0] in _FLAGS:
+            options[rest[0][2:]] = ""
+            rest = rest[1:]
+            continue
         opt, sep, value = rest[0].partition("=")
         if opt not in allowed:
             raise UsageError(f"{name}: unexpected argument {rest[0]!r}")
@@ -93,16 +102,20 @@ def silence_stderr() -> None:
     os.close(devnull)
 
 
-def _rewrite_mirrors(store: Store, mirror_dir: str, log: Logger) -> None:
-    # The block is stored already and the answer stays 1; a mirror that could not be
-    # written is the admin's to fix ('eximhook export'), not a reason to answer 0.
-    from . import mirror
-
+def _note_fallback(store_dir: str, log: Logger) -> None:
+    stamp = os.path.join(store_dir, FALLBACK_STAMP)
     try:
-        mirror.rewrite(store, mirror_dir, timeout=1.0)
-    except Exception as exc:
-        log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
-                       "eximhook-maintain.timer or 'eximhook export' will")
+        if time.time() - os.stat(stamp).st_mtime < _FALLBACK_LOG_EVERY:
+            return
+    except OSError:
+        pass
+    log.log("warning", "eximhook serve did not answer Exim's ${readsocket}: the ${run} hook counts instead "
+                       "(slower, still exact); logged at most once a minute")
+    try:
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o640))
+        os.utime(stamp)
+    except OSError:
+        pass
 
 
 def run(name: str, args: list[str], config_path: str, *, standalone: bool = False) -> int:
@@ -123,6 +136,8 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
         if not cached:
             log.log("notice", f"config cache for {config_path} was stale; run 'eximhook check-config' as root")
         ns, key, opts = parse(name, args)
+        if "fallback" in opts:
+            _note_fallback(settings["store"], log)
         key = normalize(ns, key, settings["ipv6_prefix"])
         store = Store(settings["store"], settings["map_size"], settings["owner"])
         if name == "check-blocked":
@@ -156,11 +171,13 @@ def _record_invalid(store: Store, settings: dict[str, Any], ns: str, key: str, o
     from . import core
 
     limit, period = settings["limits"][ns]
-    outcome = core.record_invalid(
+    outcome = store.update(core.invalid_recipient(
         store, ns, key, time.time(), limit=limit, period=period,
         rcpt=opts.get("rcpt") or None, ip=opts.get("ip") or None,
-        keep_rcpts=settings["rcpts"], keep_ips=settings["ips"])
+        keep_rcpts=settings["rcpts"], keep_ips=settings["ips"]))
     if outcome.tripped:
-        log.log("warning", f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s (limit {limit})")
-        _rewrite_mirrors(store, settings["mirror_dir"], log)
+        log.log("warning", core.trip_message(ns, key, outcome, limit, period))
+    if outcome.blocked:
+        # after a trip, or a block a killed process may not have mirrored yet
+        core.refresh_mirror(store, settings["mirror_dir"], log, force=outcome.tripped)
     return outcome.blocked

@@ -10,12 +10,18 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   counters  COUNTER NUL S            -> packed Counter
   outbox    8-byte big-endian seq    -> JSON notification
   audit     8-byte big-endian seq    -> JSON event
+  meta      b"generation"            -> 8-byte big-endian count of block changes
 Counters are packed with ``struct`` and checked without ``json``, because they sit on
 the hooks' path where ``import json`` alone would cost ~10 ms.
+
+Work on the store is a *body*: a function of one write transaction, run by ``update``
+(a hook: one event, one transaction) or ``update_many`` (the daemon: every request
+that queued while the last commit ran, in one transaction and one fsync).
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import struct
 
@@ -26,12 +32,13 @@ from .errors import StoreUnavailable
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any, TypeVar
 
     T = TypeVar("T")
 
-_DBS = (b"blocks", b"counters", b"outbox", b"audit")
+_DBS = (b"blocks", b"counters", b"outbox", b"audit", b"meta")
+_GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
 _MAX_RAW_KEY = 400
@@ -98,7 +105,7 @@ class Counter:
 
 
 class Outcome:
-    """What ``record_event`` did: is the subject blocked now, did this event trip it."""
+    """What counting an event did: is the subject blocked now, did this event trip it."""
 
     __slots__ = ("blocked", "count", "total", "tripped")
 
@@ -111,6 +118,9 @@ class Store:
 
     def __init__(self, path: str, map_size: int = 1 << 32, owner: str | None = None) -> None:
         self.path = path
+        # The daemon's threads take turns: LMDB forbids set_mapsize() (a full map, or one
+        # another process grew) while any transaction of this process is open.
+        self._lock = _thread.allocate_lock()
         try:
             self.owner = resolve_owner(owner, path)  # before makedirs: root must not own the new dir
             os.makedirs(path, mode=0o750, exist_ok=True)
@@ -129,7 +139,9 @@ class Store:
                 return
         except lmdb.NotFoundError:
             pass
-        with self.env.begin(write=True) as txn:  # a new store: the only write an open needs
+        # a new store, or one from an older eximhook without every database: the only
+        # write an open needs
+        with self.env.begin(write=True) as txn:
             for name in _DBS:
                 self.env.open_db(name, txn=txn)
 
@@ -141,7 +153,8 @@ class Store:
         return self.env.open_db(name, txn=txn, create=False)
 
     def close(self) -> None:
-        self.env.close()
+        with self._lock:
+            self.env.close()
 
     def __enter__(self) -> Store:
         return self
@@ -159,29 +172,67 @@ class Store:
         """
         return self._transact(body, write=True)
 
+    def update_many(self, bodies: Sequence[Callable[[lmdb.Transaction], Any]]) -> list[Any]:
+        """Run ``bodies`` in one write transaction: one commit and one fsync for all.
+
+        Each body runs in a nested transaction, so one that raises leaves nothing
+        behind, and its exception stands in its place in the returned list while the
+        others commit. LMDB errors (a full map) retry the whole batch.
+        """
+        def batch(txn: lmdb.Transaction) -> list[Any]:
+            out: list[Any] = []
+            for body in bodies:
+                child = self.env.begin(write=True, parent=txn)
+                try:
+                    out.append(body(child))
+                except lmdb.Error:
+                    child.abort()
+                    raise
+                except Exception as exc:
+                    child.abort()
+                    out.append(exc)
+                else:
+                    child.commit()
+            return out
+        return self._transact(batch, write=True)
+
     def read(self, body: Callable[[lmdb.Transaction], T]) -> T:
         return self._transact(body, write=False)
 
+    def sync(self) -> None:
+        """Flush everything to disk, the meta page included (``metasync=False`` leaves the
+        last commit undoable by a power cut until the next one): a new block must survive."""
+        try:
+            with self._lock:
+                self.env.sync(True)
+        except lmdb.Error as exc:
+            raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+
     def _transact(self, body: Callable[[lmdb.Transaction], T], write: bool) -> T:
         for _ in range(_TRIES):
-            try:
-                with self.env.begin(write=write) as txn:
-                    return body(txn)
-            except lmdb.MapFullError:
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
-            except lmdb.MapResizedError:
-                self.env.set_mapsize(0)  # another process grew the map: adopt its size
-            except lmdb.ReadersFullError:
-                self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
-            except lmdb.Error as exc:
-                raise StoreUnavailable(f"store {self.path}: {exc}") from exc
+            with self._lock:
+                try:
+                    with self.env.begin(write=write) as txn:
+                        return body(txn)
+                except lmdb.MapFullError:
+                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                except lmdb.MapResizedError:
+                    self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                except lmdb.ReadersFullError:
+                    self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
+                except lmdb.Error as exc:
+                    raise StoreUnavailable(f"store {self.path}: {exc}") from exc
         raise StoreUnavailable(f"store {self.path}: gave up after {_TRIES} tries (map full, or readers full)")
 
     # -- blocks ------------------------------------------------------------------
 
     def is_blocked(self, ns: str, key: str) -> bool:
+        return self.read(self.blocked_in(ns, key))
+
+    def blocked_in(self, ns: str, key: str) -> Callable[[lmdb.Transaction], bool]:
+        """The body that tells whether the subject is blocked (the daemon batches it)."""
         sk = subject_key(ns, key)
-        return self.read(lambda txn: txn.get(sk, db=self._db(txn, b"blocks")) is not None)
+        return lambda txn: txn.get(sk, db=self._db(txn, b"blocks")) is not None
 
     def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
         import json
@@ -191,36 +242,51 @@ class Store:
         return None if data is None else dict(json.loads(bytes(data)))
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
+        return self.read(lambda txn: self.blocks_in(txn, ns))
+
+    def blocks_in(self, txn: lmdb.Transaction, ns: str | None = None) -> list[dict[str, Any]]:
         import json
 
         prefix = b"" if ns is None else ns.encode()
-        def body(txn: lmdb.Transaction) -> list[dict[str, Any]]:
-            cur = txn.cursor(db=self._db(txn, b"blocks"))
-            found = cur.set_range(prefix) if prefix else cur.first()
-            out = []
-            while found and bytes(cur.key()).startswith(prefix):
-                record = json.loads(bytes(cur.value()))
-                if ns is None or record["ns"] == ns:
-                    out.append(record)
-                found = cur.next()
-            return out
-        return self.read(body)
+        cur = txn.cursor(db=self._db(txn, b"blocks"))
+        found = cur.set_range(prefix) if prefix else cur.first()
+        out = []
+        while found and bytes(cur.key()).startswith(prefix):
+            record = json.loads(bytes(cur.value()))
+            if ns is None or record["ns"] == ns:
+                out.append(record)
+            found = cur.next()
+        return out
+
+    def generation_in(self, txn: lmdb.Transaction) -> int:
+        """How many times the set of blocks has changed: the mirror files carry the
+        generation they were written from, so a lagging mirror is seen and rewritten."""
+        data = txn.get(_GENERATION, db=self._db(txn, b"meta"))
+        return int(_SEQ.unpack(data)[0]) if data else 0
+
+    def generation(self) -> int:
+        return self.read(self.generation_in)
+
+    def _bump(self, txn: lmdb.Transaction) -> None:
+        txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self._db(txn, b"meta"))
 
     def block(self, record: dict[str, Any], now: float, notify: bool) -> bool:
         """Store ``record`` as the subject's block unless one exists; True if new."""
         return self.update(lambda txn: self._block_in(txn, record, now, notify))
 
-    def _block_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, notify: bool) -> bool:
+    def _block_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, notify: bool,
+                  hold: float = 0.0) -> bool:
         import json
 
         sk = subject_key(record["ns"], record["key"])
         if not txn.put(sk, json.dumps(record).encode(), db=self._db(txn, b"blocks"), overwrite=False):
             return False
+        self._bump(txn)
         self._append(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
                                      "by": record["by"], "reason": record["reason"]})
         if notify:
             self._append(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
-                                          "state": "queued", "attempts": 0})
+                                          "state": "queued", "attempts": 0, "hold_until": now + hold})
         return True
 
     def unblock(self, ns: str, key: str, now: float, by: str, counters: tuple[str, ...] = ("invalid",)) -> bool:
@@ -232,6 +298,7 @@ class Store:
                 txn.delete(name.encode() + b"\0" + sk, db=self._db(txn, b"counters"))
             if not txn.delete(sk, db=self._db(txn, b"blocks")):
                 return False
+            self._bump(txn)
             self._append(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
             return True
         return self.update(body)
@@ -242,14 +309,16 @@ class Store:
         ck = name.encode() + b"\0" + subject_key(ns, key)
         return Counter.decode(self.read(lambda txn: txn.get(ck, db=self._db(txn, b"counters"))))
 
-    def record_event(self, ns: str, key: str, now: float, *, limit: int, period: float,
-                     make_block: Callable[[Counter, int], dict[str, Any]],
-                     evidence: str | None = None, ip: str | None = None,
-                     keep_evidence: int = 10, keep_ips: int = 5, name: str = "invalid") -> Outcome:
-        """Count one event; the event over the limit blocks the subject, once.
+    def event(self, ns: str, key: str, now: float, *, limit: int, period: float,
+              make_block: Callable[[Counter, int], dict[str, Any]],
+              evidence: str | None = None, ip: str | None = None,
+              keep_evidence: int = 10, keep_ips: int = 5, name: str = "invalid",
+              hold: float = 0.0) -> Callable[[lmdb.Transaction], Outcome]:
+        """The body that counts one event; the event over the limit blocks the subject, once.
 
         Counter, block record, audit event and queued notification are written in one
-        transaction: either all of them exist afterwards or none does.
+        transaction: either all of them exist afterwards or none does. ``hold`` delays
+        the notification (see ``notify``) so that it can name the tripping message.
         """
         sk = subject_key(ns, key)
         ck = name.encode() + b"\0" + sk
@@ -266,9 +335,9 @@ class Store:
                 c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
             txn.put(ck, c.encode(), db=self._db(txn, b"counters"))
             blocked = txn.get(sk, db=self._db(txn, b"blocks")) is not None
-            tripped = over and not blocked and self._block_in(txn, make_block(c, count), now, True)
+            tripped = over and not blocked and self._block_in(txn, make_block(c, count), now, True, hold)
             return Outcome(blocked or tripped, tripped, count, c.total)
-        return self.update(body)
+        return body
 
     # -- outbox and audit log ------------------------------------------------------
 
@@ -295,13 +364,16 @@ class Store:
 
         return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self._db(txn, db))])
 
-    def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset()
+    def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset(),
+                   release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()
                    ) -> dict[str, Any] | None:
         """Mark the oldest unclaimed notification not in ``skip`` as being sent by this process.
 
         Claiming in a write transaction keeps concurrent ``notify`` runs from sending
         the same mail. A claim older than ``stale_after`` seconds belongs to a sender
-        that died, and is taken over.
+        that died, and is taken over. A notification still held (``hold_until`` ahead:
+        the daemon waits to name the tripping message) waits, unless its subject is in
+        ``release``.
         """
         import json
 
@@ -309,6 +381,9 @@ class Store:
             for k, v in txn.cursor(db=self._db(txn, b"outbox")):
                 item: dict[str, Any] = json.loads(bytes(v))
                 if item["seq"] in skip or (item["state"] == "sending" and now - item["claimed"] < stale_after):
+                    continue
+                subject = (item["block"]["ns"], item["block"]["key"])
+                if now < item.get("hold_until", 0) and subject not in release:
                     continue
                 item.update(state="sending", claimed=now, claimer=os.getpid())
                 txn.put(k, json.dumps(item).encode(), db=self._db(txn, b"outbox"))

@@ -36,8 +36,8 @@ def store(tmp_path: Path) -> Store:
 
 
 def count(store: Store, key: str, now: float, limit: int = 3, rcpt: str | None = None) -> core.Outcome:
-    return core.record_invalid(store, "auth", key, now, limit=limit, period=3600, rcpt=rcpt, ip="192.0.2.1",
-                               keep_rcpts=2, keep_ips=5)
+    return store.update(core.invalid_recipient(store, "auth", key, now, limit=limit, period=3600, rcpt=rcpt,
+                                               ip="192.0.2.1", keep_rcpts=2, keep_ips=5))
 
 
 def test_trip_blocks_once_with_evidence(store: Store) -> None:
