@@ -116,5 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ns", nargs="?", metavar="NS")
     p.add_argument("key", nargs="?", metavar="KEY")
     add("export", commands.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
+    p = add("serve", commands.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
+    p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")
+    p.add_argument("--allow-root", action="store_true", help="run even as root (it should run as the Exim user)")
     add("check-config", commands.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

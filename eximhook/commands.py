@@ -13,10 +13,9 @@ from typing import Any
 
 from . import core, mirror
 from . import notify as notify_mod
-from ._fastconfig import DEFAULT_PATH
 from ._log import Logger
 from .config import Config
-from .errors import EximError, Exit
+from .errors import Exit
 from .exim import Exim
 from .periods import format_period
 from .ratelimit import in_window
@@ -38,12 +37,6 @@ def actor() -> str:
 
     name = os.environ.get("SUDO_USER") or pwd.getpwuid(os.geteuid()).pw_name
     return f"admin:{name}"
-
-
-def command_line(cfg: Config) -> list[str]:
-    """How to run eximhook with this config, for the commands printed in mail."""
-    prog = sys.argv[0] if os.path.isabs(sys.argv[0]) and "eximhook" in os.path.basename(sys.argv[0]) else "eximhook"
-    return [prog] if cfg.path == DEFAULT_PATH else [prog, "--config", cfg.path]
 
 
 def when(ts: float | None) -> str:
@@ -69,24 +62,7 @@ def dump(obj: Any) -> None:
 
 
 def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
-    exim = Exim.from_config(cfg.exim)
-    log = Logger(cfg.log.file)
-
-    def frozen_ids(ns: str, key: str) -> list[str]:
-        # a queue we cannot read must not hold the notification back: log, mail anyway
-        try:
-            if cfg.exim.freeze_queued:
-                core.freeze_queued(store, exim, ns, key, time.time())
-            return exim.message_ids(ns, key, frozen=True)
-        except (EximError, OSError, ValueError) as exc:
-            log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
-            return []
-
-    n = cfg.notify
-    return notify_mod.send_pending(
-        store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
-        stale_after=n.stale_after, budget=n.budget, command=command_line(cfg), clock=time.time,
-        frozen_ids=frozen_ids)
+    return notify_mod.deliver(cfg, store, Logger(cfg.log.file), notify_mod.command_line(cfg))
 
 
 def notify(cfg: Config, opts: argparse.Namespace) -> int:
@@ -246,6 +222,17 @@ def export(cfg: Config, opts: argparse.Namespace) -> int:
         written = mirror.rewrite(store, cfg.store.mirror_dir)
     for name, count in written.items():
         print(f"{os.path.join(cfg.store.mirror_dir, name)}: {count} key(s)")
+    return Exit.OK
+
+
+def serve(cfg: Config, opts: argparse.Namespace) -> int:
+    from .serve import server
+
+    if opts.check:
+        rtt = server.ping(cfg.serve.socket, cfg.serve.timeout)
+        print(f"eximhook serve on {cfg.serve.socket}: up, answered ping in {rtt * 1000:.1f} ms")
+        return Exit.OK
+    server.serve(cfg, allow_root=opts.allow_root)
     return Exit.OK
 
 

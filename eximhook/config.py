@@ -76,6 +76,13 @@ def _argv(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _socket_path(value: Any) -> str:
+    path = _abs_path(value)
+    if len(path.encode()) > 107:  # sun_path holds 108 bytes with the final NUL
+        raise ValueError(f"is {len(path.encode())} bytes long; a Unix socket path holds at most 107")
+    return path
+
+
 def _ipv6_prefix(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
         raise ValueError("must be a prefix length from 1 to 128 (128: no grouping)")
@@ -108,6 +115,9 @@ class NotifyConfig:
     timeout: float = _opt(10.0, _seconds)  # a hung sendmail is killed after this
     stale_after: float = _opt(300.0, _seconds)  # a claim older than this was a crashed notify
     budget: float = _opt(20.0, _seconds)  # notify starts no new mail after this many seconds
+    # the daemon waits up to this long for the tripping message's id (reported by the
+    # DATA ACL snippet) before it mails, so the notification can name that message
+    hold: float = _opt(30.0, _seconds)
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,16 @@ class HooksConfig:
     check: str = _opt("open", _policy)  # check-blocked when the store fails: open prints 0
     record: str = _opt("open", _policy)  # record-invalid when the store fails: open prints 0
     timeout: float = _opt(2.0, _seconds)  # watchdog: print the fallback token and exit 75
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    socket: str = _opt("/run/eximhook/eximhook.sock", _socket_path)
+    # a request is answered within this (else with the hooks' fallback token), and a
+    # client that sends nothing for this long is dropped; below the snippets' 2s
+    timeout: float = _opt(1.0, _seconds)
+    max_request: int = _opt(65536, _positive_int)  # bytes; a longer request is cut off
+    check_interval: float = _opt(30.0, _seconds)  # mirror lag and outbox, checked this often
 
 
 @dataclass(frozen=True)
@@ -143,7 +163,7 @@ class EximConfig:
 
 
 _SECTIONS = {
-    "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig,
+    "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
 }
 
@@ -155,6 +175,7 @@ class Config:
     limits: dict[str, Limit] = field(default_factory=lambda: {ns: Limit() for ns in NAMESPACES})
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)

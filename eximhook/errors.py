@@ -62,3 +62,15 @@ class EximError(EximhookError):
     """exim or exipick is missing or failed."""
 
     exit_code = Exit.UNAVAILABLE
+
+
+class BadRequest(EximhookError):
+    """A request to the daemon that does not follow its protocol."""
+
+    exit_code = Exit.DATAERR
+
+
+class ServeError(EximhookError):
+    """The daemon cannot listen on its socket, or does not answer on it."""
+
+    exit_code = Exit.UNAVAILABLE

@@ -10,17 +10,33 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .periods import format_period
 from .store import Store
 from .subjects import escape, shell_quote
 
+if TYPE_CHECKING:
+    from ._log import Logger
+    from .config import Config
+
 _LABEL = {"auth": "user", "relay": "relay user"}
 _SUBJECT_KEY_MAX = 120
+
+
+def command_line(cfg: Config) -> list[str]:
+    """How to run eximhook with this config, for the commands printed in mail."""
+    import os
+    import sys
+
+    from ._fastconfig import DEFAULT_PATH
+
+    prog = sys.argv[0] if os.path.isabs(sys.argv[0]) and "eximhook" in os.path.basename(sys.argv[0]) else "eximhook"
+    return [prog] if cfg.path == DEFAULT_PATH else [prog, "--config", cfg.path]
 
 
 def describe(block: dict[str, Any]) -> str:
@@ -96,12 +112,14 @@ def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) ->
 
 def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str], timeout: float,
                  stale_after: float, budget: float, command: Sequence[str], clock: Callable[[], float],
-                 frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: []) -> tuple[int, list[str]]:
+                 frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: [],
+                 release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> tuple[int, list[str]]:
     """Send queued notifications, one claim at a time, until none is left or ``budget``
-    seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors)."""
+    seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors).
+    Held notifications wait, unless their subject is in ``release``."""
     sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
-    while clock() < deadline and (item := store.claim_next(clock(), stale_after, failed)) is not None:
+    while clock() < deadline and (item := store.claim_next(clock(), stale_after, failed, release)) is not None:
         block = item["block"]
         msg = compose(block, to=to, sender=sender, command=command,
                       frozen=frozen_ids(block["ns"], block["key"]))
@@ -114,3 +132,34 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
             errors.append(error)
             failed.add(item["seq"])  # retried by the next run, not in a tight loop now
     return sent, errors
+
+
+def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
+            release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+            reported: Callable[[str, str], list[str]] = lambda ns, key: []) -> tuple[int, list[str]]:
+    """Send what the outbox holds, as ``eximhook notify`` and the daemon do: first freeze
+    the subject's mail still queued (``[exim] freeze_queued``), then list its frozen
+    messages in the mail, the ``reported`` ones (the tripping message, which may not be
+    in the spool yet) first."""
+    from .core import freeze_queued
+    from .errors import EximError
+    from .exim import Exim
+
+    exim = Exim.from_config(cfg.exim)
+
+    def frozen_ids(ns: str, key: str) -> list[str]:
+        ids = list(reported(ns, key))
+        # a queue we cannot read must not hold the notification back: log, mail anyway
+        try:
+            if cfg.exim.freeze_queued:
+                freeze_queued(store, exim, ns, key, time.time())
+            ids += exim.message_ids(ns, key, frozen=True)
+        except (EximError, OSError, ValueError) as exc:
+            log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
+        return list(dict.fromkeys(ids))
+
+    n = cfg.notify
+    return send_pending(
+        store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
+        stale_after=n.stale_after, budget=n.budget, command=command, clock=time.time,
+        frozen_ids=frozen_ids, release=release)

@@ -1,0 +1,1 @@
+"""``eximhook serve``: the hooks' operations for Exim's ``${readsocket}``, without a fork."""

@@ -1,0 +1,103 @@
+"""The daemon's wire format: one request line from Exim's ``${readsocket}``, one token back.
+
+    request        = OP *(SP ARG) [CR] LF   (or the end of the stream: by default Exim
+                                             shuts down its side after the request)
+    check-blocked  NS KEY
+    record-invalid NS KEY [rcpt=V] [ip=V]
+    record         KIND NS KEY [evidence=V] [ip=V]
+    frozen         NS KEY id=V
+    ping
+
+OP, NS and KIND are words from fixed lists. KEY and every V are base64 (the snippets
+write ``${base64:$acl_m_user}``): they come from the SMTP client and may hold any byte,
+and Exim puts the request on the socket as it is, unquoted. Base64 is reversible and
+has no space or newline, so no value can end a field or the request. An empty V means
+"not given". Decoding is strict: a stray character is an error, never skipped.
+
+The answer is one token without a newline: ``1`` or ``0``, as the hooks print; ``pong``;
+or ``E`` for a request that breaks these rules (the daemon logs why).
+"""
+
+from __future__ import annotations
+
+import binascii
+
+from ..errors import BadRequest
+from ..subjects import NAMESPACES, escape
+
+YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
+# The kinds of event the generic "record" counts; "invalid" is record-invalid's.
+KINDS = ("invalid",)
+_FIELDS = {
+    "check-blocked": (),
+    "record-invalid": ("rcpt", "ip"),
+    "record": ("evidence", "ip"),
+    "frozen": ("id",),
+}
+
+
+class Request:
+    """A decoded request: what to do, for which subject, with which evidence."""
+
+    __slots__ = ("fields", "key", "kind", "ns", "op")
+
+    def __init__(self, op: str, ns: str = "", key: str = "", kind: str = "",
+                 fields: dict[str, str] | None = None) -> None:
+        self.op, self.ns, self.key, self.kind, self.fields = op, ns, key, kind, fields or {}
+
+    def __repr__(self) -> str:
+        return f"Request({self.op!r}, {self.ns!r}, {self.key!r}, {self.kind!r}, {self.fields!r})"
+
+
+def _decode(name: str, value: bytes) -> str:
+    try:
+        raw = binascii.a2b_base64(value, strict_mode=True) if value else b""
+    except binascii.Error as exc:
+        shown = escape(value[:40].decode("latin-1"))
+        raise BadRequest(f"{name} is not base64 ({exc}): {shown!r}") from None
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse(line: bytes) -> Request:
+    """Decode one request (without its line ending); raises ``BadRequest``."""
+    words = line.removesuffix(b"\r").split(b" ")
+    op = words[0].decode("latin-1")
+    if op == "ping" and len(words) == 1:
+        return Request(op)
+    if op not in _FIELDS:
+        raise BadRequest(f"unknown operation {escape(op[:40])!r}")
+    kind = ""
+    if op == "record":
+        if len(words) < 2 or words[1].decode("latin-1") not in KINDS:
+            raise BadRequest(f"record needs a kind: one of {', '.join(KINDS)}")
+        kind = words.pop(1).decode("latin-1")
+    if len(words) < 3:
+        raise BadRequest(f"{op} needs NS and KEY")
+    ns = words[1].decode("latin-1")
+    if ns not in NAMESPACES:
+        raise BadRequest(f"unknown namespace {escape(ns[:40])!r}")
+    key = _decode("KEY", words[2])
+    fields: dict[str, str] = {}
+    for word in words[3:]:
+        name, sep, value = word.partition(b"=")
+        field = name.decode("latin-1")
+        if not sep or field not in _FIELDS[op]:
+            raise BadRequest(f"{op} takes no argument {escape(field[:40])!r}")
+        if field in fields:
+            raise BadRequest(f"{field} given twice")
+        fields[field] = _decode(field, value)
+    return Request(op, ns, key, kind or ("invalid" if op == "record-invalid" else ""), fields)
+
+
+def encode(op: str, ns: str = "", key: str = "", *, kind: str = "", **fields: str) -> bytes:
+    """The request line for ``op``, as the snippets build it (for tests, benchmarks and
+    ``eximhook serve --check``)."""
+    if op == "ping":
+        return b"ping\n"
+    words = [op.encode(), *([kind.encode()] if kind else []), ns.encode(), _b64(key)]
+    words += [name.encode() + b"=" + _b64(value) for name, value in fields.items()]
+    return b" ".join(words) + b"\n"
+
+
+def _b64(text: str) -> bytes:
+    return binascii.b2a_base64(text.encode("utf-8", "surrogateescape"), newline=False)

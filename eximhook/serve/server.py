@@ -1,0 +1,347 @@
+"""``eximhook serve``: the hooks' operations on a Unix socket, for Exim's ``${readsocket}``.
+
+Three threads, each for a reason:
+- the event loop accepts connections, reads one request each and answers one token.
+  It never touches LMDB, so a store stuck behind another process's write lock cannot
+  keep it from answering the fallback token within ``[serve] timeout``;
+- the store thread runs every request that queued while the last commit was in
+  progress in one write transaction: one commit and one fsync for all of them (group
+  commit). After a batch that blocked someone it also flushes the meta page, so the
+  block survives a power cut, and rewrites the mirror files; only then does it answer 1;
+- the outbox thread (``worker.Outbox``) mails the abuse desk and freezes queued mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import core
+from .._log import Logger
+from ..config import Config, load
+from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, ServeError, UsageError
+from ..store import Outcome, Store
+from ..subjects import escape, normalize
+from . import protocol
+from .worker import Outbox
+
+_BATCH_MAX = 512  # requests per transaction: bounds how long one commit holds LMDB's write lock
+_STOP = object()
+
+
+class Connection(asyncio.Protocol):
+    """One ``${readsocket}`` call: a request in, one token out, then close."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.state = "reading"  # then "waiting" (on the store thread), then "done"
+        self.fallback = protocol.NO
+        self.request: protocol.Request | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = self.server.loop.call_later(self.server.cfg.serve.timeout, self._expire)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != "reading":
+            return
+        self.buf += data
+        end = self.buf.find(b"\n")
+        limit = self.server.cfg.serve.max_request
+        if end > limit or (end < 0 and len(self.buf) > limit):
+            self.server.log.log("err", f"a request longer than {limit} bytes ([serve] max_request); answered E")
+            self.answer(protocol.ERROR)
+        elif end >= 0:
+            self.server.handle(self, bytes(self.buf[:end]))
+
+    def eof_received(self) -> bool:
+        if self.state == "reading":  # Exim shuts down its side once the request is sent
+            self.server.handle(self, bytes(self.buf))
+        return True  # keep our side open for the answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.state = "done"
+        self.server.connections.discard(self)
+
+    def answer(self, token: bytes) -> None:
+        if self.state == "done" or self.transport is None:
+            return
+        self.state = "done"
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport.write(token)
+        self.transport.close()
+
+    def _expire(self) -> None:
+        timeout = self.server.cfg.serve.timeout
+        if self.state == "reading":
+            self.server.log.log("notice", f"a client sent no complete request within {timeout:g}s; dropped")
+            self.state = "done"
+            if self.transport is not None:
+                self.transport.abort()
+        elif self.state == "waiting":
+            self.server.log.log("err", f"{_describe(self.request)}: no answer from the store within {timeout:g}s "
+                                       f"([serve] timeout); answered {self.fallback.decode()}")
+            self.answer(self.fallback)
+
+
+def _describe(req: protocol.Request | None) -> str:
+    return "?" if req is None else f"{req.op} {req.ns} {escape(req.key)}"
+
+
+class _Job:
+    __slots__ = ("body", "conn", "request")
+
+    def __init__(self, conn: Connection, request: protocol.Request, body: Callable[[Any], Any]) -> None:
+        self.conn, self.request, self.body = conn, request, body
+
+
+class Server:
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg = cfg
+        self.log = Logger(cfg.log.file)
+        self.store = store
+        self.connections: set[Connection] = set()
+        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
+        self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
+        self.served = 0
+
+    # -- the event loop ------------------------------------------------------------
+
+    def handle(self, conn: Connection, line: bytes) -> None:
+        """Answer at once, or queue the request for the store thread."""
+        self.served += 1
+        try:
+            req = protocol.parse(line)
+            if req.ns:
+                req.key = normalize(req.ns, req.key, self.cfg.relay.ipv6_prefix)
+        except (BadRequest, BadSubject) as exc:
+            self.log.log("err", f"bad request: {exc}; answered E")
+            conn.answer(protocol.ERROR)
+            return
+        if req.op == "ping":
+            conn.answer(protocol.PONG)
+            return
+        if req.op == "frozen":
+            conn.answer(protocol.YES if self.outbox.report(req.ns, req.key, req.fields.get("id", "")) else protocol.NO)
+            return
+        cfg = self.cfg
+        if req.op == "check-blocked":
+            body: Callable[[Any], Any] = self.store.blocked_in(req.ns, req.key)
+            policy = cfg.hooks.check
+        else:
+            lim = cfg.limits[req.ns]
+            body = core.invalid_recipient(
+                self.store, req.ns, req.key, time.time(), limit=lim.limit, period=lim.period,
+                rcpt=req.fields.get("rcpt") or req.fields.get("evidence") or None, ip=req.fields.get("ip") or None,
+                keep_rcpts=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips, hold=cfg.notify.hold)
+            policy = cfg.hooks.record
+        conn.fallback = protocol.YES if policy == "closed" else protocol.NO
+        conn.request = req
+        conn.state = "waiting"
+        self.jobs.put(_Job(conn, req, body))
+
+    def _deliver(self, jobs: list[_Job], results: list[Any]) -> None:
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, Outcome):
+                job.conn.answer(protocol.YES if result.blocked else protocol.NO)
+            elif isinstance(result, bool):
+                job.conn.answer(protocol.YES if result else protocol.NO)
+            else:
+                self.log.log("err", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
+                job.conn.answer(job.conn.fallback)
+
+    # -- the store thread ----------------------------------------------------------
+
+    def _store_loop(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=self.cfg.serve.check_interval)
+            except queue.Empty:
+                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)  # lagging after a crash?
+                continue
+            batch: list[_Job] = []
+            while job is not _STOP:
+                batch.append(job)
+                if len(batch) >= _BATCH_MAX:
+                    break
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._run_batch(batch)
+            if job is _STOP:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        try:
+            results = self.store.update_many([job.body for job in batch])
+        except EximhookError as exc:  # the store cannot be written: every request gets its fallback
+            results = [exc] * len(batch)
+        except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallbacks
+            import traceback
+
+            self.log.log("err", f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            results = [exc] * len(batch)
+        tripped: set[tuple[str, str]] = set()
+        for job, result in zip(batch, results, strict=True):
+            if isinstance(result, Outcome) and result.tripped:
+                req, lim = job.request, self.cfg.limits[job.request.ns]
+                tripped.add((req.ns, req.key))
+                self.log.log("warning", core.trip_message(req.ns, req.key, result, lim.limit, lim.period))
+        if tripped:
+            try:
+                self.store.sync()
+            except EximhookError as exc:
+                self.log.log("err", f"could not flush the new block to disk: {exc}")
+        if tripped or any((isinstance(r, Outcome) and r.blocked) or r is True for r in results):
+            core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log, force=bool(tripped))
+        if tripped:
+            self.outbox.tripped(tripped)
+        self.loop.call_soon_threadsafe(self._deliver, batch, results)
+
+    # -- running -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        path = self.cfg.serve.socket
+        listener = await self._listen(path)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.store_thread.start()
+        self.outbox.start()
+        self.log.log("notice", f"eximhook serve: listening on {path} (store {self.cfg.store.path}, pid {os.getpid()})")
+        _sd_notify(b"READY=1")
+        await stopping.wait()
+        _sd_notify(b"STOPPING=1")
+        listener.close()  # no new connections; those in progress get their answers
+        _unlink_socket(path, self.socket_inode)
+        deadline = self.loop.time() + self.cfg.serve.timeout + 1
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.jobs.put(_STOP)
+        await self.loop.run_in_executor(None, self.store_thread.join)
+        self.outbox.stop()
+        await self.loop.run_in_executor(None, self.outbox.join, self.cfg.notify.timeout + 5)
+        self.log.log("notice", f"eximhook serve: stopped after {self.served} requests")
+
+    async def _listen(self, path: str) -> asyncio.AbstractServer:
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)  # systemd's RuntimeDirectory= makes it
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ServeError(f"{path} exists and is not a socket ([serve] socket)")
+            try:
+                ping(path, 1.0)
+            except ServeError:
+                os.unlink(path)  # left by a daemon that died
+            else:
+                raise ServeError(f"another eximhook serve answers on {path}")
+        old = os.umask(0o177)  # the socket is born 0600: only the Exim user (and root) may connect
+        try:
+            listener = await self.loop.create_unix_server(lambda: Connection(self), path, backlog=1024)
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {path}: {exc.strerror}") from exc
+        finally:
+            os.umask(old)
+        self.socket_inode = os.stat(path).st_ino
+        return listener
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; a broken one is logged and the old one kept."""
+        try:
+            new = load(self.cfg.path)
+        except ConfigError as exc:
+            self.log.log("err", f"SIGHUP: {exc}; still serving with the config read before")
+            return
+        kept = [name for name, old, now in (("[serve] socket", self.cfg.serve.socket, new.serve.socket),
+                                            ("[store] path", self.cfg.store.path, new.store.path),
+                                            ("[store] map_size", self.cfg.store.map_size, new.store.map_size))
+                if old != now]
+        if kept:
+            import dataclasses
+
+            new = dataclasses.replace(new, store=self.cfg.store,
+                                      serve=dataclasses.replace(new.serve, socket=self.cfg.serve.socket))
+            self.log.log("warning", f"SIGHUP: {', '.join(kept)} changed; that takes a restart, the rest is in force")
+        self.cfg = new
+        self.log = Logger(new.log.file)
+        self.log.log("notice", f"SIGHUP: config {new.path} read again")
+
+
+def _unlink_socket(path: str, inode: int) -> None:
+    try:
+        if os.stat(path).st_ino == inode:  # not the socket of a daemon started since
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _sd_notify(state: bytes) -> None:
+    """Tell systemd (Type=notify) that the socket is ready, or that we are stopping."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(address)
+            s.send(state)
+    except OSError:
+        pass
+
+
+def ping(path: str, timeout: float) -> float:
+    """Ask the daemon on ``path`` for ``pong``; the round trip in seconds, or ServeError."""
+    start = time.monotonic()
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(protocol.encode("ping"))
+            s.shutdown(socket.SHUT_WR)
+            answer = s.recv(16)
+    except OSError as exc:
+        raise ServeError(f"eximhook serve does not answer on {path}: {exc.strerror or exc}") from exc
+    if answer != protocol.PONG:
+        raise ServeError(f"eximhook serve on {path} answered {answer!r} to ping")
+    return time.monotonic() - start
+
+
+def serve(cfg: Config, *, allow_root: bool = False) -> None:
+    """Run the daemon until SIGTERM."""
+    if os.geteuid() == 0 and not allow_root:
+        raise UsageError("refusing to run as root: run eximhook serve as the Exim user (the systemd unit "
+                         "has User=Debian-exim), or pass --allow-root")
+    store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    try:
+        server = Server(cfg, store)
+        try:
+            import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)
+        except ImportError:
+            asyncio.run(server.run())
+        else:
+            uvloop.run(server.run())
+    finally:
+        store.close()
