@@ -59,7 +59,8 @@ class Exim:
     """One Exim daemon with its own spool, log, mail and eximhook store in ``work``."""
 
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
-                 macros: dict[str, str] | None = None) -> None:
+                 macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
+                 eximhook_extra: str = "") -> None:
         self.work = work
         self.port = free_port()
         self.closed_port = free_port()
@@ -70,15 +71,23 @@ class Exim:
         self.spool = work / "spool"
         self.mail = work / "mail"
         self.hook_cmd = hook_cmd or f"{sys.executable} -IS {EXIMHOOK} --config {self.eximhook_conf}"
-        self.macros = macros or {}  # defined before macros.conf, whose own are .ifndef-guarded
+        self.macros = dict(macros or {})  # defined before macros.conf, whose own are .ifndef-guarded
+        self.run_dir = work / "run"  # like /run/eximhook: the daemon's socket, owned by the Exim user
+        self.socket = self.run_dir / "eximhook.sock"
+        self.serve = serve
+        if serve:
+            self.macros.setdefault("EXIMHOOK_SOCKET", str(self.socket))
+        self.rcpt_acl = rcpt_acl  # replaces the snippets in acl_check_rcpt (the benchmark's baselines)
+        self.eximhook_extra = eximhook_extra
         self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
 
     # -- set-up --------------------------------------------------------------------
 
     def setup(self) -> Exim:
         exim = pwd.getpwnam(EXIM_USER)
         self.work.chmod(0o755)  # mkdtemp makes 0700: the Exim user must get in
-        for d in (self.spool, self.work / "log", self.mail):
+        for d in (self.spool, self.work / "log", self.mail, self.run_dir):
             d.mkdir(exist_ok=True)
             os.chown(d, exim.pw_uid, exim.pw_gid)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
@@ -124,7 +133,10 @@ file = "{self.spool}/eximhook.log"
 binary = "{EXIM}"
 config = "{self.conf}"
 exipick = "{EXIPICK}"
-"""
+
+[serve]
+socket = "{self.socket}"
+{self.eximhook_extra}"""
 
     def exim_conf(self) -> str:
         s, w = SNIPPETS, self.work
@@ -158,15 +170,18 @@ tls_certificate = {w}/cert.pem
 tls_privatekey = {w}/key.pem
 .include {s}/tls-auth.conf
 acl_smtp_rcpt = acl_check_rcpt
+acl_smtp_data = acl_check_data
 
 begin acl
 acl_check_rcpt:
   accept  hosts = :
-.include {s}/acl-rcpt-auth.conf
-.include {s}/acl-rcpt-relay.conf
-.include {s}/acl-rcpt-accept.conf
+{self.rcpt_acl or self.snippet_acl()}
   require verify = recipient
   accept  domains = +local_domains
+
+acl_check_data:
+.include {s}/acl-data.conf
+  accept
 
 begin routers
 mailboxes:
@@ -211,9 +226,44 @@ plain:
   server_advertise_condition = EXIMHOOK_AUTH_ADVERTISE
 """
 
+    @staticmethod
+    def snippet_acl() -> str:
+        return "\n".join(f".include {SNIPPETS}/acl-rcpt-{part}.conf" for part in ("auth", "relay", "accept"))
+
     # -- running ---------------------------------------------------------------------
 
+    def start_daemon(self) -> subprocess.Popen[bytes]:
+        """``eximhook serve`` as the Exim user, as the systemd unit runs it."""
+        self.daemon = subprocess.Popen(
+            ["setpriv", f"--reuid={EXIM_USER}", f"--regid={EXIM_USER}", "--init-groups",
+             sys.executable, "-IS", EXIMHOOK, "--config", str(self.eximhook_conf), "serve"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={}, cwd="/")
+        daemon = self.daemon
+
+        def answering() -> bool:
+            if daemon.poll() is not None:
+                err = daemon.stderr.read().decode() if daemon.stderr else ""
+                raise AssertionError(f"eximhook serve exited {daemon.returncode}: {err}{self.hook_log()}")
+            return self.eximhook("serve", "--check").returncode == 0
+
+        wait_for("eximhook serve to answer", answering)
+        return daemon
+
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
+        daemon, self.daemon = self.daemon, None
+        if daemon is None:
+            return None
+        if daemon.poll() is None:
+            daemon.send_signal(sig)
+        try:
+            return daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            return daemon.wait()
+
     def start(self) -> Exim:
+        if self.serve and self.daemon is None:
+            self.start_daemon()
         self.proc = subprocess.Popen([EXIM, "-C", str(self.conf), "-bdf", "-oX", str(self.port),
                                       "-oP", str(self.work / "exim.pid")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -240,6 +290,7 @@ plain:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self.stop_daemon()
 
     def __enter__(self) -> Exim:
         return self.setup().start()

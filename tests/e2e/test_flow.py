@@ -89,7 +89,10 @@ def test_bot_with_parallel_connections_trips_once(exim: h.Exim) -> None:
     assert len(notifications(exim)) == 1
     history = json.loads(exim.eximhook("history", "--json", "auth", "carol").stdout)
     assert [e["event"] for e in history] == ["blocked", "notified"]
-    assert json.loads(exim.eximhook("show", "--json", "auth", "carol").stdout)["counter"]["total"] == 40
+    shown = json.loads(exim.eximhook("show", "--json", "auth", "carol").stdout)
+    # a connection stops counting (and verifying) once its own answer was 1; the others
+    # count until theirs is
+    assert shown["block"]["count"] == 6 and 6 <= shown["counter"]["total"] <= 40
 
 
 def test_relay_host_variant(exim: h.Exim) -> None:
