@@ -352,8 +352,10 @@ plain:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def make(users: list[str], **kwargs: object) -> Exim:
-    work = Path(tempfile.mkdtemp(prefix="eximhook-e2e-"))
+def make(users: list[str], base: str | None = None, **kwargs: object) -> Exim:
+    """An Exim in a new directory under ``base`` (default: the system's temp dir; the
+    benchmark passes a tmpfs mount)."""
+    work = Path(tempfile.mkdtemp(prefix="eximhook-e2e-", dir=base))
     return Exim(work, users=users, **kwargs)  # type: ignore[arg-type]
 
 
