@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,19 +21,25 @@ from eximhook.cli import main
 from .e2e.harness import EXIM, EXIMHOOK
 
 
-def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None) -> Path:
-    sendmail_line = f"sendmail = [{sendmail}]\n" if sendmail else 'sendmail = ["/bin/true"]\n'
-    text = (
-        f'[store]\npath = "{tmp_path}/store"\nmirror_dir = "{tmp_path}/mirror"\n'
-        f'[limits.auth]\nlimit = {limit}\nperiod = "1h"\n'
-        f'[limits.relay]\nlimit = {limit}\nperiod = "1h"\n'
-        f'[notify]\nto = "abuse@example.net"\n{sendmail_line}'
-        f'[log]\nfile = "{tmp_path}/eximhook.log"\n'
-        f"{extra}"
-    )
+def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None,
+                 settings: dict[str, object] | None = None) -> Path:
+    """A config in ``tmp_path``; ``settings`` ("section.key": value) go into their tables."""
+    sections: dict[str, dict[str, str]] = {
+        "store": {"path": f'"{tmp_path}/store"', "mirror_dir": f'"{tmp_path}/mirror"'},
+        "limits.auth": {"limit": str(limit), "period": '"1h"'},
+        "limits.relay": {"limit": str(limit), "period": '"1h"'},
+        "notify": {"to": '"abuse@example.net"', "sendmail": f"[{sendmail or chr(34) + '/bin/true' + chr(34)}]"},
+        "log": {"file": f'"{tmp_path}/eximhook.log"'},
+        "serve": {"socket": f'"{tmp_path}/eximhook.sock"'},
+    }
+    for dotted, value in (settings or {}).items():
+        section, _, key = dotted.rpartition(".")
+        sections.setdefault(section, {})[key] = json.dumps(value)
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+                   for name, table in sections.items())
     (tmp_path / "mirror").mkdir(exist_ok=True)
     path = tmp_path / "eximhook.toml"
-    path.write_text(text)
+    path.write_text(text + extra)
     return path
 
 
@@ -86,3 +98,93 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 _CI = os.environ.get("CI") == "true"
 needs_exim = pytest.mark.skipif(not _CI and not os.path.exists(EXIM), reason="needs exim4-daemon-heavy")
 needs_root = pytest.mark.skipif(not _CI and os.geteuid() != 0, reason="needs root (to become the Exim user)")
+
+
+class Daemon:
+    """``eximhook serve`` as a real process (as root with --allow-root: these tests run
+    in pytest's private tmp_path; the e2e tests run it as the Exim user)."""
+
+    def __init__(self, config: Path) -> None:
+        import tomllib
+
+        self.config = config
+        self.socket = tomllib.loads(config.read_text())["serve"]["socket"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        from .e2e.harness import wait_for
+
+        self.proc = subprocess.Popen([sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve",
+                                      "--allow-root"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env={}, cwd="/")
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"eximhook serve exited {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            try:
+                return self.request(b"ping\n") == b"pong"
+            except OSError:
+                return False
+
+        wait_for("eximhook serve", up)
+        return self
+
+    def request(self, data: bytes, timeout: float = 10, shutdown: bool = True) -> bytes:
+        """One ${readsocket} call: connect, send, shut down our side, read to EOF."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(self.socket)
+            s.sendall(data)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            return answer
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=20)
+        self.proc = None
+        return code
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(write_config(tmp_path, settings={"notify.hold": 0.5}))
+    yield d.start()
+    if d.proc is not None:
+        d.stop()
+
+
+# A sendmail stand-in: one file per message (named by time and pid, so concurrent
+# senders never overwrite each other and a duplicate cannot hide); fails while FAIL
+# exists; hangs while HANG exists.
+STAND_IN = """#!/bin/sh
+[ -e "{dir}/HANG" ] && sleep 30
+[ -e "{dir}/FAIL" ] && {{ echo "stand-in failure" ; exit 75 ; }}
+{{ echo "ARGV: $*"; cat; }} > "{dir}/out/$(date +%s%N)-$$.eml"
+"""
+
+
+@pytest.fixture
+def mailbox(tmp_path: Path) -> Path:
+    box = tmp_path / "sendmail"
+    (box / "out").mkdir(parents=True)
+    script = box / "sendmail.sh"
+    script.write_text(STAND_IN.format(dir=box))
+    script.chmod(0o755)
+    return box
+
+
+def messages(mailbox: Path) -> list[email.message.EmailMessage]:
+    """What the stand-in received, oldest first."""
+    out = []
+    for path in sorted((mailbox / "out").iterdir()):
+        argv, _, raw = path.read_bytes().partition(b"\n")
+        assert argv == b"ARGV: -f root abuse@example.net"
+        out.append(email.message_from_bytes(raw, policy=email.policy.default))
+    return out  # type: ignore[return-value]

@@ -3,47 +3,18 @@ demand: nothing lost, nothing sent twice, nothing injected."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 from pathlib import Path
 
 import pytest
 
 from eximhook.errors import Exit
 
-from .conftest import Run, hook, write_config
-
-STAND_IN = """#!/bin/sh
-# records one message per file; fails while FAIL exists; hangs while HANG exists
-[ -e "{dir}/HANG" ] && sleep 30
-[ -e "{dir}/FAIL" ] && {{ echo "stand-in failure" ; exit 75 ; }}
-n=$(ls "{dir}/out" | wc -l)
-{{ echo "ARGV: $*"; cat; }} > "{dir}/out/$n.eml"
-"""
-
-
-@pytest.fixture
-def mailbox(tmp_path: Path) -> Path:
-    box = tmp_path / "sendmail"
-    (box / "out").mkdir(parents=True)
-    script = box / "sendmail.sh"
-    script.write_text(STAND_IN.format(dir=box))
-    script.chmod(0o755)
-    return box
+from .conftest import Run, hook, messages, write_config
 
 
 @pytest.fixture
 def config(tmp_path: Path, mailbox: Path) -> Path:
     return write_config(tmp_path, "", sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"').with_suffix(".toml")
-
-
-def messages(mailbox: Path) -> list[email.message.EmailMessage]:
-    out = []
-    for path in sorted((mailbox / "out").iterdir()):
-        argv, _, raw = path.read_bytes().partition(b"\n")
-        assert argv == b"ARGV: -f root abuse@example.net"
-        out.append(email.message_from_bytes(raw, policy=email.policy.default))
-    return out  # type: ignore[return-value]
 
 
 def trip(cli: Run, key: str) -> None:

@@ -8,6 +8,7 @@ snippet's macro), a throwaway self-signed certificate, local delivery to maildir
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -60,7 +61,8 @@ class Exim:
 
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
                  macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
-                 eximhook_extra: str = "") -> None:
+                 settings: dict[str, object] | None = None, eximhook_extra: str = "",
+                 record_runs: bool = False) -> None:
         self.work = work
         self.port = free_port()
         self.closed_port = free_port()
@@ -71,6 +73,9 @@ class Exim:
         self.spool = work / "spool"
         self.mail = work / "mail"
         self.hook_cmd = hook_cmd or f"{sys.executable} -IS {EXIMHOOK} --config {self.eximhook_conf}"
+        self.runs = self.spool / "hook-runs"
+        if record_runs:  # EXIMHOOK_CMD notes every ${run} in self.runs, then runs the hook
+            self.hook_cmd = f"{work / 'recording-hook'} --config {self.eximhook_conf}"
         self.macros = dict(macros or {})  # defined before macros.conf, whose own are .ifndef-guarded
         self.run_dir = work / "run"  # like /run/eximhook: the daemon's socket, owned by the Exim user
         self.socket = self.run_dir / "eximhook.sock"
@@ -78,6 +83,7 @@ class Exim:
         if serve:
             self.macros.setdefault("EXIMHOOK_SOCKET", str(self.socket))
         self.rcpt_acl = rcpt_acl  # replaces the snippets in acl_check_rcpt (the benchmark's baselines)
+        self.settings = settings or {}  # "section.key": value, over the defaults below
         self.eximhook_extra = eximhook_extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -98,6 +104,10 @@ class Exim:
         passwd = b"".join((lsearch_line(u) or b"").rstrip(b"\n") + f": {PASSWORD}\n".encode() for u in self.users)
         (self.work / "passwd").write_bytes(passwd)
         (self.work / "passwd").chmod(0o644)
+        if "recording-hook" in self.hook_cmd:
+            wrapper = self.work / "recording-hook"
+            wrapper.write_text(f'#!/bin/sh\necho "$@" >> {self.runs}\nexec {sys.executable} -IS {EXIMHOOK} "$@"\n')
+            wrapper.chmod(0o755)
         self.eximhook_conf.write_text(self.eximhook_toml())
         self.eximhook_conf.chmod(0o644)
         self.conf.write_text(self.exim_conf())
@@ -108,35 +118,21 @@ class Exim:
         return self
 
     def eximhook_toml(self) -> str:
-        return f"""
-[store]
-path = "{self.spool}/eximhook"
-mirror_dir = "{self.spool}"
-
-[limits.auth]
-limit = {self.limit}
-period = "1h"
-
-[limits.relay]
-limit = {self.limit}
-period = "1h"
-
-[notify]
-to = "abuse@{DOMAIN}"
-sendmail = ["{EXIM}", "-C", "{self.conf}", "-f", "root"]
-timeout = 10
-
-[log]
-file = "{self.spool}/eximhook.log"
-
-[exim]
-binary = "{EXIM}"
-config = "{self.conf}"
-exipick = "{EXIPICK}"
-
-[serve]
-socket = "{self.socket}"
-{self.eximhook_extra}"""
+        sections: dict[str, dict[str, object]] = {
+            "store": {"path": f"{self.spool}/eximhook", "mirror_dir": str(self.spool)},
+            "limits.auth": {"limit": self.limit, "period": "1h"},
+            "limits.relay": {"limit": self.limit, "period": "1h"},
+            "notify": {"to": f"abuse@{DOMAIN}", "sendmail": [EXIM, "-C", str(self.conf), "-f", "root"], "timeout": 10},
+            "log": {"file": f"{self.spool}/eximhook.log"},
+            "exim": {"binary": EXIM, "config": str(self.conf), "exipick": EXIPICK},
+            "serve": {"socket": str(self.socket)},
+        }
+        for dotted, value in self.settings.items():
+            section, _, key = dotted.rpartition(".")
+            sections.setdefault(section, {})[key] = value
+        # JSON's strings, numbers and lists are TOML's too
+        return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()) + "\n"
+                       for name, table in sections.items()) + self.eximhook_extra
 
     def exim_conf(self) -> str:
         s, w = SNIPPETS, self.work
@@ -346,6 +342,10 @@ plain:
     def log(self, name: str = "main") -> str:
         path = self.work / "log" / f"{name}log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def hook_runs(self) -> list[str]:
+        """The argument lists of the ${run} hooks Exim ran (with record_runs=True)."""
+        return self.runs.read_text().splitlines() if self.runs.exists() else []
 
     def hook_log(self) -> str:
         path = self.spool / "eximhook.log"

@@ -1,0 +1,146 @@
+"""The snippets through ``eximhook serve`` (EXIMHOOK_SOCKET defined), against a real Exim:
+no ${run} on the normal path, the fallback when the daemon is gone, notifications
+across a restart, and a block that reaches a message already in its RCPT phase."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import smtplib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from ..conftest import needs_exim, needs_root
+from . import harness as h
+
+pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
+
+
+def invalid(n: int, tag: str = "nobody") -> list[str]:
+    return [f"{tag}{i}@{h.DOMAIN}" for i in range(n)]
+
+
+@pytest.fixture
+def exim() -> Iterator[h.Exim]:
+    server = h.make(["bob", "alice", "carol"], limit=5, serve=True, record_runs=True)
+    try:
+        server.setup().start()
+        yield server
+    finally:
+        h.cleanup(server)
+
+
+def body(note: bytes) -> str:
+    return email.message_from_bytes(note, policy=email.policy.default).get_content()  # type: ignore[no-any-return,attr-defined]
+
+
+def test_trip_through_the_daemon_runs_nothing(exim: h.Exim) -> None:
+    assert exim.send([*invalid(5), f"alice@{h.DOMAIN}"], user="bob") == {}
+    assert exim.queue(frozen=True) == []
+    assert exim.send([*invalid(1, "extra"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
+    [msg_id] = exim.queue(frozen=True)
+    assert "X-Authenticated-As: bob" in exim.headers(msg_id)
+    [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
+    assert f"Frozen messages (1 when this was sent): {msg_id}" in body(note), "names the tripping message"
+    time.sleep(0.5)
+    assert len(exim.maildir("abuse")) == 1
+    assert exim.hook_runs() == [], "no ${run} on the daemon's path"
+    assert "blocked auth bob: 6 invalid recipients" in exim.hook_log()
+    assert "Frozen messages" not in exim.log("panic")
+
+
+def test_ten_connections_one_block_one_notification(exim: h.Exim) -> None:
+    errors: list[BaseException] = []
+
+    def bot(n: int) -> None:
+        try:
+            exim.send(invalid(4, f"c{n}x"), user="carol", subject=f"spam {n}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bot, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    h.wait_for("the notification", lambda: exim.maildir("abuse"))
+    time.sleep(1.5)
+    assert len(exim.maildir("abuse")) == 1
+    history = json.loads(exim.eximhook("history", "--json", "auth", "carol").stdout)
+    assert [e["event"] for e in history] == ["blocked", "notified"]
+    assert exim.hook_runs() == []
+
+
+def test_daemon_gone_the_hook_counts_on_exactly(exim: h.Exim) -> None:
+    assert exim.send([*invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="daemon up") == {}
+    exim.stop_daemon()
+    assert exim.send([*invalid(2, "later"), f"alice@{h.DOMAIN}"], user="bob", subject="daemon down") == {}
+    assert exim.queue(frozen=True) == [], "5 events: not yet"
+    h.wait_for("delivery", lambda: [m for m in exim.maildir("alice") if b"daemon down" in m])
+    assert exim.send([*invalid(1, "last"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
+    assert len(exim.queue(frozen=True)) == 1, "the 6th event trips, through the hook"
+    h.wait_for("the notification (the hook path runs notify)", lambda: exim.maildir("abuse"))
+    shown = json.loads(exim.eximhook("show", "--json", "auth", "bob").stdout)
+    assert shown["counter"]["total"] == 6 and shown["block"]["count"] == 6
+    assert sum("record-invalid" in r and r.endswith("--fallback") for r in exim.hook_runs()) == 3
+    assert exim.hook_log().count("eximhook serve did not answer") == 1, "logged once, not per event"
+
+
+def test_restart_with_a_held_notification_sends_it_once() -> None:
+    server = h.make(["bob", "alice"], limit=5, serve=True, settings={"notify.hold": 3})
+    try:
+        server.setup().start()
+        with server.connect() as smtp:  # the bot gives up before DATA: no message id is ever reported
+            smtp.login("bob", h.PASSWORD)
+            smtp.mail(f"bob@{h.DOMAIN}")
+            assert [smtp.rcpt(r)[0] for r in invalid(6)] == [250] * 6
+        server.stop_daemon()
+        assert server.maildir("abuse") == [], "still held when the daemon stopped"
+        server.start_daemon()
+        assert server.eximhook("notify").stdout == "0", "the maintenance run respects the hold"
+        h.wait_for("the notification", lambda: server.maildir("abuse"), 15)
+        time.sleep(1.5)
+        assert len(server.maildir("abuse")) == 1
+        assert server.eximhook("notify").stdout == "0"
+    finally:
+        h.cleanup(server)
+
+
+@pytest.mark.parametrize("serve", [True, False], ids=["daemon", "run-hook"])
+def test_block_from_another_connection_freezes_a_message_in_progress(serve: bool) -> None:
+    server = h.make(["bob", "alice"], limit=5, serve=serve)
+    try:
+        server.setup().start()
+        with server.connect() as first:
+            first.login("bob", h.PASSWORD)
+            first.mail(f"bob@{h.DOMAIN}")
+            assert first.rcpt(f"alice@{h.DOMAIN}")[0] == 250  # bob is not blocked yet
+            # the bot's other connection trips the block meanwhile
+            assert server.send(invalid(6), user="bob", subject="other connection") == {}
+            assert server.eximhook("check-blocked", "auth", "bob").stdout == "1"
+            assert first.rcpt(f"carol@{h.DOMAIN}")[0] == 250
+            first.data(b"Subject: in progress\r\n\r\nhello\r\n")
+        frozen = json.loads(server.eximhook("frozen", "--json", "auth", "bob").stdout)
+        assert sorted(str(m["subject"]) for m in frozen) == ["in progress", "other connection"]
+        assert all(m["frozen_by_eximhook"] for m in frozen)
+        in_progress = next(m for m in frozen if m["subject"] == "in progress")
+        assert "X-Authenticated-As: bob" in server.headers(str(in_progress["id"]))
+        assert not [m for m in server.maildir("alice") if b"in progress" in m]
+    finally:
+        h.cleanup(server)
+
+
+def test_relay_host_through_the_daemon(exim: h.Exim) -> None:
+    assert exim.send(invalid(6), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}", subject="relay trip") == {}
+    [msg_id] = exim.queue(frozen=True)
+    assert f"X-Relayed-From: {h.RELAY_CLIENT}" in exim.headers(msg_id)
+    [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
+    assert msg_id in body(note)
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        exim.send(["nobody@nowhere.invalid"], source="127.0.0.3", sender=f"x@{h.DOMAIN}")  # not a customer
+    assert exim.hook_runs() == []

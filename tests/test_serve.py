@@ -1,0 +1,272 @@
+"""``eximhook serve`` as a real process on a real socket: answers, hostile and silent
+clients, a stuck store, signals, notifications, and the hooks writing beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eximhook.errors import Exit
+from eximhook.serve.protocol import encode
+
+from .conftest import EXIMHOOK, Daemon, Run, hook, messages, write_config
+from .e2e.harness import wait_for
+
+
+def record(daemon: Daemon, key: str, **fields: str) -> bytes:
+    return daemon.request(encode("record-invalid", "auth", key, **fields))
+
+
+def log_of(tmp_path: Path) -> str:
+    path = tmp_path / "eximhook.log"
+    return path.read_text() if path.exists() else ""
+
+
+def test_trip_at_limit_plus_one(daemon: Daemon, tmp_path: Path, cli: Run) -> None:
+    answers = [record(daemon, "Bob", rcpt=f"nobody{i}@example.com", ip="192.0.2.9") for i in range(7)]
+    assert answers == [b"0"] * 5 + [b"1", b"1"], "LIMIT=5: the 6th blocks, once"
+    assert daemon.request(encode("check-blocked", "auth", "bob")) == b"1"
+    assert daemon.request(encode("check-blocked", "auth", "alice")) == b"0"
+    assert b'"bob"' in (tmp_path / "mirror" / "blocked_authenticated_users").read_bytes(), "mirrored before 1"
+    shown = json.loads(cli("show", "--json", "auth", "bob")[1])
+    assert shown["block"]["count"] == 6 and shown["block"]["rcpts"][-1] == "nobody5@example.com"
+    assert shown["block"]["ips"] == ["192.0.2.9"] and shown["counter"]["total"] == 7
+    assert "blocked auth bob: 6 invalid recipients" in log_of(tmp_path)
+
+
+def test_generic_record_counts_the_same_counter(daemon: Daemon, cli: Run) -> None:
+    for _ in range(3):
+        record(daemon, "carol")
+    for _ in range(3):
+        assert daemon.request(encode("record", "auth", "carol", kind="invalid", evidence="x@y")) in (b"0", b"1")
+    assert json.loads(cli("show", "--json", "auth", "carol")[1])["block"]["count"] == 6
+
+
+@pytest.mark.parametrize(
+    ("data", "logged"),
+    [
+        pytest.param(b"launch missiles\n", "unknown operation 'launch'", id="unknown-op"),
+        pytest.param(b"check-blocked auth not-base64!\n", "KEY is not base64", id="bad-base64"),
+        pytest.param(b"check-blocked auth " + b"QQ==" * 20000 + b"\n", "longer than 65536 bytes", id="oversized"),
+        pytest.param(b"x" * 70000, "longer than 65536 bytes", id="oversized-no-newline"),
+        pytest.param(b"check-blocked auth AGI=\n", "key contains NUL", id="nul-in-key"),
+        pytest.param(b"check-blocked auth \n", "empty key", id="empty-key"),
+    ],
+)
+def test_bad_request_gets_E_and_a_log_line(daemon: Daemon, tmp_path: Path, data: bytes, logged: str) -> None:
+    assert daemon.request(data) == b"E"
+    assert logged in log_of(tmp_path)
+    assert daemon.request(b"ping\n") == b"pong", "and the daemon goes on"
+
+
+def test_request_ends_at_newline_or_at_eof(daemon: Daemon) -> None:
+    assert daemon.request(b"ping") == b"pong", "Exim's default: no newline, then shutdown"
+    assert daemon.request(b"ping\n", shutdown=False) == b"pong", "shutdown=no: the newline ends it"
+    assert daemon.request(b"ping\nlaunch missiles\n") == b"pong", "only the first line counts"
+    assert daemon.request(encode("check-blocked", "auth", "bob")[:-1] + b"\r\n") == b"0"
+
+
+def test_silent_client_is_dropped_and_holds_up_nobody(daemon: Daemon, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as silent:
+        silent.connect(daemon.socket)
+        silent.sendall(b"check-bl")  # half a request, then nothing
+        start = time.monotonic()
+        pings = [daemon.request(b"ping\n", timeout=2) for _ in range(20)]
+        assert pings == [b"pong"] * 20 and time.monotonic() - start < 1.0
+        silent.settimeout(5)
+        assert silent.recv(16) == b"", "closed without an answer"
+        assert 0.8 < time.monotonic() - start < 3, "after [serve] timeout (1s)"
+    assert "sent no complete request within 1s" in log_of(tmp_path)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(min_size=1, max_size=2000).filter(lambda b: b"\0" not in b))
+def test_any_key_over_the_socket(daemon: Daemon, cli: Run, raw: bytes) -> None:
+    key = raw.decode("utf-8", "surrogateescape")
+    assert record(daemon, key, rcpt=key, ip=key) in (b"0", b"1")
+    shown = json.loads(cli("show", "--json", "auth", "--", key)[1])
+    assert shown["counter"]["rcpts"][-1] == key, "the evidence arrives byte for byte"
+
+
+def hold_write_lock(store: Path) -> subprocess.Popen[bytes]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import lmdb, time\n"
+         f"env = lmdb.open({str(store)!r}, max_dbs=5, max_readers=1024, map_size=1<<32)\n"
+         "txn = env.begin(write=True); print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    return holder
+
+
+@pytest.mark.parametrize(("policy", "token"), [("open", b"0"), ("closed", b"1")])
+def test_stuck_store_gets_the_fallback_in_time(tmp_path: Path, policy: str, token: bytes) -> None:
+    d = Daemon(write_config(tmp_path, settings={"hooks.record": policy})).start()
+    holder = hold_write_lock(tmp_path / "store")
+    try:
+        start = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            waiting = [pool.submit(record, d, f"user{i}") for i in range(4)]
+            assert d.request(b"ping\n") == b"pong" and time.monotonic() - start < 0.5, "the loop is not stuck"
+            assert [w.result() for w in waiting] == [token] * 4
+        assert 0.9 < time.monotonic() - start < 2.5, "answered at [serve] timeout, below the snippets' 2s"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"no answer from the store within 1s ([serve] timeout); answered {token.decode()}" in log_of(tmp_path)
+    assert record(d, "user0") == b"0", "the store thread recovers once the lock is free"
+    d.stop()
+
+
+def test_hooks_and_daemon_on_one_store_block_once(tmp_path: Path, cli: Run) -> None:
+    """16 hook processes and 16 daemon clients, 5 events each, LIMIT 50."""
+    config = write_config(tmp_path, limit=50)
+    d = Daemon(config).start()
+
+    def by_hook(n: int) -> list[bytes]:
+        return [hook(config, "record-invalid", "auth", "bot", "--rcpt", f"h{n}-{i}@x").stdout for i in range(5)]
+
+    def by_daemon(n: int) -> list[bytes]:
+        return [record(d, "bot", rcpt=f"d{n}-{i}@x") for i in range(5)]
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(by_hook, n) for n in range(16)] + [pool.submit(by_daemon, n) for n in range(16)]
+        answers = [a for f in futures for a in f.result()]
+    assert answers.count(b"0") == 50 and answers.count(b"1") == 110
+    shown = json.loads(cli("show", "--json", "auth", "bot", config_path=config)[1])
+    assert shown["counter"]["total"] == 160 and [e["event"] for e in shown["history"]] == ["blocked"]
+    assert json.loads(cli("list", "--json", config_path=config)[1])[0]["count"] == 51
+    d.stop()
+
+
+def test_sighup_keeps_a_good_config_and_takes_a_new_one(daemon: Daemon, tmp_path: Path) -> None:
+    config = daemon.config
+    good = config.read_text()
+    config.write_text(good.replace('period = "1h"', 'period = "1x"', 1))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for("the complaint", lambda: "still serving with the config read before" in log_of(tmp_path))
+    assert "limits.auth.period bad period '1x'" in log_of(tmp_path)
+    assert [record(daemon, "dave") for _ in range(6)][-1] == b"1", "the old limit (5) still holds"
+    config.write_text(good.replace("limit = 5", "limit = 1"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for("the reload", lambda: "read again" in log_of(tmp_path))
+    assert [record(daemon, "erin") for _ in range(2)] == [b"0", b"1"], "the new limit (1)"
+
+
+def test_sigterm_answers_what_is_in_flight_then_exits(daemon: Daemon, tmp_path: Path) -> None:
+    holder = hold_write_lock(tmp_path / "store")
+    try:
+        answer: list[bytes] = []
+        waiting = threading.Thread(target=lambda: answer.append(record(daemon, "frank")))
+        waiting.start()
+        time.sleep(0.2)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        assert not os.path.exists(daemon.socket), "no new connections once stopping"
+    finally:
+        holder.kill()
+        holder.wait()
+    waiting.join(10)
+    assert answer == [b"0"]
+    assert daemon.stop() == 0
+    assert "stopped after 2 requests" in log_of(tmp_path), "the start-up ping, then frank"
+
+
+def test_socket_is_for_its_user_and_root_only(daemon: Daemon) -> None:
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+
+
+def test_start_refusals(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(config), "serve"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    assert proc.returncode == Exit.USAGE and "refusing to run as root" in proc.stderr
+    (tmp_path / "bad").mkdir()
+    bad = write_config(tmp_path / "bad", settings={"serve.timeout": -1})
+    proc = subprocess.run([*argv[:4], str(bad), "serve", "--allow-root"], capture_output=True, text=True,
+                          check=False, timeout=30)
+    assert proc.returncode == Exit.CONFIG and "serve.timeout must be a number of seconds" in proc.stderr
+    first = Daemon(config).start()
+    try:
+        proc = subprocess.run([*argv, "--allow-root"], capture_output=True, text=True, check=False, timeout=30)
+        assert proc.returncode == Exit.UNAVAILABLE and "another eximhook serve answers on" in proc.stderr
+        assert first.request(b"ping\n") == b"pong", "and the first one is untouched"
+    finally:
+        first.stop(signal.SIGKILL)
+    assert os.path.exists(first.socket), "a killed daemon leaves its socket"
+    Daemon(config).start().stop()  # which the next one replaces
+
+
+def test_check_reports_up_and_down(daemon: Daemon, cli: Run) -> None:
+    code, out, _ = cli("serve", "--check", config_path=daemon.config)
+    assert code == 0 and out.startswith(f"eximhook serve on {daemon.socket}: up")
+    daemon.stop()
+    code, out, err = cli("serve", "--check", config_path=daemon.config)
+    assert code == Exit.UNAVAILABLE and "does not answer" in err
+
+
+def test_notification_waits_for_the_tripping_message(tmp_path: Path, mailbox: Path) -> None:
+    """Held up to [notify] hold for the DATA ACL's report; sent at once when it comes."""
+    config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
+                          settings={"notify.hold": 60, "exim.freeze_queued": False})
+    d = Daemon(config).start()
+    for i in range(6):
+        record(d, "gina", rcpt=f"n{i}@example.com")
+    time.sleep(0.5)
+    assert messages(mailbox) == [], "held"
+    assert d.request(encode("frozen", "auth", "gina", id="1xVbMq-0004rw-1g")) == b"1"
+    [msg] = wait_for("the notification", lambda: messages(mailbox), 10)  # type: ignore[misc]
+    assert "Frozen messages (1 when this was sent): 1xVbMq-0004rw-1g" in msg.get_content()
+    assert d.request(encode("frozen", "auth", "gina", id="1xVbMq-0004rw-2h")) == b"0", "nothing waits now"
+    assert d.request(encode("frozen", "auth", "hank", id="1xVbMq-0004rw-3i")) == b"0"
+    d.stop()
+
+
+def test_notification_without_a_report_goes_after_the_hold(tmp_path: Path, mailbox: Path) -> None:
+    config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
+                          settings={"notify.hold": 1.5, "exim.freeze_queued": False})
+    d = Daemon(config).start()
+    start = time.monotonic()
+    for _ in range(6):
+        record(d, "ivan")
+    wait_for("the notification", lambda: messages(mailbox), 10)
+    assert time.monotonic() - start > 1.4
+    time.sleep(1)
+    assert len(messages(mailbox)) == 1
+    d.stop()
+
+
+def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: Run) -> None:
+    config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
+                          settings={"notify.hold": 0.2, "exim.freeze_queued": False})
+    (mailbox / "FAIL").touch()
+    d = Daemon(config).start()
+    for key in ("jack", "kate"):
+        for _ in range(6):
+            record(d, key)
+    wait_for("two failed sends", lambda: log_of(tmp_path).count("notification left queued") >= 2, 10)
+    d.stop()
+    (mailbox / "FAIL").unlink()
+    d.start()
+    with ThreadPoolExecutor(4) as pool:  # the maintenance timer's notify, at the same moment
+        sent = list(pool.map(lambda _: hook(config, "notify").stdout, range(4)))
+    wait_for("both notifications", lambda: len(messages(mailbox)) == 2, 10)
+    time.sleep(1)
+    assert sorted(str(m["Subject"]) for m in messages(mailbox)) == ["user jack blocked", "user kate blocked"]
+    assert sum(int(s or b"0") for s in sent) <= 2
+    events = [e["event"] for e in json.loads(cli("history", "--json", config_path=config)[1])]
+    assert events.count("notified") == 2
+    d.stop()
