@@ -23,6 +23,7 @@ from __future__ import annotations
 import binascii
 
 from ..errors import BadRequest
+from ..exim import MESSAGE_ID
 from ..subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
@@ -86,6 +87,8 @@ def parse(line: bytes) -> Request:
         if field in fields:
             raise BadRequest(f"{field} given twice")
         fields[field] = _decode(field, value)
+    if "id" in fields and not MESSAGE_ID.match(fields["id"].encode("utf-8", "surrogateescape")):
+        raise BadRequest(f"id {escape(fields['id'][:40])!r} is not an Exim message id")
     return Request(op, ns, key, kind or ("invalid" if op == "record-invalid" else ""), fields)
 
 
