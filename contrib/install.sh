@@ -6,7 +6,9 @@
 #     the hooks, so the interpreter must not live under /root
 #   - eximhook into that venv; --dev adds the test and lint tools
 #   - without --dev: /etc/eximhook/eximhook.toml (from contrib/eximhook.toml, if absent),
-#     the store and the mirror files (eximhook export)
+#     the store and the mirror files (eximhook export), and the systemd units
+#     (eximhook-serve.service, eximhook-maintain.timer) in /etc/systemd/system, not
+#     enabled: README says when to enable them
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 dev=false
@@ -40,4 +42,11 @@ if ! $dev; then
     [ -e /etc/eximhook/eximhook.toml ] || install -m 0644 "$here/contrib/eximhook.toml" /etc/eximhook/eximhook.toml
     "$venv/bin/eximhook" check-config
     "$venv/bin/eximhook" export
+    if [ -d /etc/systemd/system ]; then
+        for unit in eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer; do
+            install -m 0644 "$here/contrib/$unit" /etc/systemd/system/
+        done
+        if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+        echo "install: systemd units in /etc/systemd/system: systemctl enable --now eximhook-serve.service eximhook-maintain.timer"
+    fi
 fi

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from eximhook import _fastconfig
-from eximhook.config import Config, load
+from eximhook.config import _SECTIONS, Config, load
 from eximhook.errors import ConfigError
 
 MINIMAL = """
@@ -108,7 +110,13 @@ def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
 
 
 def test_example_config_shows_every_default() -> None:
-    example = load(str(Path(__file__).resolve().parent.parent / "contrib" / "eximhook.toml"))
+    path = Path(__file__).resolve().parent.parent / "contrib" / "eximhook.toml"
+    example, text = load(str(path)), path.read_text()
     defaults = Config()
-    for section in ("store", "limits", "notify", "hooks", "evidence", "relay", "log", "exim"):
+    assert example.limits == defaults.limits
+    for section, cls in _SECTIONS.items():
         assert getattr(example, section) == getattr(defaults, section), section
+        assert f"[{section}]" in text
+        for f in fields(cls):  # set, or shown commented out where the default is "unset"
+            key = f.metadata["toml"] or f.name
+            assert re.search(rf"^#? ?{key} = ", text, re.M), f"{section}.{key} missing from {path.name}"

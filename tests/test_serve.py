@@ -270,3 +270,22 @@ def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: 
     events = [e["event"] for e in json.loads(cli("history", "--json", config_path=config)[1])]
     assert events.count("notified") == 2
     d.stop()
+
+
+def test_tells_systemd_when_ready_and_when_stopping(tmp_path: Path) -> None:
+    """Type=notify in contrib/eximhook-serve.service: READY=1 once the socket listens."""
+    config = write_config(tmp_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(tmp_path / "notify"))
+        notify.settimeout(20)
+        proc = subprocess.Popen([sys.executable, "-IS", EXIMHOOK, "--config", str(config), "serve", "--allow-root"],
+                                env={"NOTIFY_SOCKET": str(tmp_path / "notify")}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert notify.recv(64) == b"READY=1"
+            assert Daemon(config).request(b"ping\n") == b"pong", "listening by then"
+            proc.send_signal(signal.SIGTERM)
+            assert notify.recv(64) == b"STOPPING=1"
+            assert proc.wait(20) == 0
+        finally:
+            proc.kill()
