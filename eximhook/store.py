@@ -48,6 +48,29 @@ _TRIES = 8  # each retry doubles a full map, or frees reader slots of dead proce
 # One reader slot per process that has the store open: every Exim process running a
 # hook at the same moment, plus the admin. LMDB's default is 126.
 _MAX_READERS = 1024
+# LMDB writes its lock file through a shared mmap, one 64-byte slot per reader after a
+# header (65,664 bytes for 1024 readers). A page of it first touched when the disk is
+# full is a SIGBUS, not an error: a hook would die without its token, the daemon would
+# crash. So the file is allocated in full before LMDB maps it.
+_LOCK_BYTES = 80 * 1024
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """The error without the path the caller names already."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}/")
+
+
+def _allocate_lock_file(path: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+    try:
+        st = os.fstat(fd)
+        size = max(st.st_size, _LOCK_BYTES)
+        if st.st_blocks * 512 < size:  # new, or sparse: once per store
+            os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def subject_key(ns: str, key: str) -> bytes:
@@ -124,28 +147,36 @@ class Store:
         try:
             self.owner = resolve_owner(owner, path)  # before makedirs: root must not own the new dir
             os.makedirs(path, mode=0o750, exist_ok=True)
+            _allocate_lock_file(os.path.join(path, "lock.mdb"))
             self.env = lmdb.open(path, map_size=map_size, max_dbs=len(_DBS), max_readers=_MAX_READERS,
                                  subdir=True, readahead=False, meminit=False, metasync=False)
+        except (lmdb.Error, OSError, KeyError) as exc:
+            raise StoreUnavailable(f"cannot open store {path} ([store] path): {_reason(exc, path)}") from exc
+        try:
             self._create_dbs()
             hand_over([path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))], self.owner)
-        except (lmdb.Error, OSError, KeyError) as exc:
-            raise StoreUnavailable(f"cannot open store {path}: {exc}") from exc
+        except OSError as exc:
+            self.env.close()
+            raise StoreUnavailable(f"cannot open store {path} ([store] path): {_reason(exc, path)}") from exc
+        except StoreUnavailable:
+            self.env.close()
+            raise
 
     def _create_dbs(self) -> None:
-        try:
-            with self.env.begin() as txn:
+        def missing(txn: lmdb.Transaction) -> bool:
+            try:
                 for name in _DBS:
                     self.env.open_db(name, txn=txn, create=False)
-                return
-        except lmdb.NotFoundError:
-            pass
-        # a new store, or one from an older eximhook without every database: the only
-        # write an open needs
-        with self.env.begin(write=True) as txn:
-            for name in _DBS:
-                self.env.open_db(name, txn=txn)
+            except lmdb.NotFoundError:
+                return True
+            return False
 
-    def _db(self, txn: lmdb.Transaction, name: bytes) -> Any:
+        if self.read(missing):
+            # a new store, or one from an older eximhook without every database: the only
+            # write an open needs, inside the retry loop so a small map grows
+            self.update(lambda txn: [self.env.open_db(name, txn=txn) for name in _DBS])
+
+    def db(self, txn: lmdb.Transaction, name: bytes) -> Any:
         # Each transaction opens the handles it uses (a B-tree lookup, microseconds):
         # py-lmdb aborts read transactions, which closes handles opened in them, and
         # open_db() without a transaction takes the *writer* lock, holding the GIL,
@@ -221,8 +252,9 @@ class Store:
                 except lmdb.ReadersFullError:
                     self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
                 except lmdb.Error as exc:
-                    raise StoreUnavailable(f"store {self.path}: {exc}") from exc
-        raise StoreUnavailable(f"store {self.path}: gave up after {_TRIES} tries (map full, or readers full)")
+                    raise StoreUnavailable(f"store {self.path}: {_reason(exc, self.path)}") from exc
+        raise StoreUnavailable(f"store {self.path}: gave up after {_TRIES} tries: the map ([store] map_size) "
+                               "could not grow enough, or the reader table stayed full")
 
     # -- blocks ------------------------------------------------------------------
 
@@ -232,13 +264,13 @@ class Store:
     def blocked_in(self, ns: str, key: str) -> Callable[[lmdb.Transaction], bool]:
         """The body that tells whether the subject is blocked (the daemon batches it)."""
         sk = subject_key(ns, key)
-        return lambda txn: txn.get(sk, db=self._db(txn, b"blocks")) is not None
+        return lambda txn: txn.get(sk, db=self.db(txn, b"blocks")) is not None
 
     def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
         import json
 
         sk = subject_key(ns, key)
-        data = self.read(lambda txn: txn.get(sk, db=self._db(txn, b"blocks")))
+        data = self.read(lambda txn: txn.get(sk, db=self.db(txn, b"blocks")))
         return None if data is None else dict(json.loads(bytes(data)))
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
@@ -248,7 +280,7 @@ class Store:
         import json
 
         prefix = b"" if ns is None else ns.encode()
-        cur = txn.cursor(db=self._db(txn, b"blocks"))
+        cur = txn.cursor(db=self.db(txn, b"blocks"))
         found = cur.set_range(prefix) if prefix else cur.first()
         out = []
         while found and bytes(cur.key()).startswith(prefix):
@@ -261,14 +293,18 @@ class Store:
     def generation_in(self, txn: lmdb.Transaction) -> int:
         """How many times the set of blocks has changed: the mirror files carry the
         generation they were written from, so a lagging mirror is seen and rewritten."""
-        data = txn.get(_GENERATION, db=self._db(txn, b"meta"))
+        data = txn.get(_GENERATION, db=self.db(txn, b"meta"))
         return int(_SEQ.unpack(data)[0]) if data else 0
 
     def generation(self) -> int:
         return self.read(self.generation_in)
 
+    def heartbeat(self, now: float) -> None:
+        """A small write, to prove the store takes writes (``eximhook status``, ``maintain``)."""
+        self.update(lambda txn: txn.put(b"heartbeat", struct.pack(">d", now), db=self.db(txn, b"meta")))
+
     def _bump(self, txn: lmdb.Transaction) -> None:
-        txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self._db(txn, b"meta"))
+        txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self.db(txn, b"meta"))
 
     def block(self, record: dict[str, Any], now: float, notify: bool) -> bool:
         """Store ``record`` as the subject's block unless one exists; True if new."""
@@ -279,13 +315,13 @@ class Store:
         import json
 
         sk = subject_key(record["ns"], record["key"])
-        if not txn.put(sk, json.dumps(record).encode(), db=self._db(txn, b"blocks"), overwrite=False):
+        if not txn.put(sk, json.dumps(record).encode(), db=self.db(txn, b"blocks"), overwrite=False):
             return False
         self._bump(txn)
-        self._append(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
+        self.append_in(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
                                      "by": record["by"], "reason": record["reason"]})
         if notify:
-            self._append(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
+            self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
                                           "state": "queued", "attempts": 0, "hold_until": now + hold})
         return True
 
@@ -295,11 +331,11 @@ class Store:
 
         def body(txn: lmdb.Transaction) -> bool:
             for name in counters:
-                txn.delete(name.encode() + b"\0" + sk, db=self._db(txn, b"counters"))
-            if not txn.delete(sk, db=self._db(txn, b"blocks")):
+                txn.delete(name.encode() + b"\0" + sk, db=self.db(txn, b"counters"))
+            if not txn.delete(sk, db=self.db(txn, b"blocks")):
                 return False
             self._bump(txn)
-            self._append(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
+            self.append_in(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
             return True
         return self.update(body)
 
@@ -307,7 +343,7 @@ class Store:
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
         ck = name.encode() + b"\0" + subject_key(ns, key)
-        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self._db(txn, b"counters"))))
+        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self.db(txn, b"counters"))))
 
     def event(self, ns: str, key: str, now: float, *, limit: int, period: float,
               make_block: Callable[[Counter, int], dict[str, Any]],
@@ -326,32 +362,32 @@ class Store:
         from . import ratelimit  # here, not at the top: check-blocked never needs it
 
         def body(txn: lmdb.Transaction) -> Outcome:
-            c = Counter.decode(txn.get(ck, db=self._db(txn, b"counters")))
+            c = Counter.decode(txn.get(ck, db=self.db(txn, b"counters")))
             c.times, count, over = ratelimit.record(c.times, now, limit, period)
             c.total += 1
             if evidence:
                 c.recent = [*c.recent, evidence][-keep_evidence:]
             if ip:
                 c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
-            txn.put(ck, c.encode(), db=self._db(txn, b"counters"))
-            blocked = txn.get(sk, db=self._db(txn, b"blocks")) is not None
+            txn.put(ck, c.encode(), db=self.db(txn, b"counters"))
+            blocked = txn.get(sk, db=self.db(txn, b"blocks")) is not None
             tripped = over and not blocked and self._block_in(txn, make_block(c, count), now, True, hold)
             return Outcome(blocked or tripped, tripped, count, c.total)
         return body
 
     # -- outbox and audit log ------------------------------------------------------
 
-    def _append(self, txn: lmdb.Transaction, db: bytes, item: dict[str, Any]) -> int:
+    def append_in(self, txn: lmdb.Transaction, db: bytes, item: dict[str, Any]) -> int:
         import json
 
-        cur = txn.cursor(db=self._db(txn, db))
+        cur = txn.cursor(db=self.db(txn, db))
         seq = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
         item["seq"] = seq
-        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self._db(txn, db), append=True)
+        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self.db(txn, db), append=True)
         return seq
 
     def audit(self, event: dict[str, Any]) -> int:
-        return self.update(lambda txn: self._append(txn, b"audit", dict(event)))
+        return self.update(lambda txn: self.append_in(txn, b"audit", dict(event)))
 
     def history(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         return [e for e in self._items(b"audit") if ns is None or (e.get("ns") == ns and e.get("key") == key)]
@@ -362,49 +398,4 @@ class Store:
     def _items(self, db: bytes) -> list[dict[str, Any]]:
         import json
 
-        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self._db(txn, db))])
-
-    def claim_next(self, now: float, stale_after: float, skip: set[int] | frozenset[int] = frozenset(),
-                   release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()
-                   ) -> dict[str, Any] | None:
-        """Mark the oldest unclaimed notification not in ``skip`` as being sent by this process.
-
-        Claiming in a write transaction keeps concurrent ``notify`` runs from sending
-        the same mail. A claim older than ``stale_after`` seconds belongs to a sender
-        that died, and is taken over. A notification still held (``hold_until`` ahead:
-        the daemon waits to name the tripping message) waits, unless its subject is in
-        ``release``.
-        """
-        import json
-
-        def body(txn: lmdb.Transaction) -> dict[str, Any] | None:
-            for k, v in txn.cursor(db=self._db(txn, b"outbox")):
-                item: dict[str, Any] = json.loads(bytes(v))
-                if item["seq"] in skip or (item["state"] == "sending" and now - item["claimed"] < stale_after):
-                    continue
-                subject = (item["block"]["ns"], item["block"]["key"])
-                if now < item.get("hold_until", 0) and subject not in release:
-                    continue
-                item.update(state="sending", claimed=now, claimer=os.getpid())
-                txn.put(k, json.dumps(item).encode(), db=self._db(txn, b"outbox"))
-                return item
-            return None
-        return self.update(body)
-
-    def finish_notification(self, item: dict[str, Any], now: float, error: str | None) -> None:
-        """Drop a sent notification (audit "notified"), or requeue a failed one."""
-        import json
-
-        k = _SEQ.pack(item["seq"])
-        block = item["block"]
-
-        def body(txn: lmdb.Transaction) -> None:
-            if error is None:
-                txn.delete(k, db=self._db(txn, b"outbox"))
-                event = {"event": "notified", "notification": item["seq"], "to": item.get("to")}
-            else:
-                item.update(state="queued", attempts=item["attempts"] + 1, error=error)
-                txn.put(k, json.dumps(item).encode(), db=self._db(txn, b"outbox"))
-                event = {"event": "notify-failed", "notification": item["seq"], "error": error}
-            self._append(txn, b"audit", {"ts": now, "ns": block["ns"], "key": block["key"], "by": "notify", **event})
-        self.update(body)
+        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self.db(txn, db))])

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximhook import core
+from eximhook import core, outbox
 from eximhook.store import Counter, Store, subject_key
 
 surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
@@ -82,8 +85,38 @@ def test_map_grows_when_full(tmp_path: Path) -> None:
 def test_notification_claims_are_exclusive(store: Store) -> None:
     count(store, "bob", 1.0, limit=0 + 1)
     count(store, "bob", 2.0, limit=1)
-    first = store.claim_next(10.0, stale_after=300)
-    assert first is not None and store.claim_next(11.0, stale_after=300) is None
-    assert store.claim_next(400.0, stale_after=300) is not None, "a stale claim is taken over"
-    store.finish_notification(first, 401.0, None)
+    first = outbox.claim_next(store, 10.0, stale_after=300)
+    assert first is not None and outbox.claim_next(store, 11.0, stale_after=300) is None
+    assert outbox.claim_next(store, 400.0, stale_after=300) is not None, "a stale claim is taken over"
+    outbox.finish(store, first, 401.0, None)
     assert store.outbox() == []
+
+
+def test_claim_of_a_dead_sender_is_taken_over_at_once(store: Store) -> None:
+    count(store, "bob", 1.0, limit=1)
+    count(store, "bob", 2.0, limit=1)
+    first = outbox.claim_next(store, 10.0, stale_after=300)
+    assert first is not None and not outbox.stuck(store.outbox()[0]), "this process lives"
+
+    def as_dead(txn: Any) -> None:  # our pid with another start time: the claimer that died
+        item = dict(first, claimer_start=first["claimer_start"] - 1)
+        txn.put(struct.pack(">Q", first["seq"]), json.dumps(item).encode(), db=store.db(txn, b"outbox"))
+
+    store.update(as_dead)
+    assert outbox.stuck(store.outbox()[0])
+    second = outbox.claim_next(store, 11.0, stale_after=300)
+    assert second is not None and second["seq"] == first["seq"] and not outbox.stuck(store.outbox()[0])
+
+
+def test_a_map_too_small_for_the_first_write_grows(tmp_path: Path) -> None:
+    """Creating the databases is a write too, inside the grow-and-retry loop."""
+    store = Store(str(tmp_path / "tiny"), map_size=8192)
+    assert count(store, "bob", 1.0).count == 1 and store.env.info()["map_size"] > 8192
+
+
+def test_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """LMDB's lock file is written through mmap: it is allocated whole when created, so a
+    disk that fills up later gives ENOSPC errors, never SIGBUS."""
+    Store(str(tmp_path / "s")).close()
+    lock = tmp_path / "s" / "lock.mdb"
+    assert lock.stat().st_blocks * 512 >= lock.stat().st_size >= 65664
