@@ -6,7 +6,7 @@ importing the config machinery. Nothing here exits the process or prints.
 
 from __future__ import annotations
 
-from .errors import NotBlocked
+from .errors import FileError, NotBlocked
 from .periods import format_period
 from .store import Counter, Outcome, Store
 
@@ -56,42 +56,58 @@ def trip_message(ns: str, key: str, outcome: Outcome, limit: int, period: float)
     return f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s (limit {limit})"
 
 
-def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, timeout: float = 1.0) -> None:
+def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> None:
     """Bring the mirror files up to the store's generation (always, with ``force``).
 
-    For hooks and the daemon, after a trip or on finding the mirror behind: the block is
-    stored already and the answer stays 1, so a mirror that cannot be written is logged
-    for the admin (and retried by the next writer that looks), never raised.
+    For hooks, the daemon and maintenance, after a trip or on finding the mirror behind:
+    the block is stored already and the answer stays 1, so a mirror that cannot be
+    written is logged for the admin (and retried by the next writer that looks), never
+    raised. Without ``force`` a lock held past ``wait`` means another process is
+    rewriting right now (typically the one that tripped, while the bot's other
+    connections find the stamp behind): this one answers instead of queueing behind it.
     """
     from . import mirror
 
     try:
-        if force or not mirror.current(store):
-            mirror.rewrite(store, mirror_dir, timeout=timeout)
+        if force:
+            mirror.rewrite(store, mirror_dir, timeout=max(wait, 1.0))
+        elif not mirror.current(store):
+            mirror.rewrite(store, mirror_dir, timeout=wait, if_behind=True)
+    except mirror.LockBusy:
+        if force:
+            log.log("err", f"could not rewrite the mirror files in {mirror_dir}: another process holds the lock; "
+                           "the next event, eximhook maintain or 'eximhook export' will")
     except Exception as exc:
         log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
-                       "the next event, eximhook-maintain.timer or 'eximhook export' will")
+                       "the next event, eximhook maintain or 'eximhook export' will")
+
+
+def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
+    """An admin's change is in the store: say so when only the mirror failed."""
+    from . import mirror
+
+    try:
+        mirror.rewrite(store, mirror_dir)
+    except FileError as exc:
+        raise FileError(f"{done} in the store, but {exc}; eximhook maintain rewrites the mirror "
+                        "files once it can (eximhook status shows them behind until then)") from exc
 
 
 def block(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
           note: str | None, notify: bool = True) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already."""
-    from . import mirror
-
     counter = store.counter(ns, key)
     created = store.block(block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note),
                           now, notify)
-    mirror.rewrite(store, mirror_dir)
+    _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
 
 def unblock(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str) -> None:
     """Lift the block and reset the subject's counter, so it starts from zero."""
-    from . import mirror
-
     if not store.unblock(ns, key, now, by):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
-    mirror.rewrite(store, mirror_dir)
+    _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
 
 
 def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> list[str]:

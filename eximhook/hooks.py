@@ -141,7 +141,12 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
         key = normalize(ns, key, settings["ipv6_prefix"])
         store = Store(settings["store"], settings["map_size"], settings["owner"])
         if name == "check-blocked":
-            out.emit("1" if store.is_blocked(ns, key) else "0")
+            blocked = store.is_blocked(ns, key)
+            out.emit("1" if blocked else "0")
+            if blocked:  # a block a killed process may not have mirrored yet
+                from . import core
+
+                core.refresh_mirror(store, settings["mirror_dir"], log)
             code = Exit.OK
         else:
             out.emit("1" if _record_invalid(store, settings, ns, key, opts, log) else "0")
@@ -177,6 +182,10 @@ def _record_invalid(store: Store, settings: dict[str, Any], ns: str, key: str, o
         keep_rcpts=settings["rcpts"], keep_ips=settings["ips"]))
     if outcome.tripped:
         log.log("warning", core.trip_message(ns, key, outcome, limit, period))
+        try:  # the block must survive a power cut once we answer 1 (see Store.sync)
+            store.sync()
+        except EximhookError as exc:  # committed all the same: the answer stays 1
+            log.log("err", f"could not flush the new block to disk: {exc}")
     if outcome.blocked:
         # after a trip, or a block a killed process may not have mirrored yet
         core.refresh_mirror(store, settings["mirror_dir"], log, force=outcome.tripped)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from ._perms import hand_over
+from .errors import FileError
 from .store import Store
 from .subjects import LSEARCH_FILES, lsearch_line
 
@@ -35,8 +36,7 @@ _TMP = ".tmp."
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; hooks come here on a blocked answer
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import BinaryIO
+    from typing import Any
 
 
 def mirror_paths(mirror_dir: str) -> list[str]:
@@ -57,44 +57,82 @@ def current(store: Store, generation: int | None = None) -> bool:
     return mirrored_generation(store) >= (store.generation() if generation is None else generation)
 
 
-def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0) -> dict[str, int]:
-    """Rewrite every mirror file; returns the number of keys written per file name."""
+def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: bool = False) -> dict[str, int]:
+    """Rewrite every mirror file; returns the number of keys written per file name
+    (nothing, with ``if_behind``, when another process brought it up to date first)."""
+    import io
+
     import cdblib
-    from filelock import FileLock  # ~40 ms to import: only the rare paths get here
+    from filelock import FileLock, Timeout  # ~40 ms to import: only the rare paths get here
 
     lock_path = os.path.join(store.path, LOCK_FILE)
-    with FileLock(lock_path, timeout=timeout, mode=0o660):
-        hand_over([lock_path], store.owner)
-        # only a lock holder writes temp files: any found now were left by a killed rewrite
-        remove_stale_temp_files(mirror_dir, store.path)
-        generation, blocks = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn)))
-        written: dict[str, int] = {}
-        for ns, name in LSEARCH_FILES.items():
-            keys = sorted(b["key"] for b in blocks if b["ns"] == ns)
-            lines = [line for line in map(lsearch_line, keys) if line is not None]
-            skipped = len(keys) - len(lines)
-            header = (b"# Written by eximhook from its store; edits are lost. Use: eximhook block/unblock.\n"
-                      b"# generation %d\n" % generation)
-            if skipped:
-                header += b"# %d key(s) too long for lsearch are in %s only.\n" % (skipped, CDB_FILE.encode())
-            _replace(os.path.join(mirror_dir, name), _writer(header + b"".join(lines)), store.owner)
-            written[name] = len(lines)
-
-        def cdb_bytes(out: BinaryIO) -> None:
-            writer = cdblib.Writer(out)
+    try:
+        with FileLock(lock_path, timeout=timeout, mode=0o660):
+            hand_over([lock_path], store.owner)
+            # only a lock holder writes temp files: any found now were left by a killed rewrite
+            remove_stale_temp_files(mirror_dir, store.path)
+            generation, blocks = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn)))
+            if if_behind and mirrored_generation(store) >= generation:
+                return {}
+            files: list[tuple[str, bytes]] = []
+            written: dict[str, int] = {}
+            for ns, name in LSEARCH_FILES.items():
+                keys = sorted(b["key"] for b in blocks if b["ns"] == ns)
+                lines = [line for line in map(lsearch_line, keys) if line is not None]
+                skipped = len(keys) - len(lines)
+                header = (b"# Written by eximhook from its store; edits are lost. Use: eximhook block/unblock.\n"
+                          b"# generation %d\n" % generation)
+                if skipped:
+                    header += b"# %d key(s) too long for lsearch are in %s only.\n" % (skipped, CDB_FILE.encode())
+                files.append((os.path.join(mirror_dir, name), header + b"".join(lines)))
+                written[name] = len(lines)
+            cdb = io.BytesIO()
+            writer = cdblib.Writer(cdb)
             writer.put(GENERATION_KEY, b"%d" % generation)
             for b in blocks:
                 writer.put(f"{b['ns']}:{b['key']}".encode("utf-8", "surrogateescape"), b"1")
             writer.finalize()
-
-        _replace(os.path.join(mirror_dir, CDB_FILE), cdb_bytes, store.owner)
-        written[CDB_FILE] = len(blocks)
-        _replace(os.path.join(store.path, STAMP_FILE), _writer(b"%d\n" % generation), store.owner)
+            files.append((os.path.join(mirror_dir, CDB_FILE), cdb.getvalue()))
+            written[CDB_FILE] = len(blocks)
+            _replace_all(files, store.owner)
+            # last: a rewrite killed before this line is seen as behind, and done again
+            _replace_all([(os.path.join(store.path, STAMP_FILE), b"%d\n" % generation)], store.owner)
+    except Timeout as exc:
+        raise LockBusy(f"could not lock {lock_path} within {timeout:g}s: another rewrite holds it") from exc
+    except OSError as exc:
+        where = exc.filename or f"the mirror files in {mirror_dir}"
+        raise FileError(f"cannot write {where} ([store] mirror_dir): {exc.strerror}") from exc
     return written
 
 
-def remove_stale_temp_files(*directories: str) -> list[str]:
-    removed = []
+class LockBusy(FileError):
+    """Another process holds the mirror lock: it is rewriting the mirror right now."""
+
+
+def state(store: Store, mirror_dir: str) -> dict[str, Any]:
+    """What the mirror files say about themselves, for ``eximhook status``: the stamp,
+    each file's generation (None: missing or unreadable) and leftover temp files."""
+    import cdblib
+
+    files: dict[str, int | None] = {}
+    for path in mirror_paths(mirror_dir):
+        name = os.path.basename(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            if name == CDB_FILE:
+                files[name] = int(cdblib.Reader(data).get(GENERATION_KEY))
+            else:
+                files[name] = int(data.split(b"\n", 2)[1].removeprefix(b"# generation "))
+        except (OSError, ValueError, TypeError, IndexError):
+            files[name] = None
+    return {"stamp": mirrored_generation(store), "files": files,
+            "temp_files": temp_files(mirror_dir, store.path)}
+
+
+def temp_files(*directories: str) -> list[str]:
+    """Temp files of mirror rewrites (``NAME.tmp.PID``) in ``directories``."""
+    found = []
     for directory in directories:
         names = {os.path.basename(p) for p in mirror_paths(directory)} | {STAMP_FILE}
         try:
@@ -104,31 +142,44 @@ def remove_stale_temp_files(*directories: str) -> list[str]:
         for entry in entries:
             base, sep, pid = entry.rpartition(_TMP)
             if sep and base in names and pid.isdigit():
-                try:
-                    os.unlink(os.path.join(directory, entry))
-                    removed.append(entry)
-                except FileNotFoundError:
-                    pass
+                found.append(os.path.join(directory, entry))
+    return found
+
+
+def remove_stale_temp_files(*directories: str) -> list[str]:
+    removed = []
+    for path in temp_files(*directories):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
     return removed
 
 
-def _writer(data: bytes) -> Callable[[BinaryIO], object]:
-    return lambda f: f.write(data)
-
-
-def _replace(path: str, write: Callable[[BinaryIO], object], owner: tuple[int, int]) -> None:
-    tmp = f"{path}{_TMP}{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+def _replace_all(files: list[tuple[str, bytes]], owner: tuple[int, int]) -> None:
+    """Write every file to a temp file and fsync it, then rename them all, one right
+    after the other: Exim sees the files change as close to together as renames allow."""
+    temps: list[str] = []
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        hand_over([tmp], owner)
-        os.replace(tmp, path)
+        for path, data in files:
+            tmp = f"{path}{_TMP}{os.getpid()}"
+            temps.append(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:  # a write error names no file: name the one it was
+                raise OSError(exc.errno, exc.strerror, path) from exc
+            hand_over([tmp], owner)
+        for tmp, (path, _) in zip(temps, files, strict=True):
+            os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        for tmp in temps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise

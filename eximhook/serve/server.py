@@ -35,6 +35,28 @@ from .worker import Outbox
 
 _BATCH_MAX = 512  # requests per transaction: bounds how long one commit holds LMDB's write lock
 _STOP = object()
+_LOG_EVERY = 60.0  # seconds between two log lines of one kind of per-request failure
+
+
+class _Throttle:
+    """Failures that come per request (a broken store, a snippet sending garbage) would
+    write a log line per RCPT: log the first, then one line a minute with a count."""
+
+    def __init__(self, log: Callable[[], Logger]) -> None:
+        self.log = log
+        self.last: dict[str, tuple[float, int]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            last, suppressed = self.last.get(kind, (-_LOG_EVERY, 0))
+            if now - last < _LOG_EVERY:
+                self.last[kind] = (last, suppressed + 1)
+                return
+            self.last[kind] = (now, 0)
+        more = f" (and {suppressed} more like it in the last {_LOG_EVERY:g}s)" if suppressed else ""
+        self.log().log("err", text + more)
 
 
 class Connection(asyncio.Protocol):
@@ -61,7 +83,7 @@ class Connection(asyncio.Protocol):
         end = self.buf.find(b"\n")
         limit = self.server.cfg.serve.max_request
         if end > limit or (end < 0 and len(self.buf) > limit):
-            self.server.log.log("err", f"a request longer than {limit} bytes ([serve] max_request); answered E")
+            self.server.failure("bad", f"a request longer than {limit} bytes ([serve] max_request); answered E")
             self.answer(protocol.ERROR)
         elif end >= 0:
             self.server.handle(self, bytes(self.buf[:end]))
@@ -89,13 +111,13 @@ class Connection(asyncio.Protocol):
     def _expire(self) -> None:
         timeout = self.server.cfg.serve.timeout
         if self.state == "reading":
-            self.server.log.log("notice", f"a client sent no complete request within {timeout:g}s; dropped")
+            self.server.failure("silent", f"a client sent no complete request within {timeout:g}s; dropped")
             self.state = "done"
             if self.transport is not None:
                 self.transport.abort()
         elif self.state == "waiting":
-            self.server.log.log("err", f"{_describe(self.request)}: no answer from the store within {timeout:g}s "
-                                       f"([serve] timeout); answered {self.fallback.decode()}")
+            self.server.failure("slow", f"{_describe(self.request)}: no answer from the store within {timeout:g}s "
+                                        f"([serve] timeout); answered {self.fallback.decode()}")
             self.answer(self.fallback)
 
 
@@ -119,6 +141,7 @@ class Server:
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
+        self.failure = _Throttle(lambda: self.log)
         self.served = 0
 
     # -- the event loop ------------------------------------------------------------
@@ -131,7 +154,7 @@ class Server:
             if req.ns:
                 req.key = normalize(req.ns, req.key, self.cfg.relay.ipv6_prefix)
         except (BadRequest, BadSubject) as exc:
-            self.log.log("err", f"bad request: {exc}; answered E")
+            self.failure("bad", f"bad request: {exc}; answered E")
             conn.answer(protocol.ERROR)
             return
         if req.op == "ping":
@@ -163,29 +186,34 @@ class Server:
             elif isinstance(result, bool):
                 job.conn.answer(protocol.YES if result else protocol.NO)
             else:
-                self.log.log("err", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
+                self.failure("store", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
                 job.conn.answer(job.conn.fallback)
 
     # -- the store thread ----------------------------------------------------------
 
     def _store_loop(self) -> None:
+        checked = time.monotonic()
         while True:
             try:
                 job = self.jobs.get(timeout=self.cfg.serve.check_interval)
             except queue.Empty:
-                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)  # lagging after a crash?
-                continue
+                job = None
             batch: list[_Job] = []
-            while job is not _STOP:
+            while job is not None and job is not _STOP:
                 batch.append(job)
                 if len(batch) >= _BATCH_MAX:
                     break
                 try:
                     job = self.jobs.get_nowait()
                 except queue.Empty:
-                    break
+                    job = None
             if batch:
                 self._run_batch(batch)
+            if time.monotonic() - checked >= self.cfg.serve.check_interval:
+                # a block whose mirror rewrite was killed (a hook, an admin command) shows
+                # here within check_interval, busy or idle
+                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
+                checked = time.monotonic()
             if job is _STOP:
                 return
 
