@@ -33,13 +33,18 @@ def _leading_config(args: list[str]) -> tuple[str | None, list[str]]:
     return None, args
 
 
+_UNKNOWN = 3  # `status` is a Nagios/Icinga plugin: it cannot tell, so UNKNOWN, not a sysexits code
+
+
 def _admin(args: list[str], standalone: bool) -> int:
     from .errors import EximhookError, Exit
 
     try:
         opts = build_parser().parse_args(args)
     except SystemExit as exc:  # argparse exits on --help (0) and on bad usage (2)
-        return Exit.USAGE if exc.code == 2 else int(exc.code or 0)
+        if exc.code == 2:
+            return _UNKNOWN if "status" in args else Exit.USAGE
+        return int(exc.code or 0)
     if opts.func is None:  # a hook that main() could not route: options before it
         print(f"eximhook: error: {opts.command} takes --config once, before its name", file=sys.stderr)
         return Exit.USAGE
@@ -58,9 +63,22 @@ def _admin(args: list[str], standalone: bool) -> int:
 
             Logger().log("err", f"notify: {exc}")
             print("0", end="")
+        elif opts.command == "status":  # a monitoring check: its own line, UNKNOWN
+            print(f"EXIMHOOK UNKNOWN - {exc}")
+            return _UNKNOWN
         else:
             print(f"eximhook: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # `eximhook show ... | head -1`: the reader has gone, which is no error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return Exit.OK
+    except OSError as exc:  # a file of ours we could not write or read: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"eximhook: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return Exit.IOERR
     except KeyboardInterrupt:
         return Exit.FAILED
 
@@ -119,5 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", commands.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
     p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")
     p.add_argument("--allow-root", action="store_true", help="run even as root (it should run as the Exim user)")
+    add("status", commands.status, "health for monitoring: store, mirror, outbox, daemon (Nagios exit codes)",
+        json=True)
+    add("maintain", commands.maintain, "the timer's run: probe the store, repair the mirror, send notifications")
     add("check-config", commands.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import core, mirror
+from . import core, health, mirror
 from . import notify as notify_mod
 from ._log import Logger
 from .config import Config
@@ -24,7 +24,10 @@ from .subjects import escape, normalize
 
 
 def open_store(cfg: Config) -> Store:
-    return Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    """The store, with the mirror brought up to it if a killed process left it behind."""
+    store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    core.refresh_mirror(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0)
+    return store
 
 
 def subject(cfg: Config, opts: argparse.Namespace) -> tuple[str, str]:
@@ -75,15 +78,36 @@ def notify(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.TEMPFAIL if errors else Exit.OK
 
 
+def _notifications(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each subject's notification still in the outbox: queued, held, sending or stuck."""
+    now = time.time()
+    return {(d["ns"], d["key"]): d for d in (health.describe_item(i, now) for i in store.outbox())}
+
+
+def _notification_text(item: dict[str, Any] | None) -> str:
+    if item is None:
+        return "sent (or none)"
+    if item["state"] == "stuck":
+        return f"stuck in sending since {when(item['since'])}: its sender died; the next notify run resends it"
+    text = f"{item['state']} since {when(item['since'])}"
+    return text + (f", {item['attempts']} failed attempt(s): {item['error']}" if item["attempts"] else "")
+
+
 def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
     with open_store(cfg) as store:
         blocks = store.blocks(opts.ns)
+        pending = _notifications(store)
     if opts.json:
-        dump(blocks)
+        dump([dict(b, notification=pending.get((b["ns"], b["key"]))) for b in blocks])
         return Exit.OK
-    rows = [[b["ns"], escape(b["key"]), when(b["since"]), b["reason"], str(b["count"] or "-"), b["by"]]
+    rows = [[b["ns"], escape(b["key"]), when(b["since"]), b["reason"], str(b["count"] or "-"), b["by"],
+             pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "sent"]
             for b in sorted(blocks, key=lambda b: b["since"])]
-    print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY"], rows) if rows else "no blocked subjects")
+    print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION"], rows) if rows
+          else "no blocked subjects")
+    for item in pending.values():
+        if item["state"] == "stuck":
+            print(f"notification for {item['ns']} {escape(item['key'])}: {_notification_text(item)}")
     return Exit.OK
 
 
@@ -94,17 +118,19 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         block = store.get_block(ns, key)
         counter = store.counter(ns, key)
         events = store.history(ns, key)
+        notification = _notifications(store).get((ns, key))
     # only the newest LIMIT times are kept: a full window means "LIMIT or more"
     window = in_window(counter.times, time.time(), lim.period)
     at_least = window >= lim.limit
     if opts.json:
-        dump({"ns": ns, "key": key, "block": block, "history": events,
+        dump({"ns": ns, "key": key, "block": block, "history": events, "notification": notification,
               "counter": {"total": counter.total, "in_window": window, "in_window_at_least": at_least,
                           "limit": lim.limit, "period": lim.period, "rcpts": counter.recent, "ips": counter.ips}})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {when(block['since'])} by {block['by']}")
+        print(f"  notification: {_notification_text(notification)}")
     print(f"  invalid recipients: {window}{' or more' if at_least else ''} in the last "
           f"{format_period(lim.period)} (limit {lim.limit}), "
           f"{counter.total} since the counter was last reset")
@@ -223,6 +249,24 @@ def export(cfg: Config, opts: argparse.Namespace) -> int:
     for name, count in written.items():
         print(f"{os.path.join(cfg.store.mirror_dir, name)}: {count} key(s)")
     return Exit.OK
+
+
+def status(cfg: Config, opts: argparse.Namespace) -> int:
+    checks = health.status(cfg, time.time())
+    level = max(c.level for c in checks)
+    if opts.json:
+        dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
+    else:  # one line, as a Nagios/Icinga plugin prints it
+        print(f"EXIMHOOK {health.LEVELS[level]} - " + "; ".join(f"{c.name} {escape(c.text)}" for c in checks))
+    return level
+
+
+def maintain(cfg: Config, opts: argparse.Namespace) -> int:
+    sent, problems, code = health.maintain(cfg, Logger(cfg.log.file), notify_mod.command_line(cfg), time.time())
+    for problem in problems:
+        print(f"eximhook maintain: {problem}", file=sys.stderr)
+    print(f"{sent} notification(s) sent")
+    return code
 
 
 def serve(cfg: Config, opts: argparse.Namespace) -> int:

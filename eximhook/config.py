@@ -45,6 +45,17 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+_MIN_MAP_SIZE = 1 << 20
+
+
+def _map_size(value: Any) -> int:
+    size = _positive_int(value)
+    if size < _MIN_MAP_SIZE:
+        raise ValueError(f"is {size} bytes; it must be at least {_MIN_MAP_SIZE} (1 MiB): LMDB needs room for "
+                         "its own pages before the first block, and the map doubles by itself when full")
+    return size
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError("must be a number of seconds above 0")
@@ -97,7 +108,7 @@ def _opt(default: Any, parse: Any, toml: str | None = None) -> Any:
 class StoreConfig:
     path: str = _opt("/var/spool/exim4/eximhook", _abs_path)
     mirror_dir: str = _opt("/var/spool/exim4", _abs_path)
-    map_size: int = _opt(1 << 32, _positive_int)  # grows by doubling when full
+    map_size: int = _opt(1 << 32, _map_size)  # grows by doubling when full
     owner: str | None = _opt(None, _opt_str)  # "user[:group]"; default: the store dir's owner
 
 
@@ -118,6 +129,9 @@ class NotifyConfig:
     # the daemon waits up to this long for the tripping message's id (reported by the
     # DATA ACL snippet) before it mails, so the notification can name that message
     hold: float = _opt(30.0, _seconds)
+    # eximhook maintain mails the abuse desk (once) when the store has refused writes,
+    # so counting failed open, for this long
+    alert_after: float = _opt(300.0, _seconds)
 
 
 @dataclass(frozen=True)
@@ -209,11 +223,23 @@ def load(path: str) -> Config:
     for ns in limits:
         if ns not in NAMESPACES:
             raise ConfigError(f"{path}: unknown section [limits.{ns}]: namespaces are {', '.join(NAMESPACES)}")
-    return Config(
+    cfg = Config(
         path=os.path.abspath(path),
         limits={ns: _build(path, f"limits.{ns}", Limit, limits.get(ns, {})) for ns in NAMESPACES},
         **{name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()},
     )
+    window = send_window(cfg)
+    if cfg.notify.stale_after < 2 * window:
+        raise ConfigError(
+            f"{path}: notify.stale_after {cfg.notify.stale_after:g}s is too short: one send may take "
+            f"{window:g}s (notify.timeout + 3 x exim.timeout: freeze the queued mail, list the frozen, "
+            f"mail), and a live sender's claim must not be taken over; use at least {2 * window:g}s")
+    return cfg
+
+
+def send_window(cfg: Config) -> float:
+    """The longest one notification may be claimed by a live sender."""
+    return cfg.notify.timeout + 3 * cfg.exim.timeout
 
 
 def _table(path: str, where: str, value: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ class Exit:
     DATAERR = 65  # bad namespace or key
     UNAVAILABLE = 69  # store, exim or exipick unusable; a hook printed its fallback token
     SOFTWARE = 70  # unexpected error (logged with a traceback)
+    IOERR = 74  # a file could not be written or read (disk full, read-only, permissions)
     TEMPFAIL = 75  # hook watchdog fired, or notifications left queued for later
     CONFIG = 78  # config file missing, unreadable or invalid
 
@@ -50,6 +51,12 @@ class StoreUnavailable(EximhookError):
     """The LMDB store could not be opened or written."""
 
     exit_code = Exit.UNAVAILABLE
+
+
+class FileError(EximhookError):
+    """A file eximhook writes (a mirror file, a state file) could not be written."""
+
+    exit_code = Exit.IOERR
 
 
 class NotBlocked(EximhookError):

@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from . import outbox
 from .periods import format_period
 from .store import Store
 from .subjects import escape, shell_quote
@@ -49,6 +50,18 @@ def describe(block: dict[str, Any]) -> str:
     return f"{who} blocked by hand ({block['by']}){note}."
 
 
+def message_id(block: dict[str, Any], sender: str) -> str:
+    """The same for every copy of one block's notification: a copy resent after a crash
+    (see ``outbox``) is recognisable as the same mail, and ticket systems fold it."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256(f"{block['ns']}\0{block['key']}\0{block['since']!r}".encode(
+        "utf-8", "surrogateescape")).hexdigest()[:32]
+    domain = sender.rpartition("@")[2] if "@" in sender else os.uname().nodename
+    return f"<eximhook.{digest}@{domain or 'localhost'}>"
+
+
 def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
             frozen: Sequence[str] = ()) -> EmailMessage:
     """The notification for ``block``. ``command`` is how the admin runs eximhook
@@ -62,6 +75,7 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
     msg["From"] = sender
     msg["To"] = to
     msg["Date"] = formatdate(block["since"], localtime=True)
+    msg["Message-ID"] = message_id(block, sender)
     msg["Auto-Submitted"] = "auto-generated"
     prog = " ".join(shell_quote(c) for c in command)
     subject = f"{block['ns']} {shell_quote(block['key'])}"
@@ -89,6 +103,33 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
     ]
     msg.set_content("\n".join(lines))
     return msg
+
+
+def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
+    """Tell the abuse desk that counting has failed open since ``since`` (``error``), or,
+    with ``error`` None, that it works again. None on success, else why it failed."""
+    import os
+
+    msg = EmailMessage()
+    state = "fails open" if error else "works again"
+    host = os.uname().nodename
+    msg["Subject"] = f"eximhook on {host}: counting {state}"
+    msg["From"] = cfg.notify.sender
+    msg["To"] = cfg.notify.to
+    msg["Date"] = formatdate(localtime=True)
+    domain = cfg.notify.sender.rpartition("@")[2] if "@" in cfg.notify.sender else host
+    msg["Message-ID"] = f"<eximhook.health.{int(since)}.{'down' if error else 'up'}@{domain}>"
+    msg["Auto-Submitted"] = "auto-generated"
+    if error:
+        lines = [f"Since {formatdate(since, localtime=True)} the eximhook store on {host} refuses writes:",
+                 f"  {escape(error)}", "",
+                 "Hooks and the daemon fail open meanwhile: mail flows, but invalid recipients are not",
+                 "counted and nobody is blocked. Fix the store, then check with: eximhook status", ""]
+    else:
+        lines = [f"The eximhook store on {host} takes writes again (it refused them since "
+                 f"{formatdate(since, localtime=True)}). Counting works again.", ""]
+    msg.set_content("\n".join(lines))
+    return send(msg, cfg.notify.sendmail, cfg.notify.to, cfg.notify.timeout)
 
 
 def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) -> str | None:
@@ -119,13 +160,13 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
     Held notifications wait, unless their subject is in ``release``."""
     sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
-    while clock() < deadline and (item := store.claim_next(clock(), stale_after, failed, release)) is not None:
+    while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release)) is not None:
         block = item["block"]
         msg = compose(block, to=to, sender=sender, command=command,
                       frozen=frozen_ids(block["ns"], block["key"]))
         error = send(msg, sendmail, to, timeout)
         item["to"] = to
-        store.finish_notification(item, clock(), error)
+        outbox.finish(store, item, clock(), error)
         if error is None:
             sent += 1
         else:

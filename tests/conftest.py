@@ -162,11 +162,13 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
 
 # A sendmail stand-in: one file per message (named by time and pid, so concurrent
 # senders never overwrite each other and a duplicate cannot hide); fails while FAIL
-# exists; hangs while HANG exists.
+# exists; hangs while HANG exists; takes the message and then hangs while SLOW exists.
 STAND_IN = """#!/bin/sh
 [ -e "{dir}/HANG" ] && sleep 30
 [ -e "{dir}/FAIL" ] && {{ echo "stand-in failure" ; exit 75 ; }}
 {{ echo "ARGV: $*"; cat; }} > "{dir}/out/$(date +%s%N)-$$.eml"
+[ -e "{dir}/SLOW" ] && sleep 30
+exit 0
 """
 
 

@@ -84,12 +84,16 @@ def test_list_show_history(cli: Run) -> None:
     assert cli("list") == (0, "no blocked subjects\n", "")
     trip(cli)
     code, out, _ = cli("list")
-    assert code == 0 and out.splitlines()[0].split() == ["NS", "KEY", "SINCE", "REASON", "COUNT", "BY"]
-    assert out.splitlines()[1].split()[:2] == ["auth", "bob"]
+    assert code == 0 and out.splitlines()[0].split() == ["NS", "KEY", "SINCE", "REASON", "COUNT", "BY",
+                                                         "NOTIFICATION"]
+    row = out.splitlines()[1].split()
+    assert row[:2] == ["auth", "bob"] and row[-1] == "queued", "the hook queued it; no notify ran"
     blocks = json.loads(cli("list", "--json")[1])
-    assert [(b["ns"], b["key"], b["count"]) for b in blocks] == [("auth", "bob", 6)]
+    assert [(b["ns"], b["key"], b["count"], b["notification"]["state"]) for b in blocks] == [
+        ("auth", "bob", 6, "queued")]
     code, out, _ = cli("show", "auth", "bob")
     assert "user bob blocked because has sent mail to 6 invalid recipients during 1h (limit 5)." in out
+    assert "  notification: queued since " in out
     assert "5 or more in the last 1h" in out and "nobody5@example.com" in out
     shown = json.loads(cli("show", "auth", "bob", "--json")[1])
     assert shown["counter"]["total"] == 6 and shown["block"]["ips"] == ["192.0.2.1"]

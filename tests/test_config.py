@@ -120,3 +120,20 @@ def test_example_config_shows_every_default() -> None:
         for f in fields(cls):  # set, or shown commented out where the default is "unset"
             key = f.metadata["toml"] or f.name
             assert re.search(rf"^#? ?{key} = ", text, re.M), f"{section}.{key} missing from {path.name}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[store]\nmap_size = 12288\n", r"store\.map_size is 12288 bytes; it must be at least 1048576",
+                     id="tiny-map"),
+        pytest.param("[notify]\nstale_after = 60\n",
+                     r"notify\.stale_after 60s is too short: one send may take 100s .* use at least 200s",
+                     id="short-stale-after"),
+        pytest.param("[notify]\nstale_after = 300\n[exim]\ntimeout = 60\n",
+                     r"notify\.stale_after 300s is too short: one send may take 190s", id="slow-exim"),
+    ],
+)
+def test_check_config_refuses_unsafe_values(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text))

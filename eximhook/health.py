@@ -1,0 +1,264 @@
+"""How eximhook is doing: ``eximhook status`` (for monitoring) and ``eximhook maintain``
+(the timer, every minute).
+
+A hook or the daemon that cannot write the store fails open: mail flows, uncounted. It
+logs that, but a log is easy to miss, so the maintenance run probes the store itself
+(as the Exim user, like the hooks), notes in ``STATE_FILE`` when the failures began, and
+mails the abuse desk once they have lasted ``[notify] alert_after``, and once more when
+the store takes writes again. The state file lives beside the daemon's socket, in
+``/run`` (a tmpfs): a full spool or a broken store cannot keep it from being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from . import core, mirror, notify, outbox
+from ._log import Logger
+from ._perms import resolve_owner
+from .config import Config
+from .errors import EximhookError, Exit, ServeError
+from .hooks import FALLBACK_STAMP
+from .store import Store
+
+# The Nagios/Icinga plugin levels, which are also `eximhook status`'s exit codes.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+STATE_FILE = "health.json"
+LOW_DISK = 100 << 20  # status warns when the store's filesystem has less free, or less than a tenth
+_RECENT_FALLBACK = 3600.0  # a ${run} fallback this recent means the daemon is expected
+_OLD_QUEUED = 600.0  # a notification due for this long without going out is worth a warning
+
+
+class Check:
+    """One line of the report."""
+
+    __slots__ = ("data", "level", "name", "text")
+
+    def __init__(self, name: str, level: int, text: str, **data: Any) -> None:
+        self.name, self.level, self.text, self.data = name, level, text, data
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "level": LEVELS[self.level], "text": self.text, **self.data}
+
+
+def _probe(cfg: Config, now: float) -> str | None:
+    try:
+        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+            store.heartbeat(now)
+    except EximhookError as exc:
+        return str(exc)
+    return None
+
+
+def probe_store(cfg: Config, now: float) -> str | None:
+    """Can the Exim user write the store? None if so, else why not.
+
+    As root the write is tried in a child that has become the store's owner (the Exim
+    user), since root can write where the hooks cannot: a data.mdb chowned to root
+    passes root's test and fails every hook.
+    """
+    uid, gid = resolve_owner(cfg.store.owner, cfg.store.path)
+    if os.geteuid() != 0 or uid == 0:
+        return _probe(cfg, now)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the Exim user, try, report through the pipe
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            error = _probe(cfg, now)
+        except BaseException as exc:
+            error = f"probe as uid {uid}: {exc}"
+        os.write(write_end, (error or "").encode("utf-8", "replace"))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        error = f.read().decode("utf-8", "replace")
+    os.waitpid(pid, 0)
+    return error or None
+
+
+def _state_path(cfg: Config) -> str:
+    return os.path.join(os.path.dirname(cfg.serve.socket), STATE_FILE)
+
+
+def read_state(cfg: Config) -> dict[str, Any] | None:
+    try:
+        with open(_state_path(cfg), "rb") as f:
+            return dict(json.load(f))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
+    path = _state_path(cfg)
+    if state is None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, path)
+
+
+def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:
+    """The timer's run: probe the store (alert when it has failed long enough), bring
+    the mirror up to date, send the notifications due. Returns (sent, problems, exit
+    code: UNAVAILABLE while the store refuses writes, TEMPFAIL for anything else left
+    to do, else OK)."""
+    problems: list[str] = []
+    error = probe_store(cfg, now)
+    state = read_state(cfg)
+    if error is not None:
+        problems.append(f"counting fails open: {error}")
+        log.log("err", f"maintain: the store refuses writes, so hooks and daemon fail open: {error}")
+        state = state or {"since": now, "mailed": False, "error": error}
+        if not state["mailed"] and now - state["since"] >= cfg.notify.alert_after:
+            failed = notify.send_alert(cfg, state["since"], error)
+            state["mailed"] = failed is None
+            if failed:
+                problems.append(f"could not mail the abuse desk about it: {failed}")
+    elif state is not None:
+        log.log("notice", f"maintain: the store takes writes again (refused them since {state['since']:.0f})")
+        if state["mailed"]:
+            notify.send_alert(cfg, state["since"], None)
+        state = None
+    try:
+        _write_state(cfg, state)
+    except OSError as exc:
+        problems.append(f"cannot record the health state in {_state_path(cfg)}: {exc.strerror}")
+    if error is not None:
+        return 0, problems, Exit.UNAVAILABLE
+    with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+        leftovers = mirror.temp_files(cfg.store.mirror_dir, store.path)
+        for path in leftovers:
+            log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
+        # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
+        core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0)
+        if not mirror.current(store):
+            problems.append("the mirror files are behind the store (see the log)")
+        sent, errors = notify.deliver(cfg, store, log, command)
+    problems += [f"notification left queued: {e}" for e in errors]
+    return sent, problems, Exit.TEMPFAIL if problems else Exit.OK
+
+
+def status(cfg: Config, now: float) -> list[Check]:
+    """Every check, for a person or a monitoring system; nothing is repaired."""
+    checks = [_store_check(cfg, now)]
+    if checks[0].level == CRITICAL and not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
+        return checks
+    try:
+        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+            checks += [_mirror_check(cfg, store), _outbox_check(store, now)]
+    except EximhookError as exc:
+        checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
+    checks.append(_serve_check(cfg, now))
+    return checks
+
+
+def _store_check(cfg: Config, now: float) -> Check:
+    error = probe_store(cfg, now)
+    state = read_state(cfg)
+    if error is not None:
+        since = f" since {_when(state['since'])}" if state else ""
+        return Check("store", CRITICAL, f"refuses writes{since}, so counting fails open: {error}", error=error)
+    used = _size(os.path.join(cfg.store.path, "data.mdb"))
+    disk = shutil.disk_usage(cfg.store.path)
+    text = f"writable, {_mib(used)} used"
+    data = {"used_bytes": used, "disk_free_bytes": disk.free}
+    if disk.free < min(LOW_DISK, disk.total // 10):
+        return Check("store", WARNING, f"{text}, but only {_mib(disk.free)} free on its filesystem", **data)
+    return Check("store", OK, text, **data)
+
+
+def _mirror_check(cfg: Config, store: Store) -> Check:
+    generation = store.generation()
+    seen = mirror.state(store, cfg.store.mirror_dir)
+    behind = {name: g for name, g in seen["files"].items() if g is None or g < generation}
+    data = {"generation": generation, "files": seen["files"], "stamp": seen["stamp"], "temp_files": seen["temp_files"]}
+    if behind or seen["stamp"] < generation:
+        shown = ", ".join(f"{name} at {'?' if g is None else g}" for name, g in behind.items()) or "the stamp"
+        return Check("mirror", CRITICAL, f"behind the store (generation {generation}): {shown}; Exim does not "
+                                         "see every block (eximhook maintain or export rewrites it)", **data)
+    if seen["temp_files"]:
+        return Check("mirror", WARNING, f"at generation {generation}, with {len(seen['temp_files'])} temp file(s) "
+                                        "left by a killed rewrite (eximhook maintain removes them)", **data)
+    return Check("mirror", OK, f"at generation {generation}", **data)
+
+
+def _outbox_check(store: Store, now: float) -> Check:
+    items = store.outbox()
+    data = {"items": [describe_item(i, now) for i in items]}
+    if not items:
+        return Check("outbox", OK, "empty", **data)
+    worst, texts = OK, []
+    for item in items:
+        block = item["block"]
+        who = f"{block['ns']} {block['key']}"
+        if outbox.stuck(item):
+            worst = max(worst, WARNING)
+            texts.append(f"{who}: stuck in sending since {_when(item['claimed'])} (its sender died; "
+                         "the next notify run resends it)")
+        elif item["state"] == "queued" and now - max(item["ts"], item.get("hold_until", 0)) > _OLD_QUEUED:
+            worst = max(worst, WARNING)
+            texts.append(f"{who}: not sent since {_when(item['ts'])} ({item['attempts']} attempt(s); "
+                         f"{item.get('error') or 'no sender ran'})")
+    oldest = min(i["ts"] for i in items)
+    summary = f"{len(items)} notification(s), the oldest from {_when(oldest)}"
+    return Check("outbox", worst, "; ".join([summary, *texts]), **data)
+
+
+def describe_item(item: dict[str, Any], now: float) -> dict[str, Any]:
+    """A notification's state for people: queued, held, sending, or stuck (and since)."""
+    if outbox.stuck(item):
+        state, since = "stuck", item["claimed"]
+    elif item["state"] == "sending":
+        state, since = "sending", item["claimed"]
+    elif now < item.get("hold_until", 0):
+        state, since = "held", item["ts"]
+    else:
+        state, since = "queued", item["ts"]
+    block = item["block"]
+    return {"seq": item["seq"], "ns": block["ns"], "key": block["key"], "state": state, "since": since,
+            "attempts": item["attempts"], "error": item.get("error")}
+
+
+def _serve_check(cfg: Config, now: float) -> Check:
+    from .serve.server import ping
+
+    try:
+        rtt = ping(cfg.serve.socket, cfg.serve.timeout)
+    except ServeError as exc:
+        stamp = os.path.join(cfg.store.path, FALLBACK_STAMP)
+        fell_back = os.stat(stamp).st_mtime if os.path.exists(stamp) else None
+        if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
+            return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
+                                           f"{_when(fell_back)}", up=False)
+        return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
+    return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512  # what the sparse file really takes
+    except OSError:
+        return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))

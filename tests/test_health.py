@@ -1,0 +1,118 @@
+"""``eximhook status`` reports each unhealthy state with the Nagios level and exit code
+a monitoring system expects; ``--json`` says the same for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from eximhook import core, health
+from eximhook.config import load
+from eximhook.hooks import FALLBACK_STAMP
+from eximhook.store import Store
+
+from .conftest import Daemon, Run, hook, needs_root, write_config
+from .e2e.harness import EXIM_USER
+
+
+def status(cli: Run, config: Path) -> tuple[int, str]:
+    code, out, err = cli("status", config_path=config)
+    assert err == "" and out.count("\n") == 1, "one line, as a Nagios plugin prints"
+    return code, out
+
+
+def test_all_well(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path)
+    cli("export", config_path=config)
+    code, out = status(cli, config)
+    assert code == 0 and out.startswith("EXIMHOOK OK - store writable")
+    assert "mirror at generation 0" in out and "outbox empty" in out and "serve not running" in out
+    report = json.loads(cli("status", "--json", config_path=config)[1])
+    assert report["level"] == "OK" and [c["name"] for c in report["checks"]] == ["store", "mirror", "outbox", "serve"]
+
+
+def test_mirror_behind_is_critical_and_temp_files_a_warning(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path)
+    cli("export", config_path=config)
+    with Store(str(tmp_path / "store")) as store:  # a block whose mirror rewrite died
+        store.block(core.block_record("auth", "bob", 1.0, by="test", reason="manual"), 1.0, notify=False)
+    code, out = status(cli, config)
+    assert code == 2 and out.startswith("EXIMHOOK CRITICAL - ")
+    assert "mirror behind the store (generation 1): blocked_authenticated_users at 0" in out
+    assert cli("maintain", config_path=config)[0] == 0
+    (tmp_path / "mirror" / "blocked_subjects.cdb.tmp.4242").write_bytes(b"half")
+    code, out = status(cli, config)
+    assert code == 1 and "1 temp file(s) left by a killed rewrite" in out
+    cli("maintain", config_path=config)
+    assert status(cli, config)[0] == 0 and not (tmp_path / "mirror" / "blocked_subjects.cdb.tmp.4242").exists()
+
+
+def test_notification_failing_for_long_is_a_warning(tmp_path: Path, cli: Run, mailbox: Path) -> None:
+    config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
+                          settings={"exim.freeze_queued": False})
+    (mailbox / "FAIL").touch()
+    for _ in range(6):
+        hook(config, "record-invalid", "auth", "bob")
+    cli("notify", config_path=config)
+    cfg = load(str(config))
+    [now] = [c for c in health.status(cfg, time.time()) if c.name == "outbox"]
+    assert now.level == health.OK and now.data["items"][0]["state"] == "queued"
+    [later] = [c for c in health.status(cfg, time.time() + 700) if c.name == "outbox"]
+    assert later.level == health.WARNING and "auth bob: not sent since" in later.text
+    assert "1 attempt(s); /" in later.text and "stand-in failure" in later.text
+
+
+def test_daemon_down_after_a_fallback_is_a_warning(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path)
+    cli("export", config_path=config)
+    daemon = Daemon(config).start()
+    code, out = status(cli, config)
+    assert code == 0 and "serve up (" in out
+    daemon.stop()
+    assert hook(config, "record-invalid", "auth", "bob", "--fallback").stdout == b"0"
+    assert (tmp_path / "store" / FALLBACK_STAMP).exists()
+    code, out = status(cli, config)
+    assert code == 1 and "serve down" in out and "Exim fell back to the ${run} hook at" in out
+
+
+@pytest.fixture
+def spool() -> Iterator[Path]:
+    """A spool the Exim user owns, as /var/spool/exim4 is (pytest's tmp_path is root's)."""
+    top = Path(tempfile.mkdtemp(prefix="eximhook-health-"))
+    top.chmod(0o755)
+    exim = pwd.getpwnam(EXIM_USER)
+    (top / "spool").mkdir()
+    os.chown(top / "spool", exim.pw_uid, exim.pw_gid)
+    yield top
+    shutil.rmtree(top)
+
+
+@needs_root
+def test_store_only_root_can_write_is_critical(spool: Path, cli: Run) -> None:
+    """Root's own write would pass: the probe writes as the store's owner, as the hooks do."""
+    config = write_config(spool, settings={"store.path": str(spool / "spool" / "eximhook"),
+                                           "store.mirror_dir": str(spool / "spool")})
+    config.chmod(0o644)
+    assert cli("export", config_path=config)[0] == 0
+    assert status(cli, config)[0] == 0
+    data = spool / "spool" / "eximhook" / "data.mdb"
+    os.chown(data, 0, 0)
+    data.chmod(0o600)
+    code, out = status(cli, config)
+    assert code == 2 and "store refuses writes, so counting fails open" in out and "Permission denied" in out
+
+
+def test_a_broken_config_is_unknown(tmp_path: Path, cli: Run) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[limits.auth]\nlimit = 0\n")
+    code, out, _ = cli("status", config_path=bad)
+    assert code == 3 and out.startswith("EXIMHOOK UNKNOWN - ") and "limits.auth.limit" in out
+    assert cli("status", "--bogus", config_path=bad)[0] == 3
