@@ -352,6 +352,32 @@ plain:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def invalid(n: int, tag: str = "nobody") -> list[str]:
+    """``n`` recipients in the local domain that do not exist."""
+    return [f"{tag}{i}@{DOMAIN}" for i in range(n)]
+
+
+def parallel_bot(server: Exim, user: str, connections: int = 10, each: int = 4) -> None:
+    """A spambot on ``connections`` connections at once, ``each`` invalid recipients per
+    message; fails if any connection saw an error (the bot must see success)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def bot(n: int) -> None:
+        try:
+            server.send(invalid(each, f"c{n}x"), user=user, subject=f"spam {n}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bot, args=(n,)) for n in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
 def make(users: list[str], base: str | None = None, **kwargs: object) -> Exim:
     """An Exim in a new directory under ``base`` (default: the system's temp dir; the
     benchmark passes a tmpfs mount)."""

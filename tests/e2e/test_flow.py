@@ -7,7 +7,6 @@ import os
 import smtplib
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
@@ -31,9 +30,6 @@ def exim() -> Iterator[h.Exim]:
         h.cleanup(server)
 
 
-def invalid(n: int, tag: str = "nobody") -> list[str]:
-    return [f"{tag}{i}@{h.DOMAIN}" for i in range(n)]
-
 
 def notifications(exim: h.Exim) -> list[bytes]:
     return exim.maildir("abuse")
@@ -44,10 +40,10 @@ def frozen_headers(exim: h.Exim) -> list[str]:
 
 
 def test_limit_trips_once_and_freezes(exim: h.Exim) -> None:
-    assert exim.send([*invalid(5), f"alice@{h.DOMAIN}"], user="bob") == {}
+    assert exim.send([*h.invalid(5), f"alice@{h.DOMAIN}"], user="bob") == {}
     assert exim.queue(frozen=True) == [], "LIMIT invalid recipients do not block"
     assert exim.eximhook("check-blocked", "auth", "bob").stdout == "0"
-    assert exim.send([*invalid(1, "extra"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
+    assert exim.send([*h.invalid(1, "extra"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
     [headers] = frozen_headers(exim)
     assert "Subject: the trip" in headers and "X-Authenticated-As: bob" in headers
     h.wait_for("the notification", lambda: notifications(exim))
@@ -70,20 +66,7 @@ def test_blocked_user_is_frozen_honest_user_is_not(exim: h.Exim) -> None:
 
 
 def test_bot_with_parallel_connections_trips_once(exim: h.Exim) -> None:
-    errors: list[BaseException] = []
-
-    def bot(n: int) -> None:
-        try:
-            exim.send(invalid(4, f"c{n}x"), user="carol", subject=f"spam {n}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=bot, args=(n,)) for n in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    h.parallel_bot(exim, "carol")
     h.wait_for("the notification", lambda: notifications(exim))
     time.sleep(1)  # a second notification, if any, would have arrived by now
     assert len(notifications(exim)) == 1
@@ -96,7 +79,7 @@ def test_bot_with_parallel_connections_trips_once(exim: h.Exim) -> None:
 
 
 def test_relay_host_variant(exim: h.Exim) -> None:
-    assert exim.send(invalid(6), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}", subject="relay trip") == {}
+    assert exim.send(h.invalid(6), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}", subject="relay trip") == {}
     [headers] = frozen_headers(exim)
     assert f"X-Relayed-From: {h.RELAY_CLIENT}" in headers
     assert exim.eximhook("check-blocked", "relay", h.RELAY_CLIENT).stdout == "1"
@@ -116,7 +99,7 @@ def test_auth_only_after_starttls(exim: h.Exim) -> None:
 
 
 def test_hostile_username_is_blocked_as_itself(exim: h.Exim) -> None:
-    assert exim.send(invalid(6), user=EVIL, subject="evil") == {}
+    assert exim.send(h.invalid(6), user=EVIL, subject="evil") == {}
     assert not os.path.exists("/tmp/eximhook-pwned")
     [headers] = frozen_headers(exim)
     assert f"X-Authenticated-As: {EVIL}" in headers
@@ -129,7 +112,7 @@ def test_hostile_username_is_blocked_as_itself(exim: h.Exim) -> None:
 def test_newline_in_username_does_not_inject_a_header(exim: h.Exim) -> None:
     # AUTH PLAIN's id is base64 and can carry a newline; Exim 4.96 itself turns it into
     # the two characters \n before $authenticated_id is set (smtp_in.c: string_printing)
-    assert exim.send(invalid(6), user=NEWLINE, subject="crlf") == {}
+    assert exim.send(h.invalid(6), user=NEWLINE, subject="crlf") == {}
     [headers] = frozen_headers(exim)
     assert "X-Authenticated-As: two\\nx-injected: yes" in headers, "escaped, lower-cased, one line"
     assert not [line for line in headers.splitlines() if line.split(" ", 2)[-1].lower().startswith("x-injected")]
@@ -158,7 +141,7 @@ def test_many_recipients_in_one_message(exim: h.Exim) -> None:
 
 
 def test_unblock_lets_mail_through(exim: h.Exim) -> None:
-    exim.send(invalid(6), user="bob")
+    exim.send(h.invalid(6), user="bob")
     assert len(exim.queue(frozen=True)) == 1
     result = exim.eximhook("unblock", "auth", "bob")
     assert result.returncode == 0, result.stderr
@@ -172,7 +155,7 @@ def test_failing_hook_fails_open(exim: h.Exim) -> None:
     lookup) is unaffected, and every RCPT is still answered 250, never 4xx."""
     (exim.spool / "eximhook" / "data.mdb").chmod(0o000)
     os.chown(exim.spool / "eximhook" / "data.mdb", 0, 0)
-    assert exim.send([*invalid(8), f"alice@{h.DOMAIN}"], user="bob", subject="store down") == {}
+    assert exim.send([*h.invalid(8), f"alice@{h.DOMAIN}"], user="bob", subject="store down") == {}
     assert exim.queue(frozen=True) == []
     h.wait_for("delivery", lambda: [m for m in exim.maildir("alice") if b"store down" in m])
     assert "cannot open store" in exim.hook_log()
@@ -182,7 +165,7 @@ def test_missing_hook_fails_open() -> None:
     server = h.make(["bob"], limit=1, hook_cmd="/nonexistent/python3 -IS /nonexistent/eximhook")
     try:
         server.setup().start()
-        assert server.send([*invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="no hook") == {}
+        assert server.send([*h.invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="no hook") == {}
         h.wait_for("delivery", lambda: [m for m in server.maildir("alice") if b"no hook" in m])
         assert server.queue(frozen=True) == []
     finally:

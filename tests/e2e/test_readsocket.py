@@ -8,7 +8,6 @@ import email
 import email.policy
 import json
 import smtplib
-import threading
 import time
 from collections.abc import Iterator
 
@@ -19,9 +18,6 @@ from . import harness as h
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 
-
-def invalid(n: int, tag: str = "nobody") -> list[str]:
-    return [f"{tag}{i}@{h.DOMAIN}" for i in range(n)]
 
 
 @pytest.fixture
@@ -39,9 +35,9 @@ def body(note: bytes) -> str:
 
 
 def test_trip_through_the_daemon_runs_nothing(exim: h.Exim) -> None:
-    assert exim.send([*invalid(5), f"alice@{h.DOMAIN}"], user="bob") == {}
+    assert exim.send([*h.invalid(5), f"alice@{h.DOMAIN}"], user="bob") == {}
     assert exim.queue(frozen=True) == []
-    assert exim.send([*invalid(1, "extra"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
+    assert exim.send([*h.invalid(1, "extra"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
     [msg_id] = exim.queue(frozen=True)
     assert "X-Authenticated-As: bob" in exim.headers(msg_id)
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
@@ -54,20 +50,7 @@ def test_trip_through_the_daemon_runs_nothing(exim: h.Exim) -> None:
 
 
 def test_ten_connections_one_block_one_notification(exim: h.Exim) -> None:
-    errors: list[BaseException] = []
-
-    def bot(n: int) -> None:
-        try:
-            exim.send(invalid(4, f"c{n}x"), user="carol", subject=f"spam {n}")
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=bot, args=(n,)) for n in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    h.parallel_bot(exim, "carol")
     h.wait_for("the notification", lambda: exim.maildir("abuse"))
     time.sleep(1.5)
     assert len(exim.maildir("abuse")) == 1
@@ -77,12 +60,12 @@ def test_ten_connections_one_block_one_notification(exim: h.Exim) -> None:
 
 
 def test_daemon_gone_the_hook_counts_on_exactly(exim: h.Exim) -> None:
-    assert exim.send([*invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="daemon up") == {}
+    assert exim.send([*h.invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="daemon up") == {}
     exim.stop_daemon()
-    assert exim.send([*invalid(2, "later"), f"alice@{h.DOMAIN}"], user="bob", subject="daemon down") == {}
+    assert exim.send([*h.invalid(2, "later"), f"alice@{h.DOMAIN}"], user="bob", subject="daemon down") == {}
     assert exim.queue(frozen=True) == [], "5 events: not yet"
     h.wait_for("delivery", lambda: [m for m in exim.maildir("alice") if b"daemon down" in m])
-    assert exim.send([*invalid(1, "last"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
+    assert exim.send([*h.invalid(1, "last"), f"alice@{h.DOMAIN}"], user="bob", subject="the trip") == {}
     assert len(exim.queue(frozen=True)) == 1, "the 6th event trips, through the hook"
     h.wait_for("the notification (the hook path runs notify)", lambda: exim.maildir("abuse"))
     shown = json.loads(exim.eximhook("show", "--json", "auth", "bob").stdout)
@@ -98,7 +81,7 @@ def test_restart_with_a_held_notification_sends_it_once() -> None:
         with server.connect() as smtp:  # the bot gives up before DATA: no message id is ever reported
             smtp.login("bob", h.PASSWORD)
             smtp.mail(f"bob@{h.DOMAIN}")
-            assert [smtp.rcpt(r)[0] for r in invalid(6)] == [250] * 6
+            assert [smtp.rcpt(r)[0] for r in h.invalid(6)] == [250] * 6
         server.stop_daemon()
         assert server.maildir("abuse") == [], "still held when the daemon stopped"
         server.start_daemon()
@@ -121,7 +104,7 @@ def test_block_from_another_connection_freezes_a_message_in_progress(serve: bool
             first.mail(f"bob@{h.DOMAIN}")
             assert first.rcpt(f"alice@{h.DOMAIN}")[0] == 250  # bob is not blocked yet
             # the bot's other connection trips the block meanwhile
-            assert server.send(invalid(6), user="bob", subject="other connection") == {}
+            assert server.send(h.invalid(6), user="bob", subject="other connection") == {}
             assert server.eximhook("check-blocked", "auth", "bob").stdout == "1"
             assert first.rcpt(f"carol@{h.DOMAIN}")[0] == 250
             first.data(b"Subject: in progress\r\n\r\nhello\r\n")
@@ -136,7 +119,7 @@ def test_block_from_another_connection_freezes_a_message_in_progress(serve: bool
 
 
 def test_relay_host_through_the_daemon(exim: h.Exim) -> None:
-    assert exim.send(invalid(6), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}", subject="relay trip") == {}
+    assert exim.send(h.invalid(6), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}", subject="relay trip") == {}
     [msg_id] = exim.queue(frozen=True)
     assert f"X-Relayed-From: {h.RELAY_CLIENT}" in exim.headers(msg_id)
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
