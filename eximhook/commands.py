@@ -15,12 +15,17 @@ from . import core, health, mirror
 from . import notify as notify_mod
 from ._log import Logger
 from .config import Config
+from .counters import Counters
 from .errors import Exit
 from .exim import Exim
 from .periods import format_period
 from .ratelimit import in_window
 from .store import Store
 from .subjects import escape, normalize
+
+
+def open_counters(cfg: Config) -> Counters:
+    return Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
 
 
 def open_store(cfg: Config) -> Store:
@@ -114,9 +119,9 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
 def show(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
     lim = cfg.limits[ns]
-    with open_store(cfg) as store:
+    with open_store(cfg) as store, open_counters(cfg) as counters:
         block = store.get_block(ns, key)
-        counter = store.counter(ns, key)
+        counter = counters.get(ns, key)
         events = store.history(ns, key)
         notification = _notifications(store).get((ns, key))
     # only the newest LIMIT times are kept: a full window means "LIMIT or more"
@@ -144,8 +149,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
 
 def block(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store:
-        created = core.block(store, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
+    with open_store(cfg) as store, open_counters(cfg) as counters:
+        created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify)
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
@@ -165,8 +170,8 @@ def unblock(cfg: Config, opts: argparse.Namespace) -> int:
         opts.unblock = True
         return purge(cfg, opts)
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store:
-        core.unblock(store, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
+    with open_store(cfg) as store, open_counters(cfg) as counters:
+        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
     print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
     return Exit.OK
 
@@ -201,18 +206,18 @@ def _report(verb: str, ns: str, key: str, ids: list[str], lifted: bool, dry_run:
 
 def release(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store:
-        ids, lifted = core.release(store, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key, time.time(),
-                                   by=actor(), dry_run=opts.dry_run)
+    with open_store(cfg) as store, open_counters(cfg) as counters:
+        ids, lifted = core.release(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
+                                   time.time(), by=actor(), dry_run=opts.dry_run)
     _report("released (thawed, delivery started)", ns, key, ids, lifted, opts.dry_run)
     return Exit.OK
 
 
 def purge(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store:
-        ids, lifted = core.purge(store, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key, time.time(),
-                                 by=actor(), dry_run=opts.dry_run, lift=opts.unblock)
+    with open_store(cfg) as store, open_counters(cfg) as counters:
+        ids, lifted = core.purge(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
+                                 time.time(), by=actor(), dry_run=opts.dry_run, lift=opts.unblock)
     _report("removed from the queue", ns, key, ids, lifted, opts.dry_run)
     return Exit.OK
 

@@ -6,16 +6,14 @@ importing the config machinery. Nothing here exits the process or prints.
 
 from __future__ import annotations
 
+from .counters import Counter, Counters
 from .errors import FileError, NotBlocked
 from .periods import format_period
-from .store import Counter, Outcome, Store
+from .store import Outcome, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
-
-    from lmdb import Transaction
 
     from ._log import Logger
     from .exim import Exim
@@ -33,23 +31,35 @@ def block_record(ns: str, key: str, now: float, *, by: str, reason: str, limit: 
     }
 
 
-def invalid_recipient(store: Store, ns: str, key: str, now: float, *, limit: int, period: float,
-                      rcpt: str | None, ip: str | None, keep_rcpts: int, keep_ips: int,
-                      hold: float = 0.0) -> Callable[[Transaction], Outcome]:
-    """The transaction body that counts one invalid recipient; the one over the limit
-    blocks the subject. A hook runs it alone (``store.update``), the daemon with every
-    request that queued meanwhile (``store.update_many``).
+def record_invalid(store: Store, counters: Counters, ns: str, key: str, now: float, *, limit: int,
+                   period: float, rcpt: str | None, ip: str | None, keep_rcpts: int, keep_ips: int,
+                   hold: float = 0.0) -> Outcome:
+    """Count one invalid recipient; the one over the limit blocks the subject, once.
 
-    The block record and its notification are created in the same transaction as the
-    count (see ``Store.event``). The caller rewrites the mirror files when the outcome
-    says ``tripped``.
+    The count goes to the unsynced counters, the block (with its audit event and
+    notification, in one transaction) to the synced store: see ``settle``. The caller
+    rewrites the mirror files when the outcome says ``tripped``.
     """
-    def make_block(counter: Counter, count: int) -> dict[str, Any]:
-        return block_record(ns, key, now, by="eximhook", reason="limit", limit=limit,
-                            period=period, count=count, counter=counter)
+    counter, count, over = counters.update(counters.event(
+        ns, key, now, limit=limit, period=period, evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips))
+    return settle(store, ns, key, now, counter, count, over, limit=limit, period=period, hold=hold)
 
-    return store.event(ns, key, now, limit=limit, period=period, make_block=make_block,
-                       evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips, hold=hold)
+
+def settle(store: Store, ns: str, key: str, now: float, counter: Counter, count: int, over: bool, *,
+           limit: int, period: float, hold: float = 0.0) -> Outcome:
+    """Answer for a counted event: over the limit, and not blocked yet, makes the block.
+
+    However many processes settle an over-limit count for one subject at once, the
+    store creates one block (``put`` without overwrite, in one write transaction) and
+    one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
+    """
+    if not over:
+        return Outcome(store.is_blocked(ns, key), False, count, counter.total)
+    if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
+        return Outcome(True, False, count, counter.total)
+    record = block_record(ns, key, now, by="eximhook", reason="limit", limit=limit, period=period,
+                          count=count, counter=counter)
+    return Outcome(True, store.block(record, now, True, hold), count, counter.total)
 
 
 def trip_message(ns: str, key: str, outcome: Outcome, limit: int, period: float) -> str:
@@ -93,18 +103,24 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
                         "files once it can (eximhook status shows them behind until then)") from exc
 
 
-def block(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
+def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
           note: str | None, notify: bool = True) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already."""
-    counter = store.counter(ns, key)
+    counter = counters.get(ns, key)
     created = store.block(block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note),
                           now, notify)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
 
-def unblock(store: Store, mirror_dir: str, ns: str, key: str, now: float, *, by: str) -> None:
-    """Lift the block and reset the subject's counter, so it starts from zero."""
+def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
+            by: str) -> None:
+    """Lift the block and reset the subject's counter, so it starts from zero. The
+    counter first: lifted the other way round, the sender's next event could count on
+    from over the limit and block it again."""
+    if not store.is_blocked(ns, key):
+        raise NotBlocked(f"{ns} {key!r} is not blocked")
+    counters.reset(ns, key)
     if not store.unblock(ns, key, now, by):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
@@ -120,8 +136,8 @@ def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> li
     return ids
 
 
-def release(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-            dry_run: bool = False) -> tuple[list[str], bool]:
+def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
+            by: str, dry_run: bool = False) -> tuple[list[str], bool]:
     """Not spam after all: lift the block, thaw the subject's frozen mail and start its
     delivery. Returns the ids and whether a block was lifted. Works without a block
     too (mail left frozen by an earlier plain ``unblock``)."""
@@ -130,7 +146,7 @@ def release(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: f
     if dry_run:
         return ids, blocked
     if blocked:
-        unblock(store, mirror_dir, ns, key, now, by=by)
+        unblock(store, counters, mirror_dir, ns, key, now, by=by)
     if ids:
         exim.act("-Mt", ids)
         exim.deliver_soon(ids)
@@ -138,8 +154,8 @@ def release(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: f
     return ids, blocked
 
 
-def purge(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          dry_run: bool = False, lift: bool = False) -> tuple[list[str], bool]:
+def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
+          by: str, dry_run: bool = False, lift: bool = False) -> tuple[list[str], bool]:
     """Spam: remove the subject's frozen mail from the queue; keep the block unless
     ``lift``. Returns the ids and whether a block was lifted."""
     ids = exim.message_ids(ns, key, frozen=True)
@@ -150,5 +166,5 @@ def purge(store: Store, exim: Exim, mirror_dir: str, ns: str, key: str, now: flo
         exim.act("-Mrm", ids)
     store.audit({"ts": now, "event": "purged", "ns": ns, "key": key, "by": by, "ids": ids})
     if lifting:
-        unblock(store, mirror_dir, ns, key, now, by=by)
+        unblock(store, counters, mirror_dir, ns, key, now, by=by)
     return ids, lifting

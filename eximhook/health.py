@@ -21,6 +21,7 @@ from . import core, mirror, notify, outbox
 from ._log import Logger
 from ._perms import resolve_owner
 from .config import Config
+from .counters import Counters
 from .errors import EximhookError, Exit, ServeError
 from .hooks import FALLBACK_STAMP
 from .store import Store
@@ -50,6 +51,8 @@ def _probe(cfg: Config, now: float) -> str | None:
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
             store.heartbeat(now)
+        with Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner) as counters:
+            counters.heartbeat(now)
     except EximhookError as exc:
         return str(exc)
     return None

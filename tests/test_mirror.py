@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook import core, mirror
+from eximhook.counters import Counters
 from eximhook.store import Store
 from eximhook.subjects import key_bytes, normalize
 
@@ -32,14 +33,19 @@ def store(tmp_path: Path) -> Store:
     return Store(str(tmp_path / "store"))
 
 
-def test_rewrite_writes_every_file(store: Store, tmp_path: Path) -> None:
-    core.block(store, str(tmp_path), "auth", "bob", 1.0, by="test", note=None, notify=False)
-    core.block(store, str(tmp_path), "relay", "192.0.2.7", 1.0, by="test", note=None, notify=False)
+@pytest.fixture
+def counters(store: Store) -> Counters:
+    return Counters(store.path)
+
+
+def test_rewrite_writes_every_file(store: Store, counters: Counters, tmp_path: Path) -> None:
+    core.block(store, counters, str(tmp_path), "auth", "bob", 1.0, by="test", note=None, notify=False)
+    core.block(store, counters, str(tmp_path), "relay", "192.0.2.7", 1.0, by="test", note=None, notify=False)
     assert (tmp_path / "blocked_authenticated_users").read_bytes().endswith(b'\n"bob"\n')
     assert (tmp_path / "blocked_relay_users").read_bytes().endswith(b'\n"192.0.2.7"\n')
     assert (tmp_path / mirror.CDB_FILE).exists()
     assert not [p for p in os.listdir(tmp_path) if ".tmp." in p], "no temp file left behind"
-    core.unblock(store, str(tmp_path), "auth", "bob", 2.0, by="test")
+    core.unblock(store, counters, str(tmp_path), "auth", "bob", 2.0, by="test")
     assert b'"bob"' not in (tmp_path / "blocked_authenticated_users").read_bytes()
 
 
@@ -50,9 +56,9 @@ def test_files_exist_empty_before_any_block(store: Store, tmp_path: Path) -> Non
     assert all(os.path.exists(p) for p in mirror.mirror_paths(str(tmp_path)))
 
 
-def test_too_long_for_lsearch_goes_to_cdb_only(store: Store, tmp_path: Path) -> None:
+def test_too_long_for_lsearch_goes_to_cdb_only(store: Store, counters: Counters, tmp_path: Path) -> None:
     long_key = "k" * 5000
-    core.block(store, str(tmp_path), "auth", long_key, 1.0, by="test", note=None, notify=False)
+    core.block(store, counters, str(tmp_path), "auth", long_key, 1.0, by="test", note=None, notify=False)
     text = (tmp_path / "blocked_authenticated_users").read_bytes()
     assert b"1 key(s) too long for lsearch" in text and long_key.encode() not in text
 

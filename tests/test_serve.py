@@ -101,19 +101,29 @@ def test_any_key_over_the_socket(daemon: Daemon, cli: Run, raw: bytes) -> None:
     assert shown["counter"]["rcpts"][-1] == key, "the evidence arrives byte for byte"
 
 
-def hold_write_lock(store: Path) -> subprocess.Popen[bytes]:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import lmdb, time\n"
-         f"env = lmdb.open({str(store)!r}, max_dbs=5, max_readers=1024, map_size=1<<32)\n"
-         "txn = env.begin(write=True); print('held', flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+def hold_lock(code: str) -> subprocess.Popen[bytes]:
+    holder = subprocess.Popen([sys.executable, "-c", code + "\nprint('held', flush=True)\nimport time; time.sleep(30)"],
+                              stdout=subprocess.PIPE)
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
     return holder
 
 
+def hold_counters_lock(store: Path) -> subprocess.Popen[bytes]:
+    """Another process writing the counters (a hook, say) and stuck there."""
+    return hold_lock(f"import fcntl, os; fd = os.open({str(store / 'counters' / 'write.lock')!r}, os.O_RDWR)\n"
+                     "fcntl.flock(fd, fcntl.LOCK_EX)")
+
+
+def hold_records_lock(store: Path) -> subprocess.Popen[bytes]:
+    """Another process inside a write transaction of the store of records."""
+    return hold_lock(f"import lmdb; env = lmdb.open({str(store)!r}, max_dbs=5, max_readers=1024, map_size=1<<32)\n"
+                     "txn = env.begin(write=True)")
+
+
 @pytest.mark.parametrize(("policy", "token"), [("open", b"0"), ("closed", b"1")])
-def test_stuck_store_gets_the_fallback_in_time(tmp_path: Path, policy: str, token: bytes) -> None:
+def test_stuck_counters_get_the_fallback_in_time(tmp_path: Path, policy: str, token: bytes) -> None:
     d = Daemon(write_config(tmp_path, settings={"hooks.record": policy})).start()
-    holder = hold_write_lock(tmp_path / "store")
+    holder = hold_counters_lock(tmp_path / "store")
     try:
         start = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
@@ -125,7 +135,25 @@ def test_stuck_store_gets_the_fallback_in_time(tmp_path: Path, policy: str, toke
         holder.kill()
         holder.wait()
     assert f"no answer from the store within 1s ([serve] timeout); answered {token.decode()}" in log_of(tmp_path)
-    assert record(d, "user0") == b"0", "the store thread recovers once the lock is free"
+    assert record(d, "user0") == b"0", "counting resumes once the lock is free"
+    d.stop()
+
+
+def test_a_held_records_lock_does_not_stall_counting(tmp_path: Path) -> None:
+    """Counting writes only the counters: a store of records busy elsewhere (an admin
+    command, a hook making a block) holds up only a trip, answered at its deadline."""
+    d = Daemon(write_config(tmp_path, limit=3)).start()
+    holder = hold_records_lock(tmp_path / "store")
+    try:
+        start = time.monotonic()
+        assert [record(d, "ulla") for _ in range(3)] == [b"0"] * 3
+        assert time.monotonic() - start < 0.5
+        assert record(d, "ulla") == b"0", "the trip waits for the lock: the fallback at the deadline"
+        assert time.monotonic() - start > 0.9
+    finally:
+        holder.kill()
+        holder.wait()
+    assert record(d, "ulla") == b"1", "the block is made once the lock is free"
     d.stop()
 
 
@@ -167,7 +195,7 @@ def test_sighup_keeps_a_good_config_and_takes_a_new_one(daemon: Daemon, tmp_path
 
 
 def test_sigterm_answers_what_is_in_flight_then_exits(daemon: Daemon, tmp_path: Path) -> None:
-    holder = hold_write_lock(tmp_path / "store")
+    holder = hold_counters_lock(tmp_path / "store")
     try:
         answer: list[bytes] = []
         waiting = threading.Thread(target=lambda: answer.append(record(daemon, "frank")))

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximhook import core, outbox
-from eximhook.store import Counter, Store, subject_key
+from eximhook.counters import Counter, Counters
+from eximhook.errors import NotBlocked
+from eximhook.store import Store, subject_key
 
 surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
 
@@ -38,37 +40,57 @@ def store(tmp_path: Path) -> Store:
     return Store(str(tmp_path / "store"))
 
 
-def count(store: Store, key: str, now: float, limit: int = 3, rcpt: str | None = None) -> core.Outcome:
-    return store.update(core.invalid_recipient(store, "auth", key, now, limit=limit, period=3600, rcpt=rcpt,
-                                               ip="192.0.2.1", keep_rcpts=2, keep_ips=5))
+@pytest.fixture
+def counters(store: Store) -> Counters:
+    return Counters(store.path)
 
 
-def test_trip_blocks_once_with_evidence(store: Store) -> None:
-    outcomes = [count(store, "bob", 100.0 + i, rcpt=f"n{i}@x") for i in range(6)]
+def count(store: Store, counters: Counters, key: str, now: float, limit: int = 3,
+          rcpt: str | None = None) -> core.Outcome:
+    return core.record_invalid(store, counters, "auth", key, now, limit=limit, period=3600, rcpt=rcpt,
+                               ip="192.0.2.1", keep_rcpts=2, keep_ips=5)
+
+
+def test_trip_blocks_once_with_evidence(store: Store, counters: Counters) -> None:
+    outcomes = [count(store, counters, "bob", 100.0 + i, rcpt=f"n{i}@x") for i in range(6)]
     assert [o.tripped for o in outcomes] == [False, False, False, True, False, False]
     assert [o.blocked for o in outcomes] == [False, False, False, True, True, True]
     block = store.get_block("auth", "bob")
     assert block is not None
     assert (block["reason"], block["count"], block["limit"], block["period"]) == ("limit", 4, 3, 3600)
     assert block["rcpts"] == ["n2@x", "n3@x"] and block["ips"] == ["192.0.2.1"]
-    assert store.counter("auth", "bob").total == 6
+    assert counters.get("auth", "bob").total == 6
     assert [e["event"] for e in store.history("auth", "bob")] == ["blocked"]
     assert [n["block"]["key"] for n in store.outbox()] == ["bob"]
 
 
-def test_unblock_resets_the_counter(store: Store) -> None:
+def test_unblock_resets_the_counter(store: Store, counters: Counters, tmp_path: Path) -> None:
     for i in range(4):
-        count(store, "bob", 100.0 + i)
-    assert store.unblock("auth", "bob", 200.0, "admin:root")
-    assert not store.is_blocked("auth", "bob") and store.counter("auth", "bob").total == 0
-    assert not count(store, "bob", 201.0).blocked
-    assert not store.unblock("auth", "bob", 202.0, "admin:root")
+        count(store, counters, "bob", 100.0 + i)
+    core.unblock(store, counters, str(tmp_path), "auth", "bob", 200.0, by="admin:root")
+    assert not store.is_blocked("auth", "bob") and counters.get("auth", "bob").total == 0
+    assert not count(store, counters, "bob", 201.0).blocked
+    with pytest.raises(NotBlocked):
+        core.unblock(store, counters, str(tmp_path), "auth", "bob", 202.0, by="admin:root")
     assert [e["event"] for e in store.history("auth", "bob")] == ["blocked", "unblocked"]
 
 
-def test_subjects_are_independent(store: Store) -> None:
+def test_counters_start_afresh_after_a_reboot(store: Store, counters: Counters) -> None:
+    """Unsynced counts are only trusted within the boot that wrote them."""
+    for i in range(2):
+        count(store, counters, "bob", 100.0 + i)
+    counters.close()
+    assert Counters(store.path).get("auth", "bob").total == 2, "same boot: kept"
+    (Path(store.path) / "counters" / "boot_id").write_text("another boot")
+    again = Counters(store.path)
+    assert again.get("auth", "bob").total == 0, "after a reboot: wiped"
+    assert (Path(store.path) / "counters" / "boot_id").read_text() != "another boot"
+    assert count(store, again, "bob", 300.0).count == 1
+
+
+def test_subjects_are_independent(store: Store, counters: Counters) -> None:
     for i in range(4):
-        count(store, "bob", 100.0 + i)
+        count(store, counters, "bob", 100.0 + i)
     assert store.is_blocked("auth", "bob")
     assert not store.is_blocked("auth", "alice") and not store.is_blocked("relay", "bob")
     assert [b["key"] for b in store.blocks("auth")] == ["bob"] and store.blocks("relay") == []
@@ -82,9 +104,9 @@ def test_map_grows_when_full(tmp_path: Path) -> None:
     assert store.env.info()["map_size"] > 64 * 1024
 
 
-def test_notification_claims_are_exclusive(store: Store) -> None:
-    count(store, "bob", 1.0, limit=0 + 1)
-    count(store, "bob", 2.0, limit=1)
+def test_notification_claims_are_exclusive(store: Store, counters: Counters) -> None:
+    count(store, counters, "bob", 1.0, limit=1)
+    count(store, counters, "bob", 2.0, limit=1)
     first = outbox.claim_next(store, 10.0, stale_after=300)
     assert first is not None and outbox.claim_next(store, 11.0, stale_after=300) is None
     assert outbox.claim_next(store, 400.0, stale_after=300) is not None, "a stale claim is taken over"
@@ -92,9 +114,9 @@ def test_notification_claims_are_exclusive(store: Store) -> None:
     assert store.outbox() == []
 
 
-def test_claim_of_a_dead_sender_is_taken_over_at_once(store: Store) -> None:
-    count(store, "bob", 1.0, limit=1)
-    count(store, "bob", 2.0, limit=1)
+def test_claim_of_a_dead_sender_is_taken_over_at_once(store: Store, counters: Counters) -> None:
+    count(store, counters, "bob", 1.0, limit=1)
+    count(store, counters, "bob", 2.0, limit=1)
     first = outbox.claim_next(store, 10.0, stale_after=300)
     assert first is not None and not outbox.stuck(store.outbox()[0]), "this process lives"
 
@@ -111,7 +133,8 @@ def test_claim_of_a_dead_sender_is_taken_over_at_once(store: Store) -> None:
 def test_a_map_too_small_for_the_first_write_grows(tmp_path: Path) -> None:
     """Creating the databases is a write too, inside the grow-and-retry loop."""
     store = Store(str(tmp_path / "tiny"), map_size=8192)
-    assert count(store, "bob", 1.0).count == 1 and store.env.info()["map_size"] > 8192
+    counters = Counters(store.path, map_size=8192)
+    assert count(store, counters, "bob", 1.0).count == 1 and counters.env.info()["map_size"] > 8192
 
 
 def test_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 Three threads, each for a reason:
 - the event loop accepts connections, reads one request each and answers one token.
-  It never touches LMDB, so a store stuck behind another process's write lock cannot
-  keep it from answering the fallback token within ``[serve] timeout``;
-- the store thread runs every request that queued while the last commit was in
-  progress in one write transaction: one commit and one fsync for all of them (group
-  commit). After a batch that blocked someone it also flushes the meta page, so the
-  block survives a power cut, and rewrites the mirror files; only then does it answer 1;
+  The requests of one turn of the loop are counted together, in one transaction of the
+  unsynced counters (group commit: no fsync, no thread to hand over to; see
+  ``counters``), and whether the subject is blocked is one read of the store. Neither
+  can wait on another process: the counters' lock is only *tried* (busy: again next
+  turn) and LMDB reads never wait for writers. So the loop answers within
+  ``[serve] timeout``, with the fallback token if it must;
+- the store thread settles the rare count that is over the limit: it creates the block
+  (once, however many race), flushes it to disk, rewrites the mirror files, and only
+  then is 1 answered. It also checks the mirror every ``[serve] check_interval``;
 - the outbox thread (``worker.Outbox``) mails the abuse desk and freezes queued mail.
 """
 
@@ -27,13 +30,13 @@ from typing import Any
 from .. import core
 from .._log import Logger
 from ..config import Config, load
+from ..counters import Counter, Counters
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, ServeError, UsageError
-from ..store import Outcome, Store
+from ..store import Store
 from ..subjects import escape, normalize
 from . import protocol
 from .worker import Outbox
 
-_BATCH_MAX = 512  # requests per transaction: bounds how long one commit holds LMDB's write lock
 _STOP = object()
 _LOG_EVERY = 60.0  # seconds between two log lines of one kind of per-request failure
 
@@ -126,19 +129,24 @@ def _describe(req: protocol.Request | None) -> str:
 
 
 class _Job:
-    __slots__ = ("body", "conn", "request")
+    __slots__ = ("body", "conn", "now", "request")
 
-    def __init__(self, conn: Connection, request: protocol.Request, body: Callable[[Any], Any]) -> None:
-        self.conn, self.request, self.body = conn, request, body
+    def __init__(self, conn: Connection, request: protocol.Request, now: float, body: Callable[[Any], Any]) -> None:
+        self.conn, self.request, self.now, self.body = conn, request, now, body
+
+
+_RETRY = 0.001  # seconds before the loop tries the counters' lock again
 
 
 class Server:
-    def __init__(self, cfg: Config, store: Store) -> None:
+    def __init__(self, cfg: Config, store: Store, counters: Counters) -> None:
         self.cfg = cfg
         self.log = Logger(cfg.log.file)
-        self.store = store
+        self.store, self.counters = store, counters
         self.connections: set[Connection] = set()
-        self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.pending: list[_Job] = []  # counted at the end of this turn of the loop
+        self.flush_scheduled = False
+        self.trips: queue.SimpleQueue[Any] = queue.SimpleQueue()  # counts over the limit, for the store thread
         self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
         self.failure = _Throttle(lambda: self.log)
@@ -147,7 +155,7 @@ class Server:
     # -- the event loop ------------------------------------------------------------
 
     def handle(self, conn: Connection, line: bytes) -> None:
-        """Answer at once, or queue the request for the store thread."""
+        """Answer at once, or count the request at the end of this turn of the loop."""
         self.served += 1
         try:
             req = protocol.parse(line)
@@ -164,30 +172,70 @@ class Server:
             conn.answer(protocol.YES if self.outbox.report(req.ns, req.key, req.fields.get("id", "")) else protocol.NO)
             return
         cfg = self.cfg
-        if req.op == "check-blocked":
-            body: Callable[[Any], Any] = self.store.blocked_in(req.ns, req.key)
-            policy = cfg.hooks.check
-        else:
-            lim = cfg.limits[req.ns]
-            body = core.invalid_recipient(
-                self.store, req.ns, req.key, time.time(), limit=lim.limit, period=lim.period,
-                rcpt=req.fields.get("rcpt") or req.fields.get("evidence") or None, ip=req.fields.get("ip") or None,
-                keep_rcpts=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips, hold=cfg.notify.hold)
-            policy = cfg.hooks.record
+        policy = cfg.hooks.check if req.op == "check-blocked" else cfg.hooks.record
         conn.fallback = protocol.YES if policy == "closed" else protocol.NO
         conn.request = req
+        if req.op == "check-blocked":
+            try:
+                blocked = self.store.read(self.store.blocked_in(req.ns, req.key), wait=False)
+            except EximhookError as exc:
+                self.failure("store", f"{_describe(req)}: {exc}; answered {conn.fallback.decode()}")
+                conn.answer(conn.fallback)
+                return
+            conn.answer(protocol.YES if blocked else protocol.NO)
+            return
+        lim, now = cfg.limits[req.ns], time.time()
+        body = self.counters.event(
+            req.ns, req.key, now, limit=lim.limit, period=lim.period,
+            evidence=req.fields.get("rcpt") or req.fields.get("evidence") or None, ip=req.fields.get("ip") or None,
+            keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips)
         conn.state = "waiting"
-        self.jobs.put(_Job(conn, req, body))
+        self.pending.append(_Job(conn, req, now, body))
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)  # after this turn's other requests
 
-    def _deliver(self, jobs: list[_Job], results: list[Any]) -> None:
-        for job, result in zip(jobs, results, strict=True):
-            if isinstance(result, Outcome):
-                job.conn.answer(protocol.YES if result.blocked else protocol.NO)
-            elif isinstance(result, bool):
-                job.conn.answer(protocol.YES if result else protocol.NO)
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        jobs = [job for job in self.pending if job.conn.state == "waiting"]  # not answered at their deadline
+        self.pending = []
+        if not jobs:
+            return
+        try:
+            results = self.counters.try_update_many([job.body for job in jobs])
+        except EximhookError as exc:
+            results = [exc] * len(jobs)
+        if results is None:  # another process is writing the counters: no waiting here
+            self.pending = jobs
+            self.flush_scheduled = True
+            self.loop.call_later(_RETRY, self._flush)
+            return
+        counted = [(job, r) for job, r in zip(jobs, results, strict=True) if not self._failed(job, r)]
+        if not counted:
+            return
+        blocked: list[Any]
+        try:
+            blocked = self.store.read(
+                lambda txn: [self.store.blocked_in(job.request.ns, job.request.key)(txn) for job, _ in counted],
+                wait=False)
+        except EximhookError as exc:
+            blocked = [exc] * len(counted)
+        for (job, (counter, count, over)), is_blocked in zip(counted, blocked, strict=True):
+            if self._failed(job, is_blocked):
+                continue
+            if is_blocked:
+                job.conn.answer(protocol.YES)
+            elif over:  # a block to make: the store thread, which answers when it is on disk
+                self.trips.put((job, counter, count))
             else:
-                self.failure("store", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
-                job.conn.answer(job.conn.fallback)
+                job.conn.answer(protocol.NO)
+
+    def _failed(self, job: _Job, result: Any) -> bool:
+        if not isinstance(result, BaseException):
+            return False
+        self.failure("store", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
+        job.conn.answer(job.conn.fallback)
+        return True
 
     # -- the store thread ----------------------------------------------------------
 
@@ -195,54 +243,38 @@ class Server:
         checked = time.monotonic()
         while True:
             try:
-                job = self.jobs.get(timeout=self.cfg.serve.check_interval)
+                item = self.trips.get(timeout=self.cfg.serve.check_interval)
             except queue.Empty:
-                job = None
-            batch: list[_Job] = []
-            while job is not None and job is not _STOP:
-                batch.append(job)
-                if len(batch) >= _BATCH_MAX:
-                    break
-                try:
-                    job = self.jobs.get_nowait()
-                except queue.Empty:
-                    job = None
-            if batch:
-                self._run_batch(batch)
+                item = None
+            if item is _STOP:
+                return
+            if item is not None:
+                self._settle(*item)
             if time.monotonic() - checked >= self.cfg.serve.check_interval:
                 # a block whose mirror rewrite was killed (a hook, an admin command) shows
                 # here within check_interval, busy or idle
                 core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
-            if job is _STOP:
-                return
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _settle(self, job: _Job, counter: Counter, count: int) -> None:
+        req, cfg = job.request, self.cfg
+        lim = cfg.limits[req.ns]
         try:
-            results = self.store.update_many([job.body for job in batch])
-        except EximhookError as exc:  # the store cannot be written: every request gets its fallback
-            results = [exc] * len(batch)
-        except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallbacks
-            import traceback
-
-            self.log.log("err", f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-            results = [exc] * len(batch)
-        tripped: set[tuple[str, str]] = set()
-        for job, result in zip(batch, results, strict=True):
-            if isinstance(result, Outcome) and result.tripped:
-                req, lim = job.request, self.cfg.limits[job.request.ns]
-                tripped.add((req.ns, req.key))
-                self.log.log("warning", core.trip_message(req.ns, req.key, result, lim.limit, lim.period))
-        if tripped:
+            outcome = core.settle(self.store, req.ns, req.key, job.now, counter, count, True,
+                                  limit=lim.limit, period=lim.period, hold=cfg.notify.hold)
+        except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
+            self.loop.call_soon_threadsafe(self._failed, job, exc)
+            return
+        if outcome.tripped:
+            self.log.log("warning", core.trip_message(req.ns, req.key, outcome, lim.limit, lim.period))
             try:
-                self.store.sync()
+                self.store.sync()  # the block survives a power cut before anyone hears 1
             except EximhookError as exc:
                 self.log.log("err", f"could not flush the new block to disk: {exc}")
-        if tripped or any((isinstance(r, Outcome) and r.blocked) or r is True for r in results):
-            core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log, force=bool(tripped))
-        if tripped:
-            self.outbox.tripped(tripped)
-        self.loop.call_soon_threadsafe(self._deliver, batch, results)
+        core.refresh_mirror(self.store, cfg.store.mirror_dir, self.log, force=outcome.tripped)
+        if outcome.tripped:
+            self.outbox.tripped({(req.ns, req.key)})
+        self.loop.call_soon_threadsafe(job.conn.answer, protocol.YES)
 
     # -- running -------------------------------------------------------------------
 
@@ -265,7 +297,7 @@ class Server:
         deadline = self.loop.time() + self.cfg.serve.timeout + 1
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
-        self.jobs.put(_STOP)
+        self.trips.put(_STOP)
         await self.loop.run_in_executor(None, self.store_thread.join)
         self.outbox.stop()
         await self.loop.run_in_executor(None, self.outbox.join, self.cfg.notify.timeout + 5)
@@ -363,8 +395,11 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         raise UsageError("refusing to run as root: run eximhook serve as the Exim user (the systemd unit "
                          "has User=Debian-exim), or pass --allow-root")
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    counters = Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
     try:
-        server = Server(cfg, store)
+        for env in (store, counters):
+            env.keep_handles()
+        server = Server(cfg, store, counters)
         try:
             import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)
         except ImportError:
@@ -372,4 +407,5 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         else:
             uvloop.run(server.run())
     finally:
+        counters.close()
         store.close()

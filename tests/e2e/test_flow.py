@@ -173,13 +173,14 @@ def test_missing_hook_fails_open() -> None:
 
 
 def test_stuck_store_is_answered_by_the_watchdog(exim: h.Exim) -> None:
-    """Another process holds the store's write lock: the hook answers 0 after
+    """Another process holds the counters' write lock: the hook answers 0 after
     hooks.timeout (2 s), far from Exim's 60 s, and the RCPT is accepted."""
     holder = subprocess.Popen(
         ["setpriv", f"--reuid={h.EXIM_USER}", f"--regid={h.EXIM_USER}", "--init-groups", sys.executable, "-c",
-         "import lmdb, sys, time\n"
-         f"env = lmdb.open('{exim.spool}/eximhook', max_dbs=4, max_readers=1024, map_size=1<<32)\n"
-         "txn = env.begin(write=True); print('held', flush=True); time.sleep(30)"],
+         "import fcntl, os, time\n"
+         f"os.makedirs('{exim.spool}/eximhook/counters', exist_ok=True)\n"
+         f"fd = os.open('{exim.spool}/eximhook/counters/write.lock', os.O_RDWR | os.O_CREAT, 0o640)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
