@@ -1,0 +1,225 @@
+"""`eximhook serve` alone, without Exim: requests per second and latency over its Unix socket.
+
+Starts the installed daemon (`eximhook --config C serve --allow-root`, as root) on a temp dir on the normal
+disk, with a temp config (huge limits: nothing trips; notify through /bin/true), waits until `serve --check`
+answers, and loads it from 1, 8 and 32 client *processes* (threads in one Python would measure the GIL).
+Each client, for --duration seconds, does what Exim's ${readsocket} does: connect, send one request,
+shut down its write side, read the reply to EOF, close; and times each call:
+  ping            `ping` -> `pong`, answered by the event loop: the socket and protocol cost alone
+  record-invalid  `record-invalid auth KEY rcpt=.. ip=..` -> `0`, a write transaction in the store thread
+(--keys distinct users, round-robin). Then the store's size: a store filled in-process with --subjects
+subjects (one counted invalid recipient each, keys in random order) against a tiny one (--tiny), both served
+at once and loaded in turns with 8 and 1 clients on --active subjects each (in the big store spread evenly
+over its keys), and their bytes per subject (data.mdb's size, and the blocks allocated as du counts them).
+Prints medians over rounds of ops/s, p50/p99 latency over all calls, the CPU the daemon and the clients used
+(2 cores here: 100 % is one core), and the targets: >= 10,000 record-invalid/s with 8 clients and p99 <= 2 ms;
+the big store within 1.2x of the tiny one's latency; <= 300 bytes per subject.
+
+    /opt/eximhook/bin/python bench/serve.py [--duration 3] [--rounds 2] [--subjects 1000000] [--json FILE]
+
+As root, with eximhook installed non-editable in /opt/eximhook. Everything is stopped and removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+from typing import Any
+
+import benchlib
+from benchlib import median, percentile, table
+from servelib import Daemon, LoadResult, cpu_seconds, load
+
+from tests.e2e import harness as h
+
+KEY = "user{:07d}@example.net"  # an auth id like real ones: 24 bytes
+
+
+def requests(op: str, keys: list[int]) -> list[bytes]:
+    from eximhook.serve import protocol
+
+    if op == "ping":
+        return [protocol.encode("ping")]
+    return [protocol.encode("record-invalid", "auth", KEY.format(i), rcpt=f"nobody{i}@example.com",
+                            ip="192.0.2.1") for i in keys]
+
+
+def fill(path: str, subjects: int, seed: int = 1) -> float:
+    """Counters for ``subjects`` subjects, one invalid recipient each, written in batches of 10,000; seconds."""
+    from eximhook.counters import Counters
+
+    order = list(range(subjects))
+    random.Random(seed).shuffle(order)  # subjects arrive in no particular key order
+    began, now = time.monotonic(), time.time()
+    with Counters(path) as counters:
+        for start in range(0, subjects, 10_000):
+            counters.update_many([counters.event("auth", KEY.format(i), now, limit=10**9, period=3600,
+                                                 evidence=f"n{i}@example.com", ip="192.0.2.1")
+                                  for i in order[start:start + 10_000]])
+    return time.monotonic() - began
+
+
+def store_size(store: str, subjects: int) -> dict[str, Any]:
+    """The counters' data.mdb (where subjects live): its size, the bytes allocated to it (du), and how many of
+    its pages hold live data: the rest are on LMDB's free list (pages a later write copies into)."""
+    import lmdb
+
+    path = os.path.join(store, "counters")
+    data = os.path.join(path, "data.mdb")
+    du = subprocess.run(["du", "-B1", data], capture_output=True, text=True, check=True).stdout.split()[0]
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=8, subdir=True)
+    try:
+        stats = [env.stat()]
+        with env.begin() as txn:
+            stats.append(txn.stat(env.open_db(b"counters", txn=txn, create=False)))
+        psize, pages = stats[0]["psize"], env.info()["last_pgno"] + 1
+    finally:
+        env.close()
+    live = sum(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"] for st in stats)
+    return {"subjects": subjects, "size": os.path.getsize(data), "du": int(du), "pages": pages, "live_pages": live,
+            "free_pages": pages - 2 - live, "psize": psize, "depth": stats[1]["depth"]}
+
+
+def run_load(d: Daemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace) -> LoadResult:
+    expect = b"pong" if op == "ping" else b"0"
+    before = cpu_seconds(d.pid)
+    result = load(str(d.socket), requests(op, keys), expect, clients, opts.duration)
+    result.daemon_cpu = cpu_seconds(d.pid) - before
+    if result.errors:
+        sys.exit(f"{d.name}: {op} x{clients}: {result.errors} calls failed or answered wrong; log: {d.log()}")
+    return result
+
+
+def summarize(results: list[LoadResult]) -> dict[str, Any]:
+    lat: array[float] = array("d")
+    for r in results:
+        lat.extend(r.latencies)
+    return {"ops_s": median([r.ops / r.seconds for r in results]), "p50_ms": percentile(lat, 50) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3, "max_ms": max(lat) * 1e3, "calls": len(lat),
+            "daemon_cpu": median([r.daemon_cpu / r.seconds for r in results]) * 100,
+            "client_cpu": median([r.client_cpu / r.seconds for r in results]) * 100,
+            "ops_s_rounds": [round(r.ops / r.seconds) for r in results]}
+
+
+def row(name: str, clients: int, s: dict[str, Any]) -> list[object]:
+    return [name, clients, f"{s['ops_s']:,.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}", f"{s['max_ms']:.1f}",
+            f"{s['daemon_cpu']:.0f}%", f"{s['client_cpu']:.0f}%", f"{s['calls']:,}"]
+
+
+HEADERS = ["op", "clients", "ops/s", "p50 ms", "p99 ms", "max ms", "daemon CPU", "clients CPU", "calls"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load run (default 3)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the ping/record-invalid runs (default 2)")
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels (default 1,8,32)")
+    parser.add_argument("--keys", type=int, default=10_000, help="distinct users in record-invalid (default 10,000)")
+    parser.add_argument("--subjects", type=int, default=1_000_000, help="the big store's subjects (default 1M)")
+    parser.add_argument("--tiny", type=int, default=1_000, help="the tiny store's subjects (default 1,000)")
+    parser.add_argument("--active", type=int, default=1_000, help="subjects the size comparison counts on")
+    parser.add_argument("--size-rounds", type=int, default=3, help="rounds of the size comparison (default 3)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    opts = parser.parse_args()
+    levels = [int(c) for c in opts.clients.split(",")]
+    if opts.duration <= 0 or opts.duration > 60 or min(levels) < 1 or max(levels) > 256 or opts.tiny < opts.active \
+            or opts.subjects < opts.active or min(opts.rounds, opts.size_rounds, opts.keys, opts.active) < 1:
+        parser.error("need 0 < --duration <= 60, 1..256 clients, --active <= --tiny and <= --subjects")
+    benchlib.require_root()
+    where = benchlib.installed_eximhook()
+    version = benchlib.fingerprint(where)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
+    daemons: list[Daemon] = []
+    out: dict[str, Any] = {"eximhook": version, "duration": opts.duration}
+    try:
+        print(f"eximhook {version} from {where}; work dir {work} (disk)", file=sys.stderr)
+        main_d = Daemon(work, "main", h.EXIMHOOK)
+        daemons.append(main_d.start())
+        runs: dict[tuple[str, int], list[LoadResult]] = {}
+        for rnd in range(opts.rounds):
+            for clients in levels:
+                for op in ("ping", "record-invalid"):
+                    runs.setdefault((op, clients), []).append(run_load(main_d, op, list(range(opts.keys)), clients,
+                                                                       opts))
+            print(f"  load round {rnd + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
+        main_stats = {f"{op} x{c}": summarize(r) for (op, c), r in runs.items()}
+        stopped = main_d.stop()
+        sizes, fill_s, stores = {}, {}, {}
+        for name, n in (("tiny", opts.tiny), ("big", opts.subjects)):
+            d = Daemon(work, name, h.EXIMHOOK)
+            fill_s[name] = fill(str(d.store), n)
+            sizes[name] = store_size(str(d.store), n)
+            print(f"  filled {name}: {n:,} subjects in {fill_s[name]:.1f}s", file=sys.stderr, flush=True)
+            daemons.append(d.start())
+            stores[name] = d
+        active = {"tiny": [i * opts.tiny // opts.active for i in range(opts.active)],
+                  "big": [i * opts.subjects // opts.active for i in range(opts.active)]}
+        cmp_runs: dict[tuple[str, int], list[LoadResult]] = {}
+        for rnd in range(opts.size_rounds):
+            for clients in (8, 1):
+                for name in (("tiny", "big") if rnd % 2 == 0 else ("big", "tiny")):
+                    cmp_runs.setdefault((name, clients), []).append(
+                        run_load(stores[name], "record-invalid", active[name], clients, opts))
+            print(f"  size round {rnd + 1}/{opts.size_rounds} done", file=sys.stderr, flush=True)
+        cmp_stats = {f"{name} x{c}": summarize(r) for (name, c), r in cmp_runs.items()}
+    finally:
+        for d in daemons:
+            d.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    after = benchlib.fingerprint(where)
+    print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
+    print(f"eximhook serve alone: {opts.duration:g}s per run; ops/s median of {opts.rounds} rounds, latencies over "
+          f"all calls; CPU in % of one core (this machine has {os.cpu_count()}); daemon exit {stopped}\n")
+    print(table(HEADERS, [row(op, c, main_stats[f"{op} x{c}"]) for c in levels for op in ("ping", "record-invalid")]))
+    print(f"\nrecord-invalid on {opts.active:,} subjects of a tiny and a big store, {opts.size_rounds} rounds, "
+          "taking turns")
+    rows = [row(f"{name} ({sizes[name]['subjects']:,})", c, cmp_stats[f"{name} x{c}"])
+            for c in (8, 1) for name in ("tiny", "big")]
+    print(table(["store", *HEADERS[1:]], rows))
+    print("\nstore size after the fill (before the load); pages: LMDB's, live ones and those on its free list")
+    print(table(["store", "subjects", "fill s", "data.mdb bytes", "du bytes", "B/subject", "B/subject (du)",
+                 "live B/subject", "pages", "free pages", "counters depth"],
+                [[name, f"{s['subjects']:,}", f"{fill_s[name]:.1f}", f"{s['size']:,}", f"{s['du']:,}",
+                  f"{s['size'] / s['subjects']:.0f}", f"{s['du'] / s['subjects']:.0f}",
+                  f"{s['live_pages'] * s['psize'] / s['subjects']:.0f}", f"{s['pages']:,}", f"{s['free_pages']:,}",
+                  s["depth"]] for name, s in sizes.items()]))
+    print("\ntargets")
+    ri8 = main_stats[f"record-invalid x{8}"] if 8 in levels else None
+    verdicts = []
+    if ri8:
+        verdicts.append(("record-invalid x8 >= 10,000 ops/s", ri8["ops_s"] >= 10_000, f"{ri8['ops_s']:,.0f}/s = "
+                         f"{ri8['ops_s'] / 10_000:.2f}x the target"))
+        verdicts.append(("record-invalid x8 p99 <= 2 ms", ri8["p99_ms"] <= 2, f"{ri8['p99_ms']:.3f} ms"))
+    for c in (8, 1):
+        tiny, big = cmp_stats[f"tiny x{c}"], cmp_stats[f"big x{c}"]
+        ratio = big["p50_ms"] / tiny["p50_ms"]
+        verdicts.append((f"big store p50 within 1.2x of tiny, {c} client(s)", ratio <= 1.2,
+                         f"{ratio:.2f}x (p99 {big['p99_ms'] / tiny['p99_ms']:.2f}x, ops/s "
+                         f"{big['ops_s'] / tiny['ops_s']:.2f}x)"))
+    big_s = sizes["big"]
+    verdicts.append(("<= 300 bytes per subject (allocated)", big_s["du"] / big_s["subjects"] <= 300,
+                     f"{big_s['du'] / big_s['subjects']:.0f} B (file size {big_s['size'] / big_s['subjects']:.0f} B)"))
+    for what, ok, detail in verdicts:
+        print(f"  {'met   ' if ok else 'MISSED'} {what}: {detail}")
+    if opts.json:
+        out.update(load=main_stats, size_compare=cmp_stats, sizes=sizes, fill_seconds=fill_s,
+                   targets=[{"target": w, "met": ok, "detail": d} for w, ok, d in verdicts])
+        with open(opts.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

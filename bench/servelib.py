@@ -1,0 +1,145 @@
+"""For bench/serve.py: an `eximhook serve` process with its own temp config, and a load of client processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HUGE = 1_000_000_000  # limits that never trip
+
+
+class Daemon:
+    """``eximhook --config DIR/eximhook.toml serve --allow-root``, everything in DIR."""
+
+    def __init__(self, work: Path, name: str, launcher: str) -> None:
+        self.name = name
+        self.dir = work / name
+        self.dir.mkdir()
+        self.store = self.dir / "store"
+        self.socket = self.dir / "eximhook.sock"
+        self.conf = self.dir / "eximhook.toml"
+        self.logfile = self.dir / "eximhook.log"
+        self.argv = [sys.executable, "-IS", launcher, "--config", str(self.conf)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        limits = "".join(f'[limits.{ns}]\nlimit = {HUGE}\nperiod = "1h"\n' for ns in ("auth", "relay"))
+        self.conf.write_text(f'[store]\npath = "{self.store}"\nmirror_dir = "{self.dir}"\n{limits}'
+                             f'[notify]\nsendmail = ["/bin/true"]\n[log]\nfile = "{self.logfile}"\n'
+                             f'[serve]\nsocket = "{self.socket}"\n')
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Daemon:
+        with open(self.dir / "stderr", "wb") as err:
+            self.proc = subprocess.Popen([*self.argv, "serve", "--allow-root"], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=err, env={}, cwd="/")
+        deadline = time.monotonic() + 60
+        while subprocess.run([*self.argv, "serve", "--check"], capture_output=True, check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"eximhook serve ({self.name}) did not come up: "
+                                   f"{(self.dir / 'stderr').read_text()}{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (clock ticks: 10 ms resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LoadResult:
+    ops: int
+    seconds: float
+    errors: int
+    latencies: array[float]
+    client_cpu: float
+    daemon_cpu: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _client(path: str, reqs: list[bytes], expect: bytes, offset: int, duration: float, barrier: Any,
+            results: Any) -> None:
+    """One client process: ${readsocket}'s calls, back to back, for ``duration`` seconds."""
+    lat: array[float] = array("d")
+    errors, n, i = 0, len(reqs), offset
+    max_calls = int(duration * 200_000)  # bounded in count as well as in time
+    barrier.wait(timeout=60)
+    perf = time.perf_counter
+    cpu0, start = time.process_time(), perf()
+    deadline = start + duration
+    while len(lat) + errors < max_calls:
+        t0 = perf()
+        if t0 >= deadline:
+            break
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(reqs[i % n])
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(64):
+                reply += chunk
+        except OSError:
+            reply = None
+        finally:
+            s.close()
+        if reply == expect:
+            lat.append(perf() - t0)
+        else:
+            errors += 1
+        i += 1
+    results.put((lat.tobytes(), errors, time.process_time() - cpu0, start, perf()))
+
+
+def load(path: str, reqs: list[bytes], expect: bytes, clients: int, duration: float) -> LoadResult:
+    """``clients`` processes (forked) call the daemon on ``path`` for ``duration`` seconds, starting together."""
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(clients + 1), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(path, reqs, expect, k * len(reqs) // clients, duration, barrier,
+                                               results), daemon=True) for k in range(clients)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=60)
+        got = [results.get(timeout=duration + 60) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    lat: array[float] = array("d")
+    for data, *_ in got:
+        lat.frombytes(data)
+    return LoadResult(ops=len(lat), seconds=max(g[4] for g in got) - min(g[3] for g in got),
+                      errors=sum(g[1] for g in got), latencies=lat, client_cpu=sum(g[2] for g in got))
