@@ -38,9 +38,7 @@ from typing import Any
 
 import benchlib
 from benchlib import median, percentile, table
-from servelib import Daemon, LoadResult, cpu_seconds, load
-
-from tests.e2e import harness as h
+from servelib import BenchDaemon, LoadResult, cpu_seconds, load
 
 KEY = "user{:07d}@example.net"  # an auth id like real ones: 24 bytes
 
@@ -90,7 +88,7 @@ def store_size(store: str, subjects: int) -> dict[str, Any]:
             "free_pages": pages - 2 - live, "psize": psize, "depth": stats[1]["depth"]}
 
 
-def run_load(d: Daemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace) -> LoadResult:
+def run_load(d: BenchDaemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace) -> LoadResult:
     expect = b"pong" if op == "ping" else b"0"
     before = cpu_seconds(d.pid)
     result = load(str(d.socket), requests(op, keys), expect, clients, opts.duration)
@@ -140,11 +138,11 @@ def main() -> int:
     version = benchlib.fingerprint(where)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
-    daemons: list[Daemon] = []
+    daemons: list[BenchDaemon] = []
     out: dict[str, Any] = {"eximhook": version, "duration": opts.duration}
     try:
         print(f"eximhook {version} from {where}; work dir {work} (disk)", file=sys.stderr)
-        main_d = Daemon(work, "main", h.EXIMHOOK)
+        main_d = BenchDaemon(work, "main")
         daemons.append(main_d.start())
         runs: dict[tuple[str, int], list[LoadResult]] = {}
         for rnd in range(opts.rounds):
@@ -157,7 +155,7 @@ def main() -> int:
         stopped = main_d.stop()
         sizes, fill_s, stores = {}, {}, {}
         for name, n in (("tiny", opts.tiny), ("big", opts.subjects)):
-            d = Daemon(work, name, h.EXIMHOOK)
+            d = BenchDaemon(work, name)
             fill_s[name] = fill(str(d.store), n)
             sizes[name] = store_size(str(d.store), n)
             print(f"  filled {name}: {n:,} subjects in {fill_s[name]:.1f}s", file=sys.stderr, flush=True)

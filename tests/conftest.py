@@ -7,8 +7,6 @@ import email.message
 import email.policy
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +16,7 @@ import pytest
 
 from eximhook.cli import main
 
-from .e2e.harness import EXIM, EXIMHOOK
+from .e2e.harness import EXIM, EXIMHOOK, Daemon
 
 
 def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None,
@@ -98,58 +96,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 _CI = os.environ.get("CI") == "true"
 needs_exim = pytest.mark.skipif(not _CI and not os.path.exists(EXIM), reason="needs exim4-daemon-heavy")
 needs_root = pytest.mark.skipif(not _CI and os.geteuid() != 0, reason="needs root (to become the Exim user)")
-
-
-class Daemon:
-    """``eximhook serve`` as a real process (as root with --allow-root: these tests run
-    in pytest's private tmp_path; the e2e tests run it as the Exim user)."""
-
-    def __init__(self, config: Path) -> None:
-        import tomllib
-
-        self.config = config
-        self.socket = tomllib.loads(config.read_text())["serve"]["socket"]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        from .e2e.harness import wait_for
-
-        self.proc = subprocess.Popen([sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve",
-                                      "--allow-root"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env={}, cwd="/")
-        proc = self.proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"eximhook serve exited {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-            try:
-                return self.request(b"ping\n") == b"pong"
-            except OSError:
-                return False
-
-        wait_for("eximhook serve", up)
-        return self
-
-    def request(self, data: bytes, timeout: float = 10, shutdown: bool = True) -> bytes:
-        """One ${readsocket} call: connect, send, shut down our side, read to EOF."""
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(self.socket)
-            s.sendall(data)
-            if shutdown:
-                s.shutdown(socket.SHUT_WR)
-            answer = b""
-            while chunk := s.recv(4096):
-                answer += chunk
-            return answer
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=20)
-        self.proc = None
-        return code
 
 
 @pytest.fixture

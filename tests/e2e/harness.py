@@ -56,6 +56,72 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> o
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
+class Daemon:
+    """``eximhook serve`` as a real process: as the Exim user (``user``), as the systemd
+    unit runs it, or else as root with --allow-root (unit tests in pytest's private
+    tmp_path, the benchmark)."""
+
+    def __init__(self, config: Path, user: str | None = None) -> None:
+        import tomllib
+
+        self.config, self.user = config, user
+        self.socket = tomllib.loads(config.read_text())["serve"]["socket"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Daemon:
+        argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve"]
+        if self.user:
+            argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
+        else:
+            argv.append("--allow-root")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={}, cwd="/")
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise AssertionError(f"eximhook serve exited {proc.returncode}: {err}")
+            try:
+                return self.request(b"ping\n") == b"pong"
+            except OSError:
+                return False
+
+        wait_for("eximhook serve to answer", up)
+        return self
+
+    def request(self, data: bytes, timeout: float = 10, shutdown: bool = True) -> bytes:
+        """One ${readsocket} call: connect, send, shut down our side, read to EOF."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(timeout)
+            s.connect(self.socket)
+            s.sendall(data)
+            if shutdown:
+                s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            return answer
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Signal it and wait (SIGKILL after 20 s); its exit code, None if not running."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
 class Exim:
     """One Exim daemon with its own spool, log, mail and eximhook store in ``work``."""
 
@@ -86,7 +152,7 @@ class Exim:
         self.settings = settings or {}  # "section.key": value, over the defaults below
         self.eximhook_extra = eximhook_extra
         self.proc: subprocess.Popen[bytes] | None = None
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon: Daemon | None = None
 
     # -- set-up --------------------------------------------------------------------
 
@@ -228,34 +294,14 @@ plain:
 
     # -- running ---------------------------------------------------------------------
 
-    def start_daemon(self) -> subprocess.Popen[bytes]:
+    def start_daemon(self) -> Daemon:
         """``eximhook serve`` as the Exim user, as the systemd unit runs it."""
-        self.daemon = subprocess.Popen(
-            ["setpriv", f"--reuid={EXIM_USER}", f"--regid={EXIM_USER}", "--init-groups",
-             sys.executable, "-IS", EXIMHOOK, "--config", str(self.eximhook_conf), "serve"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={}, cwd="/")
-        daemon = self.daemon
-
-        def answering() -> bool:
-            if daemon.poll() is not None:
-                err = daemon.stderr.read().decode() if daemon.stderr else ""
-                raise AssertionError(f"eximhook serve exited {daemon.returncode}: {err}{self.hook_log()}")
-            return self.eximhook("serve", "--check").returncode == 0
-
-        wait_for("eximhook serve to answer", answering)
-        return daemon
+        self.daemon = Daemon(self.eximhook_conf, user=EXIM_USER).start()
+        return self.daemon
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
         daemon, self.daemon = self.daemon, None
-        if daemon is None:
-            return None
-        if daemon.poll() is None:
-            daemon.send_signal(sig)
-        try:
-            return daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            return daemon.wait()
+        return None if daemon is None else daemon.stop(sig)
 
     def start(self) -> Exim:
         if self.serve and self.daemon is None:
