@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from . import core, health, mirror
@@ -18,7 +17,7 @@ from .config import Config
 from .counters import Counters
 from .errors import Exit
 from .exim import Exim
-from .periods import format_period
+from .periods import format_period, format_time
 from .ratelimit import in_window
 from .store import Store
 from .subjects import escape, normalize
@@ -29,9 +28,13 @@ def open_counters(cfg: Config) -> Counters:
 
 
 def open_store(cfg: Config) -> Store:
-    """The store, with the mirror brought up to it if a killed process left it behind."""
+    """The store, with the mirror brought up to it if a killed process left it behind
+    (and a warning on stderr if that cannot be done)."""
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
     core.refresh_mirror(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0)
+    if not mirror.current(store):
+        print(f"eximhook: warning: the mirror files in {cfg.store.mirror_dir} are behind the store and could not "
+              "be rewritten (see the log): Exim does not see every block", file=sys.stderr)
     return store
 
 
@@ -45,10 +48,6 @@ def actor() -> str:
 
     name = os.environ.get("SUDO_USER") or pwd.getpwuid(os.geteuid()).pw_name
     return f"admin:{name}"
-
-
-def when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def age(seconds: float) -> str:
@@ -93,8 +92,8 @@ def _notification_text(item: dict[str, Any] | None) -> str:
     if item is None:
         return "sent (or none)"
     if item["state"] == "stuck":
-        return f"stuck in sending since {when(item['since'])}: its sender died; the next notify run resends it"
-    text = f"{item['state']} since {when(item['since'])}"
+        return f"stuck in sending since {format_time(item['since'])}: its sender died; the next notify run resends it"
+    text = f"{item['state']} since {format_time(item['since'])}"
     return text + (f", {item['attempts']} failed attempt(s): {item['error']}" if item["attempts"] else "")
 
 
@@ -105,7 +104,7 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
     if opts.json:
         dump([dict(b, notification=pending.get((b["ns"], b["key"]))) for b in blocks])
         return Exit.OK
-    rows = [[b["ns"], escape(b["key"]), when(b["since"]), b["reason"], str(b["count"] or "-"), b["by"],
+    rows = [[b["ns"], escape(b["key"]), format_time(b["since"]), b["reason"], str(b["count"] or "-"), b["by"],
              pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "sent"]
             for b in sorted(blocks, key=lambda b: b["since"])]
     print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION"], rows) if rows
@@ -134,7 +133,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
-        print(f"  blocked at {when(block['since'])} by {block['by']}")
+        print(f"  blocked at {format_time(block['since'])} by {block['by']}")
         print(f"  notification: {_notification_text(notification)}")
     print(f"  invalid recipients: {window}{' or more' if at_least else ''} in the last "
           f"{format_period(lim.period)} (limit {lim.limit}), "
@@ -228,7 +227,7 @@ def _detail(value: object) -> str:
 
 def _history_table(events: list[dict[str, Any]]) -> str:
     skip = {"seq", "ts", "event", "ns", "key", "by"}
-    rows = [[when(e["ts"]), e["event"], e.get("ns", "-"), escape(e.get("key", "-")), e.get("by", "-"),
+    rows = [[format_time(e["ts"]), e["event"], e.get("ns", "-"), escape(e.get("key", "-")), e.get("by", "-"),
              escape(" ".join(f"{k}={_detail(v)}" for k, v in sorted(e.items()) if k not in skip and v is not None))]
             for e in events]
     return table(["TIME", "EVENT", "NS", "KEY", "BY", "DETAIL"], rows)

@@ -39,6 +39,27 @@ def _opt_str(value: Any) -> str | None:
     return None if value == "" else _str(value)
 
 
+def _owner(value: Any) -> str | None:
+    """``user[:group]``, both existing: a typo would lock every hook out of the store."""
+    spec = _opt_str(value)
+    if spec is None:
+        return None
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"is {spec!r}, but there is no user {user!r}") from None
+    try:
+        if group:
+            grp.getgrnam(group)
+    except KeyError:
+        raise ValueError(f"is {spec!r}, but there is no group {group!r}") from None
+    return spec
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError("must be a whole number of at least 1")
@@ -109,7 +130,7 @@ class StoreConfig:
     path: str = _opt("/var/spool/exim4/eximhook", _abs_path)
     mirror_dir: str = _opt("/var/spool/exim4", _abs_path)
     map_size: int = _opt(1 << 32, _map_size)  # grows by doubling when full
-    owner: str | None = _opt(None, _opt_str)  # "user[:group]"; default: the store dir's owner
+    owner: str | None = _opt(None, _owner)  # "user[:group]"; default: the store dir's owner
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,9 @@ class EximConfig:
     exipick: str = _opt("/usr/sbin/exipick", _abs_path)
     freeze_queued: bool = _opt(True, _bool)  # freeze a newly blocked subject's queued mail
     timeout: float = _opt(30.0, _seconds)
+    # the user Exim runs the hooks as (its exim_user), who must be able to write the
+    # store and read the mirror files: eximhook status and maintain check as this user
+    user: str = _opt("Debian-exim", _str)
 
 
 _SECTIONS = {

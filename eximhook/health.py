@@ -14,16 +14,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from typing import Any
 
 from . import core, mirror, notify, outbox
 from ._log import Logger
-from ._perms import resolve_owner
 from .config import Config
 from .counters import Counters
 from .errors import EximhookError, Exit, ServeError
 from .hooks import FALLBACK_STAMP
+from .periods import format_time
 from .store import Store
 
 # The Nagios/Icinga plugin levels, which are also `eximhook status`'s exit codes.
@@ -47,7 +46,16 @@ class Check:
         return {"name": self.name, "level": LEVELS[self.level], "text": self.text, **self.data}
 
 
+class CannotTell(Exception):
+    """The probe cannot run as the Exim user: status answers UNKNOWN."""
+
+
 def _probe(cfg: Config, now: float) -> str | None:
+    """Do, as the Exim user, what the hooks do: write the store and the counters (a
+    heartbeat; the counters are made if missing, as the first hook would), write in the
+    mirror directory, and read the mirror files Exim looks up."""
+    if not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
+        return f"there is no store in {cfg.store.path} ([store] path): eximhook export makes it"
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
             store.heartbeat(now)
@@ -55,30 +63,50 @@ def _probe(cfg: Config, now: float) -> str | None:
             counters.heartbeat(now)
     except EximhookError as exc:
         return str(exc)
-    return None
+    problems = []
+    if not os.access(cfg.store.mirror_dir, os.W_OK | os.X_OK):
+        problems.append(f"cannot write in {cfg.store.mirror_dir} ([store] mirror_dir): no mirror rewrite")
+    for path in mirror.mirror_paths(cfg.store.mirror_dir):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:  # Exim answers 451 to every RCPT whose lookup cannot open its file
+            problems.append(f"Exim cannot read {path}: {exc.strerror}")
+    lock = os.path.join(cfg.store.path, mirror.LOCK_FILE)
+    if os.path.exists(lock) and not os.access(lock, os.W_OK):
+        problems.append(f"cannot take the mirror lock {lock}: not writable")
+    return "; ".join(problems) or None
 
 
 def probe_store(cfg: Config, now: float) -> str | None:
-    """Can the Exim user write the store? None if so, else why not.
+    """Can the Exim user (``[exim] user``) do what the hooks do? None if so, else why not.
 
-    As root the write is tried in a child that has become the store's owner (the Exim
-    user), since root can write where the hooks cannot: a data.mdb chowned to root
-    passes root's test and fails every hook.
+    As root the probe runs in a child that has become that user, since root can write
+    where the hooks cannot (a data.mdb chowned to root passes root's test and fails every
+    hook). As that user it runs here. As anyone else it cannot tell (``CannotTell``).
     """
-    uid, gid = resolve_owner(cfg.store.owner, cfg.store.path)
-    if os.geteuid() != 0 or uid == 0:
+    import pwd
+
+    try:
+        exim = pwd.getpwnam(cfg.exim.user)
+    except KeyError:
+        raise CannotTell(f"[exim] user {cfg.exim.user!r} does not exist: set it to the user Exim runs as") from None
+    if os.geteuid() == exim.pw_uid:
         return _probe(cfg, now)
+    if os.geteuid() != 0:
+        raise CannotTell(f"run eximhook status as root or as {cfg.exim.user} ([exim] user): only they can "
+                         "check what the hooks can do")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: become the Exim user, try, report through the pipe
         os.close(read_end)
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            os.initgroups(exim.pw_name, exim.pw_gid)
+            os.setgid(exim.pw_gid)
+            os.setuid(exim.pw_uid)
             error = _probe(cfg, now)
         except BaseException as exc:
-            error = f"probe as uid {uid}: {exc}"
+            error = f"probe as {exim.pw_name}: {exc}"
         os.write(write_end, (error or "").encode("utf-8", "replace"))
         os._exit(0)
     os.close(write_end)
@@ -121,7 +149,10 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
     code: UNAVAILABLE while the store refuses writes, TEMPFAIL for anything else left
     to do, else OK)."""
     problems: list[str] = []
-    error = probe_store(cfg, now)
+    try:
+        error = probe_store(cfg, now)
+    except CannotTell as exc:
+        return 0, [str(exc)], Exit.UNAVAILABLE
     state = read_state(cfg)
     if error is not None:
         problems.append(f"counting fails open: {error}")
@@ -157,12 +188,13 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
 
 
 def status(cfg: Config, now: float) -> list[Check]:
-    """Every check, for a person or a monitoring system; nothing is repaired."""
+    """Every check, for a person or a monitoring system. Nothing is repaired or made; the
+    one write is the probe's heartbeat, as the Exim user."""
     checks = [_store_check(cfg, now)]
-    if checks[0].level == CRITICAL and not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
+    if not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
         return checks
     try:
-        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
             checks += [_mirror_check(cfg, store), _outbox_check(store, now)]
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
@@ -171,11 +203,15 @@ def status(cfg: Config, now: float) -> list[Check]:
 
 
 def _store_check(cfg: Config, now: float) -> Check:
-    error = probe_store(cfg, now)
+    try:
+        error = probe_store(cfg, now)
+    except CannotTell as exc:
+        return Check("store", UNKNOWN, str(exc))
     state = read_state(cfg)
     if error is not None:
-        since = f" since {_when(state['since'])}" if state else ""
-        return Check("store", CRITICAL, f"refuses writes{since}, so counting fails open: {error}", error=error)
+        since = f" since {format_time(state['since'])}" if state else ""
+        return Check("store", CRITICAL, f"the Exim user cannot do what the hooks do{since}, so counting fails "
+                                        f"open: {error}", error=error)
     used = _size(os.path.join(cfg.store.path, "data.mdb"))
     disk = shutil.disk_usage(cfg.store.path)
     text = f"writable, {_mib(used)} used"
@@ -211,14 +247,14 @@ def _outbox_check(store: Store, now: float) -> Check:
         who = f"{block['ns']} {block['key']}"
         if outbox.stuck(item):
             worst = max(worst, WARNING)
-            texts.append(f"{who}: stuck in sending since {_when(item['claimed'])} (its sender died; "
+            texts.append(f"{who}: stuck in sending since {format_time(item['claimed'])} (its sender died; "
                          "the next notify run resends it)")
         elif item["state"] == "queued" and now - max(item["ts"], item.get("hold_until", 0)) > _OLD_QUEUED:
             worst = max(worst, WARNING)
-            texts.append(f"{who}: not sent since {_when(item['ts'])} ({item['attempts']} attempt(s); "
+            texts.append(f"{who}: not sent since {format_time(item['ts'])} ({item['attempts']} attempt(s); "
                          f"{item.get('error') or 'no sender ran'})")
     oldest = min(i["ts"] for i in items)
-    summary = f"{len(items)} notification(s), the oldest from {_when(oldest)}"
+    summary = f"{len(items)} notification(s), the oldest from {format_time(oldest)}"
     return Check("outbox", worst, "; ".join([summary, *texts]), **data)
 
 
@@ -247,7 +283,7 @@ def _serve_check(cfg: Config, now: float) -> Check:
         fell_back = os.stat(stamp).st_mtime if os.path.exists(stamp) else None
         if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
             return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
-                                           f"{_when(fell_back)}", up=False)
+                                           f"{format_time(fell_back)}", up=False)
         return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
     return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
 
@@ -261,7 +297,3 @@ def _size(path: str) -> int:
 
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
-
-
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ts))

@@ -87,16 +87,27 @@ class Env:
     what = "store"  # for messages: which of the two environments failed
 
     def __init__(self, path: str, dbs: tuple[bytes, ...], *, map_size: int, owner: str | None,
-                 sync: bool, config_key: str) -> None:
+                 sync: bool, config_key: str, readonly: bool = False) -> None:
         self.path, self.dbs, self.config_key = path, dbs, config_key
         self._guard = _ResizeGuard()
         self._handles: dict[bytes, Any] = {}
+        if readonly:  # to look, changing nothing (eximhook status): no directory, file or database made
+            try:
+                self.owner = resolve_owner(owner, path)
+                self.env = lmdb.open(path, map_size=map_size, max_dbs=len(dbs), max_readers=MAX_READERS,
+                                     subdir=True, readonly=True, create=False)
+                self.read(lambda txn: [self.env.open_db(name, txn=txn, create=False) for name in dbs])
+            except (lmdb.Error, OSError, KeyError) as exc:
+                raise StoreUnavailable(f"cannot read {self.what} {path} ({config_key}): {reason(exc, path)}") from exc
+            return
         try:
             self.owner = resolve_owner(owner, path)  # before makedirs: root must not own the new dir
             os.makedirs(path, mode=0o750, exist_ok=True)
             self.prepare()
             _allocate_lock_file(os.path.join(path, "lock.mdb"))
-            self.env = lmdb.open(path, map_size=map_size, max_dbs=len(dbs), max_readers=MAX_READERS,
+            # mode: the files get 0640 (LMDB takes away the x bits): keys and evidence are
+            # user names and addresses, not for every local user to read
+            self.env = lmdb.open(path, map_size=map_size, max_dbs=len(dbs), max_readers=MAX_READERS, mode=0o750,
                                  subdir=True, readahead=False, meminit=False, metasync=False, sync=sync)
         except (lmdb.Error, OSError, KeyError) as exc:
             raise StoreUnavailable(f"cannot open {self.what} {path} ({config_key}): {reason(exc, path)}") from exc

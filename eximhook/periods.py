@@ -1,4 +1,5 @@
-"""Periods written the way Exim writes them: ``3600s``, ``60m``, ``1h``, ``1d``, ``2w``."""
+"""Periods written the way Exim writes them (``3600s``, ``60m``, ``1h``, ``1d``, ``2w``), and
+points in time as eximhook shows them."""
 
 from __future__ import annotations
 
@@ -34,3 +35,10 @@ def format_period(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def format_time(ts: float | None) -> str:
+    """``ts`` in local time, ISO 8601 to the second: ``2026-11-24T03:12:57+00:00``."""
+    from datetime import datetime
+
+    return "-" if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")

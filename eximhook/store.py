@@ -60,8 +60,9 @@ class Outcome:
 class Store(Env):
     """The records, synced: blocks, outbox, audit log, generation."""
 
-    def __init__(self, path: str, map_size: int = 1 << 32, owner: str | None = None) -> None:
-        super().__init__(path, _DBS, map_size=map_size, owner=owner, sync=True, config_key="[store] path")
+    def __init__(self, path: str, map_size: int = 1 << 32, owner: str | None = None, readonly: bool = False) -> None:
+        super().__init__(path, _DBS, map_size=map_size, owner=owner, sync=True, config_key="[store] path",
+                         readonly=readonly)
 
     # -- blocks ------------------------------------------------------------------
 

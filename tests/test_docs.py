@@ -35,3 +35,18 @@ def test_snippet_in_readme(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in vars(Exit) if n.isupper()])
 def test_exit_code_in_readme(name: str) -> None:
     assert re.search(rf"\|\s*{getattr(Exit, name)}\s*\|", README), f"exit code {name} missing from README"
+
+
+def _config_keys() -> list[str]:
+    from dataclasses import fields
+
+    from eximhook.config import _SECTIONS
+
+    return [f"{section}.{f.metadata['toml'] or f.name}" for section, cls in _SECTIONS.items() for f in fields(cls)]
+
+
+@pytest.mark.parametrize("dotted", _config_keys())
+def test_config_key_in_readme(dotted: str) -> None:
+    section, key = dotted.split(".")
+    rows = [line for line in README.splitlines() if line.startswith(f"| `[{section}]`")]
+    assert rows and f"`{key}`" in rows[0], f"README's config table lacks {dotted}"

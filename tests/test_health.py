@@ -99,7 +99,7 @@ def spool() -> Iterator[Path]:
 def test_store_only_root_can_write_is_critical(spool: Path, cli: Run) -> None:
     """Root's own write would pass: the probe writes as the store's owner, as the hooks do."""
     config = write_config(spool, settings={"store.path": str(spool / "spool" / "eximhook"),
-                                           "store.mirror_dir": str(spool / "spool")})
+                                           "store.mirror_dir": str(spool / "spool"), "exim.user": EXIM_USER})
     config.chmod(0o644)
     assert cli("export", config_path=config)[0] == 0
     assert status(cli, config)[0] == 0
@@ -107,7 +107,8 @@ def test_store_only_root_can_write_is_critical(spool: Path, cli: Run) -> None:
     os.chown(data, 0, 0)
     data.chmod(0o600)
     code, out = status(cli, config)
-    assert code == 2 and "store refuses writes, so counting fails open" in out and "Permission denied" in out
+    assert code == 2 and "the Exim user cannot do what the hooks do, so counting fails open" in out
+    assert "Permission denied" in out
 
 
 def test_a_broken_config_is_unknown(tmp_path: Path, cli: Run) -> None:
@@ -116,3 +117,61 @@ def test_a_broken_config_is_unknown(tmp_path: Path, cli: Run) -> None:
     code, out, _ = cli("status", config_path=bad)
     assert code == 3 and out.startswith("EXIMHOOK UNKNOWN - ") and "limits.auth.limit" in out
     assert cli("status", "--bogus", config_path=bad)[0] == 3
+
+
+@needs_root
+def test_mirror_exim_cannot_read_is_critical(spool: Path, cli: Run) -> None:
+    """Exim answers 451 to every RCPT whose lookup cannot open its file."""
+    config = write_config(spool, settings={"store.path": str(spool / "spool" / "eximhook"),
+                                           "store.mirror_dir": str(spool / "spool"), "exim.user": EXIM_USER})
+    config.chmod(0o644)
+    assert cli("export", config_path=config)[0] == 0
+    cdb = spool / "spool" / "blocked_subjects.cdb"
+    os.chown(cdb, 0, 0)
+    cdb.chmod(0o600)
+    code, out = status(cli, config)
+    assert code == 2 and f"Exim cannot read {cdb}: Permission denied" in out
+
+
+@needs_root
+def test_store_in_a_root_directory_is_critical(tmp_path: Path, cli: Run) -> None:
+    """[store] owner unset and the store's directory root's: root's own probe would pass
+    while every hook fails open, so the probe runs as the Exim user."""
+    top = Path(tempfile.mkdtemp(prefix="eximhook-rootstore-"))
+    try:
+        top.chmod(0o755)
+        config = write_config(top, settings={"exim.user": EXIM_USER})
+        assert cli("export", config_path=config)[0] == 0
+        code, out = status(cli, config)
+        assert code == 2 and "counting fails open" in out
+        assert cli("maintain", config_path=config)[0] == 69
+    finally:
+        shutil.rmtree(top)
+
+
+def test_status_makes_nothing(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path)
+    code, out = status(cli, config)
+    assert code == 2 and "there is no store" in out and "eximhook export makes it" in out
+    assert not (tmp_path / "store").exists()
+
+
+@needs_root
+def test_status_as_another_user_cannot_tell(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import EXIMHOOK
+
+    top = Path(tempfile.mkdtemp(prefix="eximhook-nobody-"))
+    try:
+        top.chmod(0o755)
+        config = write_config(top, settings={"exim.user": EXIM_USER})
+        config.chmod(0o644)
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                               "-IS", EXIMHOOK, "--config", str(config), "status"], capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 3 and proc.stdout.startswith("EXIMHOOK UNKNOWN - ")
+        assert f"run eximhook status as root or as {EXIM_USER}" in proc.stdout
+    finally:
+        shutil.rmtree(top)
