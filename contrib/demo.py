@@ -4,7 +4,8 @@ Starts `eximhook serve` (as the Exim user) and Exim 4.96 with eximhook's snippet
 e2e harness's config, EXIMHOOK_SOCKET defined), then: an honest user sends; a spambot
 with a stolen password sends to a harvested list over parallel connections and sees
 "250 OK" throughout; eximhook blocks it once, mails the abuse desk once (naming the
-frozen spam), and freezes everything it sends, all without Exim starting a single
+frozen spam), and freezes everything it sends from then on (a message the bot finished
+before the limit was reached has left already), all without Exim starting a single
 process; the admin looks, purges, unblocks.
 Run as root after `bash contrib/install.sh --dev`:  /opt/eximhook/bin/python contrib/demo.py
 """

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     config_opt, rest = _leading_config(args)
-    if rest and rest[0] in hooks.HOOKS:
+    # a hook's NS comes first, so only there is --help a request for help, not a key
+    if rest and rest[0] in hooks.HOOKS and rest[1:2] not in (["-h"], ["--help"]):
         return hooks.run(rest[0], rest[1:], _fastconfig.resolve_path(config_opt), standalone=argv is None)
     return _admin(args, standalone=argv is None)
 
@@ -105,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     # the two hooks are answered by hooks.run before argparse; listed here for --help
-    add("check-blocked", None, "hook: print 1 if NS KEY is blocked, else 0", subject=True)
+    fallback = "added by the snippets when eximhook serve did not answer: logged, once a minute at most"
+    p = add("check-blocked", None, "hook: print 1 if NS KEY is blocked, else 0", subject=True)
+    p.add_argument("--fallback", action="store_true", help=fallback)
     p = add("record-invalid", None, "hook: count one invalid recipient; print 1 if blocked now", subject=True)
     p.add_argument("--rcpt", help="the invalid recipient, kept as evidence")
     p.add_argument("--ip", help="the client's IP address, kept as evidence")
+    p.add_argument("--fallback", action="store_true", help=fallback)
     add("notify", commands.notify, "hook: send queued notifications; print how many were sent")
     p = add("list", commands.list_blocks, "list blocked subjects", json=True)
     p.add_argument("--ns", choices=("auth", "relay"), help="only this namespace")

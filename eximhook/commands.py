@@ -90,7 +90,7 @@ def _notifications(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
 
 def _notification_text(item: dict[str, Any] | None) -> str:
     if item is None:
-        return "sent (or none)"
+        return "none pending (sent, or none was asked for)"
     if item["state"] == "stuck":
         return f"stuck in sending since {format_time(item['since'])}: its sender died; the next notify run resends it"
     text = f"{item['state']} since {format_time(item['since'])}"
@@ -105,7 +105,7 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
         dump([dict(b, notification=pending.get((b["ns"], b["key"]))) for b in blocks])
         return Exit.OK
     rows = [[b["ns"], escape(b["key"]), format_time(b["since"]), b["reason"], str(b["count"] or "-"), b["by"],
-             pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "sent"]
+             pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "-"]
             for b in sorted(blocks, key=lambda b: b["since"])]
     print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION"], rows) if rows
           else "no blocked subjects")
@@ -291,4 +291,15 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"  limits.{ns}: more than {lim.limit} invalid recipients in {format_period(lim.period)} blocks")
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
+    print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")
+    if cfg.serve.timeout >= 2:
+        print(f"  note: [serve] timeout {cfg.serve.timeout:g}s: keep it below the snippets' EXIMHOOK_WAIT (2s unless "
+              "you changed it), or Exim runs the ${run} hook while the daemon may still count the same event")
+    import pwd
+
+    try:
+        pwd.getpwnam(cfg.exim.user)
+    except KeyError:
+        print(f"  note: [exim] user {cfg.exim.user!r} does not exist here: set it to the user Exim runs as "
+              "(eximhook status and maintain check as that user)")
     return Exit.OK

@@ -86,10 +86,10 @@ def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = 
     except mirror.LockBusy:
         if force:
             log.log("err", f"could not rewrite the mirror files in {mirror_dir}: another process holds the lock; "
-                           "the next event, eximhook maintain or 'eximhook export' will")
+                           "the next event, eximhook maintain or 'eximhook export' will rewrite them")
     except Exception as exc:
         log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
-                       "the next event, eximhook maintain or 'eximhook export' will")
+                       "the next event, eximhook maintain or 'eximhook export' will rewrite them")
 
 
 def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:

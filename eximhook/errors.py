@@ -59,6 +59,18 @@ class FileError(EximhookError):
     exit_code = Exit.IOERR
 
 
+class BadMessageId(EximhookError):
+    """Not an Exim message id."""
+
+    exit_code = Exit.DATAERR
+
+
+class NoSuchMessage(EximhookError):
+    """The message is not (or no longer) in the queue."""
+
+    exit_code = Exit.FAILED
+
+
 class NotBlocked(EximhookError):
     """The subject has no block to lift."""
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .config import EximConfig
-from .errors import EximError
+from .errors import BadMessageId, EximError, NoSuchMessage
 
 # 4.96: 6-6-2 base-62 characters (16 in all); 4.97 and later: 6-11-4 (23)
 MESSAGE_ID = re.compile(rb"^[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{2}|[0-9A-Za-z]{11}-[0-9A-Za-z]{4})$")
@@ -201,7 +201,10 @@ class Exim:
             raise EximError(f"not message ids: {bad!r}")
 
     def view(self, msg_id: str, body_lines: int = 40) -> str:
-        self._check_ids([msg_id])
+        if not MESSAGE_ID.match(msg_id.encode("utf-8", "surrogateescape")):
+            raise BadMessageId(f"{msg_id!r} is not an Exim message id (16 characters in 4.96, 23 from 4.97)")
+        if self.message(msg_id) is None:
+            raise NoSuchMessage(f"no message {msg_id} in the queue")
         headers = self._exim("-Mvh", msg_id).decode("utf-8", "replace")
         body = self._exim("-Mvb", msg_id).decode("utf-8", "replace").split("\n")
         more = f"\n[... {len(body) - body_lines} more lines]" if len(body) > body_lines else ""

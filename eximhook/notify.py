@@ -124,7 +124,8 @@ def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
         lines = [f"Since {formatdate(since, localtime=True)} the eximhook store on {host} refuses writes:",
                  f"  {escape(error)}", "",
                  "Hooks and the daemon fail open meanwhile: mail flows, but invalid recipients are not",
-                 "counted and nobody is blocked. Fix the store, then check with: eximhook status", ""]
+                 "counted and nobody is blocked. Fix the store, then check with:",
+                 f"  {' '.join(shell_quote(c) for c in command_line(cfg))} status", ""]
     else:
         lines = [f"The eximhook store on {host} takes writes again (it refused them since "
                  f"{formatdate(since, localtime=True)}). Counting works again.", ""]
@@ -147,7 +148,7 @@ def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) ->
         if proc.returncode != 0:
             output.seek(0)
             said = output.read(500).decode("utf-8", "replace").strip()
-            return f"{sendmail[0]} exited {proc.returncode}: {escape(said)}"
+            return f"{sendmail[0]} exited {proc.returncode}" + (f": {escape(said)}" if said else "")
     return None
 
 

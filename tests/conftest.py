@@ -101,12 +101,27 @@ needs_exim = pytest.mark.skipif(not _CI and not os.path.exists(EXIM), reason="ne
 needs_root = pytest.mark.skipif(not _CI and os.geteuid() != 0, reason="needs root (to become the Exim user)")
 
 
+Serve = Callable[[Path], Daemon]
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(write_config(tmp_path, settings={"notify.hold": 0.5}))
-    yield d.start()
-    if d.proc is not None:
+def serve() -> Iterator[Serve]:
+    """Start ``eximhook serve`` on a config; every daemon started is stopped at teardown,
+    whatever the test did (a failed assert must not leave one running)."""
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        started.append(Daemon(config).start())
+        return started[-1]
+
+    yield start
+    for d in started:
         d.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, serve: Serve) -> Daemon:
+    return serve(write_config(tmp_path, settings={"notify.hold": 0.5}))
 
 
 # A sendmail stand-in: one file per message (named by time and pid, so concurrent

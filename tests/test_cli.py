@@ -104,6 +104,7 @@ def test_list_show_history(cli: Run) -> None:
 
 def test_manual_block_and_unblock(cli: Run, tmp_path: Path) -> None:
     code, out, _ = cli("block", "relay", "2001:db8::7", "--reason", "spam run", "--no-notify")
+    assert json.loads(cli("history", "--json")[1])[-1]["note"] == "spam run", "the reason outlives the block"
     assert (code, out) == (0, "blocked relay 2001.0db8.0000.0000.0000.0000.0000.0000/64\n")
     assert cli("check-blocked", "relay", "2001:db8::1234")[1] == "1", "same /64"
     assert cli("block", "relay", "2001:db8::7", "--no-notify")[1].endswith("was blocked already\n")
@@ -127,3 +128,9 @@ def test_admin_config_error(tmp_path: Path, cli: Run) -> None:
     bad.write_text("[limits.auth]\nlimit = -1\n")
     code, out, err = cli("list", config_path=bad)
     assert code == Exit.CONFIG and out == "" and "limits.auth.limit" in err
+
+
+def test_hook_help_and_a_key_named_help(cli: Run) -> None:
+    code, out, _ = cli("record-invalid", "--help")
+    assert code == 0 and out.startswith("usage: eximhook record-invalid") and "--fallback" in out
+    assert cli("record-invalid", "auth", "--help") == (0, "0", ""), "after NS, --help is a key like any other"

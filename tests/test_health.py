@@ -19,7 +19,7 @@ from eximhook.config import load
 from eximhook.hooks import FALLBACK_STAMP
 from eximhook.store import Store
 
-from .conftest import Daemon, Run, hook, needs_root, write_config
+from .conftest import Run, Serve, hook, needs_root, write_config
 from .e2e.harness import EXIM_USER
 
 
@@ -70,10 +70,10 @@ def test_notification_failing_for_long_is_a_warning(tmp_path: Path, cli: Run, ma
     assert "1 attempt(s); /" in later.text and "stand-in failure" in later.text
 
 
-def test_daemon_down_after_a_fallback_is_a_warning(tmp_path: Path, cli: Run) -> None:
+def test_daemon_down_after_a_fallback_is_a_warning(tmp_path: Path, cli: Run, serve: Serve) -> None:
     config = write_config(tmp_path)
     cli("export", config_path=config)
-    daemon = Daemon(config).start()
+    daemon = serve(config)
     code, out = status(cli, config)
     assert code == 0 and "serve up (" in out
     daemon.stop()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from eximhook.errors import Exit
 from eximhook.serve.protocol import encode
 
-from .conftest import EXIMHOOK, Daemon, Run, hook, messages, write_config
+from .conftest import EXIMHOOK, Daemon, Run, Serve, hook, messages, write_config
 from .e2e.harness import wait_for
 
 
@@ -121,8 +121,8 @@ def hold_records_lock(store: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.parametrize(("policy", "token"), [("open", b"0"), ("closed", b"1")])
-def test_stuck_counters_get_the_fallback_in_time(tmp_path: Path, policy: str, token: bytes) -> None:
-    d = Daemon(write_config(tmp_path, settings={"hooks.record": policy})).start()
+def test_stuck_counters_get_the_fallback_in_time(tmp_path: Path, policy: str, token: bytes, serve: Serve) -> None:
+    d = serve(write_config(tmp_path, settings={"hooks.record": policy}))
     holder = hold_counters_lock(tmp_path / "store")
     try:
         start = time.monotonic()
@@ -139,10 +139,10 @@ def test_stuck_counters_get_the_fallback_in_time(tmp_path: Path, policy: str, to
     d.stop()
 
 
-def test_a_held_records_lock_does_not_stall_counting(tmp_path: Path) -> None:
+def test_a_held_records_lock_does_not_stall_counting(tmp_path: Path, serve: Serve) -> None:
     """Counting writes only the counters: a store of records busy elsewhere (an admin
     command, a hook making a block) holds up only a trip, answered at its deadline."""
-    d = Daemon(write_config(tmp_path, limit=3)).start()
+    d = serve(write_config(tmp_path, limit=3))
     holder = hold_records_lock(tmp_path / "store")
     try:
         start = time.monotonic()
@@ -157,11 +157,11 @@ def test_a_held_records_lock_does_not_stall_counting(tmp_path: Path) -> None:
     d.stop()
 
 
-def test_hooks_and_daemon_on_one_store_block_once(tmp_path: Path, cli: Run) -> None:
+def test_hooks_and_daemon_on_one_store_block_once(tmp_path: Path, cli: Run, serve: Serve) -> None:
     """16 hook processes and 16 daemon clients, 5 events each, LIMIT 50. (Deadlines far
     away: a fallback answer under load would be a 0 for an event still counted.)"""
     config = write_config(tmp_path, limit=50, settings={"serve.timeout": 15, "hooks.timeout": 15})
-    d = Daemon(config).start()
+    d = serve(config)
 
     def by_hook(n: int) -> list[bytes]:
         return [hook(config, "record-invalid", "auth", "bot", "--rcpt", f"h{n}-{i}@x").stdout for i in range(5)]
@@ -218,7 +218,7 @@ def test_socket_is_for_its_user_and_root_only(daemon: Daemon) -> None:
     assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
 
 
-def test_start_refusals(tmp_path: Path) -> None:
+def test_start_refusals(tmp_path: Path, serve: Serve) -> None:
     config = write_config(tmp_path)
     argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(config), "serve"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
@@ -228,7 +228,7 @@ def test_start_refusals(tmp_path: Path) -> None:
     proc = subprocess.run([*argv[:4], str(bad), "serve", "--allow-root"], capture_output=True, text=True,
                           check=False, timeout=30)
     assert proc.returncode == Exit.CONFIG and "serve.timeout must be a number of seconds" in proc.stderr
-    first = Daemon(config).start()
+    first = serve(config)
     try:
         proc = subprocess.run([*argv, "--allow-root"], capture_output=True, text=True, check=False, timeout=30)
         assert proc.returncode == Exit.UNAVAILABLE and "another eximhook serve answers on" in proc.stderr
@@ -236,7 +236,7 @@ def test_start_refusals(tmp_path: Path) -> None:
     finally:
         first.stop(signal.SIGKILL)
     assert os.path.exists(first.socket), "a killed daemon leaves its socket"
-    Daemon(config).start().stop()  # which the next one replaces
+    serve(config).stop()  # which the next one replaces
 
 
 def test_check_reports_up_and_down(daemon: Daemon, cli: Run) -> None:
@@ -247,11 +247,11 @@ def test_check_reports_up_and_down(daemon: Daemon, cli: Run) -> None:
     assert code == Exit.UNAVAILABLE and "does not answer" in err
 
 
-def test_notification_waits_for_the_tripping_message(tmp_path: Path, mailbox: Path) -> None:
+def test_notification_waits_for_the_tripping_message(tmp_path: Path, mailbox: Path, serve: Serve) -> None:
     """Held up to [notify] hold for the DATA ACL's report; sent at once when it comes."""
     config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
                           settings={"notify.hold": 60, "exim.freeze_queued": False})
-    d = Daemon(config).start()
+    d = serve(config)
     for i in range(6):
         record(d, "gina", rcpt=f"n{i}@example.com")
     time.sleep(0.5)
@@ -264,10 +264,10 @@ def test_notification_waits_for_the_tripping_message(tmp_path: Path, mailbox: Pa
     d.stop()
 
 
-def test_notification_without_a_report_goes_after_the_hold(tmp_path: Path, mailbox: Path) -> None:
+def test_notification_without_a_report_goes_after_the_hold(tmp_path: Path, mailbox: Path, serve: Serve) -> None:
     config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
                           settings={"notify.hold": 1.5, "exim.freeze_queued": False})
-    d = Daemon(config).start()
+    d = serve(config)
     start = time.monotonic()
     for _ in range(6):
         record(d, "ivan")
@@ -278,11 +278,11 @@ def test_notification_without_a_report_goes_after_the_hold(tmp_path: Path, mailb
     d.stop()
 
 
-def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: Run) -> None:
+def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: Run, serve: Serve) -> None:
     config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
                           settings={"notify.hold": 0.2, "exim.freeze_queued": False})
     (mailbox / "FAIL").touch()
-    d = Daemon(config).start()
+    d = serve(config)
     for key in ("jack", "kate"):
         for _ in range(6):
             record(d, key)
@@ -320,10 +320,10 @@ def test_tells_systemd_when_ready_and_when_stopping(tmp_path: Path) -> None:
             proc.kill()
 
 
-def test_daemon_repairs_a_lagging_mirror_by_itself(tmp_path: Path, cli: Run) -> None:
+def test_daemon_repairs_a_lagging_mirror_by_itself(tmp_path: Path, cli: Run, serve: Serve) -> None:
     config = write_config(tmp_path, settings={"serve.check_interval": 0.5})
     cli("export", config_path=config)
-    d = Daemon(config).start()
+    d = serve(config)
     from eximhook import core
     from eximhook.store import Store
 

@@ -433,4 +433,10 @@ def make(users: list[str], base: str | None = None, **kwargs: object) -> Exim:
 
 def cleanup(server: Exim) -> None:
     server.stop()
+    # deliveries and queue runners the daemon forked outlive it, and would write into
+    # the directory again after it is removed
+    pattern = f"-C {server.conf} "  # "--": the pattern starts with a dash
+    subprocess.run(["pkill", "-KILL", "-f", "--", pattern], check=False)
+    wait_for("Exim's children to go",
+             lambda: subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1)
     shutil.rmtree(server.work, ignore_errors=True)

@@ -63,7 +63,9 @@ def test_view_shows_the_message(exim: h.Exim) -> None:
     out = exim.eximhook("view", str(msg["id"])).stdout
     assert "Subject: look at me" in out and "hello" in out and "X-Authenticated-As: bob" in out
     bad = exim.eximhook("view", "../../etc/passwd")
-    assert bad.returncode == 69 and "not message ids" in bad.stderr
+    assert bad.returncode == 65 and "is not an Exim message id" in bad.stderr
+    gone = exim.eximhook("view", "1xVbMq-0004rw-1g")
+    assert gone.returncode == 1 and "no message 1xVbMq-0004rw-1g in the queue" in gone.stderr
 
 
 def test_release_unblocks_and_delivers(exim: h.Exim) -> None:
