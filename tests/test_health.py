@@ -84,26 +84,28 @@ def test_daemon_down_after_a_fallback_is_a_warning(tmp_path: Path, cli: Run, ser
 
 
 @pytest.fixture
-def spool() -> Iterator[Path]:
-    """A spool the Exim user owns, as /var/spool/exim4 is (pytest's tmp_path is root's)."""
+def spool_config() -> Iterator[Path]:
+    """A config whose store and mirror live in a spool the Exim user owns, as
+    /var/spool/exim4 is, checked as that user (pytest's tmp_path is root's)."""
     top = Path(tempfile.mkdtemp(prefix="eximhook-health-"))
     top.chmod(0o755)
     exim = pwd.getpwnam(EXIM_USER)
     (top / "spool").mkdir()
     os.chown(top / "spool", exim.pw_uid, exim.pw_gid)
-    yield top
+    config = write_config(top, settings={"store.path": str(top / "spool" / "eximhook"),
+                                         "store.mirror_dir": str(top / "spool"), "exim.user": EXIM_USER})
+    config.chmod(0o644)
+    yield config
     shutil.rmtree(top)
 
 
 @needs_root
-def test_store_only_root_can_write_is_critical(spool: Path, cli: Run) -> None:
-    """Root's own write would pass: the probe writes as the store's owner, as the hooks do."""
-    config = write_config(spool, settings={"store.path": str(spool / "spool" / "eximhook"),
-                                           "store.mirror_dir": str(spool / "spool"), "exim.user": EXIM_USER})
-    config.chmod(0o644)
+def test_store_only_root_can_write_is_critical(spool_config: Path, cli: Run) -> None:
+    """Root's own write would pass: the probe writes as the Exim user, as the hooks do."""
+    config = spool_config
     assert cli("export", config_path=config)[0] == 0
     assert status(cli, config)[0] == 0
-    data = spool / "spool" / "eximhook" / "data.mdb"
+    data = config.parent / "spool" / "eximhook" / "data.mdb"
     os.chown(data, 0, 0)
     data.chmod(0o600)
     code, out = status(cli, config)
@@ -120,13 +122,11 @@ def test_a_broken_config_is_unknown(tmp_path: Path, cli: Run) -> None:
 
 
 @needs_root
-def test_mirror_exim_cannot_read_is_critical(spool: Path, cli: Run) -> None:
+def test_mirror_exim_cannot_read_is_critical(spool_config: Path, cli: Run) -> None:
     """Exim answers 451 to every RCPT whose lookup cannot open its file."""
-    config = write_config(spool, settings={"store.path": str(spool / "spool" / "eximhook"),
-                                           "store.mirror_dir": str(spool / "spool"), "exim.user": EXIM_USER})
-    config.chmod(0o644)
+    config = spool_config
     assert cli("export", config_path=config)[0] == 0
-    cdb = spool / "spool" / "blocked_subjects.cdb"
+    cdb = config.parent / "spool" / "blocked_subjects.cdb"
     os.chown(cdb, 0, 0)
     cdb.chmod(0o600)
     code, out = status(cli, config)
