@@ -33,8 +33,9 @@ from ..config import Config, load
 from ..counters import Counter, Counters
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, ServeError, UsageError
 from ..store import Store
-from ..subjects import escape, normalize
+from ..subjects import normalize
 from . import protocol
+from .connection import Connection, describe
 from .worker import Outbox
 
 _STOP = object()
@@ -60,72 +61,6 @@ class _Throttle:
             self.last[kind] = (now, 0)
         more = f" (and {suppressed} more like it in the last {_LOG_EVERY:g}s)" if suppressed else ""
         self.log().log("err", text + more)
-
-
-class Connection(asyncio.Protocol):
-    """One ``${readsocket}`` call: a request in, one token out, then close."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.state = "reading"  # then "waiting" (on the store thread), then "done"
-        self.fallback = protocol.NO
-        self.request: protocol.Request | None = None
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.timer = self.server.loop.call_later(self.server.cfg.serve.timeout, self._expire)
-        self.server.connections.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.state != "reading":
-            return
-        self.buf += data
-        end = self.buf.find(b"\n")
-        limit = self.server.cfg.serve.max_request
-        if end > limit or (end < 0 and len(self.buf) > limit):
-            self.server.failure("bad", f"a request longer than {limit} bytes ([serve] max_request); answered E")
-            self.answer(protocol.ERROR)
-        elif end >= 0:
-            self.server.handle(self, bytes(self.buf[:end]))
-
-    def eof_received(self) -> bool:
-        if self.state == "reading":  # Exim shuts down its side once the request is sent
-            self.server.handle(self, bytes(self.buf))
-        return True  # keep our side open for the answer
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.state = "done"
-        self.server.connections.discard(self)
-
-    def answer(self, token: bytes) -> None:
-        if self.state == "done" or self.transport is None:
-            return
-        self.state = "done"
-        if self.timer is not None:
-            self.timer.cancel()
-        self.transport.write(token)
-        self.transport.close()
-
-    def _expire(self) -> None:
-        timeout = self.server.cfg.serve.timeout
-        if self.state == "reading":
-            self.server.failure("silent", f"a client sent no complete request within {timeout:g}s; dropped")
-            self.state = "done"
-            if self.transport is not None:
-                self.transport.abort()
-        elif self.state == "waiting":
-            self.server.failure("slow", f"{_describe(self.request)}: no answer from the store within {timeout:g}s "
-                                        f"([serve] timeout); answered {self.fallback.decode()}")
-            self.answer(self.fallback)
-
-
-def _describe(req: protocol.Request | None) -> str:
-    return "?" if req is None else f"{req.op} {req.ns} {escape(req.key)}"
 
 
 class _Job:
@@ -179,7 +114,7 @@ class Server:
             try:
                 blocked = self.store.read(self.store.blocked_in(req.ns, req.key), wait=False)
             except EximhookError as exc:
-                self.failure("store", f"{_describe(req)}: {exc}; answered {conn.fallback.decode()}")
+                self.failure("store", f"{describe(req)}: {exc}; answered {conn.fallback.decode()}")
                 conn.answer(conn.fallback)
                 return
             conn.answer(protocol.YES if blocked else protocol.NO)
@@ -233,7 +168,7 @@ class Server:
     def _failed(self, job: _Job, result: Any) -> bool:
         if not isinstance(result, BaseException):
             return False
-        self.failure("store", f"{_describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
+        self.failure("store", f"{describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
         job.conn.answer(job.conn.fallback)
         return True
 

@@ -1,0 +1,80 @@
+"""One ``${readsocket}`` call, as the daemon's event loop sees it: a connection that
+brings one request (ended by a newline, or by Exim shutting down its side), gets one
+token back and is closed; or that sends nothing, or too much, and is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..subjects import escape
+from . import protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .server import Server
+
+
+class Connection(asyncio.Protocol):
+    """One ``${readsocket}`` call: a request in, one token out, then close."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.state = "reading"  # then "waiting" (on the store thread), then "done"
+        self.fallback = protocol.NO
+        self.request: protocol.Request | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = self.server.loop.call_later(self.server.cfg.serve.timeout, self._expire)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != "reading":
+            return
+        self.buf += data
+        end = self.buf.find(b"\n")
+        limit = self.server.cfg.serve.max_request
+        if end > limit or (end < 0 and len(self.buf) > limit):
+            self.server.failure("bad", f"a request longer than {limit} bytes ([serve] max_request); answered E")
+            self.answer(protocol.ERROR)
+        elif end >= 0:
+            self.server.handle(self, bytes(self.buf[:end]))
+
+    def eof_received(self) -> bool:
+        if self.state == "reading":  # Exim shuts down its side once the request is sent
+            self.server.handle(self, bytes(self.buf))
+        return True  # keep our side open for the answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.state = "done"
+        self.server.connections.discard(self)
+
+    def answer(self, token: bytes) -> None:
+        if self.state == "done" or self.transport is None:
+            return
+        self.state = "done"
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport.write(token)
+        self.transport.close()
+
+    def _expire(self) -> None:
+        timeout = self.server.cfg.serve.timeout
+        if self.state == "reading":
+            self.server.failure("silent", f"a client sent no complete request within {timeout:g}s; dropped")
+            self.state = "done"
+            if self.transport is not None:
+                self.transport.abort()
+        elif self.state == "waiting":
+            self.server.failure("slow", f"{describe(self.request)}: no answer from the store within {timeout:g}s "
+                                        f"([serve] timeout); answered {self.fallback.decode()}")
+            self.answer(self.fallback)
+
+
+def describe(req: protocol.Request | None) -> str:
+    return "?" if req is None else f"{req.op} {req.ns} {escape(req.key)}"
