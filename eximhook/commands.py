@@ -31,8 +31,7 @@ def open_store(cfg: Config) -> Store:
     """The store, with the mirror brought up to it if a killed process left it behind
     (and a warning on stderr if that cannot be done)."""
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
-    core.refresh_mirror(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0)
-    if not mirror.current(store):
+    if not core.refresh_mirror(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0):
         print(f"eximhook: warning: the mirror files in {cfg.store.mirror_dir} are behind the store and could not "
               "be rewritten (see the log): Exim does not see every block", file=sys.stderr)
     return store

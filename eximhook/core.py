@@ -66,8 +66,9 @@ def trip_message(ns: str, key: str, outcome: Outcome, limit: int, period: float)
     return f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s (limit {limit})"
 
 
-def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> None:
-    """Bring the mirror files up to the store's generation (always, with ``force``).
+def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> bool:
+    """Bring the mirror files up to the store's generation (always, with ``force``);
+    whether they are there now (False: the failure is logged).
 
     For hooks, the daemon and maintenance, after a trip or on finding the mirror behind:
     the block is stored already and the answer stays 1, so a mirror that cannot be
@@ -83,6 +84,8 @@ def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = 
             mirror.rewrite(store, mirror_dir, timeout=max(wait, 1.0))
         elif not mirror.current(store):
             mirror.rewrite(store, mirror_dir, timeout=wait, if_behind=True)
+            return mirror.current(store)  # another process may have been rewriting
+        return True
     except mirror.LockBusy:
         if force:
             log.log("err", f"could not rewrite the mirror files in {mirror_dir}: another process holds the lock; "
@@ -90,6 +93,7 @@ def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = 
     except Exception as exc:
         log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
                        "the next event, eximhook maintain or 'eximhook export' will rewrite them")
+    return False
 
 
 def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:

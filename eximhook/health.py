@@ -179,8 +179,7 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         for path in leftovers:
             log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
         # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
-        core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0)
-        if not mirror.current(store):
+        if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
         sent, errors = notify.deliver(cfg, store, log, command)
     problems += [f"notification left queued: {e}" for e in errors]
