@@ -7,7 +7,7 @@ importing the config machinery. Nothing here exits the process or prints.
 from __future__ import annotations
 
 from .counters import Counter, Counters
-from .errors import FileError, NotBlocked
+from .errors import EximhookError, FileError, NotBlocked
 from .periods import format_period
 from .store import Outcome, Store
 
@@ -62,8 +62,20 @@ def settle(store: Store, ns: str, key: str, now: float, counter: Counter, count:
     return Outcome(True, store.block(record, now, True, hold), count, counter.total)
 
 
-def trip_message(ns: str, key: str, outcome: Outcome, limit: int, period: float) -> str:
-    return f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s (limit {limit})"
+def make_known(store: Store, mirror_dir: str, log: Logger, ns: str, key: str, outcome: Outcome, *,
+               limit: int, period: float) -> None:
+    """After an answer that the subject is blocked, and before anyone hears it: a new
+    block is logged and flushed to disk (a power cut must not undo it; a failed flush is
+    logged, the block is committed all the same), and the mirror is brought up to the
+    store (rewritten after a trip; else only if a killed process left it behind)."""
+    if outcome.tripped:
+        log.log("warning", f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s "
+                           f"(limit {limit})")
+        try:
+            store.sync()
+        except EximhookError as exc:
+            log.log("err", f"could not flush the new block to disk: {exc}")
+    refresh_mirror(store, mirror_dir, log, force=outcome.tripped)
 
 
 def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> bool:

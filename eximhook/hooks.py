@@ -187,13 +187,6 @@ def _record_invalid(store: Store, counters: Counters, settings: dict[str, Any], 
         store, counters, ns, key, time.time(), limit=limit, period=period,
         rcpt=opts.get("rcpt") or None, ip=opts.get("ip") or None,
         keep_rcpts=settings["rcpts"], keep_ips=settings["ips"])
-    if outcome.tripped:
-        log.log("warning", core.trip_message(ns, key, outcome, limit, period))
-        try:  # the block must survive a power cut once we answer 1 (see Store.sync)
-            store.sync()
-        except EximhookError as exc:  # committed all the same: the answer stays 1
-            log.log("err", f"could not flush the new block to disk: {exc}")
     if outcome.blocked:
-        # after a trip, or a block a killed process may not have mirrored yet
-        core.refresh_mirror(store, settings["mirror_dir"], log, force=outcome.tripped)
+        core.make_known(store, settings["mirror_dir"], log, ns, key, outcome, limit=limit, period=period)
     return outcome.blocked

@@ -338,3 +338,19 @@ def test_a_flood_of_bad_requests_is_one_log_line(daemon: Daemon, tmp_path: Path)
     for _ in range(50):
         assert daemon.request(b"junk\n") == b"E"
     assert log_of(tmp_path).count("unknown operation 'junk'") == 1
+
+
+def test_a_blocked_answer_repairs_a_lagging_mirror(tmp_path: Path, cli: Run, serve: Serve) -> None:
+    """As a hook does: no waiting for check_interval (an hour here)."""
+    config = write_config(tmp_path, settings={"serve.check_interval": 3600})
+    cli("export", config_path=config)
+    d = serve(config)
+    from eximhook import core
+    from eximhook.store import Store
+
+    with Store(str(tmp_path / "store")) as store:  # a block whose mirror rewrite was killed
+        store.block(core.block_record("auth", "yves", 1.0, by="test", reason="manual"), 1.0, notify=False)
+    listed = tmp_path / "mirror" / "blocked_authenticated_users"
+    assert b'"yves"' not in listed.read_bytes()
+    assert record(d, "yves") == b"1"
+    wait_for("the repair", lambda: b'"yves"' in listed.read_bytes(), 10)

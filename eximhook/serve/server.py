@@ -39,6 +39,7 @@ from .connection import Connection, describe
 from .worker import Outbox
 
 _STOP = object()
+_CHECK_MIRROR = object()  # for the store thread: a blocked answer went out, is the mirror current?
 _LOG_EVERY = 60.0  # seconds between two log lines of one kind of per-request failure
 
 
@@ -81,6 +82,7 @@ class Server:
         self.connections: set[Connection] = set()
         self.pending: list[_Job] = []  # counted at the end of this turn of the loop
         self.flush_scheduled = False
+        self.mirror_check_asked = False  # one request to the store thread at a time
         self.trips: queue.SimpleQueue[Any] = queue.SimpleQueue()  # counts over the limit, for the store thread
         self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
@@ -118,6 +120,8 @@ class Server:
                 conn.answer(conn.fallback)
                 return
             conn.answer(protocol.YES if blocked else protocol.NO)
+            if blocked:
+                self._check_mirror()
             return
         lim, now = cfg.limits[req.ns], time.time()
         body = self.counters.event(
@@ -160,10 +164,18 @@ class Server:
                 continue
             if is_blocked:
                 job.conn.answer(protocol.YES)
+                self._check_mirror()
             elif over:  # a block to make: the store thread, which answers when it is on disk
                 self.trips.put((job, counter, count))
             else:
                 job.conn.answer(protocol.NO)
+
+    def _check_mirror(self) -> None:
+        """As a hook does after a blocked answer: a killed process may have left the
+        mirror behind the store. The store thread looks (a stamp read when all is well)."""
+        if not self.mirror_check_asked:
+            self.mirror_check_asked = True
+            self.trips.put(_CHECK_MIRROR)
 
     def _failed(self, job: _Job, result: Any) -> bool:
         if not isinstance(result, BaseException):
@@ -183,11 +195,13 @@ class Server:
                 item = None
             if item is _STOP:
                 return
-            if item is not None:
+            if item is _CHECK_MIRROR:
+                self.mirror_check_asked = False
+            elif item is not None:
                 self._settle(*item)
-            if time.monotonic() - checked >= self.cfg.serve.check_interval:
+            if item is _CHECK_MIRROR or time.monotonic() - checked >= self.cfg.serve.check_interval:
                 # a block whose mirror rewrite was killed (a hook, an admin command) shows
-                # here within check_interval, busy or idle
+                # here after the next blocked answer, and within check_interval anyway
                 core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
 
@@ -200,13 +214,8 @@ class Server:
         except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
             self.loop.call_soon_threadsafe(self._failed, job, exc)
             return
-        if outcome.tripped:
-            self.log.log("warning", core.trip_message(req.ns, req.key, outcome, lim.limit, lim.period))
-            try:
-                self.store.sync()  # the block survives a power cut before anyone hears 1
-            except EximhookError as exc:
-                self.log.log("err", f"could not flush the new block to disk: {exc}")
-        core.refresh_mirror(self.store, cfg.store.mirror_dir, self.log, force=outcome.tripped)
+        core.make_known(self.store, cfg.store.mirror_dir, self.log, req.ns, req.key, outcome,
+                        limit=lim.limit, period=lim.period)
         if outcome.tripped:
             self.outbox.tripped({(req.ns, req.key)})
         self.loop.call_soon_threadsafe(job.conn.answer, protocol.YES)
