@@ -38,7 +38,10 @@ def open_store(cfg: Config) -> Store:
 
 
 def subject(cfg: Config, opts: argparse.Namespace) -> tuple[str, str]:
-    return opts.ns, normalize(opts.ns, opts.key, cfg.relay.ipv6_prefix)
+    # argparse drops a literal "--" given after the "--" separator and leaves [] for
+    # KEY: the key was "--" itself (`eximhook show auth -- --`; a user name can be that)
+    key = opts.key if isinstance(opts.key, str) else "--"
+    return opts.ns, normalize(opts.ns, key, cfg.relay.ipv6_prefix)
 
 
 def actor() -> str:

@@ -134,3 +134,10 @@ def test_hook_help_and_a_key_named_help(cli: Run) -> None:
     code, out, _ = cli("record-invalid", "--help")
     assert code == 0 and out.startswith("usage: eximhook record-invalid") and "--fallback" in out
     assert cli("record-invalid", "auth", "--help") == (0, "0", ""), "after NS, --help is a key like any other"
+
+
+def test_a_key_that_is_two_dashes(cli: Run) -> None:
+    """argparse leaves [] for a literal "--" after the separator; it is the key "--"."""
+    assert cli("record-invalid", "auth", "--") == (0, "0", "")
+    code, out, _ = cli("show", "--json", "auth", "--", "--")
+    assert code == 0 and json.loads(out)["key"] == "--" and json.loads(out)["counter"]["total"] == 1
