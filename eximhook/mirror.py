@@ -72,7 +72,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             # only a lock holder writes temp files: any found now were left by a killed rewrite
             remove_stale_temp_files(mirror_dir, store.path)
             generation, blocks = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn)))
-            if if_behind and mirrored_generation(store) >= generation:
+            if if_behind and current(store, generation):
                 return {}
             files: list[tuple[str, bytes]] = []
             written: dict[str, int] = {}
@@ -146,15 +146,12 @@ def temp_files(*directories: str) -> list[str]:
     return found
 
 
-def remove_stale_temp_files(*directories: str) -> list[str]:
-    removed = []
+def remove_stale_temp_files(*directories: str) -> None:
     for path in temp_files(*directories):
         try:
             os.unlink(path)
-            removed.append(path)
         except FileNotFoundError:
             pass
-    return removed
 
 
 def _replace_all(files: list[tuple[str, bytes]], owner: tuple[int, int]) -> None:
