@@ -26,7 +26,7 @@ import fcntl
 import os
 import struct
 
-from ._perms import hand_over
+from ._perms import hand_over, replace_files
 from .lmdbenv import Env
 from .store import subject_key
 
@@ -91,11 +91,7 @@ class Counter:
 
 
 def _boot() -> str:
-    try:
-        with open(_BOOT_ID) as f:
-            return f.read().strip()
-    except OSError:  # not Linux: no boot to tell apart
-        return ""
+    return _read(_BOOT_ID) or ""  # not Linux: no boot to tell apart
 
 
 class Counters(Env):
@@ -129,11 +125,7 @@ class Counters(Env):
                         os.unlink(os.path.join(self.path, name))
                     except FileNotFoundError:
                         pass
-                tmp = f"{stamp}.tmp.{os.getpid()}"
-                with open(tmp, "w") as f:
-                    f.write(boot)
-                os.replace(tmp, stamp)
-                hand_over([stamp], self.owner)
+                replace_files([(stamp, boot.encode())], self.owner)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 

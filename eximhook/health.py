@@ -18,6 +18,7 @@ from typing import Any
 
 from . import core, mirror, notify, outbox
 from ._log import Logger
+from ._perms import replace_files
 from .config import Config
 from .counters import Counters
 from .errors import EximhookError, Exit, ServeError
@@ -137,10 +138,7 @@ def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
             pass
         return
     os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    replace_files([(path, json.dumps(state).encode())])
 
 
 def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ._perms import hand_over
+from ._perms import TMP, hand_over, replace_files
 from .errors import FileError
 from .store import Store
 from .subjects import LSEARCH_FILES, lsearch_line
@@ -32,7 +32,6 @@ LOCK_FILE = "mirror.lock"
 STAMP_FILE = "mirror.generation"
 # The cdb key that holds the generation: no subject key has this namespace.
 GENERATION_KEY = b"eximhook:generation"
-_TMP = ".tmp."
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; hooks come here on a blocked answer
 if TYPE_CHECKING:
@@ -94,9 +93,9 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             writer.finalize()
             files.append((os.path.join(mirror_dir, CDB_FILE), cdb.getvalue()))
             written[CDB_FILE] = len(blocks)
-            _replace_all(files, store.owner)
+            replace_files(files, store.owner)
             # last: a rewrite killed before this line is seen as behind, and done again
-            _replace_all([(os.path.join(store.path, STAMP_FILE), b"%d\n" % generation)], store.owner)
+            replace_files([(os.path.join(store.path, STAMP_FILE), b"%d\n" % generation)], store.owner)
     except Timeout as exc:
         raise LockBusy(f"could not lock {lock_path} within {timeout:g}s: another rewrite holds it") from exc
     except OSError as exc:
@@ -140,7 +139,7 @@ def temp_files(*directories: str) -> list[str]:
         except OSError:
             continue
         for entry in entries:
-            base, sep, pid = entry.rpartition(_TMP)
+            base, sep, pid = entry.rpartition(TMP)
             if sep and base in names and pid.isdigit():
                 found.append(os.path.join(directory, entry))
     return found
@@ -152,31 +151,3 @@ def remove_stale_temp_files(*directories: str) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
-
-
-def _replace_all(files: list[tuple[str, bytes]], owner: tuple[int, int]) -> None:
-    """Write every file to a temp file and fsync it, then rename them all, one right
-    after the other: Exim sees the files change as close to together as renames allow."""
-    temps: list[str] = []
-    try:
-        for path, data in files:
-            tmp = f"{path}{_TMP}{os.getpid()}"
-            temps.append(tmp)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:  # a write error names no file: name the one it was
-                raise OSError(exc.errno, exc.strerror, path) from exc
-            hand_over([tmp], owner)
-        for tmp, (path, _) in zip(temps, files, strict=True):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-        raise
