@@ -77,9 +77,6 @@ def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
 def notify(cfg: Config, opts: argparse.Namespace) -> int:
     with open_store(cfg) as store:
         sent, errors = send_notifications(cfg, store)
-    log = Logger(cfg.log.file)
-    for error in errors:
-        log.log("err", f"notification left queued: {error}")
     print(sent, end="")
     return Exit.TEMPFAIL if errors else Exit.OK
 

@@ -182,7 +182,7 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
     """Send what the outbox holds, as ``eximhook notify`` and the daemon do: first freeze
     the subject's mail still queued (``[exim] freeze_queued``), then list its frozen
     messages in the mail, the ``reported`` ones (the tripping message, which may not be
-    in the spool yet) first."""
+    in the spool yet) first. Each failure is logged, and returned."""
     from .core import freeze_queued
     from .errors import EximError
     from .exim import Exim
@@ -201,7 +201,10 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
         return list(dict.fromkeys(ids))
 
     n = cfg.notify
-    return send_pending(
+    sent, errors = send_pending(
         store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
         stale_after=n.stale_after, budget=n.budget, command=command, clock=time.time,
         frozen_ids=frozen_ids, release=release)
+    for error in errors:
+        log.log("err", f"notification left queued: {error}")
+    return sent, errors

@@ -77,10 +77,8 @@ class Outbox(threading.Thread):
             looked_at = set(self._awaiting)
             release = set(self._reported)
             reported = {s: list(ids) for s, ids in self._reported.items()}
-        _sent, errors = notify.deliver(cfg, self.store, log, notify.command_line(cfg), release=release,
-                                      reported=lambda ns, key: reported.get((ns, key), []))
-        for error in errors:
-            log.log("err", f"notification left queued: {error}")
+        notify.deliver(cfg, self.store, log, notify.command_line(cfg), release=release,
+                       reported=lambda ns, key: reported.get((ns, key), []))
         now = time.time()
         held = self._held(now)
         with self._lock:  # forget subjects whose notification went out (not those that tripped meanwhile)
