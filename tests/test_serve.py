@@ -320,16 +320,22 @@ def test_tells_systemd_when_ready_and_when_stopping(tmp_path: Path) -> None:
             proc.kill()
 
 
+def block_behind_the_mirror(tmp_path: Path, key: str) -> Path:
+    """Block auth KEY in the store only, as a process killed before its mirror rewrite
+    leaves it; returns the lsearch file that should come to list it."""
+    from eximhook import core
+    from eximhook.store import Store
+
+    with Store(str(tmp_path / "store")) as store:
+        store.block(core.block_record("auth", key, 1.0, by="test", reason="manual"), 1.0, notify=False)
+    return tmp_path / "mirror" / "blocked_authenticated_users"
+
+
 def test_daemon_repairs_a_lagging_mirror_by_itself(tmp_path: Path, cli: Run, serve: Serve) -> None:
     config = write_config(tmp_path, settings={"serve.check_interval": 0.5})
     cli("export", config_path=config)
     d = serve(config)
-    from eximhook import core
-    from eximhook.store import Store
-
-    with Store(str(tmp_path / "store")) as store:  # a block whose mirror rewrite was killed
-        store.block(core.block_record("auth", "zoe", 1.0, by="test", reason="manual"), 1.0, notify=False)
-    listed = tmp_path / "mirror" / "blocked_authenticated_users"
+    listed = block_behind_the_mirror(tmp_path, "zoe")
     wait_for("the daemon's own check", lambda: b'"zoe"' in listed.read_bytes(), 10)
     d.stop()
 
@@ -345,12 +351,7 @@ def test_a_blocked_answer_repairs_a_lagging_mirror(tmp_path: Path, cli: Run, ser
     config = write_config(tmp_path, settings={"serve.check_interval": 3600})
     cli("export", config_path=config)
     d = serve(config)
-    from eximhook import core
-    from eximhook.store import Store
-
-    with Store(str(tmp_path / "store")) as store:  # a block whose mirror rewrite was killed
-        store.block(core.block_record("auth", "yves", 1.0, by="test", reason="manual"), 1.0, notify=False)
-    listed = tmp_path / "mirror" / "blocked_authenticated_users"
+    listed = block_behind_the_mirror(tmp_path, "yves")
     assert b'"yves"' not in listed.read_bytes()
     assert record(d, "yves") == b"1"
     wait_for("the repair", lambda: b'"yves"' in listed.read_bytes(), 10)
