@@ -55,13 +55,15 @@ def requests(op: str, keys: list[int]) -> list[bytes]:
 def fill(path: str, subjects: int, seed: int = 1) -> float:
     """Counters for ``subjects`` subjects, one invalid recipient each, written in batches of 10,000; seconds."""
     from eximhook.counters import Counters
+    from eximhook.policy import Policy
 
     order = list(range(subjects))
     random.Random(seed).shuffle(order)  # subjects arrive in no particular key order
     began, now = time.monotonic(), time.time()
+    unlimited = Policy("invalid", ((10**9, 3600.0),), "enforce")
     with Counters(path) as counters:
         for start in range(0, subjects, 10_000):
-            counters.update_many([counters.event("auth", KEY.format(i), now, limit=10**9, period=3600,
+            counters.update_many([counters.event("auth", KEY.format(i), now, unlimited,
                                                  evidence=f"n{i}@example.com", ip="192.0.2.1")
                                   for i in order[start:start + 10_000]])
     return time.monotonic() - began

@@ -6,7 +6,9 @@ with a stolen password sends to a harvested list over parallel connections and s
 "250 OK" throughout; eximhook blocks it once, mails the abuse desk once (naming the
 frozen spam), and freezes everything it sends from then on (a message the bot finished
 before the limit was reached has left already), all without Exim starting a single
-process; the admin looks, purges, unblocks.
+process; the admin looks, purges, unblocks. Then seed 004: a bulk run from another
+account trips its volume limit (an hourly and a daily window) at the message that
+crosses it, and bounces are measured in shadow mode, which blocks nobody.
 Run as root after `bash contrib/install.sh --dev`:  /opt/eximhook/bin/python contrib/demo.py
 """
 
@@ -24,6 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.e2e import harness as h
 
 LIMIT = 10
+VOLUME = 12  # recipients per hour (and 30 per day) before an account is blocked; production default 1000
+SEED_004 = {
+    "limits.auth.recipients.windows": [{"limit": VOLUME, "period": "1h"}, {"limit": 30, "period": "1d"}],
+    "limits.auth.recipients.mode": "enforce",
+    "limits.auth.bounces.limit": 1,  # shadow mode (the default for the new counters): measured, never blocks
+}
 
 
 def say(text: str) -> None:
@@ -38,7 +46,7 @@ def run(exim: h.Exim, *args: str) -> str:
 
 
 def main() -> int:
-    exim = h.make(["alice", "bob"], limit=LIMIT, serve=True, record_runs=True)
+    exim = h.make(["alice", "bob", "carol"], limit=LIMIT, serve=True, record_runs=True, settings=SEED_004)
     try:
         exim.setup().start()
         say(f"Exim {h.EXIM} listening on 127.0.0.1:{exim.port}; snippets from {h.SNIPPETS}")
@@ -94,10 +102,46 @@ def main() -> int:
         h.wait_for("delivery", lambda: [m for m in exim.maildir("alice") if b"sorry about that" in m])
         print(f"alice's mailbox: {len(exim.maildir('alice'))} message(s); frozen in queue: "
               f"{len(exim.queue(frozen=True))}")
+        seed_004(exim)
         say("done; Exim stopped, temporary files removed")
         return 0
     finally:
         h.cleanup(exim)
+
+
+def seed_004(exim: h.Exim) -> None:
+    say(f"seed 004, volume: carol's account sends a bulk run, 5 recipients a message "
+        f"(limit: more than {VOLUME} per hour, or 30 per day)")
+    rcpts = [f"{u}@{h.DOMAIN}" for u in ("alice", "bob", "postmaster")] + [f"list{i}@{h.REMOTE}" for i in range(2)]
+    frozen: set[str] = set()
+    for n in range(1, 5):
+        exim.send(rcpts, user="carol", subject=f"offer {n}")
+        now = {m for m in exim.queue(frozen=True) if f"Subject: offer {n}" in exim.headers(m)}
+        print(f"message {n}: {5 * n} recipients so far: {'frozen' if now - frozen else 'accepted'}")
+        frozen |= now
+    h.wait_for("the notification", lambda: len(exim.maildir("abuse")) == 2)
+    msg = email.message_from_bytes(exim.maildir("abuse")[-1], policy=email.policy.default)
+    print(f"the abuse desk's second notification: {msg['Subject']}")
+    run(exim, "list")
+    print("\n".join(run_quiet(exim, "show", "auth", "carol").splitlines()[:12]))
+    run(exim, "frozen", "auth", "carol")
+    print("(messages 1 and 2 had left for alice, bob and postmaster; their copies for remote.example, still "
+          "queued, were frozen before the notification went out)")
+
+    say("seed 004, bounces in shadow mode: alice mails two dead addresses; Exim bounces both")
+    for n in range(2):
+        exim.send([f"gone{n}@{h.DEAD}"], user="alice", subject=f"typo {n}",
+                  headers=f"Message-ID: <typo{n}@demo.example>\r\n")
+    h.wait_for("two bounces", lambda: sum(b"delivery-status" in m for m in exim.maildir("alice")) == 2)
+    h.wait_for("the would-block record", lambda: "alice" in exim.eximhook("list", "--would-block").stdout)
+    run(exim, "top", "bounces")
+    run(exim, "list", "--would-block")
+    print(f"alice blocked: {exim.eximhook('check-blocked', 'auth', 'alice').stdout} (shadow mode only records)")
+
+
+def run_quiet(exim: h.Exim, *args: str) -> str:
+    print(f"$ eximhook {' '.join(args)}  (first lines)")
+    return exim.eximhook(*args).stdout
 
 
 if __name__ == "__main__":

@@ -48,10 +48,10 @@ if ! $dev; then
     "$venv/bin/eximhook" check-config
     "$venv/bin/eximhook" export
     if [ -d /etc/systemd/system ]; then
-        for unit in eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer; do
+        for unit in eximhook-serve.socket eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer; do
             install -m 0644 "$here/contrib/$unit" /etc/systemd/system/
         done
         if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-        echo "install: systemd units in /etc/systemd/system: systemctl enable --now eximhook-serve.service eximhook-maintain.timer"
+        echo "install: systemd units in /etc/systemd/system: systemctl enable --now eximhook-serve.socket eximhook-serve.service eximhook-maintain.timer"
     fi
 fi

@@ -84,13 +84,27 @@ def _admin(args: list[str], standalone: bool) -> int:
         return Exit.FAILED
 
 
+def _period_arg(text: str) -> float:
+    import argparse
+
+    from .periods import parse_period
+
+    try:
+        return parse_period(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
     from . import commands
+    from .policy import COUNTERS
+    from .subjects import NAMESPACES
 
     parser = argparse.ArgumentParser(
-        prog="eximhook", description="Block senders who mail many nonexistent recipients (Exim).")
+        prog="eximhook", description="Block senders who mail many nonexistent recipients, cause many bounces or send "
+                    "too much (Exim).")
     parser.add_argument("--config", metavar="FILE",
                         help=f"config file (default: ${_fastconfig.ENV_VAR}, else {_fastconfig.DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -98,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Any, help: str, subject: bool = False, json: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if subject:
-            p.add_argument("ns", metavar="NS", help="namespace: auth or relay")
-            p.add_argument("key", metavar="KEY", help="authenticated id, host IP or RADIUS id")
+            p.add_argument("ns", metavar="NS", help="namespace: auth, relay, sender or local")
+            p.add_argument("key", metavar="KEY",
+                           help="authenticated id, host IP or RADIUS id, sender address, or local user name")
         if json:
             p.add_argument("--json", action="store_true", help="print JSON for scripts")
         p.set_defaults(func=func)
@@ -113,9 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rcpt", help="the invalid recipient, kept as evidence")
     p.add_argument("--ip", help="the client's IP address, kept as evidence")
     p.add_argument("--fallback", action="store_true", help=fallback)
+    p = add("record-message", None, "hook: count one message's recipients for NS KEY; print 1 if blocked now",
+            subject=True)
+    p.add_argument("--count", required=True, help="the message's number of recipients")
+    p.add_argument("--sender", help="its envelope sender (counted too where [limits.sender.recipients] is set)")
+    p.add_argument("--mid", help="its Message-ID header, remembered so a bounce of it counts against NS KEY")
+    p.add_argument("--ip", help="the client's IP address, kept as evidence")
+    p.add_argument("--id", help="its Exim message id, kept as evidence")
+    p.add_argument("--fallback", action="store_true", help=fallback)
+    p = add("record-bounce", None, "hook: count one bounce to SENDER (and the subject that sent the bounced message)")
+    p.add_argument("sender", metavar="SENDER", help="the address the bounce goes to")
+    p.add_argument("--mid", help="the bounce's References header: its last id names the bounced message")
+    p.add_argument("--failed", help="the failed recipients, kept as evidence")
+    p.add_argument("--fallback", action="store_true", help=fallback)
     add("notify", commands.notify, "hook: send queued notifications; print how many were sent")
     p = add("list", commands.list_blocks, "list blocked subjects", json=True)
-    p.add_argument("--ns", choices=("auth", "relay"), help="only this namespace")
+    p.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
+    p.add_argument("--would-block", action="store_true",
+                   help="list the trips of counters in shadow mode instead: who would have been blocked")
+    p = add("top", commands.top, "the busiest subjects of a counter: peak counts against the limits", json=True)
+    p.add_argument("counter", metavar="COUNTER", choices=COUNTERS, help=f"one of {', '.join(COUNTERS)}")
+    p.add_argument("--since", type=_period_arg, default=86400.0,
+                   help="peaks from this long ago on, counted by day (default 1d; kept up to 7d)")
+    p.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
+    p.add_argument("--limit", type=int, default=20, help="subjects to show (default 20)")
     add("show", commands.show, "show a subject's block, counter and history", subject=True, json=True)
     p = add("block", commands.block, "block a subject by hand (and notify)", subject=True)
     p.add_argument("--reason", help="why, for the record and the notification")

@@ -18,7 +18,7 @@ from .counters import Counters
 from .errors import Exit
 from .exim import Exim
 from .periods import format_period, format_time
-from .ratelimit import in_window
+from .policy import UNITS
 from .store import Store
 from .subjects import escape, normalize
 
@@ -97,13 +97,15 @@ def _notification_text(item: dict[str, Any] | None) -> str:
 
 
 def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
+    if opts.would_block:
+        return _list_shadows(cfg, opts)
     with open_store(cfg) as store:
         blocks = store.blocks(opts.ns)
         pending = _notifications(store)
     if opts.json:
         dump([dict(b, notification=pending.get((b["ns"], b["key"]))) for b in blocks])
         return Exit.OK
-    rows = [[b["ns"], escape(b["key"]), format_time(b["since"]), b["reason"], str(b["count"] or "-"), b["by"],
+    rows = [[b["ns"], escape(b["key"]), format_time(b["since"]), _why(b), str(b["count"] or "-"), b["by"],
              pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "-"]
             for b in sorted(blocks, key=lambda b: b["since"])]
     print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION"], rows) if rows
@@ -114,34 +116,90 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _why(record: dict[str, Any]) -> str:
+    """``manual``, or the counter and window that tripped: ``bounces>50/1h``."""
+    if record["reason"] != "limit":
+        return str(record["reason"])
+    return f"{record.get('counter') or 'invalid'}>{record['limit']}/{format_period(record['period'])}"
+
+
+def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
+    """Trips of counters in shadow mode: who would have been blocked, and when."""
+    with open_store(cfg) as store:
+        records = [r for r in store.shadows(opts.ns) if not store.is_blocked(r["ns"], r["key"])]
+    if opts.json:
+        dump(records)
+        return Exit.OK
+    rows = [[r["ns"], escape(r["key"]), format_time(r["since"]), _why(r), str(r["count"])]
+            for r in sorted(records, key=lambda r: r["since"])]
+    print(table(["NS", "KEY", "SINCE", "WOULD-BLOCK", "COUNT"], rows) if rows else "no would-block records")
+    return Exit.OK
+
+
 def show(cfg: Config, opts: argparse.Namespace) -> int:
+    from . import report
+
     ns, key = subject(cfg, opts)
-    lim = cfg.limits[ns]
+    now = time.time()
     with open_store(cfg) as store, open_counters(cfg) as counters:
         block = store.get_block(ns, key)
-        counter = counters.get(ns, key)
+        shadows = store.shadows(ns, key)
+        counts = report.subject(cfg, counters, ns, key, now, now - 86400)
         events = store.history(ns, key)
         notification = _notifications(store).get((ns, key))
-    # only the newest LIMIT times are kept: a full window means "LIMIT or more"
-    window = in_window(counter.times, time.time(), lim.period)
-    at_least = window >= lim.limit
+    invalid = counts.get("invalid")
     if opts.json:
-        dump({"ns": ns, "key": key, "block": block, "history": events, "notification": notification,
-              "counter": {"total": counter.total, "in_window": window, "in_window_at_least": at_least,
-                          "limit": lim.limit, "period": lim.period, "rcpts": counter.recent, "ips": counter.ips}})
+        legacy = None
+        if invalid:  # the invalid counter as "counter" (before counters had names), for scripts
+            first = invalid["windows"][0] if invalid["windows"] else {"count": 0, "limit": None, "period": None}
+            legacy = {"total": invalid["total"], "in_window": first["count"], "limit": first["limit"],
+                      "period": first["period"], "rcpts": invalid["evidence"], "ips": invalid["ips"]}
+        dump({"ns": ns, "key": key, "block": block, "would_block": shadows, "history": events,
+              "notification": notification, "counter": legacy, "counters": counts})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
         print(f"  notification: {_notification_text(notification)}")
-    print(f"  invalid recipients: {window}{' or more' if at_least else ''} in the last "
-          f"{format_period(lim.period)} (limit {lim.limit}), "
-          f"{counter.total} since the counter was last reset")
-    print(f"  client IPs: {', '.join(map(escape, counter.ips)) or '-'}")
-    for rcpt in counter.recent:
-        print(f"  invalid recipient: {escape(rcpt)}")
+    for record in shadows:
+        print(f"  would have been blocked at {format_time(record['since'])} (shadow mode): {_why(record)}, "
+              f"count {record['count']}")
+    for name, c in counts.items():
+        for w in c["windows"]:
+            print(f"  {UNITS[name]}: {w['count']} in the last {format_period(w['period'])} (limit {w['limit']}, "
+                  f"{w['mode']}), peak {w['peak']} since yesterday")
+        if c["total"]:
+            print(f"  {UNITS[name]}: {c['total']} since the counter was last reset")
+        for item in c["evidence"]:
+            print(f"  {_EVIDENCE[name]}: {escape(item)}")
+    ips = list(dict.fromkeys(ip for c in counts.values() for ip in c["ips"]))
+    print(f"  client IPs: {', '.join(map(escape, ips)) or '-'}")
     if events:
         print(_history_table(events))
+    return Exit.OK
+
+
+_EVIDENCE = {"invalid": "invalid recipient", "bounces": "bounce for", "recipients": "message"}
+
+
+def top(cfg: Config, opts: argparse.Namespace) -> int:
+    """The busiest subjects of one counter: peak counts against limits, to choose limits."""
+    from . import report
+
+    now = time.time()
+    with open_counters(cfg) as counters:
+        rows = report.top(cfg, counters, opts.counter, now, now - opts.since, opts.ns, opts.limit)
+    if opts.json:
+        dump(rows)
+        return Exit.OK
+    out = []
+    for r in rows:
+        for w in r["windows"]:
+            out.append([r["ns"], escape(r["key"]) if r["key"] is not None else "(long key)",
+                        f"{w['limit']}/{format_period(w['period'])}", str(w["count"]), str(w["peak"]),
+                        f"{100 * w['peak'] / w['limit']:.0f}%", w["mode"]])
+    print(table(["NS", "KEY", "WINDOW", "NOW", "PEAK", "OF-LIMIT", "MODE"], out) if out
+          else f"no {opts.counter} counted since {format_time(now - opts.since)}")
     return Exit.OK
 
 
@@ -273,10 +331,10 @@ def maintain(cfg: Config, opts: argparse.Namespace) -> int:
 
 
 def serve(cfg: Config, opts: argparse.Namespace) -> int:
-    from .serve import server
+    from .serve import server, sockets
 
     if opts.check:
-        rtt = server.ping(cfg.serve.socket, cfg.serve.timeout)
+        rtt = sockets.ping(cfg.serve.socket, cfg.serve.timeout)
         print(f"eximhook serve on {cfg.serve.socket}: up, answered ping in {rtt * 1000:.1f} ms")
         return Exit.OK
     server.serve(cfg, allow_root=opts.allow_root)
@@ -286,8 +344,13 @@ def serve(cfg: Config, opts: argparse.Namespace) -> int:
 def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
-    for ns, lim in cfg.limits.items():
-        print(f"  limits.{ns}: more than {lim.limit} invalid recipients in {format_period(lim.period)} blocks")
+    for ns, table_ in cfg.policies.items():
+        for name, policy in table_.items():
+            if policy.windows:
+                windows = " or ".join(f"more than {lim} {UNITS[name]} in {format_period(per)}"
+                                      for lim, per in policy.windows)
+                verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
+                print(f"  limits.{ns}.{name}: {windows} {verb}")
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
     print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")

@@ -16,6 +16,7 @@ from typing import Any
 from ._fastconfig import DEFAULT_PATH
 from .errors import ConfigError
 from .periods import parse_period
+from .policy import COUNTERS, DEFAULT_WINDOWS, MODES, Policy, default_mode
 from .subjects import NAMESPACES
 
 
@@ -134,9 +135,10 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
-class Limit:
-    limit: int = _opt(100, _positive_int)
-    period: float = _opt(3600.0, _period)
+class BouncesConfig:
+    # how long the message id of mail sent by an authenticated user, a relay host or a
+    # local user is remembered, so a bounce that names it counts against that subject too
+    remember: float = _opt(2 * 86400.0, _period)
 
 
 @dataclass(frozen=True)
@@ -203,14 +205,24 @@ class EximConfig:
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
+    "bounces": BouncesConfig,
 }
+
+
+def _default_policies() -> dict[str, dict[str, Policy]]:
+    out: dict[str, dict[str, Policy]] = {ns: {} for ns in NAMESPACES}
+    for (ns, name), windows in DEFAULT_WINDOWS.items():
+        out[ns][name] = Policy(name, windows, default_mode(name))
+    return out
 
 
 @dataclass(frozen=True)
 class Config:
     path: str = DEFAULT_PATH
     store: StoreConfig = field(default_factory=StoreConfig)
-    limits: dict[str, Limit] = field(default_factory=lambda: {ns: Limit() for ns in NAMESPACES})
+    # namespace -> counter -> Policy; a counter without windows is not counted
+    policies: dict[str, dict[str, Policy]] = field(default_factory=_default_policies)
+    notify_shadow: bool = False  # [limits] notify_shadow: mail the abuse desk about would-blocks too
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -218,6 +230,10 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     log: LogConfig = field(default_factory=LogConfig)
     exim: EximConfig = field(default_factory=EximConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
+
+    def policy(self, ns: str, counter: str) -> Policy | None:
+        return self.policies.get(ns, {}).get(counter)
 
     def hook_settings(self) -> dict[str, Any]:
         """The plain values the hooks need, for the marshal cache in ``_fastconfig``."""
@@ -225,7 +241,9 @@ class Config:
             "config": self.path,
             "store": self.store.path, "map_size": self.store.map_size, "owner": self.store.owner,
             "mirror_dir": self.store.mirror_dir,
-            "limits": {ns: (lim.limit, lim.period) for ns, lim in self.limits.items()},
+            "policies": {ns: {name: (p.windows, p.mode) for name, p in table.items()}
+                         for ns, table in self.policies.items()},
+            "notify_shadow": self.notify_shadow, "remember": self.bounces.remember,
             "check": self.hooks.check, "record": self.hooks.record, "timeout": self.hooks.timeout,
             "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
             "ipv6_prefix": self.relay.ipv6_prefix, "log": self.log.file,
@@ -243,13 +261,9 @@ def load(path: str) -> Config:
     for name in data:
         if name not in _SECTIONS and name != "limits":
             raise ConfigError(f"{path}: unknown section [{name}]")
-    limits = _table(path, "limits", data.get("limits", {}))
-    for ns in limits:
-        if ns not in NAMESPACES:
-            raise ConfigError(f"{path}: unknown section [limits.{ns}]: namespaces are {', '.join(NAMESPACES)}")
+    policies, notify_shadow = _limits(path, _table(path, "limits", data.get("limits", {})))
     cfg = Config(
-        path=os.path.abspath(path),
-        limits={ns: _build(path, f"limits.{ns}", Limit, limits.get(ns, {})) for ns in NAMESPACES},
+        path=os.path.abspath(path), policies=policies, notify_shadow=notify_shadow,
         **{name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()},
     )
     window = send_window(cfg)
@@ -259,6 +273,95 @@ def load(path: str) -> Config:
             f"{window:g}s (notify.timeout + 3 x exim.timeout: freeze the queued mail, list the frozen, "
             f"mail), and a live sender's claim must not be taken over; use at least {2 * window:g}s")
     return cfg
+
+
+def _limits(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Policy]], bool]:
+    """``[limits]``: a global ``mode`` and ``notify_shadow``, then one table per namespace.
+
+    ``[limits.auth]`` with ``limit``/``period`` (and ``mode``) is the invalid-recipient
+    counter, as before counters had names; ``[limits.auth.bounces]`` and the like are
+    the named counters, each with ``limit``/``period`` for one window or ``windows`` for
+    several (``windows = []`` turns the counter off).
+    """
+    try:
+        mode = _mode(table.get("mode")) if "mode" in table else None
+        notify_shadow = _bool(table.get("notify_shadow", False))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: limits.{'mode' if 'mode' in table else 'notify_shadow'} {exc}") from exc
+    policies = _default_policies()
+    if mode is not None:
+        policies = {ns: {n: Policy(n, p.windows, mode) for n, p in t.items()} for ns, t in policies.items()}
+    for ns, ns_table in table.items():
+        if ns in ("mode", "notify_shadow"):
+            continue
+        if ns not in NAMESPACES:
+            raise ConfigError(f"{path}: unknown section [limits.{ns}]: namespaces are {', '.join(NAMESPACES)}")
+        ns_table = _table(path, f"limits.{ns}", ns_table)
+        legacy = {k: v for k, v in ns_table.items() if not isinstance(v, dict)}
+        if legacy:
+            if "invalid" in ns_table:
+                raise ConfigError(f"{path}: [limits.{ns}] sets {', '.join(legacy)} and has [limits.{ns}.invalid]: "
+                                  "they are the same counter; keep one")
+            ns_table = {**{k: v for k, v in ns_table.items() if isinstance(v, dict)}, "invalid": legacy}
+        for name, counter_table in ns_table.items():
+            where = f"limits.{ns}" if counter_table is legacy else f"limits.{ns}.{name}"
+            if name not in COUNTERS:
+                raise ConfigError(f"{path}: unknown key or counter {where}: counters are {', '.join(COUNTERS)}")
+            old = policies[ns].get(name) or Policy(name, (), mode or default_mode(name))
+            policies[ns][name] = _policy_of(path, where, name, _table(path, where, counter_table), old)
+    return policies, notify_shadow
+
+
+def _policy_of(path: str, where: str, name: str, table: dict[str, Any], old: Policy) -> Policy:
+    for key in table:
+        if key not in ("limit", "period", "windows", "mode"):
+            raise ConfigError(f"{path}: unknown key {where}.{key}")
+    if "windows" in table and ("limit" in table or "period" in table):
+        raise ConfigError(f"{path}: {where} has windows and limit/period: use one or the other")
+    try:
+        mode = _mode(table["mode"]) if "mode" in table else old.mode
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {where}.mode {exc}") from exc
+    if "windows" in table:
+        raw = table["windows"]
+        if not isinstance(raw, list):
+            raise ConfigError(f'{path}: {where}.windows must be a list such as [{{limit = 100, period = "1h"}}]')
+        windows = tuple(_window(path, f"{where}.windows[{i}]", w, None) for i, w in enumerate(raw))
+    elif "limit" in table or "period" in table:
+        first = old.windows[0] if old.windows else None
+        windows = (_window(path, where, table, first),)
+    else:
+        windows = old.windows
+    periods = [w[1] for w in windows]
+    if len(set(periods)) != len(periods):
+        raise ConfigError(f"{path}: {where} has two windows of the same period; keep the one limit that matters")
+    return Policy(name, windows, mode)
+
+
+def _window(path: str, where: str, table: Any, default: tuple[int, float] | None) -> tuple[int, float]:
+    if not isinstance(table, dict):
+        raise ConfigError(f'{path}: {where} must be a table such as {{limit = 100, period = "1h"}}')
+    for key in table:
+        if key not in ("limit", "period", "mode", "windows"):
+            raise ConfigError(f"{path}: unknown key {where}.{key}")
+    values: list[Any] = []
+    for key, parse in (("limit", _positive_int), ("period", _period)):
+        if key in table:
+            try:
+                values.append(parse(table[key]))
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {where}.{key} {exc}") from exc
+        elif default is not None:
+            values.append(default[0] if key == "limit" else default[1])
+        else:
+            raise ConfigError(f"{path}: {where} needs a {key}")
+    return int(values[0]), float(values[1])
+
+
+def _mode(value: Any) -> str:
+    if value not in MODES:
+        raise ValueError('must be "enforce" or "shadow"')
+    return str(value)
 
 
 def send_window(cfg: Config) -> float:

@@ -6,76 +6,143 @@ importing the config machinery. Nothing here exits the process or prints.
 
 from __future__ import annotations
 
-from .counters import Counter, Counters
+from .counters import Counter, Counters, Tally
 from .errors import EximhookError, FileError, NotBlocked
 from .periods import format_period
+from .policy import UNITS
 from .store import Outcome, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
+
+    import lmdb
 
     from ._log import Logger
     from .exim import Exim
+    from .policy import Policy
+
+    Policies = Callable[[str, str], Policy | None]
 
 
-def block_record(ns: str, key: str, now: float, *, by: str, reason: str, limit: int | None = None,
-                 period: float | None = None, count: int | None = None,
+def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter_name: str | None = None,
+                 limit: int | None = None, period: float | None = None, count: int | None = None,
                  counter: Counter | None = None, note: str | None = None) -> dict[str, Any]:
-    """The block as stored, mirrored, mailed and shown: when, why, and the evidence."""
+    """The block as stored, mirrored, mailed and shown: when, why (which counter over
+    which window), and the evidence."""
     counter = counter or Counter()
     return {
-        "ns": ns, "key": key, "since": now, "by": by, "reason": reason, "note": note,
+        "ns": ns, "key": key, "since": now, "by": by, "reason": reason, "note": note, "counter": counter_name,
         "limit": limit, "period": period, "period_text": None if period is None else format_period(period),
         "count": count, "total": counter.total, "ips": counter.ips, "rcpts": counter.recent,
     }
 
 
-def record_invalid(store: Store, counters: Counters, ns: str, key: str, now: float, *, limit: int,
-                   period: float, rcpt: str | None, ip: str | None, keep_rcpts: int, keep_ips: int,
-                   hold: float = 0.0) -> Outcome:
-    """Count one invalid recipient; the one over the limit blocks the subject, once.
-
-    The count goes to the unsynced counters, the block (with its audit event and
-    notification, in one transaction) to the synced store: see ``settle``. The caller
-    rewrites the mirror files when the outcome says ``tripped``.
-    """
-    counter, count, over = counters.update(counters.event(
-        ns, key, now, limit=limit, period=period, evidence=rcpt, ip=ip, keep_evidence=keep_rcpts, keep_ips=keep_ips))
-    return settle(store, ns, key, now, counter, count, over, limit=limit, period=period, hold=hold)
+def count(store: Store, counters: Counters, ns: str, key: str, now: float, policy: Policy, *, weight: int = 1,
+          evidence: str | None = None, ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5,
+          hold: float = 0.0, notify_shadow: bool = False) -> tuple[Tally, Outcome]:
+    """Count one event for one subject; the first over a window of an enforced counter
+    blocks the subject, once (see ``settle``). The caller rewrites the mirror files when
+    the outcome says ``tripped`` (``make_known``)."""
+    tally = counters.update(counters.event(ns, key, now, policy, weight=weight, evidence=evidence, ip=ip,
+                                           keep_evidence=keep_evidence, keep_ips=keep_ips))
+    return tally, settle(store, tally, now, hold=hold, notify_shadow=notify_shadow)
 
 
-def settle(store: Store, ns: str, key: str, now: float, counter: Counter, count: int, over: bool, *,
-           limit: int, period: float, hold: float = 0.0) -> Outcome:
-    """Answer for a counted event: over the limit, and not blocked yet, makes the block.
+def message_event(counters: Counters, policies: Policies, now: float, ns: str, key: str, *, recipients: int,
+                  sender: str, message_id: str, ip: str | None, msg: str | None, keep_evidence: int,
+                  keep_ips: int) -> Callable[[lmdb.Transaction], list[Tally]]:
+    """The body for one message a subject sent: count its recipients against the
+    subject (and its envelope sender, where ``[limits.sender.recipients]`` is set), and
+    remember the message, so a bounce of it counts against the subject too."""
+    bodies = []
+    evidence = f"{msg or '-'} ({recipients} rcpt)"
+    for subject in [(ns, key), *([("sender", sender)] if sender and ns != "sender" else [])]:
+        policy = policies(subject[0], "recipients")
+        if policy is not None and policy.windows:
+            bodies.append(counters.event(*subject, now, policy, weight=recipients, evidence=evidence, ip=ip,
+                                         keep_evidence=keep_evidence, keep_ips=keep_ips))
+
+    def body(txn: lmdb.Transaction) -> list[Tally]:
+        tallies = [b(txn) for b in bodies]
+        if sender and message_id and ns != "sender":
+            counters.remember_in(txn, sender, message_id, ns, key, now)
+        return tallies
+    return body
+
+
+def bounce_event(counters: Counters, policies: Policies, now: float, sender: str, *, message_id: str,
+                 failed: str | None, remember: float, keep_evidence: int) -> Callable[[lmdb.Transaction], list[Tally]]:
+    """The body for one bounce to ``sender``: count it against the sender address, and
+    against the subject that sent the bounced message, when ``message_id`` names one it
+    sent within ``remember`` seconds."""
+    def body(txn: lmdb.Transaction) -> list[Tally]:
+        subjects = [("sender", sender)]
+        if message_id:
+            sent_by = counters.recall_in(txn, sender, message_id, now, remember)
+            if sent_by is not None and sent_by[0] != "sender":
+                subjects.append(sent_by)
+        tallies = []
+        for ns, key in subjects:
+            policy = policies(ns, "bounces")
+            if policy is not None and policy.windows:
+                tallies.append(counters.event(ns, key, now, policy, evidence=failed, keep_evidence=keep_evidence)(txn))
+        return tallies
+    return body
+
+
+def message_ref(text: str) -> str:
+    """The message id a header names last (a bounce's References ends with the id of
+    the bounced message), without its angle brackets; the text itself if it has none."""
+    end = text.rfind(">")
+    start = text.rfind("<", 0, end) if end > 0 else -1
+    return text[start + 1 : end].strip() if start >= 0 else text.strip()
+
+
+def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False) -> Outcome:
+    """Answer for a counted event: over a window, and not blocked yet, makes the block
+    (in shadow mode: the record that it would have).
 
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
     one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
     """
-    if not over:
-        return Outcome(store.is_blocked(ns, key), False, count, counter.total)
+    ns, key, total = tally.ns, tally.key, tally.counter.total
+    if tally.over < 0:
+        return Outcome(store.is_blocked(ns, key), False, max(tally.counts, default=0), total)
+    limit, period = tally.window
+    record = block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
+                          period=period, count=tally.count, counter=tally.counter)
+    if not tally.policy.enforced:
+        shadowed = not store.read(store.shadowed_in(tally.name, ns, key)) and store.shadow(record, now, notify_shadow)
+        return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed)
     if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
-        return Outcome(True, False, count, counter.total)
-    record = block_record(ns, key, now, by="eximhook", reason="limit", limit=limit, period=period,
-                          count=count, counter=counter)
-    return Outcome(True, store.block(record, now, True, hold), count, counter.total)
+        return Outcome(True, False, tally.count, total)
+    return Outcome(True, store.block(record, now, True, hold), tally.count, total)
 
 
-def make_known(store: Store, mirror_dir: str, log: Logger, ns: str, key: str, outcome: Outcome, *,
-               limit: int, period: float) -> None:
+def trip_text(tally: Tally) -> str:
+    """``6 invalid recipients within 3600s (limit 5)``: what a trip logs."""
+    limit, period = tally.window
+    return f"{tally.count} {UNITS[tally.name]} within {period:g}s (limit {limit})"
+
+
+def make_known(store: Store, mirror_dir: str, log: Logger, tally: Tally | None, outcome: Outcome) -> None:
     """After an answer that the subject is blocked, and before anyone hears it: a new
     block is logged and flushed to disk (a power cut must not undo it; a failed flush is
     logged, the block is committed all the same), and the mirror is brought up to the
-    store (rewritten after a trip; else only if a killed process left it behind)."""
-    if outcome.tripped:
-        log.log("warning", f"blocked {ns} {key}: {outcome.count} invalid recipients within {period:g}s "
-                           f"(limit {limit})")
+    store (rewritten after a trip; else only if a killed process left it behind). A new
+    would-block record (shadow mode) is logged and flushed; it changes no mirror."""
+    if tally is not None and (outcome.tripped or outcome.shadowed):
+        what = "blocked" if outcome.tripped else "would block (shadow mode)"
+        log.log("warning", f"{what} {tally.ns} {tally.key}: {trip_text(tally)}")
         try:
             store.sync()
         except EximhookError as exc:
-            log.log("err", f"could not flush the new block to disk: {exc}")
-    refresh_mirror(store, mirror_dir, log, force=outcome.tripped)
+            log.log("err", f"could not flush the new record to disk: {exc}")
+    if outcome.blocked:
+        refresh_mirror(store, mirror_dir, log, force=outcome.tripped)
 
 
 def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> bool:
@@ -131,12 +198,17 @@ def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, 
 
 def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
             by: str) -> None:
-    """Lift the block and reset the subject's counter, so it starts from zero. The
-    counter first: lifted the other way round, the sender's next event could count on
-    from over the limit and block it again."""
-    if not store.is_blocked(ns, key):
+    """Lift the block (and any would-block records) and reset the subject's counters,
+    so they start from zero. The counters first: lifted the other way round, the
+    sender's next event could count on from over the limit and block it again."""
+    blocked = store.is_blocked(ns, key)
+    if not blocked and not store.shadows(ns, key):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     counters.reset(ns, key)
+    if store.clear_shadows(ns, key):
+        store.audit({"ts": now, "event": "shadow-cleared", "ns": ns, "key": key, "by": by})
+    if not blocked:
+        return
     if not store.unblock(ns, key, now, by):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")

@@ -15,9 +15,13 @@ Writers take ``write.lock`` (flock) before LMDB's own writer lock. Hooks and adm
 commands wait for it; the daemon's event loop only tries it, so a writer in another
 process never stalls the loop, which tries again on its next turn.
 
-Key layout: ``COUNTER NUL S`` -> packed ``Counter`` (``S``: ``store.subject_key``).
+Key layout (``S``: ``store.subject_key``):
+  counters  COUNTER NUL S          -> packed ``Counter``: its windows, evidence
+  refs      HOUR(4) DIGEST(16)     -> the subject that sent a message: NS NUL KEY
 Counters are packed with ``struct``, not JSON: ``import json`` alone costs ~10 ms on the
-hooks' path.
+hooks' path. ``refs`` remembers, per hour, which subject sent the message with a given
+Message-ID and envelope sender (the digest), so a bounce that names the message counts
+against that subject too (README, "Which subject a bounce counts against").
 """
 
 from __future__ import annotations
@@ -37,29 +41,71 @@ if TYPE_CHECKING:
 
     import lmdb
 
+    from .policy import Policy
+
     T = TypeVar("T")
 
-_DBS = (b"counters",)
-_HEAD = struct.Struct("<QI")  # total events, number of timestamps
+_DBS = (b"counters", b"refs")
+_HEAD = struct.Struct("<QB")  # total events, number of windows
+_WINDOW = struct.Struct("<dI")  # period, number of events
+_PEAK = struct.Struct("<II")  # day (since the epoch), the highest count seen in the window that day
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
-BOOT_FILE = "boot_id"  # the boot these counts were written in
+BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
+_FORMAT = "2"  # counters with named windows; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
+PEAK_DAYS = 8  # daily peaks kept per window, for eximhook top --since (up to 7d)
+_HOUR = struct.Struct(">I")
+
+
+class Window:
+    """One window of a counter: the events in its period (see ``ratelimit``) and the
+    highest count it reached on each of the last PEAK_DAYS days."""
+
+    __slots__ = ("peaks", "period", "times", "weights")
+
+    def __init__(self, period: float, times: list[float] | None = None, weights: list[int] | None = None,
+                 peaks: list[tuple[int, int]] | None = None) -> None:
+        self.period = period
+        self.times = times or []
+        self.weights = weights or []
+        self.peaks = peaks or []
+
+    def count(self, now: float) -> int:
+        from .ratelimit import in_window
+
+        return in_window(self.times, self.weights, now, self.period)
+
+    def peak(self, since: float) -> tuple[int, int]:
+        """The highest count from the day of ``since`` on, and its day (0, 0 if none)."""
+        day = int(since // 86400)
+        return max(((c, d) for d, c in self.peaks if d >= day), default=(0, 0))
 
 
 class Counter:
-    """Events of one kind for one subject: total, sliding-window times, evidence."""
+    """Events of one kind for one subject: total, windows, evidence."""
 
-    __slots__ = ("ips", "recent", "times", "total")
+    __slots__ = ("ips", "recent", "total", "windows")
 
-    def __init__(self, total: int = 0, times: list[float] | None = None,
+    def __init__(self, total: int = 0, windows: list[Window] | None = None,
                  recent: list[str] | None = None, ips: list[str] | None = None) -> None:
         self.total = total
-        self.times = times or []
+        self.windows = windows or []
         self.recent = recent or []
         self.ips = ips or []
 
+    def window(self, period: float) -> Window:
+        """The window of ``period`` (an empty one if there is none yet)."""
+        for w in self.windows:
+            if w.period == period:
+                return w
+        return Window(period)
+
     def encode(self) -> bytes:
-        parts = [_HEAD.pack(self.total, len(self.times)), struct.pack(f"<{len(self.times)}d", *self.times)]
+        parts = [_HEAD.pack(self.total, len(self.windows))]
+        for w in self.windows:
+            n = len(w.times)
+            parts += [_WINDOW.pack(w.period, n), struct.pack(f"<{n}d{n}I", *w.times, *w.weights),
+                      struct.pack("<B", len(w.peaks)), *(_PEAK.pack(*p) for p in w.peaks)]
         for strings in (self.recent, self.ips):
             parts.append(struct.pack("<H", len(strings)))
             for text in strings:
@@ -72,10 +118,19 @@ class Counter:
         if not data:
             return cls()
         data = bytes(data)
-        total, n = _HEAD.unpack_from(data)
+        total, nwin = _HEAD.unpack_from(data)
         pos = _HEAD.size
-        times = list(struct.unpack_from(f"<{n}d", data, pos))
-        pos += 8 * n
+        windows = []
+        for _ in range(nwin):
+            period, n = _WINDOW.unpack_from(data, pos)
+            pos += _WINDOW.size
+            values = struct.unpack_from(f"<{n}d{n}I", data, pos)
+            pos += 12 * n
+            (npeaks,) = struct.unpack_from("<B", data, pos)
+            pos += 1
+            peaks = [_PEAK.unpack_from(data, pos + i * _PEAK.size) for i in range(npeaks)]
+            pos += npeaks * _PEAK.size
+            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks))
         lists: list[list[str]] = []
         for _ in range(2):
             (count,) = struct.unpack_from("<H", data, pos)
@@ -87,11 +142,42 @@ class Counter:
                 items.append(data[pos : pos + size].decode("utf-8", "surrogateescape"))
                 pos += size
             lists.append(items)
-        return cls(total, times, lists[0], lists[1])
+        return cls(total, windows, lists[0], lists[1])
+
+
+class Tally:
+    """One event counted for one subject: the counter after it, the count in each of
+    the policy's windows, and the first window it is over (-1: none)."""
+
+    __slots__ = ("counter", "counts", "key", "ns", "over", "policy")
+
+    def __init__(self, ns: str, key: str, policy: Policy, counter: Counter, counts: list[int], over: int) -> None:
+        self.ns, self.key, self.policy, self.counter, self.counts, self.over = ns, key, policy, counter, counts, over
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    @property
+    def window(self) -> tuple[int, float]:
+        return self.policy.windows[self.over]
+
+    @property
+    def count(self) -> int:
+        return self.counts[self.over]
 
 
 def _boot() -> str:
-    return _read(_BOOT_ID) or ""  # not Linux: no boot to tell apart
+    return (_read(_BOOT_ID) or "") + " " + _FORMAT  # not Linux: no boot to tell apart, only the format
+
+
+def ref_digest(sender: str, message_id: str) -> bytes:
+    """Which message a bounce is about: its Message-ID and the address it bounces to.
+    Both, so that a client cannot pin its bounces on another subject's message id."""
+    import hashlib
+
+    text = f"{sender.lower()}\0{message_id.strip()}"
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:16]
 
 
 class Counters(Env):
@@ -161,34 +247,102 @@ class Counters(Env):
         ck = name.encode() + b"\0" + subject_key(ns, key)
         return Counter.decode(self.read(lambda txn: txn.get(ck, db=self.db(txn, b"counters"))))
 
-    def reset(self, ns: str, key: str, names: tuple[str, ...] = ("invalid",)) -> None:
+    def all_of(self, name: str) -> list[tuple[bytes, Counter]]:
+        """Every subject's counter ``name``: (subject key, counter), for eximhook top."""
+        prefix = name.encode() + b"\0"
+
+        def body(txn: lmdb.Transaction) -> list[tuple[bytes, Counter]]:
+            cur = txn.cursor(db=self.db(txn, b"counters"))
+            out, found = [], cur.set_range(prefix)
+            while found and bytes(cur.key()).startswith(prefix):
+                out.append((bytes(cur.key())[len(prefix):], Counter.decode(cur.value())))
+                found = cur.next()
+            return out
+        return self.read(body)
+
+    def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
+        """Start the subject's counters (all of them, or ``names``) from zero."""
+        from .policy import COUNTERS
+
         sk = subject_key(ns, key)
 
         def body(txn: lmdb.Transaction) -> None:
-            for name in names:
+            for name in names or COUNTERS:
                 txn.delete(name.encode() + b"\0" + sk, db=self.db(txn, b"counters"))
         self.update(body)
 
-    def event(self, ns: str, key: str, now: float, *, limit: int, period: float, evidence: str | None = None,
-              ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5,
-              name: str = "invalid") -> Callable[[lmdb.Transaction], tuple[Counter, int, bool]]:
-        """The body that counts one event: (the counter after it, events in the window,
-        whether this one is over the limit)."""
-        ck = name.encode() + b"\0" + subject_key(ns, key)
+    def event(self, ns: str, key: str, now: float, policy: Policy, *, weight: int = 1, evidence: str | None = None,
+              ip: str | None = None, keep_evidence: int = 10,
+              keep_ips: int = 5) -> Callable[[lmdb.Transaction], Tally]:
+        """The body that counts one event of ``weight`` for the subject in each of the
+        policy's windows (windows no longer configured are dropped)."""
+        ck = policy.name.encode() + b"\0" + subject_key(ns, key)
 
         from . import ratelimit  # here, not at the top: check-blocked never needs it
 
-        def body(txn: lmdb.Transaction) -> tuple[Counter, int, bool]:
+        def body(txn: lmdb.Transaction) -> Tally:
             c = Counter.decode(txn.get(ck, db=self.db(txn, b"counters")))
-            c.times, count, over = ratelimit.record(c.times, now, limit, period)
-            c.total += 1
+            windows, counts, over = [], [], -1
+            day = int(now // 86400)
+            for i, (limit, period) in enumerate(policy.windows):
+                w = c.window(period)
+                w.times, w.weights, count, is_over = ratelimit.record(w.times, w.weights, now, weight, limit, period)
+                if w.peaks and w.peaks[-1][0] == day:
+                    if count > w.peaks[-1][1]:
+                        w.peaks[-1] = (day, count)
+                else:
+                    w.peaks = [*w.peaks, (day, count)][-PEAK_DAYS:]
+                windows.append(w)
+                counts.append(count)
+                if is_over and over < 0:
+                    over = i
+            c.windows = windows
+            c.total += weight
             if evidence:
                 c.recent = [*c.recent, evidence][-keep_evidence:]
             if ip:
                 c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
             txn.put(ck, c.encode(), db=self.db(txn, b"counters"))
-            return c, count, over
+            return Tally(ns, key, policy, c, counts, over)
         return body
+
+    # -- which subject sent a message (for bounces) ------------------------------------
+
+    def remember_in(self, txn: lmdb.Transaction, sender: str, message_id: str, ns: str, key: str,
+                    now: float) -> None:
+        k = _HOUR.pack(int(now // 3600)) + ref_digest(sender, message_id)
+        txn.put(k, ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape"), db=self.db(txn, b"refs"))
+
+    def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
+                  remember: float) -> tuple[str, str] | None:
+        """The subject that sent the message, if it was within ``remember`` seconds."""
+        digest = ref_digest(sender, message_id)
+        hour = int(now // 3600)
+        for h in range(hour, hour - int(remember // 3600) - 2, -1):
+            data = txn.get(_HOUR.pack(max(h, 0)) + digest, db=self.db(txn, b"refs"))
+            if data is not None:
+                ns, _, key = bytes(data).partition(b"\0")
+                return ns.decode(), key.decode("utf-8", "surrogateescape")
+        return None
+
+    def forget(self, now: float, remember: float, batch: int = 1000) -> int:
+        """Drop message references older than ``remember``, ``batch`` at a time (each
+        batch a short transaction: hooks wait for this lock); returns how many."""
+        cutoff = _HOUR.pack(max(int((now - remember) // 3600) - 1, 0))
+
+        def body(txn: lmdb.Transaction) -> int:
+            cur = txn.cursor(db=self.db(txn, b"refs"))
+            n = 0
+            while n < batch and cur.first() and bytes(cur.key()) < cutoff:
+                cur.delete()
+                n += 1
+            return n
+        dropped = 0
+        while (n := self.update(body)) > 0:
+            dropped += n
+            if n < batch:
+                break
+        return dropped
 
 
 def _read(path: str) -> str | None:

@@ -44,7 +44,13 @@ class Message:
                 return " ".join(value.decode("utf-8", "replace").split())
         return ""
 
-    def of(self, ns: str, key: str) -> bool:
+    def of(self, ns: str, key: str, qualify_domain: str = "") -> bool:
+        """Sent by the subject: the snippets' ACL variables say so, or (a sender subject,
+        whatever user or host sent it) its envelope sender, qualified as Exim addresses
+        its bounces, is the key (keys are lower case: ``subjects.normalize``)."""
+        if ns == "sender":
+            sender = self.sender if "@" in self.sender or not qualify_domain else f"{self.sender}@{qualify_domain}"
+            return sender.lower() == key
         return self.acl_m.get("_ns") == ns.encode() and self.acl_m.get("_user") == key.encode(
             "utf-8", "surrogateescape")
 
@@ -121,6 +127,7 @@ class Exim:
     def __init__(self, binary: str, config: str | None, exipick: str, timeout: float) -> None:
         self.binary, self.config, self.exipick, self.timeout = binary, config, exipick, timeout
         self._spool: str | None = None
+        self._qualify: str | None = None
 
     @classmethod
     def from_config(cls, cfg: EximConfig) -> Exim:
@@ -148,6 +155,11 @@ class Exim:
             self._spool = self._exim("-n", "-bP", "spool_directory").decode().strip()
         return self._spool
 
+    def qualify_domain(self) -> str:
+        if self._qualify is None:
+            self._qualify = self._exim("-n", "-bP", "qualify_domain").decode().strip()
+        return self._qualify
+
     def ids(self, frozen: bool) -> list[str]:
         """Message ids in the queue, frozen or not; exipick gets only fixed criteria."""
         argv = [self.exipick, *(["-C", self.config] if self.config else []), "-i", "-z" if frozen else "-x"]
@@ -172,7 +184,8 @@ class Exim:
 
     def messages(self, ns: str, key: str, frozen: bool) -> list[Message]:
         found = (self.message(i) for i in self.ids(frozen))
-        return [m for m in found if m is not None and m.of(ns, key)]
+        qualify = self.qualify_domain() if ns == "sender" else ""
+        return [m for m in found if m is not None and m.of(ns, key, qualify)]
 
     def message_ids(self, ns: str, key: str, frozen: bool) -> list[str]:
         return [m.id for m in self.messages(ns, key, frozen)]

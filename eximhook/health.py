@@ -271,7 +271,7 @@ def describe_item(item: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def _serve_check(cfg: Config, now: float) -> Check:
-    from .serve.server import ping
+    from .serve.sockets import ping
 
     try:
         rtt = ping(cfg.serve.socket, cfg.serve.timeout)

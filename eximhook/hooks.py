@@ -1,5 +1,6 @@
-"""The hooks Exim calls through ``${run}`` on the hot path: ``check-blocked`` and
-``record-invalid``.
+"""The hooks Exim calls through ``${run}``: ``check-blocked``, ``record-invalid``, and
+``record-message`` / ``record-bounce`` (seed 004). With ``eximhook serve`` the snippets
+ask the daemon instead, and run these only when it does not answer.
 
 A hook is a fresh interpreter per call, so this module imports only what the answer
 needs (no argparse, json, typing, enum, tomllib or dataclasses: each costs milliseconds
@@ -33,9 +34,11 @@ if TYPE_CHECKING:
 
     from .counters import Counters
 
-HOOKS = ("check-blocked", "record-invalid")
-_POLICY = {"check-blocked": "check", "record-invalid": "record"}
-_OPTIONS = {"record-invalid": ("--rcpt", "--ip")}
+HOOKS = ("check-blocked", "record-invalid", "record-message", "record-bounce")
+_POLICY = {"check-blocked": "check", "record-invalid": "record", "record-message": "record",
+           "record-bounce": "record"}
+_OPTIONS = {"record-invalid": ("--rcpt", "--ip"), "record-message": ("--count", "--sender", "--mid", "--ip", "--id"),
+            "record-bounce": ("--mid", "--failed")}
 # --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
 # instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
 _FLAGS = ("--fallback",)
@@ -75,8 +78,11 @@ class _Output:
 def parse(name: str, args: list[str]) -> tuple[str, str, dict[str, str]]:
     """``NS KEY [--opt VALUE]...``: NS and KEY always come first, so a key that looks
     like an option (``--ip``) is still taken as the key."""
+    if name == "record-bounce":  # its subject is always a sender address
+        args = ["sender", *args]
     if len(args) < 2:
-        raise UsageError(f"usage: eximhook {name} NS KEY" + "".join(f" [{o} VALUE]" for o in _OPTIONS.get(name, ())))
+        usage = "SENDER" if name == "record-bounce" else "NS KEY"
+        raise UsageError(f"usage: eximhook {name} {usage}" + "".join(f" [{o} VALUE]" for o in _OPTIONS.get(name, ())))
     ns, key, rest = args[0], args[1], args[2:]
     options: dict[str, str] = {}
     allowed = _OPTIONS.get(name, ())
@@ -155,7 +161,7 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
             from .counters import Counters
 
             counters = Counters(settings["store"], settings["map_size"], settings["owner"])
-            out.emit("1" if _record_invalid(store, counters, settings, ns, key, opts, log) else "0")
+            out.emit("1" if _record(name, store, counters, settings, ns, key, opts, log) else "0")
             code = Exit.OK
     except EximhookError as exc:
         log.log("err", f"{name} {' '.join(args)}: {exc}; answered {out.fallback}")
@@ -178,15 +184,42 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
     return code
 
 
-def _record_invalid(store: Store, counters: Counters, settings: dict[str, Any], ns: str, key: str,
-                    opts: dict[str, str], log: Logger) -> bool:
+def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any], ns: str, key: str,
+            opts: dict[str, str], log: Logger) -> bool:
+    """Count the event as the daemon would (the same core bodies); True if blocked."""
     from . import core
+    from .policy import Policy
 
-    limit, period = settings["limits"][ns]
-    outcome = core.record_invalid(
-        store, counters, ns, key, time.time(), limit=limit, period=period,
-        rcpt=opts.get("rcpt") or None, ip=opts.get("ip") or None,
-        keep_rcpts=settings["rcpts"], keep_ips=settings["ips"])
-    if outcome.blocked:
-        core.make_known(store, settings["mirror_dir"], log, ns, key, outcome, limit=limit, period=period)
-    return outcome.blocked
+    def policy(ns: str, counter: str) -> Policy | None:
+        found = settings["policies"].get(ns, {}).get(counter)
+        return None if found is None else Policy(counter, *found)
+
+    now, keep = time.time(), settings["rcpts"]
+    if name == "record-invalid":
+        p = policy(ns, "invalid")
+        body = None if p is None or not p.windows else counters.event(
+            ns, key, now, p, evidence=opts.get("rcpt") or None, ip=opts.get("ip") or None, keep_evidence=keep,
+            keep_ips=settings["ips"])
+        tallies = [] if body is None else [counters.update(body)]
+    elif name == "record-message":
+        count = opts.get("count", "")
+        if not (count.isascii() and count.isdigit() and 0 < int(count) < 1 << 31):
+            raise UsageError(f"record-message: --count {count!r} is not a number of recipients")
+        sender = normalize("sender", opts["sender"]) if opts.get("sender") else ""
+        tallies = counters.update(core.message_event(
+            counters, policy, now, ns, key, recipients=int(count), sender=sender,
+            message_id=core.message_ref(opts.get("mid", "")), ip=opts.get("ip") or None, msg=opts.get("id") or None,
+            keep_evidence=keep, keep_ips=settings["ips"]))
+    else:
+        tallies = counters.update(core.bounce_event(
+            counters, policy, now, key, message_id=core.message_ref(opts.get("mid", "")),
+            failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep))
+    blocked = store.is_blocked(ns, key)
+    for tally in tallies:
+        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"])
+        if outcome.blocked or outcome.shadowed:
+            core.make_known(store, settings["mirror_dir"], log, tally, outcome)
+        blocked = blocked or outcome.blocked
+    if blocked and not tallies:
+        core.refresh_mirror(store, settings["mirror_dir"], log)
+    return blocked

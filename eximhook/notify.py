@@ -25,7 +25,10 @@ if TYPE_CHECKING:
     from ._log import Logger
     from .config import Config
 
-_LABEL = {"auth": "user", "relay": "relay user"}
+_LABEL = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user"}
+# what each counter's block says the subject did, as the seeds' sentence has it
+_DID = {"invalid": "has sent mail to {count} invalid recipients", "bounces": "has caused {count} bounces",
+        "recipients": "has sent mail to {count} recipients"}
 _SUBJECT_KEY_MAX = 120
 
 
@@ -44,8 +47,9 @@ def describe(block: dict[str, Any]) -> str:
     """The seeds' sentence: ``user bob blocked because has sent mail to ...``."""
     who = f"{_LABEL.get(block['ns'], block['ns'])} {escape(block['key'])}"
     if block["reason"] == "limit":
-        return (f"{who} blocked because has sent mail to {block['count']} invalid recipients "
-                f"during {format_period(block['period'])} (limit {block['limit']}).")
+        did = _DID[block.get("counter") or "invalid"].format(count=block["count"])
+        verb = "would be blocked (shadow mode)" if block.get("shadow") else "blocked"
+        return f"{who} {verb} because {did} during {format_period(block['period'])} (limit {block['limit']})."
     note = f": {escape(block['note'])}" if block.get("note") else ""
     return f"{who} blocked by hand ({block['by']}){note}."
 
@@ -64,6 +68,8 @@ def message_id(block: dict[str, Any], sender: str) -> str:
 
 def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
             frozen: Sequence[str] = ()) -> EmailMessage:
+    if block.get("shadow"):
+        return _compose_shadow(block, to=to, sender=sender, command=command)
     """The notification for ``block``. ``command`` is how the admin runs eximhook
     (program and ``--config``), so the commands in the mail can be pasted as they are."""
     shown_key = escape(block["key"])
@@ -71,23 +77,12 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         shown_key = shown_key[:_SUBJECT_KEY_MAX] + "..."
     msg = EmailMessage()
     # escape() leaves no CR or LF in a header: a key cannot add a header of its own
-    msg["Subject"] = f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} blocked"
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Date"] = formatdate(block["since"], localtime=True)
-    msg["Message-ID"] = message_id(block, sender)
-    msg["Auto-Submitted"] = "auto-generated"
+    _headers(msg, block, f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} blocked", to=to, sender=sender)
     prog = " ".join(shell_quote(c) for c in command)
     subject = f"{block['ns']} {shell_quote(block['key'])}"
     lines = [
         describe(block), "",
-        f"Namespace:   {block['ns']}",
-        f"Key:         {escape(block['key'])}",
-        f"Blocked at:  {formatdate(block['since'], localtime=True)}",
-        f"Invalid recipients recorded in all: {block['total']}",
-        f"Client IPs:  {', '.join(escape(ip) for ip in block['ips']) or '-'}",
-        "Last invalid recipients:",
-        *(f"  {escape(r)}" for r in block["rcpts"]), *([] if block["rcpts"] else ["  -"]),
+        *_facts(block),
         "",
         f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}",
         "",
@@ -101,6 +96,48 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         f"  {prog} purge {subject}            # spam: delete the frozen mail, keep the block",
         "",
     ]
+    msg.set_content("\n".join(lines))
+    return msg
+
+
+def _headers(msg: EmailMessage, block: dict[str, Any], subject: str, *, to: str, sender: str) -> None:
+    msg["Subject"] = subject
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(block["since"], localtime=True)
+    msg["Message-ID"] = message_id(block, sender)
+    msg["Auto-Submitted"] = "auto-generated"
+
+
+_EVIDENCE = {"invalid": "Last invalid recipients", "bounces": "Last bounces (failed recipients)",
+             "recipients": "Last messages (Exim id, recipients)"}
+
+
+def _facts(block: dict[str, Any]) -> list[str]:
+    counter = block.get("counter") or "invalid"
+    return [
+        f"Namespace:   {block['ns']}",
+        f"Key:         {escape(block['key'])}",
+        f"{'Recorded at:' if block.get('shadow') else 'Blocked at:':<13}{formatdate(block['since'], localtime=True)}",
+        f"Counter:     {counter}, {block['total']} in all since it was last reset",
+        f"Client IPs:  {', '.join(escape(ip) for ip in block['ips']) or '-'}",
+        f"{_EVIDENCE[counter]}:",
+        *(f"  {escape(r)}" for r in block["rcpts"]), *([] if block["rcpts"] else ["  -"]),
+    ]
+
+
+def _compose_shadow(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str]) -> EmailMessage:
+    """A would-block: nothing was blocked or frozen; the admin may want to enforce."""
+    shown_key = escape(block["key"])[:_SUBJECT_KEY_MAX]
+    msg = EmailMessage()
+    _headers(msg, block, f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} would be blocked (shadow mode)",
+             to=to, sender=sender)
+    prog = " ".join(shell_quote(c) for c in command)
+    lines = [describe(block), "", *_facts(block), "",
+             f"The {block.get('counter')} counter runs in shadow mode: nothing was blocked or frozen.",
+             "If this sender should have been stopped, set mode = \"enforce\" for it in eximhook.toml.",
+             f"  {prog} show {block['ns']} {shell_quote(block['key'])}",
+             f"  {prog} top {block.get('counter')}", ""]
     msg.set_content("\n".join(lines))
     return msg
 
@@ -163,8 +200,11 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
     deadline = clock() + budget
     while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release)) is not None:
         block = item["block"]
+        shadow = item.get("kind") == "would-block"  # nothing is frozen, so nothing to freeze or list
+        if shadow:
+            block = dict(block, shadow=True)
         msg = compose(block, to=to, sender=sender, command=command,
-                      frozen=frozen_ids(block["ns"], block["key"]))
+                      frozen=() if shadow else frozen_ids(block["ns"], block["key"]))
         error = send(msg, sendmail, to, timeout)
         item["to"] = to
         outbox.finish(store, item, clock(), error)

@@ -9,6 +9,7 @@ once however many connections and processes race for it.
 
 Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   blocks    S                        -> JSON block record
+  shadow    COUNTER NUL S            -> JSON record of a trip in shadow mode ("would block")
   outbox    8-byte big-endian seq    -> JSON notification
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
-_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters")
+_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
@@ -48,13 +49,24 @@ def subject_key(ns: str, key: str) -> bytes:
     return ns.encode() + b"\1" + hashlib.sha256(raw).digest()
 
 
+def decode_subject_key(sk: bytes) -> tuple[str, str | None]:
+    """(namespace, key) of a subject key; the key is None when it was too long to keep
+    whole (stored by digest; the block record holds it)."""
+    ns, sep, raw = sk.partition(b"\0")
+    if sep:
+        return ns.decode(), raw.decode("utf-8", "surrogateescape")
+    return sk.partition(b"\1")[0].decode(), None
+
+
 class Outcome:
-    """What counting an event did: is the subject blocked now, did this event trip it."""
+    """What counting an event did: is the subject blocked now, did this event trip it
+    (or, in shadow mode, make the record that it would have)."""
 
-    __slots__ = ("blocked", "count", "total", "tripped")
+    __slots__ = ("blocked", "count", "shadowed", "total", "tripped")
 
-    def __init__(self, blocked: bool, tripped: bool, count: int, total: int) -> None:
+    def __init__(self, blocked: bool, tripped: bool, count: int, total: int, shadowed: bool = False) -> None:
         self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
+        self.shadowed = shadowed
 
 
 class Store(Env):
@@ -135,6 +147,51 @@ class Store(Env):
             self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
                                           "state": "queued", "attempts": 0, "hold_until": now + hold})
         return True
+
+    # -- shadow mode -----------------------------------------------------------------
+
+    def shadowed_in(self, counter: str, ns: str, key: str) -> Callable[[lmdb.Transaction], bool]:
+        """The body that tells whether the subject's ``counter`` has a would-block record."""
+        k = counter.encode() + b"\0" + subject_key(ns, key)
+        return lambda txn: txn.get(k, db=self.db(txn, b"shadow")) is not None
+
+    def shadow(self, record: dict[str, Any], now: float, notify: bool) -> bool:
+        """Record that ``record``'s counter would have blocked its subject, once (until
+        an admin clears it with unblock); True if new. Audited, mailed with ``notify``."""
+        import json
+
+        k = record["counter"].encode() + b"\0" + subject_key(record["ns"], record["key"])
+
+        def body(txn: lmdb.Transaction) -> bool:
+            if not txn.put(k, json.dumps(record).encode(), db=self.db(txn, b"shadow"), overwrite=False):
+                return False
+            self.append_in(txn, b"audit", {"ts": now, "event": "would-block", "ns": record["ns"], "key": record["key"],
+                                           "by": record["by"], "counter": record["counter"],
+                                           "limit": record["limit"], "period": record["period"],
+                                           "count": record["count"]})
+            if notify:
+                self.append_in(txn, b"outbox", {"ts": now, "kind": "would-block", "block": record,
+                                              "state": "queued", "attempts": 0, "hold_until": now})
+            return True
+        return self.update(body)
+
+    def shadows(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        import json
+
+        def body(txn: lmdb.Transaction) -> list[dict[str, Any]]:
+            out = [json.loads(bytes(v)) for _, v in txn.cursor(db=self.db(txn, b"shadow"))]
+            return [r for r in out if (ns is None or r["ns"] == ns) and (key is None or r["key"] == key)]
+        return self.read(body)
+
+    def clear_shadows(self, ns: str, key: str) -> int:
+        """Forget the subject's would-block records (the admin has looked); how many."""
+        sk = subject_key(ns, key)
+
+        def body(txn: lmdb.Transaction) -> int:
+            from .policy import COUNTERS
+
+            return sum(bool(txn.delete(c.encode() + b"\0" + sk, db=self.db(txn, b"shadow"))) for c in COUNTERS)
+        return self.update(body)
 
     def unblock(self, ns: str, key: str, now: float, by: str) -> bool:
         """Lift the block; False if it was not blocked."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from .errors import BadSubject
 
-NAMESPACES = ("auth", "relay")
+# auth: $authenticated_id; relay: a relay_from_hosts client (IP, IPv6 /64, RADIUS id);
+# sender: an envelope sender address (bounces, volume); local: a local user who
+# submits with sendmail (the login name Exim gives as $sender_ident)
+NAMESPACES = ("auth", "relay", "sender", "local")
 # The header the snippets add to a blocked subject's frozen mail, and the ${lookup}
-# file the seeds' own ACLs read.
-HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From"}
+# file the seeds' own ACLs read (sender and local subjects are in the cdb file only).
+HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From", "local": "X-Local-Sender"}
 LSEARCH_FILES = {"auth": "blocked_authenticated_users", "relay": "blocked_relay_users"}
 
 MAX_KEY_BYTES = 16384

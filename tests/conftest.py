@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from eximhook.cli import main
 
-from .e2e.harness import EXIM, EXIMHOOK, Daemon
+from .e2e.harness import EXIM, EXIMHOOK, Daemon, toml_value
 
 
 def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None,
@@ -35,7 +34,7 @@ def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str 
     }
     for dotted, value in (settings or {}).items():
         section, _, key = dotted.rpartition(".")
-        sections.setdefault(section, {})[key] = json.dumps(value)
+        sections.setdefault(section, {})[key] = toml_value(value)
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
                    for name, table in sections.items())
     (tmp_path / "mirror").mkdir(exist_ok=True)

@@ -94,7 +94,7 @@ def test_list_show_history(cli: Run) -> None:
     code, out, _ = cli("show", "auth", "bob")
     assert "user bob blocked because has sent mail to 6 invalid recipients during 1h (limit 5)." in out
     assert "  notification: queued since " in out
-    assert "5 or more in the last 1h" in out and "nobody5@example.com" in out
+    assert "invalid recipients: 6 in the last 1h (limit 5, enforce)" in out and "nobody5@example.com" in out
     shown = json.loads(cli("show", "auth", "bob", "--json")[1])
     assert shown["counter"]["total"] == 6 and shown["block"]["ips"] == ["192.0.2.1"]
     events = json.loads(cli("history", "--json")[1])

@@ -9,6 +9,7 @@ import pytest
 from eximhook import _fastconfig
 from eximhook.config import _SECTIONS, Config, load
 from eximhook.errors import ConfigError
+from eximhook.policy import Policy
 
 MINIMAL = """
 [store]
@@ -35,8 +36,8 @@ def write(tmp_path: Path, text: str) -> str:
 def test_minimal_config_from_the_issue(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, MINIMAL))
     assert cfg.store.path == "/var/spool/exim4/eximhook"
-    assert cfg.limits["auth"].limit == 100 and cfg.limits["auth"].period == 3600
-    assert cfg.limits["relay"] == Config().limits["relay"]  # defaults fill what is missing
+    assert cfg.policy("auth", "invalid") == Policy("invalid", ((100, 3600.0),), "enforce")
+    assert cfg.policies["relay"] == Config().policies["relay"]  # defaults fill what is missing
     assert cfg.notify.sender == "root"
     assert cfg.notify.sendmail == ("/usr/sbin/exim", "-f", "root")
     assert cfg.hooks.check == "open"
@@ -95,11 +96,11 @@ def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hook_cache_follows_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     settings, cached = _fastconfig.hook_settings(path)
-    assert not cached and settings["limits"]["auth"] == (100, 3600.0)
+    assert not cached and settings["policies"]["auth"]["invalid"] == (((100, 3600.0),), "enforce")
     assert _fastconfig.hook_settings(path) == (settings, True)
     write(tmp_path, MINIMAL.replace("limit = 100", "limit = 7"))  # the stamp changes: no stale read
     settings, cached = _fastconfig.hook_settings(path)
-    assert not cached and settings["limits"]["auth"] == (7, 3600.0)
+    assert not cached and settings["policies"]["auth"]["invalid"] == (((7, 3600.0),), "enforce")
 
 
 def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_example_config_shows_every_default() -> None:
     path = Path(__file__).resolve().parent.parent / "contrib" / "eximhook.toml"
     example, text = load(str(path)), path.read_text()
     defaults = Config()
-    assert example.limits == defaults.limits
+    assert example.policies == defaults.policies and example.notify_shadow == defaults.notify_shadow
     for section, cls in _SECTIONS.items():
         assert getattr(example, section) == getattr(defaults, section), section
         assert f"[{section}]" in text
@@ -139,5 +140,56 @@ def test_example_config_shows_every_default() -> None:
     ],
 )
 def test_check_config_refuses_unsafe_values(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text))
+
+
+def test_named_counters_with_several_windows(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, """
+[limits]
+mode = "enforce"
+[limits.auth]
+limit = 7
+[limits.auth.recipients]
+windows = [{limit = 500, period = "1d"}, {limit = 100, period = "1h"}]
+mode = "shadow"
+[limits.sender.recipients]
+limit = 50
+period = "10m"
+[limits.local.bounces]
+windows = []
+"""))
+    assert cfg.policy("auth", "invalid") == Policy("invalid", ((7, 3600.0),), "enforce")
+    assert cfg.policy("auth", "recipients") == Policy("recipients", ((100, 3600.0), (500, 86400.0)), "shadow")
+    assert cfg.policy("sender", "recipients") == Policy("recipients", ((50, 600.0),), "enforce")
+    assert cfg.policy("sender", "bounces") == Policy("bounces", ((100, 3600.0),), "enforce"), "the global mode"
+    local = cfg.policy("local", "bounces")
+    assert local is not None and local.windows == (), "windows = [] turns a counter off"
+
+
+def test_new_counters_start_in_shadow_mode(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "[limits.auth.bounces]\nlimit = 20\nperiod = '1h'\n"))
+    assert cfg.policy("auth", "bounces") == Policy("bounces", ((20, 3600.0),), "shadow")
+    assert cfg.policy("auth", "invalid") is not None and cfg.policy("auth", "invalid").mode == "enforce"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("[limits.auth]\nlimit = 3\n[limits.auth.invalid]\nlimit = 4\n", r"same counter",
+                     id="legacy-and-named"),
+        pytest.param("[limits.auth.volume]\nlimit = 3\n", r"limits\.auth\.volume: counters are", id="unknown-counter"),
+        pytest.param("[limits.auth.recipients]\nmode = 'warn'\n", r"limits\.auth\.recipients\.mode must be",
+                     id="bad-mode"),
+        pytest.param("[limits.sender.recipients]\nlimit = 3\n", r"needs a period", id="no-default-period"),
+        pytest.param("[limits.auth.recipients]\nwindows = [{limit = 1, period = '1h'}, {limit = 2, period = '60m'}]\n",
+                     r"two windows of the same period", id="same-period"),
+        pytest.param("[limits.auth.recipients]\nwindows = [{limit = 0, period = '1h'}]\n",
+                     r"windows\[0\]\.limit must be", id="zero-in-windows"),
+        pytest.param("[limits.auth.recipients]\nwindows = 3\n", r"windows must be a list", id="windows-not-list"),
+        pytest.param("[limits]\nmode = 1\n", r"limits\.mode must be", id="global-mode"),
+    ],
+)
+def test_bad_counter_config(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text))

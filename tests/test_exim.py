@@ -29,6 +29,14 @@ def test_parse_header_file() -> None:
     assert m.size == 25 + 11 + 24 + 100
 
 
+def test_a_sender_subject_is_the_envelope_sender_as_exim_would_qualify_it() -> None:
+    m = parse_header_file("1xVbMq-0004rw-1g", HEADER_FILE)  # <bob>: submission mode left it unqualified
+    assert m.of("sender", "bob@test.example", "test.example"), "whoever sent it, by its envelope sender"
+    assert not m.of("sender", "bob@other.example", "test.example")
+    quoted = parse_header_file("1xVbMq-0004rw-1g", HEADER_FILE.replace(b"<bob>", b'<"Odd Q"@Test.Example>'))
+    assert quoted.of("sender", '"odd q"@test.example', "test.example"), "keys are folded to lower case"
+
+
 def test_parse_rejects_a_foreign_file() -> None:
     with pytest.raises(EximError, match="does not start with its name"):
         parse_header_file("1xVbMq-0004rw-1g", b"other-H\n")

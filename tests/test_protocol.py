@@ -68,7 +68,12 @@ def test_generic_record_and_the_rest() -> None:
         pytest.param(b"record-invalid auth Ym9i rcpt=eA== rcpt=eA==", "given twice", id="duplicate"),
         pytest.param(b"record-invalid auth Ym9i  rcpt=eA==", "takes no argument", id="double-space"),
         pytest.param(b"record auth Ym9i", "needs a kind", id="record-without-kind"),
-        pytest.param(b"record bounces auth Ym9i", "needs a kind", id="record-unknown-kind"),
+        pytest.param(b"record volume auth Ym9i", "needs a kind", id="record-unknown-kind"),
+        pytest.param(b"message auth Ym9i sender=eA==", "needs n=", id="message-without-n"),
+        pytest.param(b"message auth Ym9i n=LTM=", "not a number of recipients", id="negative-n"),
+        pytest.param(b"message auth Ym9i n=MQ== mid=eA== mid=eQ==", "given twice", id="mid-twice"),
+        pytest.param(b"bounce", "needs SENDER", id="bounce-without-sender"),
+        pytest.param(b"frozen auth Ym9i", "needs id=", id="frozen-without-id"),
         pytest.param(b"frozen auth Ym9i id=Li4vZXRj", "not an Exim message id", id="bad-message-id"),
     ],
 )

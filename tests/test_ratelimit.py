@@ -1,59 +1,97 @@
-"""The sliding window against a brute-force oracle: the event at t trips when more
-than LIMIT events, itself included, fall in (t - PERIOD, t]."""
+"""The sliding window against a brute-force oracle: the event at t trips when the
+weights of the events in (t - PERIOD, t], its own included, add up to more than LIMIT.
+Exact up to CAP events in a window; past that, within one slot of the period."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eximhook.ratelimit import in_window, record
+from eximhook import ratelimit
+from eximhook.ratelimit import CAP, in_window, record
 
 
-def oracle(times: list[float], limit: int, period: float) -> list[bool]:
-    return [sum(1 for u in times[: i + 1] if u > t - period) > limit for i, t in enumerate(times)]
+def oracle(events: list[tuple[float, int]], period: float, i: int, slack: float = 0.0) -> int:
+    t = events[i][0]
+    return sum(w for u, w in events[: i + 1] if u > t - period + slack)
 
 
-def incremental(times: list[float], limit: int, period: float) -> tuple[list[bool], list[float]]:
-    state: list[float] = []
-    verdicts = []
-    for t in times:
-        state, _count, over = record(state, t, limit, period)
-        assert len(state) <= limit, "memory per subject is bounded by LIMIT"
+def incremental(events: list[tuple[float, int]], limit: int, period: float) -> tuple[list[int], list[bool]]:
+    times: list[float] = []
+    weights: list[int] = []
+    counts, verdicts = [], []
+    for t, w in events:
+        times, weights, count, over = record(times, weights, t, w, limit, period)
+        assert len(times) <= CAP, "memory per window is bounded"
+        counts.append(count)
         verdicts.append(over)
-    return verdicts, state
+    return counts, verdicts
+
+
+def timeline(gaps: list[float], weights: list[int]) -> list[tuple[float, int]]:
+    events, t = [], 1000.0
+    for gap, w in zip(gaps, weights, strict=False):
+        t += gap  # gaps on the period's edges test the half-open window
+        events.append((t, w))
+    return events
 
 
 @settings(max_examples=400)
 @given(
     gaps=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, 9.99, 10.0, 10.01, 30.0]), max_size=80),
-    limit=st.integers(min_value=1, max_value=8),
+    weights=st.lists(st.integers(min_value=1, max_value=50), min_size=80, max_size=80),
+    limit=st.integers(min_value=1, max_value=120),
     period=st.sampled_from([1.0, 10.0, 25.0]),
 )
-def test_matches_brute_force(gaps: list[float], limit: int, period: float) -> None:
-    times, t = [], 1000.0
-    for gap in gaps:  # gaps on the period's edges test the half-open window
-        t += gap
-        times.append(t)
-    assert incremental(times, limit, period)[0] == oracle(times, limit, period)
+def test_matches_brute_force(gaps: list[float], weights: list[int], limit: int, period: float) -> None:
+    events = timeline(gaps, weights)
+    counts, verdicts = incremental(events, limit, period)
+    assert counts == [oracle(events, period, i) for i in range(len(events))]
+    assert verdicts == [c > limit for c in counts]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    gaps=st.lists(st.sampled_from([0.0, 0.001, 0.01, 0.02, 0.5, 3.0]), min_size=CAP + 200, max_size=3 * CAP),
+    period=st.sampled_from([10.0, 60.0]),
+)
+def test_past_the_cap_within_one_slot(gaps: list[float], period: float) -> None:
+    """Compacted, a count is never above the true one nor below the events of the
+    last period minus one slot; memory stays at CAP."""
+    events = timeline(gaps, [1] * len(gaps))
+    counts, _ = incremental(events, 10**9, period)
+    slot = period / (CAP // 2)
+    for i, count in enumerate(counts):
+        assert oracle(events, period, i, slack=slot) <= count <= oracle(events, period, i)
 
 
 def test_limit_means_more_than_limit() -> None:
-    verdicts, _ = incremental([float(i) for i in range(6)], limit=5, period=3600)
+    _, verdicts = incremental([(float(i), 1) for i in range(6)], limit=5, period=3600)
     assert verdicts == [False] * 5 + [True]
 
 
+def test_a_heavy_event_trips_at_once() -> None:
+    counts, verdicts = incremental([(1.0, 990), (2.0, 5), (3.0, 50)], limit=1000, period=3600)
+    assert counts == [990, 995, 1045] and verdicts == [False, False, True]
+
+
 def test_events_leave_the_window() -> None:
-    state: list[float] = []
+    times: list[float] = []
+    weights: list[int] = []
     for t in (0.0, 1.0, 2.0):
-        state, _, _ = record(state, t, 3, 10.0)
-    state, count, over = record(state, 10.0, 3, 10.0)  # t=0 is out of (0, 10]
+        times, weights, _, _ = record(times, weights, t, 1, 3, 10.0)
+    times, weights, count, over = record(times, weights, 10.0, 1, 3, 10.0)  # t=0 is out of (0, 10]
     assert (count, over) == (3, False)
-    assert in_window(state, 10.0, 10.0) == 3
-    assert in_window(state, 11.5, 10.0) == 2  # (1.5, 11.5] holds 2.0 and 10.0
-    assert in_window(state, 12.0, 10.0) == 1
+    assert in_window(times, weights, 10.0, 10.0) == 3
+    assert in_window(times, weights, 11.5, 10.0) == 2  # (1.5, 11.5] holds 2.0 and 10.0
+    assert in_window(times, weights, 12.0, 10.0) == 1
 
 
 def test_clock_stepping_back_keeps_state_sorted() -> None:
-    state, _, _ = record([], 100.0, 5, 10.0)
-    state, count, _ = record(state, 50.0, 5, 10.0)
-    assert state == [100.0, 100.0] and count == 2
+    times, weights, _, _ = record([], [], 100.0, 1, 5, 10.0)
+    times, weights, count, _ = record(times, weights, 50.0, 2, 5, 10.0)
+    assert times == [100.0, 100.0] and count == 3
+
+
+def test_compact_merges_a_slot_into_its_first_event() -> None:
+    assert ratelimit.compact([0.0, 0.4, 1.2, 1.9, 5.0], [1, 2, 3, 4, 5], 1.0) == ([0.0, 1.2, 5.0], [3, 7, 5])

@@ -239,6 +239,38 @@ def test_start_refusals(tmp_path: Path, serve: Serve) -> None:
     serve(config).stop()  # which the next one replaces
 
 
+def test_socket_activation_serves_on_the_inherited_socket_and_keeps_it(tmp_path: Path) -> None:
+    """As systemd with eximhook-serve.socket: the socket outlives the daemon (killed or
+    stopped), so connections made meanwhile wait for the next one; a socket on another
+    path than [serve] socket is refused, by name."""
+    config = write_config(tmp_path)
+    path = str(tmp_path / "eximhook.sock")
+    held = socket.socket(socket.AF_UNIX)
+    held.bind(path)
+    held.listen(16)
+    try:
+        first = Daemon(config, held=held).start()
+        assert first.request(b"ping\n") == b"pong"
+        first.stop(signal.SIGTERM)
+        assert os.path.exists(path), "systemd's socket: the daemon does not remove it"
+        waiting = socket.socket(socket.AF_UNIX)
+        waiting.connect(path)  # nobody serves: the connection waits in the backlog
+        waiting.sendall(b"ping\n")
+        second = Daemon(config, held=held).start()
+        assert waiting.recv(16) == b"pong", "answered by the next daemon"
+        waiting.close()
+        second.stop()
+        other = socket.socket(socket.AF_UNIX)
+        other.bind(str(tmp_path / "other.sock"))
+        other.listen(1)
+        proc = Daemon(config, held=other).spawn()
+        assert proc.wait(timeout=30) == Exit.UNAVAILABLE
+        assert proc.stderr is not None and "but [serve] socket is" in proc.stderr.read().decode()
+        other.close()
+    finally:
+        held.close()
+
+
 def test_check_reports_up_and_down(daemon: Daemon, cli: Run) -> None:
     code, out, _ = cli("serve", "--check", config_path=daemon.config)
     assert code == 0 and out.startswith(f"eximhook serve on {daemon.socket}: up")

@@ -10,22 +10,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximhook import core, outbox
-from eximhook.counters import Counter, Counters
+from eximhook.counters import Counter, Counters, Window
 from eximhook.errors import NotBlocked
+from eximhook.policy import Policy
 from eximhook.store import Store, subject_key
 
 surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
 
 
+windows = st.lists(st.builds(
+    lambda period, pairs, peaks: Window(period, [t for t, _ in pairs], [w for _, w in pairs], peaks),
+    st.floats(min_value=1, max_value=1e7),
+    st.lists(st.tuples(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 2**32 - 1)), max_size=30),
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=8)), max_size=4)
+
+
 @given(
     total=st.integers(min_value=0, max_value=2**63),
-    times=st.lists(st.floats(allow_nan=False, allow_infinity=False), max_size=50),
+    windows=windows,
     recent=st.lists(surrogate_text, max_size=10),
     ips=st.lists(surrogate_text, max_size=5),
 )
-def test_counter_codec_round_trips(total: int, times: list[float], recent: list[str], ips: list[str]) -> None:
-    c = Counter.decode(Counter(total, times, recent, ips).encode())
-    assert (c.total, c.times, c.recent, c.ips) == (total, times, recent, ips)
+def test_counter_codec_round_trips(total: int, windows: list[Window], recent: list[str], ips: list[str]) -> None:
+    c = Counter.decode(Counter(total, windows, recent, ips).encode())
+    assert (c.total, c.recent, c.ips) == (total, recent, ips)
+    assert [(w.period, w.times, w.weights, [tuple(p) for p in w.peaks]) for w in c.windows] == [
+        (w.period, w.times, w.weights, w.peaks) for w in windows]
 
 
 def test_subject_keys_never_collide() -> None:
@@ -47,8 +57,9 @@ def counters(store: Store) -> Counters:
 
 def count(store: Store, counters: Counters, key: str, now: float, limit: int = 3,
           rcpt: str | None = None) -> core.Outcome:
-    return core.record_invalid(store, counters, "auth", key, now, limit=limit, period=3600, rcpt=rcpt,
-                               ip="192.0.2.1", keep_rcpts=2, keep_ips=5)
+    policy = Policy("invalid", ((limit, 3600.0),), "enforce")
+    return core.count(store, counters, "auth", key, now, policy, evidence=rcpt, ip="192.0.2.1", keep_evidence=2,
+                      keep_ips=5)[1]
 
 
 def test_trip_blocks_once_with_evidence(store: Store, counters: Counters) -> None:

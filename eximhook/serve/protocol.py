@@ -4,9 +4,16 @@
                                              shuts down its side after the request)
     check-blocked  NS KEY
     record-invalid NS KEY [rcpt=V] [ip=V]
-    record         KIND NS KEY [evidence=V] [ip=V]
+    record         KIND NS KEY [evidence=V] [ip=V] [n=V]
+    message        NS KEY n=V [sender=V] [mid=V] [ip=V] [id=V]
+    bounce         SENDER [mid=V] [failed=V]
     frozen         NS KEY id=V
     ping
+
+``message`` is one message a subject sent (the DATA ACL, acl_not_smtp): ``n`` recipients
+(a decimal number), its envelope ``sender``, its Message-ID header ``mid`` and Exim id
+``id``. ``bounce`` is one bounce to ``SENDER`` (a namespace-``sender`` key); ``mid`` is
+the bounce's References header, whose last id names the bounced message.
 
 OP, NS and KIND are words from fixed lists. KEY and every V are base64 (the snippets
 write ``${base64:$acl_m_user}``): they come from the SMTP client and may hold any byte,
@@ -24,17 +31,22 @@ import binascii
 
 from ..errors import BadRequest
 from ..exim import MESSAGE_ID
+from ..policy import COUNTERS
 from ..subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
 # The kinds of event the generic "record" counts; "invalid" is record-invalid's.
-KINDS = ("invalid",)
+KINDS = COUNTERS
 _FIELDS = {
     "check-blocked": (),
     "record-invalid": ("rcpt", "ip"),
-    "record": ("evidence", "ip"),
+    "record": ("evidence", "ip", "n"),
+    "message": ("n", "sender", "mid", "ip", "id"),
+    "bounce": ("mid", "failed"),
     "frozen": ("id",),
 }
+_REQUIRED = {"message": ("n",), "frozen": ("id",)}
+MAX_WEIGHT = 1 << 31  # "n" must fit the window's 32-bit weights
 
 
 class Request:
@@ -72,8 +84,10 @@ def parse(line: bytes) -> Request:
         if len(words) < 2 or words[1].decode("latin-1") not in KINDS:
             raise BadRequest(f"record needs a kind: one of {', '.join(KINDS)}")
         kind = words.pop(1).decode("latin-1")
+    if op == "bounce":  # its one subject is always a sender address
+        words.insert(1, b"sender")
     if len(words) < 3:
-        raise BadRequest(f"{op} needs NS and KEY")
+        raise BadRequest(f"{op} needs NS and KEY" if op != "bounce" else "bounce needs SENDER")
     ns = words[1].decode("latin-1")
     if ns not in NAMESPACES:
         raise BadRequest(f"unknown namespace {escape(ns[:40])!r}")
@@ -87,8 +101,13 @@ def parse(line: bytes) -> Request:
         if field in fields:
             raise BadRequest(f"{field} given twice")
         fields[field] = _decode(field, value)
-    if "id" in fields and not MESSAGE_ID.match(fields["id"].encode("utf-8", "surrogateescape")):
+    for needed in _REQUIRED.get(op, ()):
+        if not fields.get(needed):
+            raise BadRequest(f"{op} needs {needed}=")
+    if fields.get("id") and not MESSAGE_ID.match(fields["id"].encode("utf-8", "surrogateescape")):
         raise BadRequest(f"id {escape(fields['id'][:40])!r} is not an Exim message id")
+    if "n" in fields and not (fields["n"].isascii() and fields["n"].isdigit() and 0 < int(fields["n"]) < MAX_WEIGHT):
+        raise BadRequest(f"n {escape(fields['n'][:40])!r} is not a number of recipients")
     return Request(op, ns, key, kind or ("invalid" if op == "record-invalid" else ""), fields)
 
 
@@ -97,7 +116,7 @@ def encode(op: str, ns: str = "", key: str = "", *, kind: str = "", **fields: st
     ``eximhook serve --check``)."""
     if op == "ping":
         return b"ping\n"
-    words = [op.encode(), *([kind.encode()] if kind else []), ns.encode(), _b64(key)]
+    words = [op.encode(), *([kind.encode()] if kind else []), *([ns.encode()] if ns else []), _b64(key)]
     words += [name.encode() + b"=" + _b64(value) for name, value in fields.items()]
     return b" ".join(words) + b"\n"
 

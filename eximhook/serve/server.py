@@ -20,8 +20,6 @@ import asyncio
 import os
 import queue
 import signal
-import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -30,11 +28,11 @@ from typing import Any
 from .. import core
 from .._log import Logger
 from ..config import Config, load
-from ..counters import Counter, Counters
-from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, ServeError, UsageError
+from ..counters import Counters, Tally
+from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
 from ..store import Store
 from ..subjects import normalize
-from . import protocol
+from . import protocol, sockets
 from .connection import Connection, describe
 from .worker import Outbox
 
@@ -88,6 +86,7 @@ class Server:
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
         self.failure = _Throttle(lambda: self.log)
         self.served = 0
+        self.refs_forgotten = 0.0
 
     # -- the event loop ------------------------------------------------------------
 
@@ -112,27 +111,55 @@ class Server:
         policy = cfg.hooks.check if req.op == "check-blocked" else cfg.hooks.record
         conn.fallback = protocol.YES if policy == "closed" else protocol.NO
         conn.request = req
-        if req.op == "check-blocked":
-            try:
-                blocked = self.store.read(self.store.blocked_in(req.ns, req.key), wait=False)
-            except EximhookError as exc:
-                self.failure("store", f"{describe(req)}: {exc}; answered {conn.fallback.decode()}")
-                conn.answer(conn.fallback)
-                return
-            conn.answer(protocol.YES if blocked else protocol.NO)
-            if blocked:
-                self._check_mirror()
+        now = time.time()
+        try:
+            body = None if req.op == "check-blocked" else self._body(req, now)
+        except BadSubject as exc:
+            self.failure("bad", f"bad request: {exc}; answered E")
+            conn.answer(protocol.ERROR)
             return
-        lim, now = cfg.limits[req.ns], time.time()
-        body = self.counters.event(
-            req.ns, req.key, now, limit=lim.limit, period=lim.period,
-            evidence=req.fields.get("rcpt") or req.fields.get("evidence") or None, ip=req.fields.get("ip") or None,
-            keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips)
+        if body is None:  # a check, or nothing configured to count: is the subject blocked?
+            self._answer_blocked(conn, req)
+            return
         conn.state = "waiting"
         self.pending.append(_Job(conn, req, now, body))
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # after this turn's other requests
+
+    def _body(self, req: protocol.Request, now: float) -> Callable[[Any], list[Tally]] | None:
+        """What a counting request writes, as one body of the turn's transaction."""
+        cfg, f = self.cfg, req.fields
+        keep = {"keep_evidence": cfg.evidence.rcpts}
+        if req.op == "message":
+            sender = normalize("sender", f["sender"]) if f.get("sender") else ""
+            return core.message_event(self.counters, cfg.policy, now, req.ns, req.key, recipients=int(f["n"]),
+                                      sender=sender, message_id=core.message_ref(f.get("mid", "")),
+                                      ip=f.get("ip") or None, msg=f.get("id") or None, keep_ips=cfg.evidence.ips,
+                                      **keep)
+        if req.op == "bounce":
+            return core.bounce_event(self.counters, cfg.policy, now, req.key,
+                                     message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
+                                     remember=cfg.bounces.remember, **keep)
+        policy = cfg.policy(req.ns, req.kind)
+        if policy is None or not policy.windows:
+            return None
+        one = self.counters.event(
+            req.ns, req.key, now, policy, weight=int(f.get("n") or 1),
+            evidence=f.get("rcpt") or f.get("evidence") or None, ip=f.get("ip") or None,
+            keep_ips=cfg.evidence.ips, **keep)
+        return lambda txn: [one(txn)]
+
+    def _answer_blocked(self, conn: Connection, req: protocol.Request) -> None:
+        try:
+            blocked = self.store.read(self.store.blocked_in(req.ns, req.key), wait=False)
+        except EximhookError as exc:
+            self.failure("store", f"{describe(req)}: {exc}; answered {conn.fallback.decode()}")
+            conn.answer(conn.fallback)
+            return
+        conn.answer(protocol.YES if blocked else protocol.NO)
+        if blocked:
+            self._check_mirror()
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -152,23 +179,38 @@ class Server:
         counted = [(job, r) for job, r in zip(jobs, results, strict=True) if not self._failed(job, r)]
         if not counted:
             return
-        blocked: list[Any]
+        store = self.store
+
+        def look(txn: Any) -> list[tuple[bool, list[Tally]]]:
+            """Per job: is any of its subjects blocked; which over-limit counts need the
+            store thread (an enforced one not blocked yet, a shadow one not recorded yet)."""
+            out = []
+            for job, tallies in counted:
+                subjects = {(job.request.ns, job.request.key), *((t.ns, t.key) for t in tallies)}
+                blocked = {s for s in subjects if store.blocked_in(*s)(txn)}
+                # a bounce counts against two subjects: one blocked already must not
+                # keep the other from tripping
+                over = [t for t in tallies if t.over >= 0 and (t.ns, t.key) not in blocked and (
+                    t.policy.enforced or not store.shadowed_in(t.name, t.ns, t.key)(txn))]
+                out.append((bool(blocked), over))
+            return out
+        seen: list[Any]
         try:
-            blocked = self.store.read(
-                lambda txn: [self.store.blocked_in(job.request.ns, job.request.key)(txn) for job, _ in counted],
-                wait=False)
+            seen = store.read(look, wait=False)
         except EximhookError as exc:
-            blocked = [exc] * len(counted)
-        for (job, (counter, count, over)), is_blocked in zip(counted, blocked, strict=True):
-            if self._failed(job, is_blocked):
+            seen = [exc] * len(counted)
+        for (job, _), verdict in zip(counted, seen, strict=True):
+            if self._failed(job, verdict):
                 continue
-            if is_blocked:
+            blocked, over = verdict
+            if blocked:
                 job.conn.answer(protocol.YES)
                 self._check_mirror()
-            elif over:  # a block to make: the store thread, which answers when it is on disk
-                self.trips.put((job, counter, count))
-            else:
+            enforced = not blocked and any(t.policy.enforced for t in over)
+            if not blocked and not enforced:  # nothing can block: answer now; the store thread records behind it
                 job.conn.answer(protocol.NO)
+            if over:  # a block (or would-block) to make: the store thread, which answers when it is on disk
+                self.trips.put((job, over, enforced))
 
     def _check_mirror(self) -> None:
         """As a hook does after a blocked answer: a killed process may have left the
@@ -204,21 +246,44 @@ class Server:
                 # here after the next blocked answer, and within check_interval anyway
                 core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
+                self._forget_refs()
 
-    def _settle(self, job: _Job, counter: Counter, count: int) -> None:
-        req, cfg = job.request, self.cfg
-        lim = cfg.limits[req.ns]
-        try:
-            outcome = core.settle(self.store, req.ns, req.key, job.now, counter, count, True,
-                                  limit=lim.limit, period=lim.period, hold=cfg.notify.hold)
-        except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
-            self.loop.call_soon_threadsafe(self._failed, job, exc)
+    def _forget_refs(self) -> None:
+        """Drop message references older than [bounces] remember, at most hourly."""
+        now = time.time()
+        if now - self.refs_forgotten < 3600:
             return
-        core.make_known(self.store, cfg.store.mirror_dir, self.log, req.ns, req.key, outcome,
-                        limit=lim.limit, period=lim.period)
-        if outcome.tripped:
-            self.outbox.tripped({(req.ns, req.key)})
-        self.loop.call_soon_threadsafe(job.conn.answer, protocol.YES)
+        self.refs_forgotten = now
+        try:
+            self.counters.forget(now, self.cfg.bounces.remember)
+        except EximhookError as exc:
+            self.failure("forget", f"could not drop old message references: {exc}")
+
+    def _settle(self, job: _Job, tallies: list[Tally], answer: bool) -> None:
+        cfg, req = self.cfg, job.request
+        # Only a count made at RCPT time trips before its message has an id: that
+        # notification waits for the DATA ACL to report it (see worker). A message
+        # count names its message now; a bounce freezes nothing.
+        hold = 0.0 if req.op in ("message", "bounce") else cfg.notify.hold
+        frozen = req.fields.get("id", "") if req.op == "message" else ""
+        blocked = False
+        try:
+            for tally in tallies:
+                outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow)
+                core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
+                if outcome.tripped or outcome.shadowed:
+                    self.outbox.tripped({(tally.ns, tally.key)})
+                    if frozen and outcome.tripped:
+                        self.outbox.report(tally.ns, tally.key, frozen)
+                blocked = blocked or outcome.blocked
+        except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
+            if answer:
+                self.loop.call_soon_threadsafe(self._failed, job, exc)
+            else:
+                self.failure("settle", f"{describe(job.request)}: {exc}")
+            return
+        if answer:
+            self.loop.call_soon_threadsafe(job.conn.answer, protocol.YES if blocked else protocol.NO)
 
     # -- running -------------------------------------------------------------------
 
@@ -233,11 +298,11 @@ class Server:
         self.store_thread.start()
         self.outbox.start()
         self.log.log("notice", f"eximhook serve: listening on {path} (store {self.cfg.store.path}, pid {os.getpid()})")
-        _sd_notify(b"READY=1")
+        sockets.sd_notify(b"READY=1")
         await stopping.wait()
-        _sd_notify(b"STOPPING=1")
+        sockets.sd_notify(b"STOPPING=1")
         listener.close()  # no new connections; those in progress get their answers
-        _unlink_socket(path, self.socket_inode)
+        sockets.unlink(path, self.socket_inode)
         deadline = self.loop.time() + self.cfg.serve.timeout + 1
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
@@ -248,29 +313,8 @@ class Server:
         self.log.log("notice", f"eximhook serve: stopped after {self.served} requests")
 
     async def _listen(self, path: str) -> asyncio.AbstractServer:
-        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)  # systemd's RuntimeDirectory= makes it
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise ServeError(f"{path} exists and is not a socket ([serve] socket)")
-            try:
-                ping(path, 1.0)
-            except ServeError:
-                os.unlink(path)  # left by a daemon that died
-            else:
-                raise ServeError(f"another eximhook serve answers on {path}")
-        old = os.umask(0o177)  # the socket is born 0600: only the Exim user (and root) may connect
-        try:
-            listener = await self.loop.create_unix_server(lambda: Connection(self), path, backlog=1024)
-        except OSError as exc:
-            raise ServeError(f"cannot listen on {path}: {exc.strerror}") from exc
-        finally:
-            os.umask(old)
-        self.socket_inode = os.stat(path).st_ino
-        return listener
+        sock, self.socket_inode = sockets.listening(path)
+        return await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
 
     def reload(self) -> None:
         """SIGHUP: read the config again; a broken one is logged and the old one kept."""
@@ -292,45 +336,6 @@ class Server:
         self.cfg = new
         self.log = Logger(new.log.file)
         self.log.log("notice", f"SIGHUP: config {new.path} read again")
-
-
-def _unlink_socket(path: str, inode: int) -> None:
-    try:
-        if os.stat(path).st_ino == inode:  # not the socket of a daemon started since
-            os.unlink(path)
-    except OSError:
-        pass
-
-
-def _sd_notify(state: bytes) -> None:
-    """Tell systemd (Type=notify) that the socket is ready, or that we are stopping."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    address = "\0" + path[1:] if path.startswith("@") else path
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(address)
-            s.send(state)
-    except OSError:
-        pass
-
-
-def ping(path: str, timeout: float) -> float:
-    """Ask the daemon on ``path`` for ``pong``; the round trip in seconds, or ServeError."""
-    start = time.monotonic()
-    try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(protocol.encode("ping"))
-            s.shutdown(socket.SHUT_WR)
-            answer = s.recv(16)
-    except OSError as exc:
-        raise ServeError(f"eximhook serve does not answer on {path}: {exc.strerror or exc}") from exc
-    if answer != protocol.PONG:
-        raise ServeError(f"eximhook serve on {path} answered {answer!r} to ping")
-    return time.monotonic() - start
 
 
 def serve(cfg: Config, *, allow_root: bool = False) -> None:

@@ -34,6 +34,8 @@ EXIM_USER = "Debian-exim"
 EXIMHOOK = os.path.join(os.path.dirname(sys.executable), "eximhook")
 DOMAIN = "test.example"
 REMOTE = "remote.example"  # routed to a closed port on 127.0.0.1: its mail defers and stays queued
+DEAD = "dead.example"  # routed to a sink on 127.0.0.1 that takes RCPT and refuses the data: Exim bounces
+FORWARD = "fwd"  # fwd@DOMAIN is forwarded (redirect router) to alice@DOMAIN
 MAILBOXES = ("alice", "bob", "carol", "abuse", "postmaster")
 PASSWORD = "secret"
 RELAY_CLIENT = "127.0.0.2"
@@ -61,10 +63,11 @@ class Daemon:
     unit runs it, or else as root with --allow-root (unit tests in pytest's private
     tmp_path, the benchmark)."""
 
-    def __init__(self, config: Path, user: str | None = None) -> None:
+    def __init__(self, config: Path, user: str | None = None, held: socket.socket | None = None) -> None:
         import tomllib
 
         self.config, self.user = config, user
+        self.held = held  # a listening socket passed as systemd's socket activation does
         self.socket = tomllib.loads(config.read_text())["serve"]["socket"]
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -74,14 +77,7 @@ class Daemon:
         return self.proc.pid
 
     def start(self) -> Daemon:
-        argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve"]
-        if self.user:
-            argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
-        else:
-            argv.append("--allow-root")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={}, cwd="/")
-        proc = self.proc
+        proc = self.spawn()
 
         def up() -> bool:
             if proc.poll() is not None:
@@ -94,6 +90,24 @@ class Daemon:
 
         wait_for("eximhook serve to answer", up)
         return self
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process, and return at once."""
+        argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve"]
+        if self.user:
+            argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
+        else:
+            argv.append("--allow-root")
+        pass_fds: tuple[int, ...] = ()
+        if self.held is not None:  # as systemd: the socket on fd 3, LISTEN_PID the daemon's own pid
+            fd = self.held.fileno()
+            pass_fds = (fd,)
+            trampoline = (f"import os, sys; os.dup2({fd}, 3); os.close({fd}); os.environ['LISTEN_PID'] = "
+                          "str(os.getpid()); os.environ['LISTEN_FDS'] = '1'; os.execvp(sys.argv[1], sys.argv[1:])")
+            argv = [sys.executable, "-IS", "-c", trampoline, *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env={}, cwd="/", pass_fds=pass_fds)
+        return self.proc
 
     def request(self, data: bytes, timeout: float = 10, shutdown: bool = True) -> bytes:
         """One ${readsocket} call: connect, send, shut down our side, read to EOF."""
@@ -128,7 +142,7 @@ class Exim:
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
                  macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
                  settings: dict[str, object] | None = None, eximhook_extra: str = "",
-                 record_runs: bool = False) -> None:
+                 record_runs: bool = False, activated: bool = False) -> None:
         self.work = work
         self.port = free_port()
         self.closed_port = free_port()
@@ -153,6 +167,9 @@ class Exim:
         self.eximhook_extra = eximhook_extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.daemon: Daemon | None = None
+        self.activated = activated  # the test holds the daemon's socket, as eximhook-serve.socket
+        self.held: socket.socket | None = None
+        self.sink = RefusingSink()
 
     # -- set-up --------------------------------------------------------------------
 
@@ -196,8 +213,7 @@ class Exim:
         for dotted, value in self.settings.items():
             section, _, key = dotted.rpartition(".")
             sections.setdefault(section, {})[key] = value
-        # JSON's strings, numbers and lists are TOML's too
-        return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()) + "\n"
+        return "".join(f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()) + "\n"
                        for name, table in sections.items()) + self.eximhook_extra
 
     def exim_conf(self) -> str:
@@ -233,6 +249,7 @@ tls_privatekey = {w}/key.pem
 .include {s}/tls-auth.conf
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
+acl_not_smtp = acl_check_not_smtp
 
 begin acl
 acl_check_rcpt:
@@ -245,7 +262,17 @@ acl_check_data:
 .include {s}/acl-data.conf
   accept
 
+acl_check_not_smtp:
+.include {s}/acl-not-smtp.conf
+  accept
+
 begin routers
+forward:
+  driver = redirect
+  domains = +local_domains
+  local_parts = {FORWARD}
+  data = alice@{DOMAIN}
+
 mailboxes:
   driver = accept
   domains = +local_domains
@@ -259,7 +286,19 @@ remote:
   self = send
   transport = closed_port
 
+dead:
+  driver = manualroute
+  domains = {DEAD}
+  route_list = * 127.0.0.1
+  self = send
+  transport = refusing_sink
+
 begin transports
+refusing_sink:
+  driver = smtp
+  port = {self.sink.port}
+  allow_localhost
+
 maildir:
   driver = appendfile
   directory = {self.mail}/$local_part_data/Maildir
@@ -295,8 +334,16 @@ plain:
     # -- running ---------------------------------------------------------------------
 
     def start_daemon(self) -> Daemon:
-        """``eximhook serve`` as the Exim user, as the systemd unit runs it."""
-        self.daemon = Daemon(self.eximhook_conf, user=EXIM_USER).start()
+        """``eximhook serve`` as the Exim user, as the systemd unit runs it (with
+        ``activated``, on the socket the test holds, as eximhook-serve.socket)."""
+        if self.activated and self.held is None:
+            exim = pwd.getpwnam(EXIM_USER)
+            self.held = socket.socket(socket.AF_UNIX)
+            self.held.bind(str(self.socket))
+            os.chown(self.socket, exim.pw_uid, exim.pw_gid)
+            os.chmod(self.socket, 0o600)
+            self.held.listen(1024)
+        self.daemon = Daemon(self.eximhook_conf, user=EXIM_USER, held=self.held).start()
         return self.daemon
 
     def stop_daemon(self, sig: int = signal.SIGTERM) -> int | None:
@@ -304,6 +351,7 @@ plain:
         return None if daemon is None else daemon.stop(sig)
 
     def start(self) -> Exim:
+        self.sink.start()
         if self.serve and self.daemon is None:
             self.start_daemon()
         self.proc = subprocess.Popen([EXIM, "-C", str(self.conf), "-bdf", "-oX", str(self.port),
@@ -333,6 +381,10 @@ plain:
                 self.proc.wait()
         self.proc = None
         self.stop_daemon()
+        if self.held is not None:
+            self.held.close()
+            self.held = None
+        self.sink.stop()
 
     def __enter__(self) -> Exim:
         return self.setup().start()
@@ -396,6 +448,71 @@ plain:
     def hook_log(self) -> str:
         path = self.spool / "eximhook.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+class RefusingSink:
+    """A remote MTA on 127.0.0.1 that takes every recipient and refuses the data with a
+    550: Exim's callout verification passes, its delivery fails, and it bounces."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: socket.socket | None = None
+        self.messages = 0
+
+    def start(self) -> None:
+        import threading
+
+        if self.server is not None:
+            return
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, args=(self.server,), daemon=True).start()
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
+
+    def _serve(self, server: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 sink ESMTP\r\n")
+            data = False
+            for line in lines:
+                if data:
+                    if line.rstrip(b"\r\n") == b".":
+                        data = False
+                        self.messages += 1
+                        conn.sendall(b"550 5.7.1 refused by the test sink\r\n")
+                    continue
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 sink\r\n")
+                elif verb == b"DATA":
+                    data = True
+                    conn.sendall(b"354 go on\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+
+def toml_value(value: object) -> str:
+    """JSON's strings, numbers and lists are TOML's too; a table is written inline."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def invalid(n: int, tag: str = "nobody") -> list[str]:

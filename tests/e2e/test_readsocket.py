@@ -74,6 +74,37 @@ def test_daemon_gone_the_hook_counts_on_exactly(exim: h.Exim) -> None:
     assert exim.hook_log().count("eximhook serve did not answer") == 1, "logged once, not per event"
 
 
+def test_a_crash_behind_a_held_socket_loses_no_mail_and_counts_exactly() -> None:
+    """With the socket held (eximhook-serve.socket), a daemon killed mid-run leaves
+    Exim's connects succeeding: the requests wait in the backlog for the restarted
+    daemon, each counted once, and no file of Exim's is closed under it (the failed
+    connect that trips Exim 4.96's readsocket bug never happens)."""
+    import signal
+    import threading
+
+    server = h.make(["bob", "alice"], limit=5, serve=True, activated=True, record_runs=True)
+    try:
+        server.setup().start()
+        assert server.send([*h.invalid(3), f"alice@{h.DOMAIN}"], user="bob", subject="daemon up") == {}
+        server.stop_daemon(signal.SIGKILL)
+        assert server.socket.exists(), "a killed daemon cannot remove its socket; systemd's stays listening"
+        sent: list[object] = []
+        bot = threading.Thread(target=lambda: sent.append(server.send(
+            [*h.invalid(2, "later"), f"alice@{h.DOMAIN}"], user="bob", subject="while it restarts")))
+        bot.start()
+        time.sleep(0.5)  # the first RCPT's request waits in the backlog
+        server.start_daemon()
+        bot.join(30)
+        assert sent == [{}]
+        h.wait_for("delivery", lambda: [m for m in server.maildir("alice") if b"while it restarts" in m])
+        shown = json.loads(server.eximhook("show", "--json", "auth", "bob").stdout)
+        assert shown["counter"]["total"] == 5, "each event once: the restarted daemon took the waiting ones"
+        assert server.hook_runs() == [], "answered within EXIMHOOK_WAIT: no fallback"
+        assert "errno=9" not in server.log() + server.log("panic")
+    finally:
+        h.cleanup(server)
+
+
 def test_restart_with_a_held_notification_sends_it_once() -> None:
     server = h.make(["bob", "alice"], limit=5, serve=True, settings={"notify.hold": 3})
     try:
