@@ -14,13 +14,16 @@ hosts (127.0.1.x in relay_from_hosts, STARTTLS, no AUTH):
            c, whose ${run} costs ~15 ms each)
   mix      --messages messages of 1-5 recipients (seeded), ~2 % invalid, 2 KB bodies through DATA:
            messages/s, and the MAIL+RCPT time per message (MAIL sent to last RCPT reply), which the
-           messages/s hide: Exim's message-id clock caps one connection at ~200 messages/s.
+           messages/s hide: Exim's message-id clock caps one connection at ~200 messages/s; and the DATA
+           time per message (DATA sent to the final reply), where d counts each message's recipients
+           (seed 004's volume: one ${readsocket} per message; c and b count no volume).
 Each round opens one session per variant and workload and side, and sends each workload in --slices slices,
 variant after variant (the order rotates each round): this machine has slow spells of ~0.1-1 s in which Exim
 needs up to 1.6x the CPU for the same work, and slices spread them over all variants. The tables show the
 median over rounds, the spread (max-min)/median, each variant's speed relative to a, a2 and b (below 1:
 slower), and the time it adds to a2 per RCPT or message. Every reply code is checked, and at the end so is
-the work: c and d must have counted every invalid recipient sent to them (the store's counters), b must have
+the work: c and d must have counted every invalid recipient sent to them (the store's counters), d every
+mix message's recipients, b must have
 ratelimit records, and no Exim may have written to its paniclog.
 The Exims run with queue_only (no deliveries racing the next variant's measurement). The limits are the
 production default, 100 invalid recipients an hour (eximhook's exact window keeps up to LIMIT timestamps per
@@ -186,6 +189,7 @@ class Tally:
     units: int = 0  # RCPTs or messages
     seconds: float = 0.0  # the wall time they took
     envelopes: float = 0.0  # mix: MAIL sent to last RCPT reply, summed
+    datas: float = 0.0  # mix: DATA sent to the final reply, summed
 
 
 def envelope(s: Session, rcpts: list[str]) -> float:
@@ -219,7 +223,7 @@ def mix_plan(rng: random.Random, messages: int, tag: str) -> list[list[str]]:
 Results = dict[str, dict[str, dict[str, list[float]]]]  # metric -> side -> variant -> one value per round
 
 
-Sent = dict[tuple[str, str, str], int]  # (variant, side, key) -> invalid recipients sent
+Sent = dict[tuple[str, str, str, str], int]  # (variant, side, key, counter) -> invalid recipients or all sent
 
 
 def one_round(servers: dict[str, h.Exim], order: list[str], side: Side, rnd: int, opts: argparse.Namespace,
@@ -231,8 +235,9 @@ def one_round(servers: dict[str, h.Exim], order: list[str], side: Side, rnd: int
         tally.units += opts.rcpts
         s.command(b"RSET", b"250")
 
-    def counted(v: str, n: int, k: int) -> None:
-        sent[v, side.name, side.subject(n)[2]] = sent.get((v, side.name, side.subject(n)[2]), 0) + k
+    def counted(v: str, n: int, k: int, counter: str = "invalid") -> None:
+        at = (v, side.name, side.subject(n)[2], counter)
+        sent[at] = sent.get(at, 0) + k
 
     def invalid(v: str, s: Session, i: int, tally: Tally) -> None:
         k = max(1, min(MAX_PER_SUBJECT, (opts.invalid_run if v == "c" else opts.invalid) // slices))
@@ -247,9 +252,12 @@ def one_round(servers: dict[str, h.Exim], order: list[str], side: Side, rnd: int
         begin = time.perf_counter()
         for rcpts in plan[i * len(plan) // slices:(i + 1) * len(plan) // slices]:
             tally.envelopes += envelope(s, rcpts)
-            expect("DATA", [s.data(BODY)])
+            elapsed, code = s.timed_data(BODY)
+            expect("DATA", [code])
+            tally.datas += elapsed
             tally.units += 1
             counted(v, mix_subjects[i], sum(r.startswith("nobody") for r in rcpts))
+            counted(v, mix_subjects[i], len(rcpts), "recipients")
         tally.seconds += time.perf_counter() - begin
 
     for v, t in interleaved(servers, order, side, [1] * slices, honest).items():  # valid only: nothing counted
@@ -261,10 +269,11 @@ def one_round(servers: dict[str, h.Exim], order: list[str], side: Side, rnd: int
     for v, t in interleaved(servers, order, side, mix_subjects, mix).items():
         res["mix_rate"][side.name][v].append(t.units / t.seconds)
         res["mix_env"][side.name][v].append(t.envelopes / t.units)
+        res["mix_data"][side.name][v].append(t.datas / t.units)
 
 
 def run(servers: dict[str, h.Exim], opts: argparse.Namespace, sent: Sent) -> tuple[Results, int]:
-    metrics = ("honest", "invalid", "mix_rate", "mix_env")
+    metrics = ("honest", "invalid", "mix_rate", "mix_env", "mix_data")
     res: Results = {m: {s.name: {v: [] for v in servers} for s in SIDES} for m in metrics}
     names, began, done = list(servers), time.monotonic(), 0
     used = {side.name: 1 for side in SIDES}  # subject 1 sends only valid recipients (honest)
@@ -298,19 +307,21 @@ def verify(servers: dict[str, h.Exim], sent: Sent) -> list[str]:
             problems.append(f"{v}: paniclog: {ex.log('panic')[:300]}")
         if v in ("c", "d"):
             with Counters(str(ex.spool / "eximhook")) as counters:
-                for (variant, ns, key), n in sent.items():
-                    total = counters.get(ns, key).total
-                    if variant == v and total != n:
-                        problems.append(f"{v}: {ns} {key}: counted {total}, sent {n} invalid")
+                for (variant, ns, key, counter), n in sent.items():
+                    if variant != v or (counter == "recipients" and v != "d"):  # volume: the daemon's only
+                        continue
+                    total = counters.get(ns, key, counter).total
+                    if total != n:
+                        problems.append(f"{v}: {ns} {key}: counted {total} {counter}, sent {n}")
             errors = [line for line in ex.hook_log().splitlines() if " err:" in line or " warning:" in line]
             if errors:
                 problems.append(f"{v}: {len(errors)} err/warning lines in eximhook's log, e.g. {errors[0][:200]}")
         if v == "b":
             dump = subprocess.run(["/usr/sbin/exim_dumpdb", str(ex.spool), "ratelimit"], capture_output=True,
                                   text=True, check=False).stdout
-            for (variant, ns, key), n in sent.items():
+            for (variant, ns, key, counter), n in sent.items():
                 record = f"{'user' if ns == 'auth' else 'relayuser'}-{key}"
-                if variant == "b" and n and record not in dump:
+                if variant == "b" and counter == "invalid" and n and record not in dump:
                     problems.append(f"b: no ratelimit record for {record}")
     return problems
 
@@ -321,6 +332,8 @@ METRICS: dict[str, tuple[str, list[Row]]] = {
     "invalid": ("invalid: messages of invalid RCPTs", [("ms/RCPT", lambda x: f"{x * 1e3:.3f}", False)]),
     "mix_rate": ("mix: messages of 1-5 RCPTs, 2% invalid, 2 KB DATA", [("msgs/s", lambda x: f"{x:,.1f}", True)]),
     "mix_env": ("mix: MAIL+RCPT time per message", [("ms/msg", lambda x: f"{x * 1e3:.3f}", False)]),
+    "mix_data": ("mix: DATA time per message (d counts its volume here)",
+                 [("ms/msg", lambda x: f"{x * 1e3:.3f}", False)]),
 }
 
 

@@ -7,6 +7,8 @@ Each client, for --duration seconds, does what Exim's ${readsocket} does: connec
 shut down its write side, read the reply to EOF, close; and times each call:
   ping            `ping` -> `pong`, answered by the event loop: the socket and protocol cost alone
   record-invalid  `record-invalid auth KEY rcpt=.. ip=..` -> `0`, a write transaction in the store thread
+  message         `message auth KEY n=3 sender=.. mid=.. id=..` -> `0`: seed 004's per-message volume count,
+                  which also remembers the Message-ID for the bounces (the default shadow-mode counter)
 (--keys distinct users, round-robin). Then the store's size: a store filled in-process with --subjects
 subjects (one counted invalid recipient each, keys in random order) against a tiny one (--tiny), both served
 at once and loaded in turns with 8 and 1 clients on --active subjects each (in the big store spread evenly
@@ -48,6 +50,9 @@ def requests(op: str, keys: list[int]) -> list[bytes]:
 
     if op == "ping":
         return [protocol.encode("ping")]
+    if op == "message":
+        return [protocol.encode("message", "auth", KEY.format(i), n="3", sender=KEY.format(i), mid=f"<{i}.{n}@mua>",
+                                id="1xVbMq-0004rw-1g") for n, i in enumerate(keys)]
     return [protocol.encode("record-invalid", "auth", KEY.format(i), rcpt=f"nobody{i}@example.com",
                             ip="192.0.2.1") for i in keys]
 
@@ -116,6 +121,7 @@ def row(name: str, clients: int, s: dict[str, Any]) -> list[object]:
             f"{s['daemon_cpu']:.0f}%", f"{s['client_cpu']:.0f}%", f"{s['calls']:,}"]
 
 
+OPS = ("ping", "record-invalid", "message")
 HEADERS = ["op", "clients", "ops/s", "p50 ms", "p99 ms", "max ms", "daemon CPU", "clients CPU", "calls"]
 
 
@@ -149,7 +155,7 @@ def main() -> int:
         runs: dict[tuple[str, int], list[LoadResult]] = {}
         for rnd in range(opts.rounds):
             for clients in levels:
-                for op in ("ping", "record-invalid"):
+                for op in OPS:
                     runs.setdefault((op, clients), []).append(run_load(main_d, op, list(range(opts.keys)), clients,
                                                                        opts))
             print(f"  load round {rnd + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
@@ -182,7 +188,7 @@ def main() -> int:
     print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
     print(f"eximhook serve alone: {opts.duration:g}s per run; ops/s median of {opts.rounds} rounds, latencies over "
           f"all calls; CPU in % of one core (this machine has {os.cpu_count()}); daemon exit {stopped}\n")
-    print(table(HEADERS, [row(op, c, main_stats[f"{op} x{c}"]) for c in levels for op in ("ping", "record-invalid")]))
+    print(table(HEADERS, [row(op, c, main_stats[f"{op} x{c}"]) for c in levels for op in OPS]))
     print(f"\nrecord-invalid on {opts.active:,} subjects of a tiny and a big store, {opts.size_rounds} rounds, "
           "taking turns")
     rows = [row(f"{name} ({sizes[name]['subjects']:,})", c, cmp_stats[f"{name} x{c}"])

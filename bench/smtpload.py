@@ -85,6 +85,12 @@ class Session:
         self.sock.sendall(body.replace(b"\n.", b"\n..") + b"\r\n.\r\n")
         return self._expect(1)[0]
 
+    def timed_data(self, body: bytes) -> tuple[float, bytes]:
+        """DATA through the final reply: Exim's DATA ACL and the spool write."""
+        start = time.perf_counter()
+        code = self.data(body)
+        return time.perf_counter() - start, code
+
     def timed_envelope(self, sender: str, rcpts: list[str]) -> tuple[float, list[bytes]]:
         start = time.perf_counter()
         codes = self.envelope(sender, rcpts)

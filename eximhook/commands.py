@@ -124,9 +124,14 @@ def _why(record: dict[str, Any]) -> str:
 
 
 def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
-    """Trips of counters in shadow mode: who would have been blocked, and when."""
+    """Trips of counters in shadow mode: who would have been blocked under the limits
+    set now, and when (trips at a limit since changed are in the history)."""
+    def current(r: dict[str, Any]) -> bool:
+        policy = cfg.policy(r["ns"], r["counter"])
+        return policy is not None and (r["limit"], r["period"]) in policy.windows
+
     with open_store(cfg) as store:
-        records = [r for r in store.shadows(opts.ns) if not store.is_blocked(r["ns"], r["key"])]
+        records = [r for r in store.shadows(opts.ns) if current(r) and not store.is_blocked(r["ns"], r["key"])]
     if opts.json:
         dump(records)
         return Exit.OK

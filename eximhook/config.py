@@ -281,16 +281,21 @@ def _limits(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Polic
     ``[limits.auth]`` with ``limit``/``period`` (and ``mode``) is the invalid-recipient
     counter, as before counters had names; ``[limits.auth.bounces]`` and the like are
     the named counters, each with ``limit``/``period`` for one window or ``windows`` for
-    several (``windows = []`` turns the counter off).
+    several (``windows = []`` turns the counter off). The global ``mode`` is for the
+    seed-004 counters: the invalid counter changes mode only in its own table, so that
+    switching everything to shadow to measure the new counters cannot turn off blocking
+    that already works.
     """
     try:
         mode = _mode(table.get("mode")) if "mode" in table else None
         notify_shadow = _bool(table.get("notify_shadow", False))
     except ValueError as exc:
         raise ConfigError(f"{path}: limits.{'mode' if 'mode' in table else 'notify_shadow'} {exc}") from exc
-    policies = _default_policies()
-    if mode is not None:
-        policies = {ns: {n: Policy(n, p.windows, mode) for n, p in t.items()} for ns, t in policies.items()}
+    def default(name: str) -> str:
+        return mode if mode is not None and name != "invalid" else default_mode(name)
+
+    policies = {ns: {n: Policy(n, p.windows, default(n)) for n, p in t.items()}
+                for ns, t in _default_policies().items()}
     for ns, ns_table in table.items():
         if ns in ("mode", "notify_shadow"):
             continue
@@ -307,7 +312,7 @@ def _limits(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Polic
             where = f"limits.{ns}" if counter_table is legacy else f"limits.{ns}.{name}"
             if name not in COUNTERS:
                 raise ConfigError(f"{path}: unknown key or counter {where}: counters are {', '.join(COUNTERS)}")
-            old = policies[ns].get(name) or Policy(name, (), mode or default_mode(name))
+            old = policies[ns].get(name) or Policy(name, (), default(name))
             policies[ns][name] = _policy_of(path, where, name, _table(path, where, counter_table), old)
     return policies, notify_shadow
 

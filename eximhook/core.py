@@ -67,22 +67,26 @@ def message_event(counters: Counters, policies: Policies, now: float, ns: str, k
     def body(txn: lmdb.Transaction) -> list[Tally]:
         tallies = [b(txn) for b in bodies]
         if sender and message_id and ns != "sender":
-            counters.remember_in(txn, sender, message_id, ns, key, now)
+            counters.remember_in(txn, sender, message_id, ns, key, now, recipients)
         return tallies
     return body
 
 
 def bounce_event(counters: Counters, policies: Policies, now: float, sender: str, *, message_id: str,
-                 failed: str | None, remember: float, keep_evidence: int) -> Callable[[lmdb.Transaction], list[Tally]]:
+                 failed: str | None, remember: float, keep_evidence: int,
+                 remote: bool = False) -> Callable[[lmdb.Transaction], list[Tally]]:
     """The body for one bounce to ``sender``: count it against the sender address, and
     against the subject that sent the bounced message, when ``message_id`` names one it
-    sent within ``remember`` seconds."""
+    sent within ``remember`` seconds. A ``remote`` report (another MTA's, over SMTP)
+    counts only when it names such a message: anyone can send one, and backscatter from
+    spam that forged our user's address must not count against that user."""
     def body(txn: lmdb.Transaction) -> list[Tally]:
         subjects = [("sender", sender)]
-        if message_id:
-            sent_by = counters.recall_in(txn, sender, message_id, now, remember)
-            if sent_by is not None and sent_by[0] != "sender":
-                subjects.append(sent_by)
+        sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
+        if sent_by is not None and sent_by[0] != "sender":
+            subjects.append(sent_by)
+        elif remote and sent_by is None:
+            return []
         tallies = []
         for ns, key in subjects:
             policy = policies(ns, "bounces")
@@ -115,7 +119,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     record = block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
                           period=period, count=tally.count, counter=tally.counter)
     if not tally.policy.enforced:
-        shadowed = not store.read(store.shadowed_in(tally.name, ns, key)) and store.shadow(record, now, notify_shadow)
+        shadowed = not store.read(store.shadowed_in(tally.name, ns, key, tally.window)) and store.shadow(
+            record, now, notify_shadow)
         return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed)
     if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
         return Outcome(True, False, tally.count, total)

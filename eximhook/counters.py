@@ -17,11 +17,14 @@ process never stalls the loop, which tries again on its next turn.
 
 Key layout (``S``: ``store.subject_key``):
   counters  COUNTER NUL S          -> packed ``Counter``: its windows, evidence
-  refs      HOUR(4) DIGEST(16)     -> the subject that sent a message: NS NUL KEY
+  refs      HOUR(4) DIGEST(16)     -> the subject that sent a message: LEFT(4) NS NUL KEY
 Counters are packed with ``struct``, not JSON: ``import json`` alone costs ~10 ms on the
 hooks' path. ``refs`` remembers, per hour, which subject sent the message with a given
 Message-ID and envelope sender (the digest), so a bounce that names the message counts
-against that subject too (README, "Which subject a bounce counts against").
+against that subject too (README, "Which subject a bounce counts against"). LEFT is how
+many more bounces the message can still cause: one per recipient it had. Anyone who got
+the message knows its Message-ID and sender, and could forge reports naming it; they
+can never make it count for more bounces than it could really cause.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
 
 _DBS = (b"counters", b"refs")
 _HEAD = struct.Struct("<QB")  # total events, number of windows
-_WINDOW = struct.Struct("<dI")  # period, number of events
+_WINDOW = struct.Struct("<dII")  # period, number of events, the count at the last crossing (0: none)
 _PEAK = struct.Struct("<II")  # day (since the epoch), the highest count seen in the window that day
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
@@ -55,20 +58,28 @@ _FORMAT = "2"  # counters with named windows; a stamp of another format wipes th
 LOCK_FILE = "write.lock"
 PEAK_DAYS = 8  # daily peaks kept per window, for eximhook top --since (up to 7d)
 _HOUR = struct.Struct(">I")
+_LEFT = struct.Struct("<I")
 
 
 class Window:
-    """One window of a counter: the events in its period (see ``ratelimit``) and the
-    highest count it reached on each of the last PEAK_DAYS days."""
+    """One window of a counter: the events in its period (see ``ratelimit``), the
+    highest count it reached on each of the last PEAK_DAYS days, and the count at the
+    event that last took it over its limit (``crossed``).
 
-    __slots__ = ("peaks", "period", "times", "weights")
+    ``crossed`` is what a block record reports. Processes count in one order (the
+    counters' write lock) but settle trips in another: a hook that counted the 51st
+    event may be overtaken by the daemon settling the 56th. Whoever makes the block, it
+    names the event that crossed the limit, as it would without the race."""
+
+    __slots__ = ("crossed", "peaks", "period", "times", "weights")
 
     def __init__(self, period: float, times: list[float] | None = None, weights: list[int] | None = None,
-                 peaks: list[tuple[int, int]] | None = None) -> None:
+                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0) -> None:
         self.period = period
         self.times = times or []
         self.weights = weights or []
         self.peaks = peaks or []
+        self.crossed = crossed
 
     def count(self, now: float) -> int:
         from .ratelimit import in_window
@@ -104,7 +115,8 @@ class Counter:
         parts = [_HEAD.pack(self.total, len(self.windows))]
         for w in self.windows:
             n = len(w.times)
-            parts += [_WINDOW.pack(w.period, n), struct.pack(f"<{n}d{n}I", *w.times, *w.weights),
+            parts += [_WINDOW.pack(w.period, n, min(w.crossed, 0xFFFFFFFF)),
+                      struct.pack(f"<{n}d{n}I", *w.times, *w.weights),
                       struct.pack("<B", len(w.peaks)), *(_PEAK.pack(*p) for p in w.peaks)]
         for strings in (self.recent, self.ips):
             parts.append(struct.pack("<H", len(strings)))
@@ -122,7 +134,7 @@ class Counter:
         pos = _HEAD.size
         windows = []
         for _ in range(nwin):
-            period, n = _WINDOW.unpack_from(data, pos)
+            period, n, crossed = _WINDOW.unpack_from(data, pos)
             pos += _WINDOW.size
             values = struct.unpack_from(f"<{n}d{n}I", data, pos)
             pos += 12 * n
@@ -130,7 +142,7 @@ class Counter:
             pos += 1
             peaks = [_PEAK.unpack_from(data, pos + i * _PEAK.size) for i in range(npeaks)]
             pos += npeaks * _PEAK.size
-            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks))
+            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed))
         lists: list[list[str]] = []
         for _ in range(2):
             (count,) = struct.unpack_from("<H", data, pos)
@@ -164,7 +176,8 @@ class Tally:
 
     @property
     def count(self) -> int:
-        return self.counts[self.over]
+        """The count in the window it is over, at the event that crossed its limit."""
+        return self.counter.window(self.window[1]).crossed or self.counts[self.over]
 
 
 def _boot() -> str:
@@ -173,7 +186,7 @@ def _boot() -> str:
 
 def ref_digest(sender: str, message_id: str) -> bytes:
     """Which message a bounce is about: its Message-ID and the address it bounces to.
-    Both, so that a client cannot pin its bounces on another subject's message id."""
+    Both: a report must name the message and the sender it went back to."""
     import hashlib
 
     text = f"{sender.lower()}\0{message_id.strip()}"
@@ -287,6 +300,8 @@ class Counters(Env):
             for i, (limit, period) in enumerate(policy.windows):
                 w = c.window(period)
                 w.times, w.weights, count, is_over = ratelimit.record(w.times, w.weights, now, weight, limit, period)
+                if is_over and count - weight <= limit:  # this event crossed the limit
+                    w.crossed = count
                 if w.peaks and w.peaks[-1][0] == day:
                     if count > w.peaks[-1][1]:
                         w.peaks[-1] = (day, count)
@@ -309,19 +324,27 @@ class Counters(Env):
     # -- which subject sent a message (for bounces) ------------------------------------
 
     def remember_in(self, txn: lmdb.Transaction, sender: str, message_id: str, ns: str, key: str,
-                    now: float) -> None:
+                    now: float, recipients: int) -> None:
         k = _HOUR.pack(int(now // 3600)) + ref_digest(sender, message_id)
-        txn.put(k, ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape"), db=self.db(txn, b"refs"))
+        value = _LEFT.pack(min(recipients, 0xFFFFFFFF)) + ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape")
+        txn.put(k, value, db=self.db(txn, b"refs"))
 
     def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
                   remember: float) -> tuple[str, str] | None:
-        """The subject that sent the message, if it was within ``remember`` seconds."""
-        digest = ref_digest(sender, message_id)
+        """The subject that sent the message, if it was within ``remember`` seconds and
+        has bounces left (each recall takes one; the last removes the reference)."""
+        digest, db = ref_digest(sender, message_id), self.db(txn, b"refs")
         hour = int(now // 3600)
         for h in range(hour, hour - int(remember // 3600) - 2, -1):
-            data = txn.get(_HOUR.pack(max(h, 0)) + digest, db=self.db(txn, b"refs"))
+            k = _HOUR.pack(max(h, 0)) + digest
+            data = txn.get(k, db=db)
             if data is not None:
-                ns, _, key = bytes(data).partition(b"\0")
+                (left,), rest = _LEFT.unpack_from(data), bytes(data[_LEFT.size:])
+                if left > 1:
+                    txn.put(k, _LEFT.pack(left - 1) + rest, db=db)
+                else:
+                    txn.delete(k, db=db)
+                ns, _, key = rest.partition(b"\0")
                 return ns.decode(), key.decode("utf-8", "surrogateescape")
         return None
 

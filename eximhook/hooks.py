@@ -41,7 +41,8 @@ _OPTIONS = {"record-invalid": ("--rcpt", "--ip"), "record-message": ("--count", 
             "record-bounce": ("--mid", "--failed")}
 # --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
 # instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
-_FLAGS = ("--fallback",)
+# --remote: a delivery report another MTA sent (see core.bounce_event).
+_FLAGS = {"record-bounce": ("--fallback", "--remote")}
 FALLBACK_STAMP = "fallback.stamp"
 _FALLBACK_LOG_EVERY = 60.0
 
@@ -87,7 +88,7 @@ def parse(name: str, args: list[str]) -> tuple[str, str, dict[str, str]]:
     options: dict[str, str] = {}
     allowed = _OPTIONS.get(name, ())
     while rest:
-        if rest[0] in _FLAGS:
+        if rest[0] in _FLAGS.get(name, ("--fallback",)):
             options[rest[0][2:]] = ""
             rest = rest[1:]
             continue
@@ -213,7 +214,8 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
     else:
         tallies = counters.update(core.bounce_event(
             counters, policy, now, key, message_id=core.message_ref(opts.get("mid", "")),
-            failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep))
+            failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep,
+            remote="remote" in opts))
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
         outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"])

@@ -9,7 +9,8 @@ once however many connections and processes race for it.
 
 Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   blocks    S                        -> JSON block record
-  shadow    COUNTER NUL S            -> JSON record of a trip in shadow mode ("would block")
+  shadow    COUNTER NUL S            -> JSON record of a trip in shadow mode ("would block"): the
+                                      latest window setting it tripped
   outbox    8-byte big-endian seq    -> JSON notification
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
@@ -150,21 +151,26 @@ class Store(Env):
 
     # -- shadow mode -----------------------------------------------------------------
 
-    def shadowed_in(self, counter: str, ns: str, key: str) -> Callable[[lmdb.Transaction], bool]:
-        """The body that tells whether the subject's ``counter`` has a would-block record."""
+    def shadowed_in(self, counter: str, ns: str, key: str,
+                    window: tuple[int, float]) -> Callable[[lmdb.Transaction], bool]:
+        """The body that tells whether the subject's ``counter`` has a would-block
+        record for this window (limit, period)."""
         k = counter.encode() + b"\0" + subject_key(ns, key)
-        return lambda txn: txn.get(k, db=self.db(txn, b"shadow")) is not None
+        return lambda txn: _same_window(txn.get(k, db=self.db(txn, b"shadow")), window)
 
     def shadow(self, record: dict[str, Any], now: float, notify: bool) -> bool:
-        """Record that ``record``'s counter would have blocked its subject, once (until
-        an admin clears it with unblock); True if new. Audited, mailed with ``notify``."""
+        """Record that ``record``'s counter would have blocked its subject: once per
+        window setting (an admin who raises a limit sees the trips at the new one), until
+        unblock clears it; True if new. Audited, and mailed with ``notify``."""
         import json
 
         k = record["counter"].encode() + b"\0" + subject_key(record["ns"], record["key"])
 
         def body(txn: lmdb.Transaction) -> bool:
-            if not txn.put(k, json.dumps(record).encode(), db=self.db(txn, b"shadow"), overwrite=False):
+            db = self.db(txn, b"shadow")
+            if _same_window(txn.get(k, db=db), (record["limit"], record["period"])):
                 return False
+            txn.put(k, json.dumps(record).encode(), db=db)
             self.append_in(txn, b"audit", {"ts": now, "event": "would-block", "ns": record["ns"], "key": record["key"],
                                            "by": record["by"], "counter": record["counter"],
                                            "limit": record["limit"], "period": record["period"],
@@ -229,3 +235,12 @@ class Store(Env):
         import json
 
         return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self.db(txn, db))])
+
+
+def _same_window(data: bytes | memoryview | None, window: tuple[int, float]) -> bool:
+    if data is None:
+        return False
+    import json
+
+    record = json.loads(bytes(data))
+    return (record["limit"], record["period"]) == (window[0], window[1])

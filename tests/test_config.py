@@ -173,6 +173,18 @@ def test_new_counters_start_in_shadow_mode(tmp_path: Path) -> None:
     assert cfg.policy("auth", "invalid") is not None and cfg.policy("auth", "invalid").mode == "enforce"  # type: ignore[union-attr]
 
 
+def test_the_global_mode_never_turns_off_the_invalid_counter(tmp_path: Path) -> None:
+    """An admin who sets [limits] mode = "shadow" to measure the new counters keeps
+    today's blocking; the invalid counter changes mode only in its own table."""
+    cfg = load(write(tmp_path, "[limits]\nmode = 'shadow'\n[limits.auth]\nlimit = 50\nperiod = '1h'\n"))
+    assert cfg.policy("auth", "invalid") == Policy("invalid", ((50, 3600.0),), "enforce")
+    assert cfg.policy("relay", "invalid") == Policy("invalid", ((100, 3600.0),), "enforce")
+    assert cfg.policy("auth", "recipients").mode == "shadow"  # type: ignore[union-attr]
+    cfg = load(write(tmp_path, "[limits]\nmode = 'enforce'\n[limits.relay]\nmode = 'shadow'\n"))
+    assert cfg.policy("relay", "invalid").mode == "shadow", "its own table does"  # type: ignore[union-attr]
+    assert cfg.policy("relay", "bounces").mode == "enforce"  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -19,10 +19,11 @@ surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrog
 
 
 windows = st.lists(st.builds(
-    lambda period, pairs, peaks: Window(period, [t for t, _ in pairs], [w for _, w in pairs], peaks),
+    lambda period, pairs, peaks, crossed: Window(period, [t for t, _ in pairs], [w for _, w in pairs], peaks, crossed),
     st.floats(min_value=1, max_value=1e7),
     st.lists(st.tuples(st.floats(allow_nan=False, allow_infinity=False), st.integers(0, 2**32 - 1)), max_size=30),
-    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=8)), max_size=4)
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=8),
+    st.integers(0, 2**32 - 1)), max_size=4)
 
 
 @given(
@@ -34,8 +35,8 @@ windows = st.lists(st.builds(
 def test_counter_codec_round_trips(total: int, windows: list[Window], recent: list[str], ips: list[str]) -> None:
     c = Counter.decode(Counter(total, windows, recent, ips).encode())
     assert (c.total, c.recent, c.ips) == (total, recent, ips)
-    assert [(w.period, w.times, w.weights, [tuple(p) for p in w.peaks]) for w in c.windows] == [
-        (w.period, w.times, w.weights, w.peaks) for w in windows]
+    assert [(w.period, w.times, w.weights, [tuple(p) for p in w.peaks], w.crossed) for w in c.windows] == [
+        (w.period, w.times, w.weights, w.peaks, w.crossed) for w in windows]
 
 
 def test_subject_keys_never_collide() -> None:
@@ -73,6 +74,21 @@ def test_trip_blocks_once_with_evidence(store: Store, counters: Counters) -> Non
     assert counters.get("auth", "bob").total == 6
     assert [e["event"] for e in store.history("auth", "bob")] == ["blocked"]
     assert [n["block"]["key"] for n in store.outbox()] == ["bob"]
+
+
+def test_the_block_names_the_event_that_crossed_the_limit(store: Store, counters: Counters) -> None:
+    """Counting is serialized, settling is not: the process that counted the 4th event
+    (limit 3) may settle after one that counted the 6th. The record says 4 either way;
+    a weighted event that jumps the limit says its own count."""
+    policy = Policy("invalid", ((3, 3600.0),), "enforce")
+    tallies = [counters.update(counters.event("auth", "eve", 100.0 + i, policy)) for i in range(6)]
+    assert core.settle(store, tallies[5], 106.0).tripped, "the 6th settles first"
+    assert store.get_block("auth", "eve")["count"] == 4  # type: ignore[index]
+    assert not core.settle(store, tallies[3], 107.0).tripped, "the 4th finds the block made"
+    volume = Policy("recipients", ((10, 3600.0),), "enforce")
+    big = [counters.update(counters.event("auth", "fay", 100.0 + i, volume, weight=4)) for i in range(4)]
+    core.settle(store, big[3], 110.0)
+    assert store.get_block("auth", "fay")["count"] == 12, "4+4+4 crossed 10"  # type: ignore[index]
 
 
 def test_unblock_resets_the_counter(store: Store, counters: Counters, tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ def test_volume_trips_at_the_message_that_crosses_and_the_mail_names_it(
 def test_a_bounce_counts_against_the_sender_and_the_subject_that_sent_it(
         seed004: tuple[Path, Daemon], mailbox: Path) -> None:
     config, d = seed004
-    assert message(d, "walt", 1, "1xVbMq-0004rw-1b", mid="<one@mua>", sender="Walt@Example.NET") == b"0"
+    assert message(d, "walt", 3, "1xVbMq-0004rw-1b", mid="<one@mua>", sender="Walt@Example.NET") == b"0"
     assert message(d, "walt", 1, "1xVbMq-0004rw-1c", mid="<two@mua>", sender="other@example.net") == b"0"
     bounce = encode("bounce", key="walt@example.net", mid="<x@y> <one@mua>", failed="gone@dead.example")
     assert d.request(bounce) == b"0", "1 bounce: within both limits"
@@ -93,10 +93,56 @@ def test_a_bounce_counts_against_the_sender_and_the_subject_that_sent_it(
                                                                    "user walt blocked"]
 
 
+def test_a_report_from_another_mta_counts_only_for_a_message_we_sent(seed004: tuple[Path, Daemon]) -> None:
+    """Anyone can send a delivery report over SMTP. One that names no message of ours
+    (backscatter of spam that forged our user's address) counts nothing; one that does
+    counts, at most once per recipient the message had."""
+    config, d = seed004
+    assert d.request(encode("bounce", key="zoe@example.net", remote="1", mid="<forged@spam>")) == b"0"
+    assert d.request(encode("bounce", key="zoe@example.net", remote="1")) == b"0"
+    assert shown(config, "sender", "zoe@example.net")["counters"]["bounces"]["total"] == 0  # type: ignore[index]
+    assert message(d, "zoe", 2, "1xVbMq-0004rw-1f", mid="<real@mua>", sender="zoe@example.net") == b"0"
+    answers = [d.request(encode("bounce", key="zoe@example.net", remote="1", mid="<real@mua>")) for _ in range(4)]
+    assert answers == [b"0", b"1", b"1", b"1"], "the second blocks the address (limit 1)"
+    assert total(config, "auth", "zoe", "bounces") == 2, "two recipients: at most two bounces"
+    assert total(config, "sender", "zoe@example.net", "bounces") == 2
+    out = hook(config, "record-bounce", "zoe@example.net", "--remote", "--mid", "<real@mua>")
+    assert out.stdout == b"1" and total(config, "auth", "zoe", "bounces") == 2, "the hook keeps to the same rule"
+    # Exim's own bounce (not remote) is ours: it counts against the address, known message or not
+    assert d.request(encode("bounce", key="amy@example.net", mid="<unknown@mua>")) == b"0"
+    assert total(config, "sender", "amy@example.net", "bounces") == 1
+
+
+def test_shadow_mode_records_once_per_limit_setting(tmp_path: Path, serve: Serve) -> None:
+    """A would-block is recorded (and audited) once per subject, counter and limit; an
+    admin who raises the limit sees the trips at the new limit, not the old ones."""
+    import os
+    import signal
+
+    config = write_config(tmp_path, settings={"limits.auth.recipients.limit": 3})
+    d = serve(config)
+    for i in range(4):
+        assert message(d, "una", 2, f"1xVbMq-0004rw-{i}g") == b"0", "shadow mode: never blocked"
+    events = [e["event"] for e in json.loads(hook(config, "history", "--json", "auth", "una").stdout)]
+    assert events == ["would-block"]
+    assert b"recipients>3/1h" in hook(config, "list", "--would-block").stdout
+    config.write_text(config.read_text().replace("[limits.auth.recipients]\nlimit = 3",
+                                                 "[limits.auth.recipients]\nlimit = 10"))
+    os.kill(d.pid, signal.SIGHUP)
+    wait_for("the new limit", lambda: "SIGHUP: config" in (tmp_path / "eximhook.log").read_text())
+    listed = hook(config, "list", "--would-block").stdout
+    assert b"una" not in listed, "the trip at the old limit is history, not a would-block under the new one"
+    for i in range(2):
+        message(d, "una", 2, f"1xVbMq-0004rw-{i}h")
+    assert b"recipients>10/1h" in hook(config, "list", "--would-block").stdout
+    events = [e["event"] for e in json.loads(hook(config, "history", "--json", "auth", "una").stdout)]
+    assert events == ["would-block", "would-block"]
+
+
 def test_the_hook_and_the_daemon_share_the_references(seed004: tuple[Path, Daemon]) -> None:
     """The ${run} fallback counts the same way, on the same store."""
     config, d = seed004
-    out = hook(config, "record-message", "auth", "xena", "--count", "1", "--sender", "xena@example.net",
+    out = hook(config, "record-message", "auth", "xena", "--count", "2", "--sender", "xena@example.net",
                "--mid", "<m@mua>", "--id", "1xVbMq-0004rw-1d", "--fallback")
     assert out.stdout == b"0"
     assert d.request(encode("bounce", key="xena@example.net", mid="<m@mua>")) == b"0"
@@ -119,9 +165,10 @@ def test_hostile_senders_and_message_ids(seed004: tuple[Path, Daemon], sender: b
     text = f"{n}:".encode() + sender
     ref = f"<{mid.decode('utf-8', 'surrogateescape')}>"
     sent = text.decode("utf-8", "surrogateescape")
-    assert message(d, f"yuri{n}", 1, "1xVbMq-0004rw-1e", mid=ref, sender=sent) == b"0"
+    assert message(d, f"yuri{n}", 2, "1xVbMq-0004rw-1e", mid=ref, sender=sent) == b"0"
     assert d.request(encode("bounce", key=sent, mid=ref)) == b"0"
     assert hook(config, "record-bounce", sent, "--mid", ref).stdout == b"1", "the sender's limit is 1"
     key = text.lower().decode("utf-8", "surrogateescape")
     assert total(config, "sender", key, "bounces") == 2
-    assert total(config, "auth", f"yuri{n}", "bounces") == 2
+    named = ref[1:-1].strip()  # an id of blanks names no message: nothing to remember or recall
+    assert total(config, "auth", f"yuri{n}", "bounces") == (2 if named else 0)

@@ -140,7 +140,7 @@ class Server:
         if req.op == "bounce":
             return core.bounce_event(self.counters, cfg.policy, now, req.key,
                                      message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
-                                     remember=cfg.bounces.remember, **keep)
+                                     remember=cfg.bounces.remember, remote=f.get("remote") == "1", **keep)
         policy = cfg.policy(req.ns, req.kind)
         if policy is None or not policy.windows:
             return None
@@ -191,7 +191,7 @@ class Server:
                 # a bounce counts against two subjects: one blocked already must not
                 # keep the other from tripping
                 over = [t for t in tallies if t.over >= 0 and (t.ns, t.key) not in blocked and (
-                    t.policy.enforced or not store.shadowed_in(t.name, t.ns, t.key)(txn))]
+                    t.policy.enforced or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn))]
                 out.append((bool(blocked), over))
             return out
         seen: list[Any]
