@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mid", help="the bounce's References header: its last id names the bounced message")
     p.add_argument("--failed", help="the failed recipients, kept as evidence")
     p.add_argument("--remote", action="store_true",
-                   help="a report another MTA sent: counted only if it names a message we remember sending")
+                   help="a report another MTA sent: counted only if it names a message we remember sending, "
+                        "once per reporting network")
+    p.add_argument("--ip", help="with --remote: the reporting MTA's address")
     p.add_argument("--fallback", action="store_true", help=fallback)
     add("notify", commands.notify, "hook: send queued notifications; print how many were sent")
     p = add("list", commands.list_blocks, "list blocked subjects", json=True)

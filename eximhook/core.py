@@ -73,20 +73,25 @@ def message_event(counters: Counters, policies: Policies, now: float, ns: str, k
 
 
 def bounce_event(counters: Counters, policies: Policies, now: float, sender: str, *, message_id: str,
-                 failed: str | None, remember: float, keep_evidence: int,
-                 remote: bool = False) -> Callable[[lmdb.Transaction], list[Tally]]:
+                 failed: str | None, remember: float, keep_evidence: int, remote: bool = False,
+                 ip: str | None = None) -> Callable[[lmdb.Transaction], list[Tally]]:
     """The body for one bounce to ``sender``: count it against the sender address, and
     against the subject that sent the bounced message, when ``message_id`` names one it
-    sent within ``remember`` seconds. A ``remote`` report (another MTA's, over SMTP)
-    counts only when it names such a message: anyone can send one, and backscatter from
-    spam that forged our user's address must not count against that user."""
+    sent within ``remember`` seconds (each message at most once per recipient it had).
+
+    A ``remote`` report (another MTA's, over SMTP, from ``ip``) counts only when it names
+    such a message, and only the first time that network reports on it: anyone can
+    send one. Backscatter from spam that forged our user's address names no message of
+    ours; someone who got one of our user's messages may know its Message-ID, but one
+    host can report it once, as the one MTA that delivers to a domain does."""
     def body(txn: lmdb.Transaction) -> list[Tally]:
+        if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
+                           and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
+            return []
         subjects = [("sender", sender)]
         sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
         if sent_by is not None and sent_by[0] != "sender":
             subjects.append(sent_by)
-        elif remote and sent_by is None:
-            return []
         tallies = []
         for ns, key in subjects:
             policy = policies(ns, "bounces")
@@ -94,6 +99,19 @@ def bounce_event(counters: Counters, policies: Policies, now: float, sender: str
                 tallies.append(counters.event(ns, key, now, policy, evidence=failed, keep_evidence=keep_evidence)(txn))
         return tallies
     return body
+
+
+def _network(ip: str | None) -> str:
+    """The reporting host's network: IPv4 /24, IPv6 /48 (one site's MTAs)."""
+    if not ip:
+        return ""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return ip
+    return str(ipaddress.ip_network((addr, 24 if addr.version == 4 else 48), strict=False))
 
 
 def message_ref(text: str) -> str:

@@ -50,11 +50,11 @@ if TYPE_CHECKING:
 
 _DBS = (b"counters", b"refs")
 _HEAD = struct.Struct("<QB")  # total events, number of windows
-_WINDOW = struct.Struct("<dII")  # period, number of events, the count at the last crossing (0: none)
+_WINDOW = struct.Struct("<dIII")  # period, number of events; the count at the last crossing (0: none), its limit
 _PEAK = struct.Struct("<II")  # day (since the epoch), the highest count seen in the window that day
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
-_FORMAT = "2"  # counters with named windows; a stamp of another format wipes them, as a reboot does
+_FORMAT = "3"  # counters with named windows; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
 PEAK_DAYS = 8  # daily peaks kept per window, for eximhook top --since (up to 7d)
 _HOUR = struct.Struct(">I")
@@ -69,17 +69,18 @@ class Window:
     ``crossed`` is what a block record reports. Processes count in one order (the
     counters' write lock) but settle trips in another: a hook that counted the 51st
     event may be overtaken by the daemon settling the 56th. Whoever makes the block, it
-    names the event that crossed the limit, as it would without the race."""
+    names the event that crossed the limit, as it would without the race. The limit is
+    kept with it: after an admin changes the limit, an old crossing names nothing."""
 
-    __slots__ = ("crossed", "peaks", "period", "times", "weights")
+    __slots__ = ("crossed", "crossed_limit", "peaks", "period", "times", "weights")
 
     def __init__(self, period: float, times: list[float] | None = None, weights: list[int] | None = None,
-                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0) -> None:
+                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0, crossed_limit: int = 0) -> None:
         self.period = period
         self.times = times or []
         self.weights = weights or []
         self.peaks = peaks or []
-        self.crossed = crossed
+        self.crossed, self.crossed_limit = crossed, crossed_limit
 
     def count(self, now: float) -> int:
         from .ratelimit import in_window
@@ -115,7 +116,7 @@ class Counter:
         parts = [_HEAD.pack(self.total, len(self.windows))]
         for w in self.windows:
             n = len(w.times)
-            parts += [_WINDOW.pack(w.period, n, min(w.crossed, 0xFFFFFFFF)),
+            parts += [_WINDOW.pack(w.period, n, min(w.crossed, 0xFFFFFFFF), min(w.crossed_limit, 0xFFFFFFFF)),
                       struct.pack(f"<{n}d{n}I", *w.times, *w.weights),
                       struct.pack("<B", len(w.peaks)), *(_PEAK.pack(*p) for p in w.peaks)]
         for strings in (self.recent, self.ips):
@@ -134,7 +135,7 @@ class Counter:
         pos = _HEAD.size
         windows = []
         for _ in range(nwin):
-            period, n, crossed = _WINDOW.unpack_from(data, pos)
+            period, n, crossed, crossed_limit = _WINDOW.unpack_from(data, pos)
             pos += _WINDOW.size
             values = struct.unpack_from(f"<{n}d{n}I", data, pos)
             pos += 12 * n
@@ -142,7 +143,7 @@ class Counter:
             pos += 1
             peaks = [_PEAK.unpack_from(data, pos + i * _PEAK.size) for i in range(npeaks)]
             pos += npeaks * _PEAK.size
-            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed))
+            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed, crossed_limit))
         lists: list[list[str]] = []
         for _ in range(2):
             (count,) = struct.unpack_from("<H", data, pos)
@@ -176,8 +177,11 @@ class Tally:
 
     @property
     def count(self) -> int:
-        """The count in the window it is over, at the event that crossed its limit."""
-        return self.counter.window(self.window[1]).crossed or self.counts[self.over]
+        """The count in the window it is over, at the event that crossed its limit (the
+        count now if it crossed under another limit, or not while counted here)."""
+        limit, period = self.window
+        w, now = self.counter.window(period), self.counts[self.over]
+        return w.crossed if w.crossed_limit == limit and limit < w.crossed <= now else now
 
 
 def _boot() -> str:
@@ -301,7 +305,7 @@ class Counters(Env):
                 w = c.window(period)
                 w.times, w.weights, count, is_over = ratelimit.record(w.times, w.weights, now, weight, limit, period)
                 if is_over and count - weight <= limit:  # this event crossed the limit
-                    w.crossed = count
+                    w.crossed, w.crossed_limit = count, limit
                 if w.peaks and w.peaks[-1][0] == day:
                     if count > w.peaks[-1][1]:
                         w.peaks[-1] = (day, count)
@@ -325,14 +329,31 @@ class Counters(Env):
 
     def remember_in(self, txn: lmdb.Transaction, sender: str, message_id: str, ns: str, key: str,
                     now: float, recipients: int) -> None:
-        k = _HOUR.pack(int(now // 3600)) + ref_digest(sender, message_id)
-        value = _LEFT.pack(min(recipients, 0xFFFFFFFF)) + ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape")
-        txn.put(k, value, db=self.db(txn, b"refs"))
+        """Remember a message; one sent again with the same Message-ID and sender (a bot
+        that reuses both) adds its recipients to the bounces the first may cause."""
+        k, db = _HOUR.pack(int(now // 3600)) + ref_digest(sender, message_id), self.db(txn, b"refs")
+        old = txn.get(k, db=db)
+        left = recipients + (_LEFT.unpack_from(old)[0] if old is not None else 0)
+        value = _LEFT.pack(min(left, 0xFFFFFFFF)) + ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape")
+        txn.put(k, value, db=db)
+
+    def first_report_in(self, txn: lmdb.Transaction, sender: str, message_id: str, source: str, now: float,
+                        remember: float) -> bool:
+        """True the first time ``source`` (a reporting MTA's network) reports on the
+        message, and remembers that it has: one forger reports each message once."""
+        digest, db = ref_digest(sender, f"{message_id}\0{source}"), self.db(txn, b"refs")
+        hour = int(now // 3600)
+        if any(txn.get(_HOUR.pack(max(h, 0)) + digest, db=db) is not None
+               for h in range(hour, hour - int(remember // 3600) - 2, -1)):
+            return False
+        txn.put(_HOUR.pack(hour) + digest, b"", db=db)
+        return True
 
     def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
-                  remember: float) -> tuple[str, str] | None:
+                  remember: float, take: bool = True) -> tuple[str, str] | None:
         """The subject that sent the message, if it was within ``remember`` seconds and
-        has bounces left (each recall takes one; the last removes the reference)."""
+        has bounces left (each recall that ``take``s takes one; the last removes the
+        reference)."""
         digest, db = ref_digest(sender, message_id), self.db(txn, b"refs")
         hour = int(now // 3600)
         for h in range(hour, hour - int(remember // 3600) - 2, -1):
@@ -340,9 +361,9 @@ class Counters(Env):
             data = txn.get(k, db=db)
             if data is not None:
                 (left,), rest = _LEFT.unpack_from(data), bytes(data[_LEFT.size:])
-                if left > 1:
+                if take and left > 1:
                     txn.put(k, _LEFT.pack(left - 1) + rest, db=db)
-                else:
+                elif take:
                     txn.delete(k, db=db)
                 ns, _, key = rest.partition(b"\0")
                 return ns.decode(), key.decode("utf-8", "surrogateescape")

@@ -38,7 +38,7 @@ HOOKS = ("check-blocked", "record-invalid", "record-message", "record-bounce")
 _POLICY = {"check-blocked": "check", "record-invalid": "record", "record-message": "record",
            "record-bounce": "record"}
 _OPTIONS = {"record-invalid": ("--rcpt", "--ip"), "record-message": ("--count", "--sender", "--mid", "--ip", "--id"),
-            "record-bounce": ("--mid", "--failed")}
+            "record-bounce": ("--mid", "--failed", "--ip")}
 # --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
 # instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
 # --remote: a delivery report another MTA sent (see core.bounce_event).
@@ -215,7 +215,7 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
         tallies = counters.update(core.bounce_event(
             counters, policy, now, key, message_id=core.message_ref(opts.get("mid", "")),
             failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep,
-            remote="remote" in opts))
+            remote="remote" in opts, ip=opts.get("ip") or None))
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
         outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"])

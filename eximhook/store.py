@@ -9,8 +9,8 @@ once however many connections and processes race for it.
 
 Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   blocks    S                        -> JSON block record
-  shadow    COUNTER NUL S            -> JSON record of a trip in shadow mode ("would block"): the
-                                      latest window setting it tripped
+  shadow    COUNTER NUL W S          -> JSON record of a trip in shadow mode ("would block") of
+                                      the window W (LIMIT(4) PERIOD(8)): once per limit setting
   outbox    8-byte big-endian seq    -> JSON notification
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
@@ -155,22 +155,21 @@ class Store(Env):
                     window: tuple[int, float]) -> Callable[[lmdb.Transaction], bool]:
         """The body that tells whether the subject's ``counter`` has a would-block
         record for this window (limit, period)."""
-        k = counter.encode() + b"\0" + subject_key(ns, key)
-        return lambda txn: _same_window(txn.get(k, db=self.db(txn, b"shadow")), window)
+        k = _shadow_key(counter, window, subject_key(ns, key))
+        return lambda txn: txn.get(k, db=self.db(txn, b"shadow")) is not None
 
     def shadow(self, record: dict[str, Any], now: float, notify: bool) -> bool:
         """Record that ``record``'s counter would have blocked its subject: once per
-        window setting (an admin who raises a limit sees the trips at the new one), until
-        unblock clears it; True if new. Audited, and mailed with ``notify``."""
+        window and limit (an admin who raises a limit sees the trips at the new one),
+        until unblock clears it; True if new. Audited, and mailed with ``notify``."""
         import json
 
-        k = record["counter"].encode() + b"\0" + subject_key(record["ns"], record["key"])
+        k = _shadow_key(record["counter"], (record["limit"], record["period"]),
+                        subject_key(record["ns"], record["key"]))
 
         def body(txn: lmdb.Transaction) -> bool:
-            db = self.db(txn, b"shadow")
-            if _same_window(txn.get(k, db=db), (record["limit"], record["period"])):
+            if not txn.put(k, json.dumps(record).encode(), db=self.db(txn, b"shadow"), overwrite=False):
                 return False
-            txn.put(k, json.dumps(record).encode(), db=db)
             self.append_in(txn, b"audit", {"ts": now, "event": "would-block", "ns": record["ns"], "key": record["key"],
                                            "by": record["by"], "counter": record["counter"],
                                            "limit": record["limit"], "period": record["period"],
@@ -194,9 +193,10 @@ class Store(Env):
         sk = subject_key(ns, key)
 
         def body(txn: lmdb.Transaction) -> int:
-            from .policy import COUNTERS
-
-            return sum(bool(txn.delete(c.encode() + b"\0" + sk, db=self.db(txn, b"shadow"))) for c in COUNTERS)
+            db = self.db(txn, b"shadow")
+            mine = [bytes(k) for k in txn.cursor(db=db).iternext(values=False)
+                    if bytes(k).partition(b"\0")[2][_SHADOW_WINDOW.size:] == sk]
+            return sum(bool(txn.delete(k, db=db)) for k in mine)
         return self.update(body)
 
     def unblock(self, ns: str, key: str, now: float, by: str) -> bool:
@@ -237,10 +237,9 @@ class Store(Env):
         return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self.db(txn, db))])
 
 
-def _same_window(data: bytes | memoryview | None, window: tuple[int, float]) -> bool:
-    if data is None:
-        return False
-    import json
 
-    record = json.loads(bytes(data))
-    return (record["limit"], record["period"]) == (window[0], window[1])
+_SHADOW_WINDOW = struct.Struct("<Id")  # limit, period
+
+
+def _shadow_key(counter: str, window: tuple[int, float], sk: bytes) -> bytes:
+    return counter.encode() + b"\0" + _SHADOW_WINDOW.pack(window[0], window[1]) + sk

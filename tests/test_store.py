@@ -91,6 +91,28 @@ def test_the_block_names_the_event_that_crossed_the_limit(store: Store, counters
     assert store.get_block("auth", "fay")["count"] == 12, "4+4+4 crossed 10"  # type: ignore[index]
 
 
+def test_a_crossing_under_another_limit_names_nothing(store: Store, counters: Counters) -> None:
+    high, low = Policy("recipients", ((100, 3600.0),), "enforce"), Policy("recipients", ((20, 3600.0),), "enforce")
+    for i in range(150):
+        counters.update(counters.event("auth", "gus", 100.0 + i, high))  # crossed 100 at 101
+    tally = counters.update(counters.event("auth", "gus", 300.0, low))  # the admin lowered the limit
+    assert tally.count == 151, "the count now: no event crossed 20 while it was the limit"
+    core.settle(store, tally, 300.0)
+    assert store.get_block("auth", "gus")["count"] == 151  # type: ignore[index]
+
+
+def test_would_block_once_per_window_and_limit(store: Store) -> None:
+    """A counter with an hourly and a daily window may trip one, then the other, then the
+    first again: one record (and audit event) each, not one per switch."""
+    hour, day = (5, 3600.0), (20, 86400.0)
+    records = [core.block_record("auth", "hal", 1.0 + i, by="eximhook", reason="limit", counter_name="recipients",
+                                 limit=w[0], period=w[1], count=w[0] + 1) for i, w in enumerate([hour, day, hour, day])]
+    assert [store.shadow(r, r["since"], False) for r in records] == [True, True, False, False]
+    assert [e["event"] for e in store.history("auth", "hal")] == ["would-block", "would-block"]
+    assert len(store.shadows("auth", "hal")) == 2 and store.clear_shadows("auth", "hal") == 2
+    assert store.shadows() == []
+
+
 def test_unblock_resets_the_counter(store: Store, counters: Counters, tmp_path: Path) -> None:
     for i in range(4):
         count(store, counters, "bob", 100.0 + i)

@@ -96,21 +96,39 @@ def test_a_bounce_counts_against_the_sender_and_the_subject_that_sent_it(
 def test_a_report_from_another_mta_counts_only_for_a_message_we_sent(seed004: tuple[Path, Daemon]) -> None:
     """Anyone can send a delivery report over SMTP. One that names no message of ours
     (backscatter of spam that forged our user's address) counts nothing; one that does
-    counts, at most once per recipient the message had."""
+    counts once per reporting network, and at most once per recipient the message had."""
     config, d = seed004
-    assert d.request(encode("bounce", key="zoe@example.net", remote="1", mid="<forged@spam>")) == b"0"
+
+    def report(ip: str, mid: str = "<real@mua>") -> bytes:
+        return d.request(encode("bounce", key="zoe@example.net", remote="1", mid=mid, ip=ip))
+
+    assert report("192.0.2.1", "<forged@spam>") == b"0"
     assert d.request(encode("bounce", key="zoe@example.net", remote="1")) == b"0"
     assert shown(config, "sender", "zoe@example.net")["counters"]["bounces"]["total"] == 0  # type: ignore[index]
     assert message(d, "zoe", 2, "1xVbMq-0004rw-1f", mid="<real@mua>", sender="zoe@example.net") == b"0"
-    answers = [d.request(encode("bounce", key="zoe@example.net", remote="1", mid="<real@mua>")) for _ in range(4)]
-    assert answers == [b"0", b"1", b"1", b"1"], "the second blocks the address (limit 1)"
+    assert report("192.0.2.1") == b"0", "counted: 1 of the address's limit of 1"
+    assert report("192.0.2.99") == b"0", "the same network again: a forger's second report of it, not counted"
+    assert total(config, "auth", "zoe", "bounces") == 1
+    assert report("2001:db8:1::25") == b"1", "another network: counted; the address is over its limit"
+    assert report("198.51.100.7") == b"1", "answered: the address is blocked"
     assert total(config, "auth", "zoe", "bounces") == 2, "two recipients: at most two bounces"
     assert total(config, "sender", "zoe@example.net", "bounces") == 2
-    out = hook(config, "record-bounce", "zoe@example.net", "--remote", "--mid", "<real@mua>")
-    assert out.stdout == b"1" and total(config, "auth", "zoe", "bounces") == 2, "the hook keeps to the same rule"
+    out = hook(config, "record-bounce", "zoe@example.net", "--remote", "--ip", "203.0.113.9", "--mid", "<real@mua>")
+    assert out.stdout == b"1" and total(config, "auth", "zoe", "bounces") == 2, "the hook keeps to the same rules"
     # Exim's own bounce (not remote) is ours: it counts against the address, known message or not
     assert d.request(encode("bounce", key="amy@example.net", mid="<unknown@mua>")) == b"0"
     assert total(config, "sender", "amy@example.net", "bounces") == 1
+
+
+def test_a_message_id_used_again_adds_its_recipients(seed004: tuple[Path, Daemon]) -> None:
+    """A bot that sends every message with one Message-ID and sender cannot shrink the
+    bounces they may cause to the last message's recipients."""
+    config, d = seed004
+    for i in range(4):
+        assert message(d, "bo", 1, f"1xVbMq-0004rw-{i}j", mid="<same@bot>", sender="bo@example.net") == b"0"
+    for _ in range(2):
+        d.request(encode("bounce", key="bo@example.net", mid="<same@bot>"))
+    assert total(config, "auth", "bo", "bounces") == 2
 
 
 def test_shadow_mode_records_once_per_limit_setting(tmp_path: Path, serve: Serve) -> None:

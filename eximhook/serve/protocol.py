@@ -6,7 +6,7 @@
     record-invalid NS KEY [rcpt=V] [ip=V]
     record         KIND NS KEY [evidence=V] [ip=V] [n=V]
     message        NS KEY n=V [sender=V] [mid=V] [ip=V] [id=V]
-    bounce         SENDER [mid=V] [failed=V] [remote=V]
+    bounce         SENDER [mid=V] [failed=V] [remote=V] [ip=V]
     frozen         NS KEY id=V
     ping
 
@@ -14,8 +14,8 @@
 (a decimal number), its envelope ``sender``, its Message-ID header ``mid`` and Exim id
 ``id``. ``bounce`` is one bounce to ``SENDER`` (a namespace-``sender`` key); ``mid`` is
 the bounce's References header, whose last id names the bounced message; ``remote`` is
-``1`` for a report another MTA sent over SMTP, counted only if ``mid`` names a message
-we remember sending (``core.bounce_event``).
+``1`` for a report another MTA sent over SMTP (from ``ip``), counted only if ``mid``
+names a message we remember sending, once per reporting network (``core.bounce_event``).
 
 OP, NS and KIND are words from fixed lists. KEY and every V are base64 (the snippets
 write ``${base64:$acl_m_user}``): they come from the SMTP client and may hold any byte,
@@ -44,7 +44,7 @@ _FIELDS = {
     "record-invalid": ("rcpt", "ip"),
     "record": ("evidence", "ip", "n"),
     "message": ("n", "sender", "mid", "ip", "id"),
-    "bounce": ("mid", "failed", "remote"),
+    "bounce": ("mid", "failed", "remote", "ip"),
     "frozen": ("id",),
 }
 _REQUIRED = {"message": ("n",), "frozen": ("id",)}

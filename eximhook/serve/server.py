@@ -140,7 +140,8 @@ class Server:
         if req.op == "bounce":
             return core.bounce_event(self.counters, cfg.policy, now, req.key,
                                      message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
-                                     remember=cfg.bounces.remember, remote=f.get("remote") == "1", **keep)
+                                     remember=cfg.bounces.remember, remote=f.get("remote") == "1",
+                                     ip=f.get("ip") or None, **keep)
         policy = cfg.policy(req.ns, req.kind)
         if policy is None or not policy.windows:
             return None
