@@ -4,11 +4,16 @@
 #     while installing (policy-rc.d), so a test machine stays quiet
 #   - a venv at /opt/eximhook built from Debian's /usr/bin/python3: the Exim user runs
 #     the hooks, so the interpreter must not live under /root
-#   - eximhook into that venv; --dev adds the test and lint tools
+#   - eximhook into that venv (pip as Debian ships it: no self-upgrade from the
+#     network); --dev adds the test and lint tools
+#   - /usr/local/sbin/eximhook (a link into the venv: on root's PATH), the snippets in
+#     /usr/share/eximhook/exim-snippets (replaced whole on every run: an upgrade brings
+#     the new ones), /etc/logrotate.d/eximhook
 #   - without --dev: /etc/eximhook/eximhook.toml (from contrib/eximhook.toml, if absent),
 #     the store and the mirror files (eximhook export), and the systemd units
-#     (eximhook-serve.service, eximhook-maintain.timer) in /etc/systemd/system, not
-#     enabled: README says when to enable them
+#     (eximhook-serve.socket/.service, eximhook-maintain.timer) in /etc/systemd/system,
+#     not enabled: README says when to enable them
+# Uninstall: README, "Install".
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 dev=false
@@ -24,7 +29,8 @@ else
     # No service starts while installing. The guard lives only as long as this script:
     # left behind, it would stop every later apt-get upgrade from restarting services.
     if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        printf '#!/bin/sh\n# eximhook install.sh: no service starts while it installs packages\nexit 101\n' \
+            > /usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
@@ -33,7 +39,6 @@ else
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install -q --upgrade pip
 if $dev; then
     "$venv/bin/pip" install -q "$here[test,lint]"
 else
@@ -41,6 +46,17 @@ else
 fi
 chmod -R go+rX "$venv"
 echo "install: eximhook $("$venv/bin/python3" -I -c 'import eximhook; print(eximhook.__version__)') in $venv"
+
+ln -sfn "$venv/bin/eximhook" /usr/local/sbin/eximhook
+share=/usr/share/eximhook
+install -d -m 0755 "$share"
+rm -rf "$share/exim-snippets.new"
+cp -R "$here/exim-snippets" "$share/exim-snippets.new"
+chmod -R go+rX,go-w "$share/exim-snippets.new"
+rm -rf "$share/exim-snippets"
+mv "$share/exim-snippets.new" "$share/exim-snippets"
+[ -d /etc/logrotate.d ] && install -m 0644 "$here/contrib/eximhook.logrotate" /etc/logrotate.d/eximhook
+echo "install: /usr/local/sbin/eximhook, snippets in $share/exim-snippets"
 
 if ! $dev; then
     install -d -m 0755 /etc/eximhook

@@ -32,7 +32,13 @@ class Logger:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         data = f"{stamp} {self.ident}[{os.getpid()}] {level}: {line}\n".encode("utf-8", "replace")
         try:
-            fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fd = os.open(self.file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o640)
+                # 0640 whatever the umask (the hooks and the daemon run with 077): the
+                # log's group (adm, from Debian's setgid /var/log/exim4) reads it
+                os.fchmod(fd, 0o640)
+            except FileExistsError:
+                fd = os.open(self.file, os.O_WRONLY | os.O_APPEND)
         except OSError:
             syslog.syslog(_LEVELS[level], line)  # the log file is not ours to write: fall back
             return

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import lmdb
 
     from ._log import Logger
-    from .exim import Exim
+    from .exim import Exim, Message
     from .policy import Policy
 
     Policies = Callable[[str, str], Policy | None]
@@ -247,6 +247,22 @@ def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> li
     return ids
 
 
+def bounces_of(exim: Exim, counters: Counters, messages: list[Message], ns: str, key: str, now: float,
+               remember: float) -> list[str]:
+    """The frozen bounces of the subject's spam: spam it sent before the block went out,
+    bounced to a sender that takes no mail, and the bounce stayed frozen in the queue.
+    A bounce names the message it reports last in References; it is the subject's if
+    that is one of its frozen ``messages``, or a message the volume count remembered as
+    the subject's (within ``remember``)."""
+    ours = {mid for m in messages if (mid := message_ref(m.header("message-id")))}
+    reported = [(b, message_ref(b.header("references"))) for b in exim.frozen_bounces() if b.recipients]
+
+    def look(txn: lmdb.Transaction) -> list[str]:
+        return [b.id for b, mid in reported if mid and (mid in ours or counters.recall_in(
+            txn, b.recipients[0], mid, now, remember, take=False, spent=True) == (ns, key))]
+    return counters.read(look) if reported else []
+
+
 def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
             by: str, dry_run: bool = False) -> tuple[list[str], bool]:
     """Not spam after all: lift the block, thaw the subject's frozen mail and start its
@@ -266,10 +282,12 @@ def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: s
 
 
 def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
-          by: str, dry_run: bool = False, lift: bool = False) -> tuple[list[str], bool]:
-    """Spam: remove the subject's frozen mail from the queue; keep the block unless
-    ``lift``. Returns the ids and whether a block was lifted."""
-    ids = exim.message_ids(ns, key, frozen=True)
+          by: str, dry_run: bool = False, lift: bool = False, remember: float = 0.0) -> tuple[list[str], bool]:
+    """Spam: remove the subject's frozen mail from the queue, and the frozen bounces of
+    its spam (see ``bounces_of``); keep the block unless ``lift``. Returns the ids and
+    whether a block was lifted."""
+    messages = exim.messages(ns, key, frozen=True)
+    ids = [m.id for m in messages] + bounces_of(exim, counters, messages, ns, key, now, remember)
     lifting = lift and store.is_blocked(ns, key)
     if dry_run:
         return ids, lifting

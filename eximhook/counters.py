@@ -350,23 +350,24 @@ class Counters(Env):
         return True
 
     def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
-                  remember: float, take: bool = True) -> tuple[str, str] | None:
+                  remember: float, take: bool = True, spent: bool = False) -> tuple[str, str] | None:
         """The subject that sent the message, if it was within ``remember`` seconds and
-        has bounces left (each recall that ``take``s takes one; the last removes the
-        reference)."""
+        has bounces left (a recall that ``take``s takes one); with ``spent``, also once
+        it has none left (purge still finds the frozen bounces of the subject's spam)."""
         digest, db = ref_digest(sender, message_id), self.db(txn, b"refs")
         hour = int(now // 3600)
         for h in range(hour, hour - int(remember // 3600) - 2, -1):
             k = _HOUR.pack(max(h, 0)) + digest
             data = txn.get(k, db=db)
-            if data is not None:
-                (left,), rest = _LEFT.unpack_from(data), bytes(data[_LEFT.size:])
-                if take and left > 1:
-                    txn.put(k, _LEFT.pack(left - 1) + rest, db=db)
-                elif take:
-                    txn.delete(k, db=db)
-                ns, _, key = rest.partition(b"\0")
-                return ns.decode(), key.decode("utf-8", "surrogateescape")
+            if data is None:
+                continue
+            (left,), rest = _LEFT.unpack_from(data), bytes(data[_LEFT.size:])
+            if left == 0 and not spent:
+                return None
+            if take and left > 0:
+                txn.put(k, _LEFT.pack(left - 1) + rest, db=db)
+            ns, _, key = rest.partition(b"\0")
+            return ns.decode(), key.decode("utf-8", "surrogateescape")
         return None
 
     def forget(self, now: float, remember: float, batch: int = 1000) -> int:

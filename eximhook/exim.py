@@ -36,13 +36,17 @@ class Message:
     headers: list[bytes] = field(default_factory=list)
     size: int = 0
 
-    @property
-    def subject(self) -> str:
+    def header(self, wanted: str) -> str:
+        """The first header of that name, unfolded ("" if none)."""
         for h in self.headers:
             name, _, value = h.partition(b":")
-            if name.strip().lower() == b"subject":
+            if name.strip().lower() == wanted.lower().encode():
                 return " ".join(value.decode("utf-8", "replace").split())
         return ""
+
+    @property
+    def subject(self) -> str:
+        return self.header("subject")
 
     def of(self, ns: str, key: str, qualify_domain: str = "") -> bool:
         """Sent by the subject: the snippets' ACL variables say so, or (a sender subject,
@@ -189,6 +193,11 @@ class Exim:
 
     def message_ids(self, ns: str, key: str, frozen: bool) -> list[str]:
         return [m.id for m in self.messages(ns, key, frozen)]
+
+    def frozen_bounces(self) -> list[Message]:
+        """Frozen bounces (empty sender): a bounce Exim could not deliver either."""
+        found = (self.message(i) for i in self.ids(True))
+        return [m for m in found if m is not None and m.sender == ""]
 
     def act(self, option: str, ids: Sequence[str]) -> None:
         """``exim -Mt`` (thaw), ``-Mf`` (freeze) or ``-Mrm`` (remove) on checked ids."""

@@ -96,7 +96,7 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         f"  {prog} purge {subject}            # spam: delete the frozen mail, keep the block",
         "",
     ]
-    msg.set_content("\n".join(lines))
+    _set_body(msg, "\n".join(lines))
     return msg
 
 
@@ -138,7 +138,7 @@ def _compose_shadow(block: dict[str, Any], *, to: str, sender: str, command: Seq
              "If this sender should have been stopped, set mode = \"enforce\" for it in eximhook.toml.",
              f"  {prog} show {block['ns']} {shell_quote(block['key'])}",
              f"  {prog} top {block.get('counter')}", ""]
-    msg.set_content("\n".join(lines))
+    _set_body(msg, "\n".join(lines))
     return msg
 
 
@@ -166,8 +166,17 @@ def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
     else:
         lines = [f"The eximhook store on {host} takes writes again (it refused them since "
                  f"{formatdate(since, localtime=True)}). Counting works again.", ""]
-    msg.set_content("\n".join(lines))
+    _set_body(msg, "\n".join(lines))
     return send(msg, cfg.notify.sendmail, cfg.notify.to, cfg.notify.timeout)
+
+
+def _set_body(msg: EmailMessage, text: str) -> None:
+    """The text as it reads: 7bit, or 8bit when it holds non-ASCII (an escaped key may),
+    so that the paste-ready commands are not wrapped with quoted-printable's ``=``. Only
+    a line past SMTP's 998 octets (a key of kilobytes) takes quoted-printable."""
+    longest = max((len(line.encode()) for line in text.split("\n")), default=0)
+    cte = "quoted-printable" if longest > 998 else "7bit" if text.isascii() else "8bit"
+    msg.set_content(text, cte=cte)
 
 
 def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) -> str | None:

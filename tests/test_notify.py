@@ -36,6 +36,21 @@ def test_notification_is_sent_once(cli: Run, mailbox: Path) -> None:
     assert [e["event"] for e in __import__("json").loads(cli("history", "--json")[1])] == ["blocked", "notified"]
 
 
+@pytest.mark.parametrize(("key", "cte"), [("bob", "7bit"), ("bøb", "8bit"), ("b" * 1200, "quoted-printable")])
+def test_the_commands_are_paste_ready(cli: Run, mailbox: Path, key: str, cte: str) -> None:
+    """The body as it reads: no quoted-printable '=' breaking a long command line, unless
+    a line is past SMTP's 998 octets."""
+    trip(cli, key)
+    assert cli("notify")[1] == "1"
+    raw = next((mailbox / "out").iterdir()).read_bytes()
+    assert f"Content-Transfer-Encoding: {cte}".encode() in raw
+    [msg] = messages(mailbox)
+    commands = [line for line in msg.get_content().splitlines() if " purge auth " in line]
+    assert commands
+    if cte != "quoted-printable":
+        assert all(line.encode() in raw.splitlines() for line in commands), "each command whole, on its own line"
+
+
 def test_failure_keeps_it_queued(cli: Run, mailbox: Path, tmp_path: Path) -> None:
     trip(cli, "bob")
     (mailbox / "FAIL").touch()

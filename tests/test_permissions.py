@@ -79,3 +79,15 @@ def test_log_file_root_creates_stays_writable_for_hooks(spool: Path) -> None:
                           capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().count("\n") == 2 and "by the hook" in log.read_text()
+
+
+def test_a_hook_makes_the_log_file_readable_by_its_group(spool: Path) -> None:
+    """A hook or the daemon (umask 077) that creates [log] file makes it 0640, so the
+    group of Debian's /var/log/exim4 (adm) can read it, as logrotate's entry recreates it."""
+    config = write_config(spool).rename(spool / "eximhook.toml")
+    log = spool / "spool" / "hooks.log"
+    config.write_text(config.read_text().replace(str(spool / "eximhook.log"), str(log)))
+    config.chmod(0o644)
+    assert as_exim(config, "record-invalid", "auth", "--bad-key-is-fine", "--nonsense").stdout == b"0"
+    assert log.exists() and oct(log.stat().st_mode & 0o777) == oct(0o640)
+    assert log.stat().st_uid == pwd.getpwnam(EXIM_USER).pw_uid

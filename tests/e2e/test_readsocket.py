@@ -105,6 +105,31 @@ def test_a_crash_behind_a_held_socket_loses_no_mail_and_counts_exactly() -> None
         h.cleanup(server)
 
 
+@pytest.mark.parametrize("serve", [True, False], ids=["daemon", "run-hook"])
+def test_exim_bh_counts_nothing(serve: bool) -> None:
+    """`exim -bh IP`, the usual way to test ACLs, runs them for real: it must not count
+    a customer's invalid recipients, block it, or mail the abuse desk."""
+    import subprocess
+
+    server = h.make(["bob", "alice"], limit=2, serve=serve, record_runs=True)
+    try:
+        server.setup().start()
+        script = (f"EHLO client.example\r\nMAIL FROM:<alice@{h.DOMAIN}>\r\n" +
+                  "".join(f"RCPT TO:<{r}>\r\n" for r in h.invalid(4)) + "QUIT\r\n")
+        out = subprocess.run([h.EXIM, "-C", str(server.conf), "-bh", h.RELAY_CLIENT], input=script.encode(),
+                             capture_output=True, timeout=60, check=False)
+        assert out.stdout.count(b"250 Accepted") == 4, "as over SMTP: a relay customer's bot sees success"
+        shown = json.loads(server.eximhook("show", "--json", "relay", h.RELAY_CLIENT).stdout)
+        assert shown["counter"]["total"] == 0 and shown["block"] is None
+        assert server.hook_runs() == []
+        # the same over SMTP counts (the guard is -bh's alone)
+        assert server.send(h.invalid(1), source=h.RELAY_CLIENT, sender=f"alice@{h.DOMAIN}") == {}
+        shown = json.loads(server.eximhook("show", "--json", "relay", h.RELAY_CLIENT).stdout)
+        assert shown["counter"]["total"] == 1
+    finally:
+        h.cleanup(server)
+
+
 def test_restart_with_a_held_notification_sends_it_once() -> None:
     server = h.make(["bob", "alice"], limit=5, serve=True, settings={"notify.hold": 3})
     try:

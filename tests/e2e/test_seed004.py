@@ -202,6 +202,30 @@ def test_a_local_users_bounce_counts_against_the_user(exim: h.Exim) -> None:
     assert exim.hook_runs() == []
 
 
+def test_purge_takes_the_frozen_bounces_of_the_spam_and_freeze_queued_is_ours(exim: h.Exim) -> None:
+    """A customer host's bot sends spam with a sender that takes no mail: what went out
+    before the block bounces, and the bounce stays frozen ("delivery error message").
+    purge removes it with the frozen spam; mail freeze_queued froze shows as eximhook's."""
+    relay = exim.eximhook_conf
+    relay.write_text(relay.read_text().replace("[limits.relay]\nlimit = 50", "[limits.relay]\nlimit = 2"))
+    ghost = f"ghost@{h.DOMAIN}"  # no such mailbox: its bounces are frozen
+    assert exim.send(DEAD[:1], source=h.RELAY_CLIENT, sender=ghost, headers="Message-ID: <s1@bot>\r\n") == {}
+    [bounce] = h.wait_for("the frozen bounce", lambda: exim.queue(frozen=True))  # type: ignore[misc]
+    assert exim.send([f"q@{h.REMOTE}"], source=h.RELAY_CLIENT, sender=ghost, subject="queued spam") == {}
+    [queued] = exim.queue(frozen=False)  # the remote MX does not answer: it waits in the queue
+    exim.stop_daemon()  # reload the limit
+    exim.start_daemon()
+    assert exim.send(h.invalid(3), source=h.RELAY_CLIENT, sender=ghost, subject="the trip") == {}
+    h.wait_for("the notification", lambda: exim.maildir("abuse"))
+    frozen = {m["id"]: m["frozen_by_eximhook"]
+              for m in json.loads(exim.eximhook("frozen", "--json", "relay", h.RELAY_CLIENT).stdout)}
+    assert frozen.get(queued) is True, "frozen by freeze_queued at the block: eximhook's"
+    assert len(frozen) == 2 and all(frozen.values())
+    out = exim.eximhook("purge", "relay", h.RELAY_CLIENT)
+    assert out.returncode == 0 and bounce in out.stdout, out.stdout
+    assert exim.queue() == [], "the spam and the bounce of the spam before it are gone"
+
+
 def test_hostile_sender_addresses(exim: h.Exim) -> None:
     """A customer host's envelope sender is its own (no submission mode rewrites it):
     quotes, a space and an @ in the local part, upper case. Its bounce counts against
