@@ -184,5 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", commands.status, "health for monitoring: store, mirror, outbox, daemon (Nagios exit codes)",
         json=True)
     add("maintain", commands.maintain, "the timer's run: probe the store, repair the mirror, send notifications")
+    p = add("setup-exim4", commands.setup_exim4,
+            "Debian: wire eximhook into exim4-config without editing a conffile (add), take it out (remove), "
+            "or show what the generated config does (test)")
+    p.add_argument("action", choices=("add", "remove", "test"))
+    p.add_argument("--confdir", default="/etc/exim4", help="Debian's Exim config directory (default /etc/exim4)")
+    p.add_argument("--snippets", default="/usr/share/eximhook/exim-snippets",
+                   help="where install.sh put the snippets (default /usr/share/eximhook/exim-snippets)")
     add("check-config", commands.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

@@ -15,7 +15,7 @@ from . import notify as notify_mod
 from ._log import Logger
 from .config import Config
 from .counters import Counters
-from .errors import Exit
+from .errors import Exit, SetupError
 from .exim import Exim
 from .periods import format_period, format_time
 from .policy import UNITS
@@ -347,6 +347,37 @@ def serve(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"eximhook serve on {cfg.serve.socket}: up, answered ping in {rtt * 1000:.1f} ms")
         return Exit.OK
     server.serve(cfg, allow_root=opts.allow_root)
+    return Exit.OK
+
+
+def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
+    """Debian: wire eximhook into exim4-config (add), take it out (remove), or show
+    what the generated config does (test). See ``debian``."""
+    from . import debian
+
+    lay = debian.layout(opts.confdir)
+    where = f"{'split' if lay.split else 'unsplit'} config in {lay.confdir}"
+    if opts.action == "test":
+        with open_store(cfg) as store:
+            blocked = [(b["ns"], b["key"]) for b in store.blocks()][:1]
+        for line in debian.selftest([*blocked, ("auth", "eximhook-selftest")]):
+            print(line)
+        return Exit.OK if debian.is_added(lay) else Exit.UNAVAILABLE
+    if opts.action == "add":
+        cdb = os.path.join(cfg.store.mirror_dir, "blocked_subjects.cdb")
+        changed = debian.add(lay, debian.block(cfg.serve.socket, cfg.path, cdb, opts.snippets))
+        try:
+            debian.update()
+        except SetupError:
+            debian.remove(lay)  # what Exim would not take goes out again, and the config with it
+            debian.update()
+            raise
+    else:
+        changed = debian.remove(lay)
+        debian.update()
+    verb = "added to" if opts.action == "add" else "removed from"
+    print(f"eximhook {verb} the {where}: {', '.join(changed) or 'nothing to do'}")
+    print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")
     return Exit.OK
 
 

@@ -93,3 +93,10 @@ class ServeError(EximhookError):
     """The daemon cannot listen on its socket, or does not answer on it."""
 
     exit_code = Exit.UNAVAILABLE
+
+
+class SetupError(EximhookError):
+    """setup-exim4: Debian's config cannot take eximhook as it is (a hook in use,
+    update-exim4.conf or exim4 -bV failing); nothing is left changed."""
+
+    exit_code = Exit.CONFIG

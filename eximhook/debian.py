@@ -1,0 +1,208 @@
+"""``eximhook setup-exim4``: eximhook into Debian's exim4-config, without editing a
+conffile, and out again byte for byte.
+
+Debian offers hooks for this, in both layouts:
+- macros and main options: ``conf.d/main/00_eximhook`` (split), or a marked block in
+  ``exim4.conf.localmacros``, which update-exim4.conf puts before the template (unsplit);
+- ``MAIN_ACL_CHECK_RCPT`` names the RCPT ACL: ``acl_eximhook_rcpt``, which first runs
+  Debian's own ``acl_check_rcpt`` whole (``require acl``: its denials and its accepts
+  stand) and then eximhook's statements, so a blocked sender's mail to postmaster,
+  which Debian accepts first of all, is frozen too;
+- ``CHECK_DATA_LOCAL_ACL_FILE`` is included just before the DATA ACL's accept;
+- ``LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE`` is included at the very end of the ACL that
+  comes first in Debian's ACL section, in both layouts: what it includes may start new
+  ACLs, and ``exim-snippets/debian-acls.conf`` defines eximhook's there.
+A config that already sets one of these macros is refused with its name: the admin
+merges by hand. Nothing here prints or exits; the CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+from .errors import SetupError
+
+CONFDIR = "/etc/exim4"
+SNIPPETS = "/usr/share/eximhook/exim-snippets"
+BEGIN = "# BEGIN eximhook setup-exim4: `eximhook setup-exim4 remove` takes this out"
+END = "# END eximhook setup-exim4"
+_CREATED = "# (this file did not exist before: remove deletes it)"
+_JOINED = "# (the file did not end with a newline: add put one before this block, remove takes it away)"
+# Debian's hooks eximhook takes; a config that sets one already is not ours to change
+TAKEN = ("MAIN_ACL_CHECK_RCPT", "CHECK_DATA_LOCAL_ACL_FILE", "LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE",
+         "EXIMHOOK_SOCKET")
+
+
+@dataclass(frozen=True)
+class Layout:
+    confdir: str
+    split: bool
+
+    @property
+    def main_file(self) -> str:
+        """Where eximhook's main-section lines go."""
+        if self.split:
+            return os.path.join(self.confdir, "conf.d", "main", "00_eximhook")
+        return os.path.join(self.confdir, "exim4.conf.localmacros")
+
+    def sources(self) -> list[str]:
+        """The files update-exim4.conf reads: where a macro could already be set."""
+        if self.split:
+            top = os.path.join(self.confdir, "conf.d")
+            return sorted(os.path.join(d, f) for d, _, files in os.walk(top) for f in files)
+        return [os.path.join(self.confdir, f) for f in ("exim4.conf.localmacros", "exim4.conf.template")]
+
+
+def layout(confdir: str = CONFDIR) -> Layout:
+    """Split or unsplit, as update-exim4.conf.conf says (Debian's default: unsplit)."""
+    try:
+        with open(os.path.join(confdir, "update-exim4.conf.conf"), encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise SetupError(f"{confdir}/update-exim4.conf.conf: {exc.strerror}: is this Debian's exim4-config?") from exc
+    found = re.findall(r"^\s*dc_use_split_config\s*=\s*'?(\w*)'?", text, re.M)
+    return Layout(confdir, bool(found) and found[-1] == "true")
+
+
+def block(socket: str, config: str, cdb: str, snippets: str = SNIPPETS) -> str:
+    """eximhook's main-section lines, between the markers."""
+    return "\n".join([
+        BEGIN,
+        f"EXIMHOOK_SOCKET = {socket}",
+        f"EXIMHOOK_CMD = /opt/eximhook/bin/python3 -IS /opt/eximhook/bin/eximhook --config {config}",
+        f"EXIMHOOK_CDB = {cdb}",
+        f"EXIMHOOK_SNIPPETS = {snippets}",
+        f".include {snippets}/macros.conf",
+        "MAIN_ACL_CHECK_RCPT = acl_eximhook_rcpt",
+        f"CHECK_DATA_LOCAL_ACL_FILE = {snippets}/acl-data.conf",
+        f"LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE = {snippets}/debian-acls.conf",
+        "acl_not_smtp = acl_eximhook_not_smtp",
+        END, ""])
+
+
+def is_added(lay: Layout) -> bool:
+    try:
+        with open(lay.main_file, encoding="utf-8", errors="surrogateescape") as f:
+            return BEGIN in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def add(lay: Layout, text: str) -> list[str]:
+    """Write ``text`` (``block()``) into the layout's main file; returns what changed.
+    Refuses when a hook eximhook takes is set already, or when it is added already."""
+    if is_added(lay):
+        raise SetupError(f"eximhook is set up already ({lay.main_file}): remove first to change it")
+    for path in lay.sources():
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                body = f.read()
+        except OSError:
+            continue
+        for macro in TAKEN:
+            if _sets(body, macro):
+                raise SetupError(f"{path} sets {macro}, which eximhook's set-up sets too: merge by hand "
+                                 "(README, Exim integration)")
+    path = lay.main_file
+    if lay.split or not os.path.exists(path):
+        _write(path, text if lay.split else _CREATED + "\n" + text)
+    else:
+        with open(path, "rb") as f:
+            old = f.read()
+        if old and not old.endswith(b"\n"):
+            text = "\n" + text.replace(BEGIN + "\n", BEGIN + "\n" + _JOINED + "\n", 1)
+        _write_bytes(path, old + text.encode(), keep_mode_of=path)
+    return [path]
+
+
+def _sets(text: str, macro: str) -> bool:
+    """Whether ``text`` defines ``macro``, other than as a default (``.ifndef``-guarded,
+    as Debian's own files define MAIN_ACL_CHECK_RCPT)."""
+    previous = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if re.match(rf"{macro}\s*=", stripped) and previous != f".ifndef {macro}":
+            return True
+        if stripped and not stripped.startswith("#"):
+            previous = " ".join(stripped.split())
+    return False
+
+
+def remove(lay: Layout) -> list[str]:
+    """Take eximhook out again: the file as it was before ``add``, byte for byte."""
+    path = lay.main_file
+    if not is_added(lay):
+        return []
+    if lay.split:
+        os.unlink(path)
+        return [path]
+    with open(path, "rb") as f:
+        data = f.read()
+    start, end = data.index(BEGIN.encode()), data.index(END.encode())
+    end = data.index(b"\n", end) + 1
+    if _JOINED.encode() in data[start:end]:
+        start -= 1  # the newline add put at the end of the admin's last line
+    before, after = data[:start], data[end:]
+    if before == (_CREATED + "\n").encode() and not after:
+        os.unlink(path)
+        return [path]
+    _write_bytes(path, before + after, keep_mode_of=path)
+    return [path]
+
+
+def update(confdir: str = CONFDIR, timeout: float = 60) -> None:
+    """Regenerate Exim's config (update-exim4.conf) and check it (exim4 -bV)."""
+    for argv in (["update-exim4.conf"], ["exim4", "-bV"]):
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SetupError(f"{argv[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            raise SetupError(f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()[:800]}")
+
+
+def _write(path: str, text: str) -> None:
+    _write_bytes(path, text.encode(), keep_mode_of=None)
+
+
+def _write_bytes(path: str, data: bytes, keep_mode_of: str | None) -> None:
+    """Atomically, readable by all (Exim's config files are: root 0644)."""
+    mode = os.stat(keep_mode_of).st_mode & 0o7777 if keep_mode_of else 0o644
+    tmp = f"{path}.eximhook-tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
+    """What the generated config does, as Exim itself expands it: which ACLs it runs,
+    and, for each sample subject, whether its mail would be accepted and frozen."""
+    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp"]
+    try:
+        shown = subprocess.run(["exim4", "-bP", *probe], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"exim4 -bP: {exc}") from exc
+    lines = [line.strip() for line in shown.stdout.splitlines() if line.strip()]
+    queries = [f"${{lookup{{{ns}:{_quote(key)}}}cdb{{EXIMHOOK_CDB}}{{blocked: accepted and frozen}}"
+               f"{{not blocked: counted}}}}" for ns, key in samples]
+    queries.append("${if exists{EXIMHOOK_SOCKET}{daemon socket EXIMHOOK_SOCKET: there}"
+                   "{daemon socket EXIMHOOK_SOCKET: missing, the run hooks count}}")
+    try:
+        out = subprocess.run(["exim4", "-be"], input="\n".join(queries) + "\n", capture_output=True, text=True,
+                             timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SetupError(f"exim4 -be: {exc}") from exc
+    answers = [a.removeprefix("> ").strip() for a in out.stdout.split("\n") if a.startswith("> ")]
+    for (ns, key), answer in zip(samples, answers, strict=False):
+        lines.append(f"{ns} {key}: {answer}")
+    lines += answers[len(samples):len(samples) + 1]
+    return lines
+
+
+def _quote(key: str) -> str:
+    """A key inside an Exim string: backslash, dollar and braces escaped."""
+    return re.sub(r"([\\${}])", r"\\\1", key)
