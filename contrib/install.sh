@@ -14,10 +14,31 @@
 #     (eximhook-serve.socket/.service, eximhook-maintain.timer) in /etc/systemd/system,
 #     not enabled: README says when to enable them
 # Uninstall: README, "Install".
+#
+# A mail server without access to PyPI: on a machine that has it (same Debian release
+# and architecture),
+#   bash contrib/install.sh --download DIR     # wheels of eximhook and its dependencies
+# then copy DIR and this checkout over, and there
+#   bash contrib/install.sh --offline DIR      # pip installs from DIR only, no index
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 dev=false
-[ "${1:-}" = "--dev" ] && dev=true
+wheels=""
+case "${1:-}" in
+    --dev) dev=true ;;
+    --offline) wheels=$(cd "${2:?--offline needs the directory --download filled}" && pwd) ;;
+    --download)
+        out=${2:?--download needs a directory}
+        mkdir -p "$out"
+        tmp=$(mktemp -d)
+        trap 'rm -rf "$tmp"' EXIT
+        /usr/bin/python3 -m venv "$tmp/venv"
+        "$tmp/venv/bin/pip" wheel -q -w "$out" "$here"
+        echo "install: wheels for eximhook and its dependencies in $out; install with --offline $out"
+        exit 0 ;;
+    "") ;;
+    *) echo "usage: install.sh [--dev | --download DIR | --offline DIR]" >&2; exit 64 ;;
+esac
 venv=/opt/eximhook
 
 packages="exim4-daemon-heavy python3-venv openssl"
@@ -39,7 +60,9 @@ else
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
-if $dev; then
+if [ -n "$wheels" ]; then
+    "$venv/bin/pip" install -q --no-index --find-links "$wheels" --force-reinstall eximhook
+elif $dev; then
     "$venv/bin/pip" install -q "$here[test,lint]"
 else
     "$venv/bin/pip" install -q "$here"

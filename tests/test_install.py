@@ -38,3 +38,34 @@ def test_the_snippets_are_this_checkouts() -> None:
 def test_logrotate_entry() -> None:
     entry = Path("/etc/logrotate.d/eximhook")
     assert entry.read_text() == (ROOT / "contrib" / "eximhook.logrotate").read_text()
+
+
+OFFLINE = r"""
+set -eu
+# what install.sh writes to, private to this namespace (which has no network at all)
+for d in /etc /var/spool/exim4 /usr/local/sbin /usr/share/eximhook /opt/eximhook; do
+  copy=$(mktemp -d -p /dev/shm); [ "$d" = /opt/eximhook ] || cp -a "$d/." "$copy/"
+  mount -t tmpfs -o mode=0755 eximhook-offline "$d"
+  cp -a "$copy/." "$d/"; rm -rf "$copy"
+done
+bash "$1/contrib/install.sh" --offline "$2"
+/opt/eximhook/bin/python3 -I -c 'import eximhook, lmdb, uvloop, cdblib, filelock; print("imports ok")'
+/usr/local/sbin/eximhook check-config | head -1
+"""
+
+
+def test_install_from_a_wheelhouse_without_network(tmp_path: Path) -> None:
+    """--download fills a wheelhouse (here, with the package index); --offline installs
+    from it in a network namespace with no network at all: no pip self-upgrade, no
+    index, nothing fetched."""
+    import subprocess
+
+    wheels = tmp_path / "wheels"
+    got = subprocess.run(["bash", str(ROOT / "contrib" / "install.sh"), "--download", str(wheels)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert any(p.name.startswith("eximhook-") for p in wheels.iterdir())
+    out = subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", OFFLINE,
+                          "bash", str(ROOT), str(wheels)], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "imports ok" in out.stdout and "config /etc/eximhook/eximhook.toml: ok" in out.stdout
