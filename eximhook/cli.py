@@ -98,7 +98,7 @@ def _period_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from . import commands
+    from .commands import blocks, queue, system
     from .policy import COUNTERS
     from .subjects import NAMESPACES
 
@@ -145,51 +145,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "once per reporting network")
     p.add_argument("--ip", help="with --remote: the reporting MTA's address")
     p.add_argument("--fallback", action="store_true", help=fallback)
-    add("notify", commands.notify, "hook: send queued notifications; print how many were sent")
-    p = add("list", commands.list_blocks, "list blocked subjects", json=True)
+    add("notify", blocks.notify, "hook: send queued notifications; print how many were sent")
+    p = add("list", blocks.list_blocks, "list blocked subjects", json=True)
     p.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
     p.add_argument("--would-block", action="store_true",
                    help="list the trips of counters in shadow mode instead: who would have been blocked")
-    p = add("top", commands.top, "the busiest subjects of a counter: peak counts against the limits", json=True)
+    p = add("top", blocks.top, "the busiest subjects of a counter: peak counts against the limits", json=True)
     p.add_argument("counter", metavar="COUNTER", choices=COUNTERS, help=f"one of {', '.join(COUNTERS)}")
     p.add_argument("--since", type=_period_arg, default=86400.0,
                    help="peaks from this long ago on, counted by day (default 1d; kept up to 7d)")
     p.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
     p.add_argument("--limit", type=int, default=20, help="subjects to show (default 20)")
-    add("show", commands.show, "show a subject's block, counter and history", subject=True, json=True)
-    p = add("block", commands.block, "block a subject by hand (and notify)", subject=True)
+    add("show", blocks.show, "show a subject's block, counter and history", subject=True, json=True)
+    p = add("block", blocks.block, "block a subject by hand (and notify)", subject=True)
     p.add_argument("--reason", help="why, for the record and the notification")
     p.add_argument("--no-notify", action="store_true", help="do not mail the abuse desk")
-    p = add("unblock", commands.unblock, "lift a block and reset the subject's counter", subject=True)
+    p = add("unblock", blocks.unblock, "lift a block and reset the subject's counter", subject=True)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--release", action="store_true", help="also thaw and deliver the frozen mail")
     what.add_argument("--purge", action="store_true", help="also delete the frozen mail")
     p.set_defaults(dry_run=False)
-    add("frozen", commands.frozen, "list a subject's frozen messages", subject=True, json=True)
-    p = add("view", commands.view, "show a queued message: headers and the start of the body")
+    add("frozen", queue.frozen, "list a subject's frozen messages", subject=True, json=True)
+    p = add("view", queue.view, "show a queued message: headers and the start of the body")
     p.add_argument("id", metavar="ID", help="message id (16 or 23 characters)")
     p.add_argument("--lines", type=int, default=40, help="body lines to show (default 40)")
-    p = add("release", commands.release, "not spam: unblock, thaw and deliver the frozen mail", subject=True)
+    p = add("release", queue.release, "not spam: unblock, thaw and deliver the frozen mail", subject=True)
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
-    p = add("purge", commands.purge, "spam: delete the subject's frozen mail, keep the block", subject=True)
+    p = add("purge", queue.purge, "spam: delete the subject's frozen mail, keep the block", subject=True)
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
     p.add_argument("--unblock", action="store_true", help="lift the block afterwards")
-    p = add("history", commands.history, "the audit log, all of it or one subject's", json=True)
+    p = add("history", blocks.history, "the audit log, all of it or one subject's", json=True)
     p.add_argument("ns", nargs="?", metavar="NS")
     p.add_argument("key", nargs="?", metavar="KEY")
-    add("export", commands.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
-    p = add("serve", commands.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
+    add("export", blocks.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
+    p = add("serve", system.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
     p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")
     p.add_argument("--allow-root", action="store_true", help="run even as root (it should run as the Exim user)")
-    add("status", commands.status, "health for monitoring: store, mirror, outbox, daemon (Nagios exit codes)",
+    add("status", system.status, "health for monitoring: store, mirror, outbox, daemon (Nagios exit codes)",
         json=True)
-    add("maintain", commands.maintain, "the timer's run: probe the store, repair the mirror, send notifications")
-    p = add("setup-exim4", commands.setup_exim4,
+    add("maintain", system.maintain, "the timer's run: probe the store, repair the mirror, send notifications")
+    p = add("setup-exim4", system.setup_exim4,
             "Debian: wire eximhook into exim4-config without editing a conffile (add), take it out (remove), "
             "or show what the generated config does (test)")
     p.add_argument("action", choices=("add", "remove", "test"))
     p.add_argument("--confdir", default="/etc/exim4", help="Debian's Exim config directory (default /etc/exim4)")
     p.add_argument("--snippets", default="/usr/share/eximhook/exim-snippets",
                    help="where install.sh put the snippets (default /usr/share/eximhook/exim-snippets)")
-    add("check-config", commands.check_config, "validate the config and refresh the hooks' cache of it")
+    add("check-config", system.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

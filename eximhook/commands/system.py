@@ -1,0 +1,101 @@
+"""The daemon, health, the config and Debian's Exim config: serve, status, maintain,
+check-config, setup-exim4."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from .. import health
+from .. import notify as notify_mod
+from .._log import Logger
+from ..config import Config
+from ..errors import Exit, SetupError
+from ..periods import format_period
+from ..policy import UNITS
+from ..subjects import escape
+from . import dump, open_store
+
+
+def status(cfg: Config, opts: argparse.Namespace) -> int:
+    checks = health.status(cfg, time.time())
+    level = max(c.level for c in checks)
+    if opts.json:
+        dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
+    else:  # one line, as a Nagios/Icinga plugin prints it
+        print(f"EXIMHOOK {health.LEVELS[level]} - " + "; ".join(f"{c.name} {escape(c.text)}" for c in checks))
+    return level
+
+def maintain(cfg: Config, opts: argparse.Namespace) -> int:
+    sent, problems, code = health.maintain(cfg, Logger(cfg.log.file), notify_mod.command_line(cfg), time.time())
+    for problem in problems:
+        print(f"eximhook maintain: {problem}", file=sys.stderr)
+    print(f"{sent} notification(s) sent")
+    return code
+
+def serve(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..serve import server, sockets
+
+    if opts.check:
+        rtt = sockets.ping(cfg.serve.socket, cfg.serve.timeout)
+        print(f"eximhook serve on {cfg.serve.socket}: up, answered ping in {rtt * 1000:.1f} ms")
+        return Exit.OK
+    server.serve(cfg, allow_root=opts.allow_root)
+    return Exit.OK
+
+def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
+    """Debian: wire eximhook into exim4-config (add), take it out (remove), or show
+    what the generated config does (test). See ``debian``."""
+    from .. import debian
+
+    lay = debian.layout(opts.confdir)
+    where = f"{'split' if lay.split else 'unsplit'} config in {lay.confdir}"
+    if opts.action == "test":
+        with open_store(cfg) as store:
+            blocked = [(b["ns"], b["key"]) for b in store.blocks()][:1]
+        for line in debian.selftest([*blocked, ("auth", "eximhook-selftest")]):
+            print(line)
+        return Exit.OK if debian.is_added(lay) else Exit.UNAVAILABLE
+    if opts.action == "add":
+        cdb = os.path.join(cfg.store.mirror_dir, "blocked_subjects.cdb")
+        changed = debian.add(lay, debian.block(cfg.serve.socket, cfg.path, cdb, opts.snippets))
+        try:
+            debian.update()
+        except SetupError:
+            debian.remove(lay)  # what Exim would not take goes out again, and the config with it
+            debian.update()
+            raise
+    else:
+        changed = debian.remove(lay)
+        debian.update()
+    verb = "added to" if opts.action == "add" else "removed from"
+    print(f"eximhook {verb} the {where}: {', '.join(changed) or 'nothing to do'}")
+    print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")
+    return Exit.OK
+
+def check_config(cfg: Config, opts: argparse.Namespace) -> int:
+    print(f"config {cfg.path}: ok")
+    print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
+    for ns, table_ in cfg.policies.items():
+        for name, policy in table_.items():
+            if policy.windows:
+                windows = " or ".join(f"more than {lim} {UNITS[name]} in {format_period(per)}"
+                                      for lim, per in policy.windows)
+                verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
+                print(f"  limits.{ns}.{name}: {windows} {verb}")
+    print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
+    print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
+    print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")
+    if cfg.serve.timeout >= 2:
+        print(f"  note: [serve] timeout {cfg.serve.timeout:g}s: keep it below the snippets' EXIMHOOK_WAIT (2s unless "
+              "you changed it), or Exim runs the ${run} hook while the daemon may still count the same event")
+    import pwd
+
+    try:
+        pwd.getpwnam(cfg.exim.user)
+    except KeyError:
+        print(f"  note: [exim] user {cfg.exim.user!r} does not exist here: set it to the user Exim runs as "
+              "(eximhook status and maintain check as that user)")
+    return Exit.OK
