@@ -84,6 +84,8 @@ def bounce_event(counters: Counters, policies: Policies, now: float, sender: str
     send one. Backscatter from spam that forged our user's address names no message of
     ours; someone who got one of our user's messages may know its Message-ID, but one
     host can report it once, as the one MTA that delivers to a domain does."""
+    failed = " ".join(failed.split()) if failed else failed  # a folded header, unfolded
+
     def body(txn: lmdb.Transaction) -> list[Tally]:
         if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
                            and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):

@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .errors import SetupError
+from .subjects import own_address
 
 CONFDIR = "/etc/exim4"
 SNIPPETS = "/usr/share/eximhook/exim-snippets"
@@ -31,9 +32,11 @@ BEGIN = "# BEGIN eximhook setup-exim4: `eximhook setup-exim4 remove` takes this 
 END = "# END eximhook setup-exim4"
 _CREATED = "# (this file did not exist before: remove deletes it)"
 _JOINED = "# (the file did not end with a newline: add put one before this block, remove takes it away)"
-# Debian's hooks eximhook takes; a config that sets one already is not ours to change
+# Debian's hooks eximhook takes; a config that sets one already is not ours to change.
+# WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE (deprecated) is included after the hook
+# debian-acls.conf comes in by, so its rules would end up in an ACL nothing uses.
 TAKEN = ("MAIN_ACL_CHECK_RCPT", "CHECK_DATA_LOCAL_ACL_FILE", "LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE",
-         "EXIMHOOK_SOCKET")
+         "WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE", "EXIMHOOK_SOCKET")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def add(lay: Layout, text: str) -> list[str]:
             continue
         for macro in TAKEN:
             if _sets(body, macro):
-                raise SetupError(f"{path} sets {macro}, which eximhook's set-up sets too: merge by hand "
+                raise SetupError(f"{path} sets {macro}, which eximhook's set-up cannot share: merge by hand "
                                  "(README, Exim integration)")
     path = lay.main_file
     if lay.split or not os.path.exists(path):
@@ -187,8 +190,8 @@ def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"exim4 -bP: {exc}") from exc
     lines = [line.strip() for line in shown.stdout.splitlines() if line.strip()]
-    queries = [f"${{lookup{{{ns}:{_quote(key)}}}cdb{{EXIMHOOK_CDB}}{{blocked: accepted and frozen}}"
-               f"{{not blocked: counted}}}}" for ns, key in samples]
+    queries = [f"${{lookup{{{ns}:{_quote(key)}}}cdb{{EXIMHOOK_CDB}}{{blocked: its mail is accepted and frozen}}"
+               f"{{not blocked: its invalid recipients are counted}}}}" for ns, key in samples]
     queries.append("${if exists{EXIMHOOK_SOCKET}{daemon socket EXIMHOOK_SOCKET: there}"
                    "{daemon socket EXIMHOOK_SOCKET: missing, the run hooks count}}")
     try:
@@ -198,7 +201,8 @@ def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
         raise SetupError(f"exim4 -be: {exc}") from exc
     answers = [a.removeprefix("> ").strip() for a in out.stdout.split("\n") if a.startswith("> ")]
     for (ns, key), answer in zip(samples, answers, strict=False):
-        lines.append(f"{ns} {key}: {answer}")
+        own = " (but this machine's own address: the relay snippets skip it)" if own_address(ns, key) else ""
+        lines.append(f"{ns} {key}: {answer}{own} (the cdb lookup the snippets make)")
     lines += answers[len(samples):len(samples) + 1]
     return lines
 

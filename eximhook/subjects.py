@@ -69,6 +69,20 @@ def _group_ipv6(raw: bytes, prefix: int) -> bytes:
     return f"{net.network_address.exploded.replace(':', '.')}/{prefix}".encode()
 
 
+def own_address(ns: str, key: str) -> bool:
+    """A relay key that is a loopback address: the relay snippets skip connections from
+    the server itself (``hosts = !@[] : ...``: webmail and other local programs that
+    submit over SMTP), so a block on it never freezes anything."""
+    if ns != "relay":
+        return False
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(key).is_loopback
+    except ValueError:
+        return False
+
+
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -157,3 +157,11 @@ def test_show_into_a_closed_pipe_is_quiet(config: Path) -> None:
                          shell=True, capture_output=True, text=True, check=False)
     assert out.stdout.startswith("auth bob: user bob blocked because has sent mail to 6 invalid recipients")
     assert out.stdout.count("\n") == 1 and out.stderr == ""
+
+
+def test_a_relay_block_on_a_loopback_address_warns(cli: Run) -> None:
+    """The relay snippets skip the server's own connections (!@[]): say so, keep the block."""
+    code, out, err = cli("block", "relay", "127.0.0.1", "--no-notify")
+    assert code == 0 and out == "blocked relay 127.0.0.1\n"
+    assert "this block freezes nothing" in err
+    assert cli("block", "relay", "192.0.2.7", "--no-notify")[2] == ""

@@ -271,6 +271,14 @@ def test_socket_activation_serves_on_the_inherited_socket_and_keeps_it(tmp_path:
         held.close()
 
 
+def test_a_socket_directory_it_cannot_make_says_how(tmp_path: Path) -> None:
+    config = write_config(tmp_path, settings={"serve.socket": "/dev/null/eximhook/eximhook.sock"})
+    proc = subprocess.run([sys.executable, "-IS", EXIMHOOK, "--config", str(config), "serve", "--allow-root"],
+                          capture_output=True, text=True, check=False, timeout=30)
+    assert proc.returncode == Exit.UNAVAILABLE
+    assert "cannot make /dev/null/eximhook: Not a directory" in proc.stderr and "install -d -o" in proc.stderr
+
+
 def test_check_reports_up_and_down(daemon: Daemon, cli: Run) -> None:
     code, out, _ = cli("serve", "--check", config_path=daemon.config)
     assert code == 0 and out.startswith(f"eximhook serve on {daemon.socket}: up")

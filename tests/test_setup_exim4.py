@@ -51,12 +51,13 @@ def test_remove_restores_every_byte(tmp_path: Path, split: bool, localmacros: by
 
 
 @pytest.mark.parametrize("split", [True, False])
-def test_a_hook_in_use_is_refused(tmp_path: Path, split: bool) -> None:
-    top = confdir(tmp_path, split, b"CHECK_DATA_LOCAL_ACL_FILE = /etc/exim4/my-data-acl\n")
+@pytest.mark.parametrize("macro", ["CHECK_DATA_LOCAL_ACL_FILE", "WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE"])
+def test_a_hook_in_use_is_refused(tmp_path: Path, split: bool, macro: str) -> None:
+    top = confdir(tmp_path, split, f"{macro} = /etc/exim4/my-acl\n".encode())
     if split:
-        (top / "conf.d" / "main" / "00_local").write_text("CHECK_DATA_LOCAL_ACL_FILE = /etc/exim4/my-data-acl\n")
+        (top / "conf.d" / "main" / "00_local").write_text(f"{macro} = /etc/exim4/my-acl\n")
     before = snapshot(top)
-    with pytest.raises(SetupError, match="sets CHECK_DATA_LOCAL_ACL_FILE"):
+    with pytest.raises(SetupError, match=f"sets {macro}"):
         debian.add(debian.layout(str(top)), TEXT)
     assert snapshot(top) == before
 

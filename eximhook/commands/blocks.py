@@ -17,7 +17,7 @@ from ..errors import Exit
 from ..periods import format_period, format_time
 from ..policy import UNITS
 from ..store import Store
-from ..subjects import escape
+from ..subjects import escape, own_address
 from . import actor, dump, open_counters, open_store, subject, table
 from .queue import purge, release
 
@@ -159,6 +159,9 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK
         print(f"blocked {ns} {escape(key)}")
+        if own_address(ns, key):
+            print(f"eximhook: warning: {key} is this machine's own address, and the relay snippets skip "
+                  "connections from the server itself (!@[]): this block freezes nothing", file=sys.stderr)
         if not opts.no_notify:
             sent, errors = send_notifications(cfg, store)
             print(f"notification sent to {cfg.notify.to}" if sent else

@@ -53,11 +53,14 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     lay = debian.layout(opts.confdir)
     where = f"{'split' if lay.split else 'unsplit'} config in {lay.confdir}"
     if opts.action == "test":
+        if not debian.is_added(lay):
+            print(f"eximhook is not set up in the {where}: eximhook setup-exim4 add")
+            return Exit.UNAVAILABLE
         with open_store(cfg) as store:
             blocked = [(b["ns"], b["key"]) for b in store.blocks()][:1]
         for line in debian.selftest([*blocked, ("auth", "eximhook-selftest")]):
             print(line)
-        return Exit.OK if debian.is_added(lay) else Exit.UNAVAILABLE
+        return Exit.OK
     if opts.action == "add":
         cdb = os.path.join(cfg.store.mirror_dir, "blocked_subjects.cdb")
         changed = debian.add(lay, debian.block(cfg.serve.socket, cfg.path, cdb, opts.snippets))

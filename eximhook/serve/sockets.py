@@ -26,7 +26,12 @@ def listening(path: str) -> tuple[socket.socket, int]:
     inherited = _activated(path)
     if inherited is not None:
         return inherited, -1
-    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)  # systemd's RuntimeDirectory= makes it
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)  # systemd's RuntimeDirectory= makes it
+    except OSError as exc:
+        where = os.path.dirname(path)
+        raise ServeError(f"cannot make {where}: {exc.strerror}. systemd's unit makes it (RuntimeDirectory=); "
+                         f"without systemd, as root: install -d -o Debian-exim -g Debian-exim -m 0750 {where}") from exc
     try:
         st = os.lstat(path)
     except FileNotFoundError:
