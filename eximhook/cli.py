@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", system.status, "health for monitoring: store, mirror, outbox, daemon (Nagios exit codes)",
         json=True)
     add("maintain", system.maintain, "the timer's run: probe the store, repair the mirror, send notifications")
+    p = add("stats", system.stats, "what eximhook holds and has done: blocks, trips, notifications, frozen mail",
+            json=True)
+    p.add_argument("--prometheus", metavar="FILE",
+                   help="also write the figures there, for node_exporter's textfile collector (atomically)")
     p = add("setup-exim4", system.setup_exim4,
             "Debian: wire eximhook into exim4-config without editing a conffile (add), take it out (remove), "
             "or show what the generated config does (test)")

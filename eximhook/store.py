@@ -143,7 +143,8 @@ class Store(Env):
             return False
         self._bump(txn)
         self.append_in(txn, b"audit", {"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"],
-                                       "by": record["by"], "reason": record["reason"], "note": record.get("note")})
+                                       "by": record["by"], "reason": record["reason"], "note": record.get("note"),
+                                       "counter": record.get("counter")})
         if notify:
             self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
                                           "state": "queued", "attempts": 0, "hold_until": now + hold})

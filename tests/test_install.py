@@ -49,7 +49,8 @@ for d in /etc /var/spool/exim4 /usr/local/sbin /usr/share/eximhook /opt/eximhook
   cp -a "$copy/." "$d/"; rm -rf "$copy"
 done
 bash "$1/contrib/install.sh" --offline "$2"
-/opt/eximhook/bin/python3 -I -c 'import eximhook, lmdb, uvloop, cdblib, filelock; print("imports ok")'
+/opt/eximhook/bin/python3 -I -c \
+  'import eximhook, lmdb, uvloop, cdblib, filelock, prometheus_client; print("imports ok")'
 /usr/local/sbin/eximhook check-config | head -1
 """
 

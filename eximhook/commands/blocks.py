@@ -16,6 +16,7 @@ from ..config import Config
 from ..errors import Exit
 from ..periods import format_period, format_time
 from ..policy import UNITS
+from ..stats import why
 from ..store import Store
 from ..subjects import escape, own_address
 from . import actor, dump, open_counters, open_store, subject, table
@@ -66,8 +67,8 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
 def _why(record: dict[str, Any]) -> str:
     """``manual``, or the counter and window that tripped: ``bounces>50/1h``."""
     if record["reason"] != "limit":
-        return str(record["reason"])
-    return f"{record.get('counter') or 'invalid'}>{record['limit']}/{format_period(record['period'])}"
+        return why(record)
+    return f"{why(record)}>{record['limit']}/{format_period(record['period'])}"
 
 def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
     """Trips of counters in shadow mode: who would have been blocked under the limits

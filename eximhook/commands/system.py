@@ -16,7 +16,7 @@ from ..errors import Exit, SetupError
 from ..periods import format_period
 from ..policy import UNITS
 from ..subjects import escape
-from . import dump, open_store
+from . import dump, open_store, table
 
 
 def status(cfg: Config, opts: argparse.Namespace) -> int:
@@ -44,6 +44,31 @@ def serve(cfg: Config, opts: argparse.Namespace) -> int:
         return Exit.OK
     server.serve(cfg, allow_root=opts.allow_root)
     return Exit.OK
+
+def stats(cfg: Config, opts: argparse.Namespace) -> int:
+    from .. import stats as figures_of
+    from ..exim import Exim
+
+    with open_store(cfg) as store:
+        figures = figures_of.collect(store, Exim.from_config(cfg.exim))
+    if opts.prometheus:
+        figures_of.prometheus(figures, opts.prometheus)
+    if opts.json:
+        dump(figures)
+        return Exit.OK
+    rows = [[kind, r["ns"], r["counter"], str(r["count"])] for kind, key in
+            (("blocked now", "blocks"), ("would block", "would_block"), ("trips in all", "trips_total"))
+            for r in figures[key]]
+    print(table(["WHAT", "NS", "COUNTER", "COUNT"], rows) if rows else "no blocks, would-blocks or trips")
+    n = figures["notifications"]
+    print(f"trips: {figures['trips_last_hour']} in the last hour, {figures['trips_last_day']} in the last day")
+    print(f"notifications: {n['sent_total']} sent, {n['failed_total']} failed attempts, "
+          f"{n['queued']} queued, {n['held']} held, {n['sending']} being sent")
+    frozen = figures.get("frozen")
+    print(f"frozen messages: {frozen['total']} ({frozen['by_eximhook']} by eximhook)" if frozen else
+          f"frozen messages: unknown ({figures['frozen_error']})")
+    return Exit.OK
+
 
 def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     """Debian: wire eximhook into exim4-config (add), take it out (remove), or show
