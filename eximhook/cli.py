@@ -192,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
             "Debian: wire eximhook into exim4-config without editing a conffile (add), take it out (remove), "
             "or show what the generated config does (test)")
     p.add_argument("action", choices=("add", "remove", "test"))
-    p.add_argument("--confdir", default="/etc/exim4", help="Debian's Exim config directory (default /etc/exim4)")
     p.add_argument("--snippets", default="/usr/share/eximhook/exim-snippets",
                    help="where install.sh put the snippets (default /usr/share/eximhook/exim-snippets)")
     add("check-config", system.check_config, "validate the config and refresh the hooks' cache of it")

@@ -156,8 +156,9 @@ def remove(lay: Layout) -> list[str]:
     return [path]
 
 
-def update(confdir: str = CONFDIR, timeout: float = 60) -> None:
-    """Regenerate Exim's config (update-exim4.conf) and check it (exim4 -bV)."""
+def update(timeout: float = 60) -> None:
+    """Regenerate Exim's config (update-exim4.conf, from /etc/exim4) and check it
+    (exim4 -bV)."""
     for argv in (["update-exim4.conf"], ["exim4", "-bV"]):
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)

@@ -75,7 +75,7 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     what the generated config does (test). See ``debian``."""
     from .. import debian
 
-    lay = debian.layout(opts.confdir)
+    lay = debian.layout()
     where = f"{'split' if lay.split else 'unsplit'} config in {lay.confdir}"
     if opts.action == "test":
         if not debian.is_added(lay):
