@@ -44,17 +44,20 @@ def hand_over(paths: list[str], owner: tuple[int, int]) -> None:
             os.lchown(path, *owner)
 
 
-def replace_files(files: list[tuple[str, bytes]], owner: tuple[int, int] | None = None) -> None:
+def replace_files(files: list[tuple[str, bytes]], owner: tuple[int, int] | None = None,
+                  mode: int | None = None) -> None:
     """Write every file to a temp file (``PATH.tmp.PID``) and fsync it, then rename them
     all, one right after the other: a reader sees the files change as close to together
-    as renames allow, and never half a file. Root hands each to ``owner`` first; on a
-    failure no temp file is left."""
+    as renames allow, and never half a file. Root hands each to ``owner`` first; ``mode``,
+    if given, is set whatever the umask; on a failure no temp file is left."""
     temps: list[str] = []
     try:
         for path, data in files:
             tmp = f"{path}{TMP}{os.getpid()}"
             temps.append(tmp)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+            if mode is not None:
+                os.fchmod(fd, mode)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

@@ -341,34 +341,40 @@ class Counters(Env):
                         remember: float) -> bool:
         """True the first time ``source`` (a reporting MTA's network) reports on the
         message, and remembers that it has: one forger reports each message once."""
-        digest, db = ref_digest(sender, f"{message_id}\0{source}"), self.db(txn, b"refs")
-        hour = int(now // 3600)
-        if any(txn.get(_HOUR.pack(max(h, 0)) + digest, db=db) is not None
-               for h in range(hour, hour - int(remember // 3600) - 2, -1)):
+        digest = ref_digest(sender, f"{message_id}\0{source}")
+        if self._ref_in(txn, digest, now, remember) is not None:
             return False
-        txn.put(_HOUR.pack(hour) + digest, b"", db=db)
+        txn.put(_HOUR.pack(int(now // 3600)) + digest, b"", db=self.db(txn, b"refs"))
         return True
+
+    def _ref_in(self, txn: lmdb.Transaction, digest: bytes, now: float,
+                remember: float) -> tuple[bytes, bytes] | None:
+        """The reference ``digest`` in the hour buckets of the last ``remember`` seconds,
+        newest first: (its key, its value), or None."""
+        db, hour = self.db(txn, b"refs"), int(now // 3600)
+        for h in range(hour, hour - int(remember // 3600) - 2, -1):
+            k = _HOUR.pack(max(h, 0)) + digest
+            data = txn.get(k, db=db)
+            if data is not None:
+                return k, bytes(data)
+        return None
 
     def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
                   remember: float, take: bool = True, spent: bool = False) -> tuple[str, str] | None:
         """The subject that sent the message, if it was within ``remember`` seconds and
         has bounces left (a recall that ``take``s takes one); with ``spent``, also once
         it has none left (purge still finds the frozen bounces of the subject's spam)."""
-        digest, db = ref_digest(sender, message_id), self.db(txn, b"refs")
-        hour = int(now // 3600)
-        for h in range(hour, hour - int(remember // 3600) - 2, -1):
-            k = _HOUR.pack(max(h, 0)) + digest
-            data = txn.get(k, db=db)
-            if data is None:
-                continue
-            (left,), rest = _LEFT.unpack_from(data), bytes(data[_LEFT.size:])
-            if left == 0 and not spent:
-                return None
-            if take and left > 0:
-                txn.put(k, _LEFT.pack(left - 1) + rest, db=db)
-            ns, _, key = rest.partition(b"\0")
-            return ns.decode(), key.decode("utf-8", "surrogateescape")
-        return None
+        found = self._ref_in(txn, ref_digest(sender, message_id), now, remember)
+        if found is None:
+            return None
+        k, data = found
+        (left,), rest = _LEFT.unpack_from(data), data[_LEFT.size:]
+        if left == 0 and not spent:
+            return None
+        if take and left > 0:
+            txn.put(k, _LEFT.pack(left - 1) + rest, db=self.db(txn, b"refs"))
+        ns, _, key = rest.partition(b"\0")
+        return ns.decode(), key.decode("utf-8", "surrogateescape")
 
     def forget(self, now: float, remember: float, batch: int = 1000) -> int:
         """Drop message references older than ``remember``, ``batch`` at a time (each

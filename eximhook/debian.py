@@ -111,13 +111,13 @@ def add(lay: Layout, text: str) -> list[str]:
                                  "(README, Exim integration)")
     path = lay.main_file
     if lay.split or not os.path.exists(path):
-        _write(path, text if lay.split else _CREATED + "\n" + text)
+        _write(path, (text if lay.split else _CREATED + "\n" + text).encode())
     else:
         with open(path, "rb") as f:
             old = f.read()
         if old and not old.endswith(b"\n"):
             text = "\n" + text.replace(BEGIN + "\n", BEGIN + "\n" + _JOINED + "\n", 1)
-        _write_bytes(path, old + text.encode(), keep_mode_of=path)
+        _write(path, old + text.encode(), keep_mode_of=path)
     return [path]
 
 
@@ -152,7 +152,7 @@ def remove(lay: Layout) -> list[str]:
     if before == (_CREATED + "\n").encode() and not after:
         os.unlink(path)
         return [path]
-    _write_bytes(path, before + after, keep_mode_of=path)
+    _write(path, before + after, keep_mode_of=path)
     return [path]
 
 
@@ -168,18 +168,12 @@ def update(timeout: float = 60) -> None:
             raise SetupError(f"{' '.join(argv)} failed: {(proc.stderr or proc.stdout).strip()[:800]}")
 
 
-def _write(path: str, text: str) -> None:
-    _write_bytes(path, text.encode(), keep_mode_of=None)
+def _write(path: str, data: bytes, keep_mode_of: str | None = None) -> None:
+    """Atomically, with the mode the file had, or readable by all (Exim's config files
+    are: root 0644)."""
+    from ._perms import replace_files
 
-
-def _write_bytes(path: str, data: bytes, keep_mode_of: str | None) -> None:
-    """Atomically, readable by all (Exim's config files are: root 0644)."""
-    mode = os.stat(keep_mode_of).st_mode & 0o7777 if keep_mode_of else 0o644
-    tmp = f"{path}.eximhook-tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    replace_files([(path, data)], mode=os.stat(keep_mode_of).st_mode & 0o7777 if keep_mode_of else 0o644)
 
 
 def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
