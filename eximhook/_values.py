@@ -1,0 +1,131 @@
+"""Checks and conversions of TOML values, shared by the config's sections.
+
+Each takes the raw TOML value and returns the converted one, or raises ``ValueError``
+with what is wrong; the caller adds the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import ConfigError
+from .periods import parse_period
+from .policy import MODES
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def abs_path(value: Any) -> str:
+    if not os.path.isabs(text(value)):
+        raise ValueError(f"must be an absolute path, not {value!r} (Exim runs hooks in its spool)")
+    return str(value)
+
+
+def opt_abs_path(value: Any) -> str | None:
+    return None if value == "" else abs_path(value)
+
+
+def opt_text(value: Any) -> str | None:
+    return None if value == "" else text(value)
+
+
+def owner(value: Any) -> str | None:
+    """``user[:group]``, both existing: a typo would lock every hook out of the store."""
+    spec = opt_text(value)
+    if spec is None:
+        return None
+    import grp
+    import pwd
+
+    user, _, group = spec.partition(":")
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"is {spec!r}, but there is no user {user!r}") from None
+    try:
+        if group:
+            grp.getgrnam(group)
+    except KeyError:
+        raise ValueError(f"is {spec!r}, but there is no group {group!r}") from None
+    return spec
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return value
+
+
+MIN_MAP_SIZE = 1 << 20
+
+
+def map_size(value: Any) -> int:
+    size = positive_int(value)
+    if size < MIN_MAP_SIZE:
+        raise ValueError(f"is {size} bytes; it must be at least {MIN_MAP_SIZE} (1 MiB): LMDB needs room for "
+                         "its own pages before the first block, and the map doubles by itself when full")
+    return size
+
+
+def seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError("must be a number of seconds above 0")
+    return float(value)
+
+
+def period(value: Any) -> float:
+    if isinstance(value, str):
+        return parse_period(value)
+    return seconds(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def fail_policy(value: Any) -> str:
+    if value not in ("open", "closed"):
+        raise ValueError('must be "open" or "closed"')
+    return str(value)
+
+
+def argv(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of strings, such as ["/usr/sbin/exim", "-f", "root"]')
+    abs_path(value[0])
+    return tuple(value)
+
+
+def socket_path(value: Any) -> str:
+    path = abs_path(value)
+    if len(path.encode()) > 107:  # sun_path holds 108 bytes with the final NUL
+        raise ValueError(f"is {len(path.encode())} bytes long; a Unix socket path holds at most 107")
+    return path
+
+
+def ipv6_prefix(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise ValueError("must be a prefix length from 1 to 128 (128: no grouping)")
+    return value
+
+
+
+def mode(value: Any) -> str:
+    if value not in MODES:
+        raise ValueError('must be "enforce" or "shadow"')
+    return str(value)
+
+
+
+def table(path: str, where: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where} must be a table ([{where}])")
+    return value
+
