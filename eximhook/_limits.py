@@ -1,6 +1,8 @@
-"""``[limits]``: which counters count, over which windows, in which mode.
+"""``[limits]``, ``[overrides]`` and ``[exempt]``: which counters count, over which
+windows, in which mode; for whom otherwise; and who is never blocked.
 
-The tables are read into ``policy.Policy`` objects, one per (namespace, counter).
+The tables are read into ``policy.Policy`` objects, one per (namespace, counter), and
+per pattern (``exempt``) for the overrides.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _values as v
+from . import exempt
 from .errors import ConfigError
 from .policy import COUNTERS, DEFAULT_WINDOWS, Policy, default_mode
 from .subjects import NAMESPACES
@@ -107,3 +110,50 @@ def _window(path: str, where: str, table: Any, default: tuple[int, float] | None
             raise ConfigError(f"{path}: {where} needs a {key}")
     return int(values[0]), float(values[1])
 
+
+
+def parse_overrides(path: str, table: dict[str, Any], policies: dict[str, dict[str, Policy]],
+                    ipv6_prefix: int) -> dict[tuple[str, str], tuple[tuple[str, Policy], ...]]:
+    """``[overrides.NS."PATTERN".COUNTER]``: other limits (or mode) for the subjects a
+    pattern names, such as a newsletter account's higher volume. A limit or period left
+    out is the counter's own (``[limits]``)."""
+    out: dict[tuple[str, str], list[tuple[str, Policy]]] = {}
+    for ns, ns_table in table.items():
+        if ns not in NAMESPACES:
+            raise ConfigError(f"{path}: unknown section [overrides.{ns}]: namespaces are {', '.join(NAMESPACES)}")
+        for raw, pattern_table in v.table(path, f"overrides.{ns}", ns_table).items():
+            pattern = _pattern(path, f"overrides.{ns}", ns, raw, ipv6_prefix)
+            where = f'overrides.{ns}."{raw}"'
+            for name, counter_table in v.table(path, where, pattern_table).items():
+                if name not in COUNTERS:
+                    raise ConfigError(f"{path}: unknown counter {where}.{name}: counters are {', '.join(COUNTERS)}")
+                base = policies[ns].get(name) or Policy(name, (), default_mode(name))
+                policy = _policy_of(path, f"{where}.{name}", name, v.table(path, f"{where}.{name}", counter_table),
+                                    base)
+                out.setdefault((ns, name), []).append((pattern, policy))
+    return {k: tuple(entries) for k, entries in out.items()}
+
+
+def parse_exempt(path: str, table: dict[str, Any], ipv6_prefix: int) -> dict[str, tuple[tuple[str, str], ...]]:
+    """``[exempt]``: per namespace, a list of patterns, or a table of pattern = reason."""
+    out = {}
+    for ns, entries in table.items():
+        if ns not in NAMESPACES:
+            raise ConfigError(f"{path}: unknown key exempt.{ns}: namespaces are {', '.join(NAMESPACES)}")
+        if isinstance(entries, list) and all(isinstance(e, str) for e in entries):
+            pairs = [(e, "") for e in entries]
+        elif isinstance(entries, dict) and all(isinstance(e, str) for e in entries.values()):
+            pairs = list(entries.items())
+        else:
+            raise ConfigError(f'{path}: exempt.{ns} must be a list of patterns, such as ["monitor@example.com"], '
+                              'or a table of pattern = "reason"')
+        out[ns] = tuple((_pattern(path, f"exempt.{ns}", ns, p, ipv6_prefix), reason or "in the config")
+                        for p, reason in pairs)
+    return out
+
+
+def _pattern(path: str, where: str, ns: str, raw: str, ipv6_prefix: int) -> str:
+    try:
+        return exempt.check(ns, raw, ipv6_prefix)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {where}: the pattern {raw!r} {exc}") from exc

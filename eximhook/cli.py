@@ -98,7 +98,7 @@ def _period_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from .commands import blocks, queue, system
+    from .commands import blocks, exempt, queue, system
     from .policy import COUNTERS
     from .subjects import NAMESPACES
 
@@ -177,6 +177,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("history", blocks.history, "the audit log, all of it or one subject's", json=True)
     p.add_argument("ns", nargs="?", metavar="NS")
     p.add_argument("key", nargs="?", metavar="KEY")
+    p = add("exempt", None, "subjects that are counted but never blocked by a limit: add, remove, list")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    for verb, func, help in (("add", exempt.add, "exempt the subjects PATTERN names (a key, a glob, a network)"),
+                             ("remove", exempt.remove, "remove an exemption eximhook exempt add made")):
+        q = verbs.add_parser(verb, help=help, description=help)
+        q.add_argument("ns", metavar="NS", choices=NAMESPACES, help=f"namespace: {', '.join(NAMESPACES)}")
+        q.add_argument("pattern", metavar="PATTERN",
+                       help="a key (bob@example.com), a glob (*@lists.example.com) or, for relay, a network "
+                            "(192.0.2.0/24, 2001:db8::/48)")
+        if verb == "add":
+            q.add_argument("--reason", help="why, for the record (list, show, the audit log)")
+        q.set_defaults(func=func)
+    q = verbs.add_parser("list", help="the exemptions (config and store) and the per-subject limits ([overrides])")
+    q.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
+    q.add_argument("--json", action="store_true", help="print JSON for scripts")
+    q.set_defaults(func=exempt.list_exempt)
     add("export", blocks.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
     p = add("serve", system.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
     p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")

@@ -18,7 +18,7 @@ from . import _limits
 from . import _values as v
 from ._fastconfig import DEFAULT_PATH
 from .errors import ConfigError
-from .policy import Policy
+from .policy import Overrides, Policy, pick
 
 
 def _opt(default: Any, parse: Any, toml: str | None = None) -> Any:
@@ -115,6 +115,11 @@ class Config:
     # namespace -> counter -> Policy; a counter without windows is not counted
     policies: dict[str, dict[str, Policy]] = field(default_factory=_limits.default_policies)
     notify_shadow: bool = False  # [limits] notify_shadow: mail the abuse desk about would-blocks too
+    # (namespace, counter) -> ((pattern, Policy), ...): [overrides], other limits for some subjects
+    overrides: Overrides = field(default_factory=dict)
+    # namespace -> ((pattern, reason), ...): [exempt], never blocked (still counted);
+    # the admin's `eximhook exempt add` are in the store
+    exempt: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     hooks: HooksConfig = field(default_factory=HooksConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -124,8 +129,9 @@ class Config:
     exim: EximConfig = field(default_factory=EximConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
 
-    def policy(self, ns: str, counter: str) -> Policy | None:
-        return self.policies.get(ns, {}).get(counter)
+    def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
+        """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
+        return pick(self.policies, self.overrides, ns, counter, key)
 
     def hook_settings(self) -> dict[str, Any]:
         """The plain values the hooks need, for the marshal cache in ``_fastconfig``."""
@@ -135,6 +141,8 @@ class Config:
             "mirror_dir": self.store.mirror_dir,
             "policies": {ns: {name: (p.windows, p.mode) for name, p in table.items()}
                          for ns, table in self.policies.items()},
+            "overrides": {k: tuple((p, pol.windows, pol.mode) for p, pol in v) for k, v in self.overrides.items()},
+            "exempt": self.exempt,
             "notify_shadow": self.notify_shadow, "remember": self.bounces.remember,
             "check": self.hooks.check, "record": self.hooks.record, "timeout": self.hooks.timeout,
             "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
@@ -151,12 +159,17 @@ def load(path: str) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     for name in data:
-        if name not in _SECTIONS and name != "limits":
+        if name not in _SECTIONS and name not in ("limits", "overrides", "exempt"):
             raise ConfigError(f"{path}: unknown section [{name}]")
+    sections = {name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()}
+    prefix = sections["relay"].ipv6_prefix
     policies, notify_shadow = _limits.parse(path, v.table(path, "limits", data.get("limits", {})))
     cfg = Config(
         path=os.path.abspath(path), policies=policies, notify_shadow=notify_shadow,
-        **{name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()},
+        overrides=_limits.parse_overrides(path, v.table(path, "overrides", data.get("overrides", {})), policies,
+                                          prefix),
+        exempt=_limits.parse_exempt(path, v.table(path, "exempt", data.get("exempt", {})), prefix),
+        **sections,
     )
     window = send_window(cfg)
     if cfg.notify.stale_after < 2 * window:

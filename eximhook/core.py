@@ -14,7 +14,7 @@ from .store import Outcome, Store
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
     import lmdb
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from .exim import Exim, Message
     from .policy import Policy
 
-    Policies = Callable[[str, str], Policy | None]
+    Policies = Callable[[str, str, str], Policy | None]  # (ns, counter, key)
+    Exempt = Mapping[str, Sequence[tuple[str, str]]]  # ns -> (pattern, reason), as [exempt]
 
 
 def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter_name: str | None = None,
@@ -59,7 +60,7 @@ def message_event(counters: Counters, policies: Policies, now: float, ns: str, k
     bodies = []
     evidence = f"{msg or '-'} ({recipients} rcpt)"
     for subject in [(ns, key), *([("sender", sender)] if sender and ns != "sender" else [])]:
-        policy = policies(subject[0], "recipients")
+        policy = policies(subject[0], "recipients", subject[1])
         if policy is not None and policy.windows:
             bodies.append(counters.event(*subject, now, policy, weight=recipients, evidence=evidence, ip=ip,
                                          keep_evidence=keep_evidence, keep_ips=keep_ips))
@@ -96,7 +97,7 @@ def bounce_event(counters: Counters, policies: Policies, now: float, sender: str
             subjects.append(sent_by)
         tallies = []
         for ns, key in subjects:
-            policy = policies(ns, "bounces")
+            policy = policies(ns, "bounces", key)
             if policy is not None and policy.windows:
                 tallies.append(counters.event(ns, key, now, policy, evidence=failed, keep_evidence=keep_evidence)(txn))
         return tallies
@@ -124,9 +125,22 @@ def message_ref(text: str) -> str:
     return text[start + 1 : end].strip() if start >= 0 else text.strip()
 
 
-def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False) -> Outcome:
+def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[lmdb.Transaction], str | None]:
+    """The body that says why the subject is exempt (``PATTERN: REASON``), or None:
+    ``[exempt]`` in the config, then the admin's ``eximhook exempt add`` in the store."""
+    from .exempt import first
+
+    def body(txn: lmdb.Transaction) -> str | None:
+        found = first(ns, key, [*configured.get(ns, ()), *store.exemptions_in(txn, ns)])
+        return None if found is None else f"{found[0]}: {found[1]}"
+    return body
+
+
+def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+           exempt: Exempt | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
-    (in shadow mode: the record that it would have).
+    (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
+    holds the config's exemptions, the store the admin's).
 
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
@@ -138,10 +152,13 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     limit, period = tally.window
     record = block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
                           period=period, count=tally.count, counter=tally.counter)
-    if not tally.policy.enforced:
+    why_not = store.read(exempt_in(store, exempt or {}, ns, key))
+    if why_not is not None or not tally.policy.enforced:
+        # an exempt subject's would-block is for `show`, not for the abuse desk's mailbox
+        record["exempt"] = why_not
         shadowed = not store.read(store.shadowed_in(tally.name, ns, key, tally.window)) and store.shadow(
-            record, now, notify_shadow)
-        return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed)
+            record, now, notify_shadow and why_not is None)
+        return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed, exempt=why_not)
     if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
         return Outcome(True, False, tally.count, total)
     return Outcome(True, store.block(record, now, True, hold), tally.count, total)
@@ -160,7 +177,8 @@ def make_known(store: Store, mirror_dir: str, log: Logger, tally: Tally | None, 
     store (rewritten after a trip; else only if a killed process left it behind). A new
     would-block record (shadow mode) is logged and flushed; it changes no mirror."""
     if tally is not None and (outcome.tripped or outcome.shadowed):
-        what = "blocked" if outcome.tripped else "would block (shadow mode)"
+        what = "blocked" if outcome.tripped else (
+            f"would block (exempt, {outcome.exempt})" if outcome.exempt else "would block (shadow mode)")
         log.log("warning", f"{what} {tally.ns} {tally.key}: {trip_text(tally)}")
         try:
             store.sync()

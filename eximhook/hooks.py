@@ -189,15 +189,18 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
             opts: dict[str, str], log: Logger) -> bool:
     """Count the event as the daemon would (the same core bodies); True if blocked."""
     from . import core
-    from .policy import Policy
+    from .policy import Policy, pick
 
-    def policy(ns: str, counter: str) -> Policy | None:
+    def policy(ns: str, counter: str, key: str) -> Policy | None:
         found = settings["policies"].get(ns, {}).get(counter)
-        return None if found is None else Policy(counter, *found)
+        base = {ns: {counter: Policy(counter, *found)}} if found is not None else {}
+        overrides = {(ns, counter): tuple((p, Policy(counter, w, m)) for p, w, m in
+                                          settings["overrides"].get((ns, counter), ()))}
+        return pick(base, overrides, ns, counter, key)
 
     now, keep = time.time(), settings["rcpts"]
     if name == "record-invalid":
-        p = policy(ns, "invalid")
+        p = policy(ns, "invalid", key)
         body = None if p is None or not p.windows else counters.event(
             ns, key, now, p, evidence=opts.get("rcpt") or None, ip=opts.get("ip") or None, keep_evidence=keep,
             keep_ips=settings["ips"])
@@ -218,7 +221,7 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
             remote="remote" in opts, ip=opts.get("ip") or None))
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
-        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"])
+        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"])
         if outcome.blocked or outcome.shadowed:
             core.make_known(store, settings["mirror_dir"], log, tally, outcome)
         blocked = blocked or outcome.blocked

@@ -61,3 +61,19 @@ class Policy:
 
     def __repr__(self) -> str:
         return f"Policy{self.as_tuple()!r}"
+
+
+Overrides = dict[tuple[str, str], tuple[tuple[str, Policy], ...]]
+
+
+def pick(policies: dict[str, dict[str, Policy]], overrides: Overrides, ns: str, counter: str,
+         key: str | None = None) -> Policy | None:
+    """The policy of ``counter`` for subject (ns, key): its override if a pattern names
+    it (``[overrides]``), else the namespace's. Without overrides, one dict lookup."""
+    if key is not None and (entries := overrides.get((ns, counter))):
+        from .exempt import first
+
+        found = first(ns, key, entries)
+        if found is not None:
+            return found[1]
+    return policies.get(ns, {}).get(counter)

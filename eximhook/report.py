@@ -10,10 +10,11 @@ from .counters import Counter, Counters
 from .store import decode_subject_key
 
 
-def windows(cfg: Config, ns: str, name: str, counter: Counter, now: float, since: float) -> list[dict[str, Any]]:
-    """Each configured window of counter ``name``: the count now, the peak since
-    ``since`` (by day) and the limit."""
-    policy = cfg.policy(ns, name)
+def windows(cfg: Config, ns: str, key: str | None, name: str, counter: Counter, now: float,
+            since: float) -> list[dict[str, Any]]:
+    """Each window of counter ``name`` configured for the subject (its override, if it
+    has one): the count now, the peak since ``since`` (by day) and the limit."""
+    policy = cfg.policy(ns, name, key)
     out = []
     for limit, period in policy.windows if policy else ():
         w = counter.window(period)
@@ -29,7 +30,7 @@ def subject(cfg: Config, counters: Counters, ns: str, key: str, now: float, sinc
     for name in cfg.policies.get(ns, {}):
         c = counters.get(ns, key, name)
         out[name] = {"total": c.total, "evidence": c.recent, "ips": c.ips,
-                     "windows": windows(cfg, ns, name, c, now, since)}
+                     "windows": windows(cfg, ns, key, name, c, now, since)}
     return out
 
 
@@ -41,7 +42,7 @@ def top(cfg: Config, counters: Counters, name: str, now: float, since: float, ns
         subject_ns, key = decode_subject_key(sk)
         if ns is not None and subject_ns != ns:
             continue
-        ws = windows(cfg, subject_ns, name, counter, now, since)
+        ws = windows(cfg, subject_ns, key, name, counter, now, since)
         if not ws or not any(w["peak"] or w["count"] for w in ws):
             continue
         score = max(w["peak"] / w["limit"] for w in ws)

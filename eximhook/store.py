@@ -11,6 +11,7 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   blocks    S                        -> JSON block record
   shadow    COUNTER NUL W S          -> JSON record of a trip in shadow mode ("would block") of
                                       the window W (LIMIT(4) PERIOD(8)): once per limit setting
+  exempt    NS NUL PATTERN           -> JSON record of an admin's exemption (``eximhook exempt``)
   outbox    8-byte big-endian seq    -> JSON notification
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
-_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow")
+_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
@@ -63,11 +64,12 @@ class Outcome:
     """What counting an event did: is the subject blocked now, did this event trip it
     (or, in shadow mode, make the record that it would have)."""
 
-    __slots__ = ("blocked", "count", "shadowed", "total", "tripped")
+    __slots__ = ("blocked", "count", "exempt", "shadowed", "total", "tripped")
 
-    def __init__(self, blocked: bool, tripped: bool, count: int, total: int, shadowed: bool = False) -> None:
+    def __init__(self, blocked: bool, tripped: bool, count: int, total: int, shadowed: bool = False,
+                 exempt: str | None = None) -> None:
         self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
-        self.shadowed = shadowed
+        self.shadowed, self.exempt = shadowed, exempt
 
 
 class Store(Env):
@@ -174,7 +176,7 @@ class Store(Env):
             self.append_in(txn, b"audit", {"ts": now, "event": "would-block", "ns": record["ns"], "key": record["key"],
                                            "by": record["by"], "counter": record["counter"],
                                            "limit": record["limit"], "period": record["period"],
-                                           "count": record["count"]})
+                                           "count": record["count"], "exempt": record.get("exempt")})
             if notify:
                 self.append_in(txn, b"outbox", {"ts": now, "kind": "would-block", "block": record,
                                               "state": "queued", "attempts": 0, "hold_until": now})
@@ -209,6 +211,53 @@ class Store(Env):
                 return False
             self._bump(txn)
             self.append_in(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
+            return True
+        return self.update(body)
+
+    # -- exemptions ------------------------------------------------------------------
+
+    def exemptions_in(self, txn: lmdb.Transaction, ns: str) -> list[tuple[str, str]]:
+        """The admin's exemptions in ``ns``: (pattern, reason), in the order added."""
+        import json
+
+        prefix = ns.encode() + b"\0"
+        cur = txn.cursor(db=self.db(txn, b"exempt"))
+        found, out = cur.set_range(prefix), []
+        while found and bytes(cur.key()).startswith(prefix):
+            record = json.loads(bytes(cur.value()))
+            out.append((record["since"], record["pattern"], record["reason"]))
+            found = cur.next()
+        return [(pattern, reason) for _, pattern, reason in sorted(out)]
+
+    def exemptions(self) -> list[dict[str, Any]]:
+        import json
+
+        return self.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=self.db(txn, b"exempt"))])
+
+    def exempt(self, record: dict[str, Any]) -> bool:
+        """Add the exemption ``record`` (ns, pattern, reason, by, since); False if that
+        pattern is exempt already. Audited."""
+        import json
+
+        k = record["ns"].encode() + b"\0" + record["pattern"].encode("utf-8", "surrogateescape")
+
+        def body(txn: lmdb.Transaction) -> bool:
+            if not txn.put(k, json.dumps(record).encode(), db=self.db(txn, b"exempt"), overwrite=False):
+                return False
+            self.append_in(txn, b"audit", {"ts": record["since"], "event": "exempted", "ns": record["ns"],
+                                           "key": record["pattern"], "by": record["by"],
+                                           "note": record["reason"] or None})
+            return True
+        return self.update(body)
+
+    def unexempt(self, ns: str, pattern: str, now: float, by: str) -> bool:
+        """Remove the admin's exemption of ``pattern``; False if there was none. Audited."""
+        k = ns.encode() + b"\0" + pattern.encode("utf-8", "surrogateescape")
+
+        def body(txn: lmdb.Transaction) -> bool:
+            if not txn.delete(k, db=self.db(txn, b"exempt")):
+                return False
+            self.append_in(txn, b"audit", {"ts": now, "event": "exempt-removed", "ns": ns, "key": pattern, "by": by})
             return True
         return self.update(body)
 

@@ -14,6 +14,7 @@ from .. import notify as notify_mod
 from .._log import Logger
 from ..config import Config
 from ..errors import Exit
+from ..exempt import first as first_match
 from ..periods import format_period, format_time
 from ..policy import UNITS
 from ..stats import why
@@ -74,7 +75,7 @@ def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
     """Trips of counters in shadow mode: who would have been blocked under the limits
     set now, and when (trips at a limit since changed are in the history)."""
     def current(r: dict[str, Any]) -> bool:
-        policy = cfg.policy(r["ns"], r["counter"])
+        policy = cfg.policy(r["ns"], r["counter"], r["key"])
         return policy is not None and (r["limit"], r["period"]) in policy.windows
 
     with open_store(cfg) as store:
@@ -82,9 +83,10 @@ def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
     if opts.json:
         dump(records)
         return Exit.OK
-    rows = [[r["ns"], escape(r["key"]), format_time(r["since"]), _why(r), str(r["count"])]
-            for r in sorted(records, key=lambda r: r["since"])]
-    print(table(["NS", "KEY", "SINCE", "WOULD-BLOCK", "COUNT"], rows) if rows else "no would-block records")
+    rows = [[r["ns"], escape(r["key"]), format_time(r["since"]), _why(r), str(r["count"]),
+             "exempt" if r.get("exempt") else "shadow"] for r in sorted(records, key=lambda r: r["since"])]
+    print(table(["NS", "KEY", "SINCE", "WOULD-BLOCK", "COUNT", "WHY-NOT"], rows) if rows
+          else "no would-block records")
     return Exit.OK
 
 def show(cfg: Config, opts: argparse.Namespace) -> int:
@@ -94,6 +96,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     now = time.time()
     with open_store(cfg) as store, open_counters(cfg) as counters:
         block = store.get_block(ns, key)
+        exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
         shadows = store.shadows(ns, key)
         counts = report.subject(cfg, counters, ns, key, now, now - 86400)
         events = store.history(ns, key)
@@ -105,16 +108,22 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
             first = invalid["windows"][0] if invalid["windows"] else {"count": 0, "limit": None, "period": None}
             legacy = {"total": invalid["total"], "in_window": first["count"], "limit": first["limit"],
                       "period": first["period"], "rcpts": invalid["evidence"], "ips": invalid["ips"]}
-        dump({"ns": ns, "key": key, "block": block, "would_block": shadows, "history": events,
+        dump({"ns": ns, "key": key, "block": block, "exempt": exempt, "would_block": shadows, "history": events,
               "notification": notification, "counter": legacy, "counters": counts})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
         print(f"  notification: {_notification_text(notification)}")
+    if exempt:
+        print(f"  exempt, never blocked by a limit (still counted): {escape(exempt)}")
     for record in shadows:
-        print(f"  would have been blocked at {format_time(record['since'])} (shadow mode): {_why(record)}, "
-              f"count {record['count']}")
+        print(f"  would have been blocked at {format_time(record['since'])} "
+              f"({'exempt' if record.get('exempt') else 'shadow mode'}): {_why(record)}, count {record['count']}")
+    for name in counts:
+        override = first_match(ns, key, cfg.overrides.get((ns, name), ()))
+        if override:
+            print(f"  {UNITS[name]}: limits from [overrides.{ns}.\"{escape(override[0])}\"]")
     for name, c in counts.items():
         for w in c["windows"]:
             print(f"  {UNITS[name]}: {w['count']} in the last {format_period(w['period'])} (limit {w['limit']}, "
@@ -154,6 +163,10 @@ def top(cfg: Config, opts: argparse.Namespace) -> int:
 def block(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
     with open_store(cfg) as store, open_counters(cfg) as counters:
+        exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
+        if exempt:  # by hand is the admin's call; a limit never blocks it
+            print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
+                  file=sys.stderr)
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify)
         if not created:

@@ -113,6 +113,12 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
                                       for lim, per in policy.windows)
                 verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
                 print(f"  limits.{ns}.{name}: {windows} {verb}")
+    for (ns, name), entries in cfg.overrides.items():
+        for pattern, policy in entries:
+            windows = " or ".join(f"{lim} in {format_period(per)}" for lim, per in policy.windows) or "not counted"
+            print(f"  overrides.{ns}.{pattern!r}.{name}: {windows} ({policy.mode})")
+    for ns, exempt in cfg.exempt.items():
+        print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
     print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")

@@ -142,7 +142,7 @@ class Server:
                                      message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
                                      remember=cfg.bounces.remember, remote=f.get("remote") == "1",
                                      ip=f.get("ip") or None, **keep)
-        policy = cfg.policy(req.ns, req.kind)
+        policy = cfg.policy(req.ns, req.kind, req.key)
         if policy is None or not policy.windows:
             return None
         one = self.counters.event(
@@ -182,18 +182,27 @@ class Server:
             return
         store = self.store
 
-        def look(txn: Any) -> list[tuple[bool, list[Tally]]]:
+        exempt = self.cfg.exempt
+
+        def look(txn: Any) -> list[tuple[bool, list[Tally], bool]]:
             """Per job: is any of its subjects blocked; which over-limit counts need the
-            store thread (an enforced one not blocked yet, a shadow one not recorded yet)."""
+            store thread (an enforced one not blocked yet, a shadow one or an exempt
+            subject's not recorded yet); can one of them block."""
             out = []
             for job, tallies in counted:
                 subjects = {(job.request.ns, job.request.key), *((t.ns, t.key) for t in tallies)}
                 blocked = {s for s in subjects if store.blocked_in(*s)(txn)}
                 # a bounce counts against two subjects: one blocked already must not
                 # keep the other from tripping
-                over = [t for t in tallies if t.over >= 0 and (t.ns, t.key) not in blocked and (
-                    t.policy.enforced or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn))]
-                out.append((bool(blocked), over))
+                over, enforced = [], False
+                for t in tallies:
+                    if t.over < 0 or (t.ns, t.key) in blocked:
+                        continue
+                    blocks = t.policy.enforced and core.exempt_in(store, exempt, t.ns, t.key)(txn) is None
+                    if blocks or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn):
+                        over.append(t)
+                        enforced = enforced or blocks
+                out.append((bool(blocked), over, enforced))
             return out
         seen: list[Any]
         try:
@@ -203,11 +212,11 @@ class Server:
         for (job, _), verdict in zip(counted, seen, strict=True):
             if self._failed(job, verdict):
                 continue
-            blocked, over = verdict
+            blocked, over, can_block = verdict
+            enforced = can_block and not blocked  # blocked: answered here, not by the store thread
             if blocked:
                 job.conn.answer(protocol.YES)
                 self._check_mirror()
-            enforced = not blocked and any(t.policy.enforced for t in over)
             if not blocked and not enforced:  # nothing can block: answer now; the store thread records behind it
                 job.conn.answer(protocol.NO)
             if over:  # a block (or would-block) to make: the store thread, which answers when it is on disk
@@ -270,7 +279,8 @@ class Server:
         blocked = False
         try:
             for tally in tallies:
-                outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow)
+                outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
+                                      exempt=cfg.exempt)
                 core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
                 if outcome.tripped or outcome.shadowed:
                     self.outbox.tripped({(tally.ns, tally.key)})
