@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Any, help: str, subject: bool = False, json: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if subject:
-            p.add_argument("ns", metavar="NS", help="namespace: auth, relay, sender or local")
+            p.add_argument("ns", metavar="NS", help="namespace: auth, relay, sender, local or ip")
             p.add_argument("key", metavar="KEY",
                            help="authenticated id, host IP or RADIUS id, sender address, or local user name")
         if json:

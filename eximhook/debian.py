@@ -9,6 +9,8 @@ Debian offers hooks for this, in both layouts:
   stand) and then eximhook's statements, so a blocked sender's mail to postmaster,
   which Debian accepts first of all, is frozen too;
 - ``CHECK_DATA_LOCAL_ACL_FILE`` is included just before the DATA ACL's accept;
+- Debian sets no ``acl_not_smtp``, ``acl_smtp_auth``, ``acl_smtp_quit`` or
+  ``acl_smtp_notquit``: eximhook's are named in the main-section lines;
 - ``LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE`` is included at the very end of the ACL that
   comes first in Debian's ACL section, in both layouts: what it includes may start new
   ACLs, and ``exim-snippets/debian-acls.conf`` defines eximhook's there.
@@ -83,6 +85,10 @@ def block(socket: str, config: str, cdb: str, snippets: str = SNIPPETS) -> str:
         f"CHECK_DATA_LOCAL_ACL_FILE = {snippets}/acl-data.conf",
         f"LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE = {snippets}/debian-acls.conf",
         "acl_not_smtp = acl_eximhook_not_smtp",
+        # password guessing (acl-auth.conf, defined by debian-acls.conf); Debian sets none of these
+        "acl_smtp_auth = acl_eximhook_auth",
+        "acl_smtp_quit = acl_eximhook_quit",
+        "acl_smtp_notquit = acl_eximhook_notquit",
         END, ""])
 
 
@@ -179,7 +185,7 @@ def _write(path: str, data: bytes, keep_mode_of: str | None = None) -> None:
 def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
     """What the generated config does, as Exim itself expands it: which ACLs it runs,
     and, for each sample subject, whether its mail would be accepted and frozen."""
-    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp"]
+    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp", "acl_smtp_auth"]
     try:
         shown = subprocess.run(["exim4", "-bP", *probe], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -97,9 +97,11 @@ def parse_header_file(msg_id: str, data: bytes, data_size: int = 0) -> Message:
         tag, _, arg = cur.line().removeprefix(b"-").removeprefix(b"-").partition(b" ")
         if tag == b"frozen":
             frozen = True
-        elif tag == b"aclm":
+        elif tag in (b"aclm", b"aclc"):  # each value is LENGTH bytes on lines of its own
             name, _, length = arg.rpartition(b" ")
-            acl_m[name.decode("ascii", "replace")] = cur.take(int(length))
+            value = cur.take(int(length))
+            if tag == b"aclm":
+                acl_m[name.decode("ascii", "replace")] = value
     _skip_tree(cur)
     recipients = [cur.line().decode("utf-8", "surrogateescape").split(" ")[0] for _ in range(int(cur.line()))]
     cur.line()  # the blank line before the headers

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 from . import outbox
 from .periods import format_period
 from .store import Store
-from .subjects import escape, shell_quote
+from .subjects import FREEZING, escape, shell_quote
 
 if TYPE_CHECKING:
     from ._log import Logger
     from .config import Config
 
-_LABEL = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user"}
+_LABEL = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user", "ip": "client"}
 # what each counter's block says the subject did, as the seeds' sentence has it
 _DID = {"invalid": "has sent mail to {count} invalid recipients", "bounces": "has caused {count} bounces",
-        "recipients": "has sent mail to {count} recipients"}
+        "recipients": "has sent mail to {count} recipients", "authfail": "has failed SMTP AUTH {count} times"}
 _SUBJECT_KEY_MAX = 120
 
 
@@ -80,6 +80,12 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
     _headers(msg, block, f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} blocked", to=to, sender=sender)
     prog = " ".join(shell_quote(c) for c in command)
     subject = f"{block['ns']} {shell_quote(block['key'])}"
+    if block["ns"] not in FREEZING:  # an address guessing passwords: its AUTH is refused, nothing is frozen
+        _set_body(msg, "\n".join([describe(block), "", *_facts(block), "",
+                                  "From now on this address's SMTP AUTH is refused (the connection is dropped).",
+                                  f"  {prog} show {subject}",
+                                  f"  {prog} unblock {subject}   # lift it (a customer's NAT, say)", ""]))
+        return msg
     lines = [
         describe(block), "",
         *_facts(block),
@@ -110,7 +116,7 @@ def _headers(msg: EmailMessage, block: dict[str, Any], subject: str, *, to: str,
 
 
 _EVIDENCE = {"invalid": "Last invalid recipients", "bounces": "Last bounces (failed recipients)",
-             "recipients": "Last messages (Exim id, recipients)"}
+             "recipients": "Last messages (Exim id, recipients)", "authfail": "Last user names tried"}
 
 
 def _facts(block: dict[str, Any]) -> list[str]:
@@ -239,6 +245,8 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
     exim = Exim.from_config(cfg.exim)
 
     def frozen_ids(ns: str, key: str) -> list[str]:
+        if ns not in FREEZING:
+            return []
         ids = list(reported(ns, key))
         # a queue we cannot read must not hold the notification back: log, mail anyway
         try:

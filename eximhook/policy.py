@@ -9,11 +9,13 @@ data, no imports: the hooks read it from the marshal cache (``_fastconfig``).
 from __future__ import annotations
 
 # invalid: failed recipient verifications (seeds 000-002); bounces: delivery failures
-# reported back to the sender; recipients: the volume of mail sent (seed 004)
-COUNTERS = ("invalid", "bounces", "recipients")
+# reported back to the sender; recipients: the volume of mail sent (seed 004);
+# authfail: failed SMTP AUTH attempts of a client address (password guessing)
+COUNTERS = ("invalid", "bounces", "recipients", "authfail")
 MODES = ("enforce", "shadow")
 # "N invalid recipients", "N bounces", "N recipients": how counts read in logs and mail
-UNITS = {"invalid": "invalid recipients", "bounces": "bounces", "recipients": "recipients"}
+UNITS = {"invalid": "invalid recipients", "bounces": "bounces", "recipients": "recipients",
+         "authfail": "failed AUTH attempts"}
 HOUR, DAY = 3600.0, 86400.0
 
 # The defaults, used for a (namespace, counter) the config does not mention. The
@@ -30,11 +32,16 @@ DEFAULT_WINDOWS: dict[tuple[str, str], tuple[tuple[int, float], ...]] = {
     ("auth", "bounces"): ((50, HOUR),),
     ("relay", "bounces"): ((50, HOUR),),
     ("local", "bounces"): ((50, HOUR),),
+    # counted only where acl-auth.conf is wired in: far above a phone that retries an
+    # old password every few minutes, far below a password guesser
+    ("ip", "authfail"): ((30, HOUR),),
 }
 
 
 def default_mode(counter: str) -> str:
-    return "enforce" if counter == "invalid" else "shadow"
+    """Blocking counters whose limits are well understood (invalid recipients, password
+    guessing) enforce; the seed-004 counters measure first."""
+    return "enforce" if counter in ("invalid", "authfail") else "shadow"
 
 
 class Policy:

@@ -11,12 +11,15 @@ from .errors import BadSubject
 
 # auth: $authenticated_id; relay: a relay_from_hosts client (IP, IPv6 /64, RADIUS id);
 # sender: an envelope sender address (bounces, volume); local: a local user who
-# submits with sendmail (the login name Exim gives as $sender_ident)
-NAMESPACES = ("auth", "relay", "sender", "local")
+# submits with sendmail (the login name Exim gives as $sender_ident); ip: a client
+# address that fails SMTP AUTH (IPv6 grouped as relay's)
+NAMESPACES = ("auth", "relay", "sender", "local", "ip")
 # The header the snippets add to a blocked subject's frozen mail, and the ${lookup}
 # file the seeds' own ACLs read (sender and local subjects are in the cdb file only).
 HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From", "local": "X-Local-Sender"}
 LSEARCH_FILES = {"auth": "blocked_authenticated_users", "relay": "blocked_relay_users"}
+# Whose mail the snippets freeze once they are blocked (an ip block refuses AUTH instead)
+FREEZING = ("auth", "relay", "sender", "local")
 
 MAX_KEY_BYTES = 16384
 # Exim's lsearch reads a line into a 4096-byte buffer (src/lookups/lsearch.c); a
@@ -49,7 +52,7 @@ def normalize(ns: str, key: str, ipv6_prefix: int = 64) -> str:
     if len(raw) > MAX_KEY_BYTES:
         raise BadSubject(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
     raw = raw.lower()
-    if ns == "relay" and b":" in raw:
+    if ns in ("relay", "ip") and b":" in raw:
         raw = _group_ipv6(raw, ipv6_prefix)
     return raw.decode("utf-8", "surrogateescape")
 

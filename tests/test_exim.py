@@ -10,6 +10,7 @@ from eximhook.exim import MESSAGE_ID, Exim, parse_header_file
 HEADER_FILE = (
     b"1xVbMq-0004rw-1g-H\nDebian-exim 102 105\n<bob>\n1795468468 0\n-received_time_usec .522770\n"
     b"--helo_name client.example\n-host_address [127.0.0.1]:37997\n-host_auth plain\n"
+    b"-aclc _eximhook_auth 1\n1\n--aclc _auth 10\n-aclm _x 4\n"
     b"-aclm _ns 4\nauth\n-aclm _eximhook 6\nfrozen\n--aclm _user 10\nb\nob\n-aclm\n-body_linecount 1\n"
     b"--auth_id bob\n-deliver_firsttime\n-frozen 1795468468\n"
     b"-tls_ourcert -----BEGIN CERTIFICATE-----\\nMIID\\n-----END CERTIFICATE-----\\n\n-tls_ver TLS1.3\n"
@@ -21,7 +22,8 @@ HEADER_FILE = (
 def test_parse_header_file() -> None:
     m = parse_header_file("1xVbMq-0004rw-1g", HEADER_FILE, data_size=100)
     assert (m.sender, m.received, m.frozen) == ("bob", 1795468468.0, True)
-    assert m.acl_m == {"_ns": b"auth", "_eximhook": b"frozen", "_user": b"b\nob\n-aclm"}, "values carry newlines"
+    assert m.acl_m == {"_ns": b"auth", "_eximhook": b"frozen", "_user": b"b\nob\n-aclm"}, (
+        "values carry newlines; connection variables (-aclc, as acl-auth.conf sets) are skipped whole")
     assert m.of("auth", "b\nob\n-aclm") and not m.of("auth", "bob") and not m.of("relay", "b\nob\n-aclm")
     assert m.frozen_by_us
     assert m.recipients == ["alice@test.example", "carol@test.example"]

@@ -138,7 +138,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         print(_history_table(events))
     return Exit.OK
 
-_EVIDENCE = {"invalid": "invalid recipient", "bounces": "bounce for", "recipients": "message"}
+_EVIDENCE = {"invalid": "invalid recipient", "bounces": "bounce for", "recipients": "message",
+             "authfail": "user name tried"}
 
 def top(cfg: Config, opts: argparse.Namespace) -> int:
     """The busiest subjects of one counter: peak counts against limits, to choose limits."""

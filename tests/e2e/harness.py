@@ -250,8 +250,13 @@ tls_privatekey = {w}/key.pem
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
 acl_not_smtp = acl_check_not_smtp
+acl_smtp_auth = acl_eximhook_auth
+acl_smtp_quit = acl_eximhook_quit
+acl_smtp_notquit = acl_eximhook_notquit
 
 begin acl
+.include {s}/acl-auth.conf
+
 acl_check_rcpt:
   accept  hosts = :
 {self.rcpt_acl or self.snippet_acl()}

@@ -1,0 +1,110 @@
+"""Password guessing against the real Exim: failed SMTP AUTH counted per client address
+through the daemon (acl-auth.conf), each attempt once, the address blocked past the
+limit with one notification, its next AUTH dropped before the password is checked; an
+exempt network is counted and never blocked."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ..conftest import needs_exim, needs_root
+from . import harness as h
+
+pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
+GUESSER, OFFICE = "127.0.0.3", "127.0.0.4"
+LIMIT = 5
+
+
+@pytest.fixture
+def exim() -> Iterator[h.Exim]:
+    server = h.make(["bob"], serve=True, settings={"limits.ip.authfail.limit": LIMIT, "notify.hold": 0.1},
+                    eximhook_extra=f'\n[exempt]\nip = {{"{OFFICE}" = "the office NAT"}}\n')
+    try:
+        server.setup().start()
+        yield server
+    finally:
+        h.cleanup(server)
+
+
+def failures(exim: h.Exim, source: str) -> int:
+    out = exim.eximhook("show", "--json", "ip", source)
+    assert out.returncode == 0, out.stderr
+    return int(json.loads(out.stdout)["counters"]["authfail"]["total"])
+
+
+def shown(exim: h.Exim, source: str) -> dict[str, Any]:
+    return json.loads(exim.eximhook("show", "--json", "ip", source).stdout)  # type: ignore[no-any-return]
+
+
+def attempt(smtp: smtplib.SMTP, password: str) -> int:
+    try:
+        return smtp.login("bob", password)[0]
+    except smtplib.SMTPAuthenticationError as exc:
+        return exc.smtp_code
+    except smtplib.SMTPServerDisconnected:
+        return 554
+
+
+def guess(exim: h.Exim, source: str, tries: int, *, then_right: bool = False, hang_up: bool = False) -> list[int]:
+    """``tries`` wrong passwords on one connection (then the right one): the codes,
+    up to the first 554 (the connection is dropped)."""
+    codes: list[int] = []
+    smtp = exim.connect(source)
+    for password in [f"wrong-{i}" for i in range(tries)] + ([h.PASSWORD] if then_right else []):
+        codes.append(attempt(smtp, password))
+        if codes[-1] == 554:
+            smtp.close()
+            return codes
+    if hang_up:
+        smtp.close()
+    else:
+        smtp.quit()
+    return codes
+
+
+def test_each_failed_auth_counts_once_and_the_guesser_is_blocked(exim: h.Exim) -> None:
+    assert guess(exim, GUESSER, 1) == [535]
+    h.wait_for("one failure counted", lambda: failures(exim, GUESSER) == 1)
+    # two on one connection, then the right password: two failures, the success none
+    assert guess(exim, GUESSER, 2, then_right=True) == [535, 535, 235]
+    h.wait_for("three", lambda: failures(exim, GUESSER) == 3)
+    # a guesser that hangs up after its failure is counted at the end of the connection
+    assert guess(exim, GUESSER, 1, hang_up=True) == [535]
+    h.wait_for("four", lambda: failures(exim, GUESSER) == 4)
+    assert shown(exim, GUESSER)["block"] is None
+    # the fifth and sixth on one connection: the sixth failure is over the limit (5), and
+    # is counted at the next AUTH, which is dropped with a 554
+    assert guess(exim, GUESSER, 3) == [535, 535, 554]
+    block = shown(exim, GUESSER)["block"]
+    assert (block["counter"], block["count"], block["limit"]) == ("authfail", 6, LIMIT)
+    assert "bob" in block["rcpts"], "the user names tried are the evidence"
+    # from now on even the right password gets nowhere: dropped before it is checked
+    assert guess(exim, GUESSER, 0, then_right=True) == [554]
+    # Exim logs the rejection after it has dropped the connection
+    h.wait_for("the log line", lambda: "AUTH from a blocked address (ip 127.0.0.3)" in exim.log("reject"))
+    # anyone else logs in as before
+    with exim.connect("127.0.0.1") as ok:
+        ok.login("bob", h.PASSWORD)
+    # one notification, however many attempts followed
+    h.wait_for("the notification", lambda: len(exim.maildir("abuse")) == 1, 20)
+    time.sleep(1)
+    [note] = exim.maildir("abuse")
+    assert b"client 127.0.0.3 blocked because has failed SMTP AUTH 6 times during 1h (limit 5)" in note
+    events = [e["event"] for e in json.loads(exim.eximhook("history", "--json").stdout)]
+    assert events.count("blocked") == 1
+
+
+def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:
+    assert guess(exim, OFFICE, LIMIT + 3) == [535] * (LIMIT + 3)
+    h.wait_for("every failure counted", lambda: failures(exim, OFFICE) == LIMIT + 3)
+    record = shown(exim, OFFICE)
+    assert record["block"] is None and record["exempt"] == "127.0.0.4: the office NAT"
+    assert [w["count"] for w in record["would_block"]] == [LIMIT + 1]
+    with exim.connect(OFFICE) as smtp:
+        smtp.login("bob", h.PASSWORD)
