@@ -129,3 +129,27 @@ def table(path: str, where: str, value: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: {where} must be a table ([{where}])")
     return value
 
+
+
+def size_kib(value: Any) -> int:
+    """A size as Exim counts ``$spool_space``, in KiB: a number of KiB, or a string
+    with a unit, ``"500M"``, ``"2G"`` (``"0"``: none)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    units = {"k": 1, "m": 1024, "g": 1024 ** 2, "t": 1024 ** 3}
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "k")
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if amount >= 0:
+            return int(amount * units[unit])
+    raise ValueError('must be a size in KiB, or with a unit: "500M", "2G" ("0": none)')
+
+
+def fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError("must be a fraction from 0 (off) up to, not including, 1")
+    return float(value)

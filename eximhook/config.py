@@ -19,6 +19,7 @@ from . import _values as v
 from ._fastconfig import DEFAULT_PATH
 from .errors import ConfigError
 from .policy import Overrides, Policy, pick
+from .spool import Guard
 
 
 def _opt(default: Any, parse: Any, toml: str | None = None) -> Any:
@@ -101,10 +102,23 @@ class EximConfig:
     user: str = _opt("Debian-exim", v.text)
 
 
+@dataclass(frozen=True)
+class SpoolConfig:
+    # Exim's spool_directory: its free space is recorded when a block starts
+    directory: str = _opt("/var/spool/exim4", v.abs_path)
+    # a blocked subject's mail is refused instead of frozen once free space falls below
+    # floor, or below fraction x the free space when its block started (spool.py)
+    floor: int = _opt(0, v.size_kib)  # KiB, or "500M", "2G"
+    fraction: float = _opt(0.5, v.fraction)
+
+    def guard(self) -> Guard:
+        return Guard(self.directory, self.floor, self.fraction)
+
+
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
-    "bounces": BouncesConfig,
+    "bounces": BouncesConfig, "spool": SpoolConfig,
 }
 
 
@@ -128,6 +142,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     exim: EximConfig = field(default_factory=EximConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
@@ -147,6 +162,7 @@ class Config:
             "check": self.hooks.check, "record": self.hooks.record, "timeout": self.hooks.timeout,
             "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
             "ipv6_prefix": self.relay.ipv6_prefix, "log": self.log.file,
+            "spool": (self.spool.directory, self.spool.floor, self.spool.fraction),
         }
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._log import Logger
     from .exim import Exim, Message
     from .policy import Policy
+    from .spool import Guard
 
     Policies = Callable[[str, str, str], Policy | None]  # (ns, counter, key)
     Exempt = Mapping[str, Sequence[tuple[str, str]]]  # ns -> (pattern, reason), as [exempt]
@@ -137,7 +138,7 @@ def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[
 
 
 def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-           exempt: Exempt | None = None) -> Outcome:
+           exempt: Exempt | None = None, spool: Guard | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
     holds the config's exemptions, the store the admin's).
@@ -161,6 +162,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed, exempt=why_not)
     if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
         return Outcome(True, False, tally.count, total)
+    if spool is not None:
+        record.update(spool.at_block())
     return Outcome(True, store.block(record, now, True, hold), tally.count, total)
 
 
@@ -230,11 +233,13 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          note: str | None, notify: bool = True) -> bool:
+          note: str | None, notify: bool = True, spool: Guard | None = None) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already."""
     counter = counters.get(ns, key)
-    created = store.block(block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note),
-                          now, notify)
+    record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
+    if spool is not None:
+        record.update(spool.at_block())
+    created = store.block(record, now, notify)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 

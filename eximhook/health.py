@@ -16,7 +16,7 @@ import os
 import shutil
 from typing import Any
 
-from . import core, mirror, notify, outbox
+from . import core, mirror, notify, outbox, spool
 from ._log import Logger
 from ._perms import replace_files
 from .config import Config
@@ -179,6 +179,7 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
         if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
+        spool.check(store, cfg.spool.guard(), now, log)
         sent, errors = notify.deliver(cfg, store, log, command)
     problems += [f"notification left queued: {e}" for e in errors]
     return sent, problems, Exit.TEMPFAIL if problems else Exit.OK

@@ -190,6 +190,7 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
     """Count the event as the daemon would (the same core bodies); True if blocked."""
     from . import core
     from .policy import Policy, pick
+    from .spool import Guard
 
     def policy(ns: str, counter: str, key: str) -> Policy | None:
         found = settings["policies"].get(ns, {}).get(counter)
@@ -221,7 +222,8 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
             remote="remote" in opts, ip=opts.get("ip") or None))
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
-        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"])
+        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"],
+                              spool=Guard(*settings["spool"]))
         if outcome.blocked or outcome.shadowed:
             core.make_known(store, settings["mirror_dir"], log, tally, outcome)
         blocked = blocked or outcome.blocked

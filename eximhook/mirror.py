@@ -3,7 +3,8 @@
 - ``blocked_authenticated_users`` / ``blocked_relay_users``: one quoted key a line in
   Exim's lsearch syntax, so the seeds' ``${lookup{$acl_m_user}lsearch{...}}`` and
   support staff keep working.
-- ``blocked_subjects.cdb``: keys ``NS:KEY`` for the snippets' check,
+- ``blocked_subjects.cdb``: keys ``NS:KEY`` for the snippets' check (and the spool
+  guard's threshold, ``spool.LOW_KEY``),
   ``${lookup{auth:$acl_m_user}cdb{...}}``: a cdb lookup costs ~4 µs in Exim, against
   ~12 ms for a Python ``${run}``.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from . import spool
 from ._perms import TMP, hand_over, replace_files
 from .errors import FileError
 from .store import Store
@@ -88,6 +90,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             cdb = io.BytesIO()
             writer = cdblib.Writer(cdb)
             writer.put(GENERATION_KEY, b"%d" % generation)
+            writer.put(spool.LOW_KEY, b"%d" % spool.threshold(blocks))
             for b in blocks:
                 writer.put(f"{b['ns']}:{b['key']}".encode("utf-8", "surrogateescape"), b"1")
             writer.finalize()

@@ -148,6 +148,29 @@ def _compose_shadow(block: dict[str, Any], *, to: str, sender: str, command: Seq
     return msg
 
 
+def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequence[str]) -> EmailMessage:
+    """The spool-space guard has switched blocked subjects from freeze to refuse."""
+    import os
+
+    msg = EmailMessage()
+    host = os.uname().nodename
+    _headers(msg, notice, f"eximhook on {host}: spool space low, blocked senders' mail is now refused",
+             to=to, sender=sender)
+    prog = " ".join(shell_quote(c) for c in command)
+    blocked = [f"  {ns} {escape(key)}" for ns, key in notice["blocked"]]
+    more = notice["blocked_total"] - len(blocked)
+    lines = [f"The spool of {host} has {notice['free']} KiB free, below {notice['threshold']} KiB: the free space",
+             "recorded when the blocks below started, times [spool] fraction, or [spool] floor.",
+             "From now on a blocked subject's mail is refused (5xx) instead of frozen, so the",
+             "spam already frozen stays, and no more comes in. It is frozen again once there is",
+             "room (eximhook maintain notes it). Purge what is spam to make room:",
+             f"  {prog} list", f"  {prog} purge NS KEY", "",
+             f"Blocked now ({notice['blocked_total']}):", *blocked, *([f"  ... and {more} more"] if more > 0 else []),
+             ""]
+    _set_body(msg, "\n".join(lines))
+    return msg
+
+
 def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
     """Tell the abuse desk that counting has failed open since ``since`` (``error``), or,
     with ``error`` None, that it works again. None on success, else why it failed."""
@@ -218,8 +241,11 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
         shadow = item.get("kind") == "would-block"  # nothing is frozen, so nothing to freeze or list
         if shadow:
             block = dict(block, shadow=True)
-        msg = compose(block, to=to, sender=sender, command=command,
-                      frozen=() if shadow else frozen_ids(block["ns"], block["key"]))
+        if item.get("kind") == "spool-low":
+            msg = compose_spool(block, to=to, sender=sender, command=command)
+        else:
+            msg = compose(block, to=to, sender=sender, command=command,
+                          frozen=() if shadow else frozen_ids(block["ns"], block["key"]))
         error = send(msg, sendmail, to, timeout)
         item["to"] = to
         outbox.finish(store, item, clock(), error)

@@ -16,6 +16,7 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
+            b"spool-low"             -> since when the spool is below the guard's threshold
 """
 
 from __future__ import annotations
@@ -213,6 +214,35 @@ class Store(Env):
             self.append_in(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
             return True
         return self.update(body)
+
+    # -- the spool-space guard -------------------------------------------------------
+
+    def spool_low(self, low: bool, now: float, free: int, limit: int) -> bool:
+        """Record whether the spool is below the guard's threshold (``spool``); True if
+        that changed. Falling below queues one notification, in the same transaction:
+        however many processes look, the abuse desk hears once per episode."""
+        def body(txn: lmdb.Transaction) -> bool:
+            meta = self.db(txn, b"meta")
+            if (txn.get(b"spool-low", db=meta) is not None) == low:
+                return False
+            if low:
+                txn.put(b"spool-low", struct.pack(">d", now), db=meta)
+            else:
+                txn.delete(b"spool-low", db=meta)
+            event = {"ts": now, "event": "spool-low" if low else "spool-ok", "ns": "spool", "key": "",
+                     "by": "eximhook", "free_kib": free, "threshold_kib": limit}
+            self.append_in(txn, b"audit", event)
+            if low:
+                blocked = [(b["ns"], b["key"]) for b in self.blocks_in(txn)]
+                notice = {"ns": "spool", "key": "", "since": now, "free": free, "threshold": limit,
+                          "blocked": blocked[:50], "blocked_total": len(blocked)}
+                self.append_in(txn, b"outbox", {"ts": now, "kind": "spool-low", "block": notice, "state": "queued",
+                                              "attempts": 0, "hold_until": now})
+            return True
+        return self.update(body)
+
+    def is_spool_low(self) -> bool:
+        return self.read(lambda txn: txn.get(b"spool-low", db=self.db(txn, b"meta")) is not None)
 
     # -- exemptions ------------------------------------------------------------------
 

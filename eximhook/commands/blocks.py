@@ -169,7 +169,7 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
                   file=sys.stderr)
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
-                             note=opts.reason, notify=not opts.no_notify)
+                             note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard())
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import core
+from .. import core, spool
 from .._log import Logger
 from ..config import Config, load
 from ..counters import Counters, Tally
@@ -257,6 +257,16 @@ class Server:
                 core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
                 self._forget_refs()
+                self._check_spool()
+
+    def _check_spool(self) -> None:
+        """The spool-space guard: tell the abuse desk once when free space falls below
+        what the blocks recorded (the snippets refuse blocked mail from then on)."""
+        try:
+            if spool.check(self.store, self.cfg.spool.guard(), time.time(), self.log):
+                self.outbox.tripped(set())
+        except EximhookError as exc:
+            self.failure("spool", f"could not check the spool's free space: {exc}")
 
     def _forget_refs(self) -> None:
         """Drop message references older than [bounces] remember, at most hourly."""
@@ -280,7 +290,7 @@ class Server:
         try:
             for tally in tallies:
                 outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
-                                      exempt=cfg.exempt)
+                                      exempt=cfg.exempt, spool=cfg.spool.guard())
                 core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
                 if outcome.tripped or outcome.shadowed:
                     self.outbox.tripped({(tally.ns, tally.key)})

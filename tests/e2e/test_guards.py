@@ -1,7 +1,8 @@
-"""Password guessing against the real Exim: failed SMTP AUTH counted per client address
-through the daemon (acl-auth.conf), each attempt once, the address blocked past the
-limit with one notification, its next AUTH dropped before the password is checked; an
-exempt network is counted and never blocked."""
+"""The guards against the real Exim. Password guessing: failed SMTP AUTH counted per
+client address through the daemon (acl-auth.conf), each attempt once, the address
+blocked past the limit with one notification, its next AUTH dropped before the password
+is checked; an exempt network is counted and never blocked. The spool-space guard: a
+blocked user's mail refused instead of frozen when the spool is short."""
 
 from __future__ import annotations
 
@@ -108,3 +109,28 @@ def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:
     assert [w["count"] for w in record["would_block"]] == [LIMIT + 1]
     with exim.connect(OFFICE) as smtp:
         smtp.login("bob", h.PASSWORD)
+
+
+def test_the_spool_guard_refuses_a_blocked_users_mail_and_tells_once() -> None:
+    """A spool "below" the guard's floor (a floor far above any disk's free space stands
+    in for a full spool: Exim reads its real $spool_space): a blocked user's message is
+    refused at DATA instead of frozen, an honest user's is delivered, and the abuse desk
+    hears once, however often maintenance looks."""
+    server = h.make(["bob", "alice"], serve=True, settings={"spool.floor": "1T", "spool.fraction": 0})
+    try:
+        server.setup().start()
+        assert server.eximhook("block", "auth", "bob", "--no-notify").returncode == 0
+        with pytest.raises((smtplib.SMTPDataError, smtplib.SMTPServerDisconnected)):
+            server.send([f"alice@{h.DOMAIN}"], user="bob", subject="spam")
+        assert server.queue() == [], "refused, not frozen: nothing of bob's in the spool"
+        assert server.send([f"bob@{h.DOMAIN}"], user="alice") == {}
+        h.wait_for("alice's delivery", lambda: len(server.maildir("bob")) == 1)
+        h.wait_for("the log line", lambda: "spool space low" in server.log("reject"))
+        for _ in range(2):  # the daemon looks on its own, too: either may tell
+            server.eximhook("maintain")
+        h.wait_for("the notification", lambda: len(server.maildir("abuse")) == 1, 20)
+        time.sleep(1)
+        [note] = server.maildir("abuse")
+        assert b"spool space low, blocked senders' mail is now refused" in note
+    finally:
+        h.cleanup(server)

@@ -1,0 +1,77 @@
+"""The spool-space guard: a frozen bot must not fill the spool.
+
+A blocked subject's mail is accepted and frozen, as evidence; a bot that keeps sending
+keeps filling the spool ("a spambot will continue to fill your queue with frozen
+messages"). So each block records the spool's free space when it starts (as the Exim
+wiki's BlockCracking does), with the free space below which its mail is refused rather
+than frozen: ``max(floor, fraction x free then)``. The mirror's cdb file holds the
+highest of those (``LOW_KEY``), and the DATA and not-SMTP ACL snippets compare Exim's
+own ``$spool_space`` with it: past it, a blocked subject's message is dropped with a
+5xx, natively, for every message. Maintenance (the daemon's periodic look and
+``eximhook maintain``) tells the abuse desk once when free space falls below it, and
+notes when it is back (``Store.spool_low``).
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False  # the hooks import this on a trip: typing costs ~10 ms
+if TYPE_CHECKING:
+    from ._log import Logger
+    from .store import Store
+
+# The cdb key of the threshold: no subject key has this namespace.
+LOW_KEY = b"eximhook:spool-low"
+
+
+class Guard:
+    """``[spool]``: where Exim's spool is, and when a blocked subject's mail is refused."""
+
+    __slots__ = ("directory", "floor", "fraction")
+
+    def __init__(self, directory: str, floor: int, fraction: float) -> None:
+        self.directory, self.floor, self.fraction = directory, floor, fraction
+
+    def free(self) -> int | None:
+        """Free space in KiB as Exim's ``$spool_space`` counts it (blocks available to
+        unprivileged users); None if the directory cannot be read."""
+        try:
+            st = os.statvfs(self.directory)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize // 1024
+
+    def at_block(self) -> dict[str, int | None]:
+        """What a new block records: the free space now, and the free space below which
+        the subject's mail is refused (0: never)."""
+        free = self.free()
+        low = max(self.floor, int(self.fraction * free) if free is not None else 0)
+        return {"spool_free": free, "spool_low": low}
+
+
+def threshold(blocks: list[dict[str, object]]) -> int:
+    """The free space (KiB) below which blocked subjects' mail is refused: the highest
+    any current block recorded (0: none did, or no block)."""
+    return max((int(b.get("spool_low") or 0) for b in blocks), default=0)  # type: ignore[call-overload]
+
+
+def check(store: Store, guard: Guard, now: float, log: Logger, free: int | None = None) -> bool:
+    """Compare free space (``free``: a reading; default, the spool's now) with the
+    threshold; on a change, record it, once however many processes look
+    (``Store.spool_low``). True if it has just fallen below: a notification is queued."""
+    free = guard.free() if free is None else free
+    if free is None:
+        log.log("err", f"spool space: cannot read the free space of {guard.directory} ([spool] directory)")
+        return False
+    limit = threshold(store.blocks())
+    low = limit > 0 and free < limit
+    if not store.spool_low(low, now, free, limit):
+        return False
+    if low:
+        log.log("warning", f"spool space: {free} KiB free in {guard.directory}, below {limit} KiB: blocked "
+                           "subjects' mail is refused instead of frozen; the abuse desk is told")
+    else:
+        log.log("notice", f"spool space: {free} KiB free in {guard.directory} again (threshold {limit} KiB): "
+                          "blocked subjects' mail is frozen again")
+    return low

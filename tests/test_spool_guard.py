@@ -1,0 +1,86 @@
+"""The spool-space guard: the threshold a block records, the cdb key the snippets read,
+and one notification per episode of low space, from an injected free-space reading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cdblib
+import pytest
+
+from eximhook._log import Logger
+from eximhook.config import load
+from eximhook.errors import ConfigError
+from eximhook.spool import LOW_KEY, Guard, check
+from eximhook.store import Store
+
+from .conftest import Run, write_config
+
+
+def low_key(tmp_path: Path) -> int:
+    return int(cdblib.Reader((tmp_path / "mirror" / "blocked_subjects.cdb").read_bytes()).get(LOW_KEY))
+
+
+def test_a_block_records_the_free_space_and_its_threshold(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.fraction": 0.25})
+    free = Guard(str(tmp_path), 0, 0.5).free()
+    assert free is not None and free > 0
+    assert cli("block", "auth", "bob", "--no-notify", config_path=config)[0] == 0
+    block = json.loads(cli("show", "--json", "auth", "bob", config_path=config)[1])["block"]
+    assert abs(block["spool_free"] - free) < free * 0.05 + 1024, "the spool's free space when the block started"
+    assert block["spool_low"] == int(0.25 * block["spool_free"])
+    assert low_key(tmp_path) == block["spool_low"], "the mirror holds the threshold for the snippets"
+    cli("unblock", "auth", "bob", config_path=config)
+    assert low_key(tmp_path) == 0, "no block, no threshold"
+
+
+def test_the_floor_wins_when_higher(tmp_path: Path) -> None:
+    assert Guard(str(tmp_path), 10 ** 12, 0.5).at_block()["spool_low"] == 10 ** 12
+    assert Guard(str(tmp_path), 0, 0.0).at_block()["spool_low"] == 0, "fraction 0 and no floor: off"
+
+
+def test_low_space_is_told_once_per_episode(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.floor": "1G",
+                                                "spool.fraction": 0})
+    cli("block", "auth", "bob", "--no-notify", config_path=config)
+    cfg, log = load(str(config)), Logger(str(tmp_path / "eximhook.log"))
+    guard = cfg.spool.guard()
+    with Store(cfg.store.path) as store:
+        plenty, short = 2 * 1024 ** 2, 1024 ** 2 - 1  # KiB: 2 GiB free, then just under the 1 GiB floor
+        assert [check(store, guard, t, log, free=f) for t, f in
+                enumerate([plenty, short, short, short, plenty, short])] == [False, True, False, False, False, True]
+        kinds = [i["kind"] for i in store.outbox()]
+        assert kinds.count("spool-low") == 2, "two episodes, two notifications; none while it stays low"
+        events = [e["event"] for e in store.history() if e["event"].startswith("spool")]
+        assert events == ["spool-low", "spool-ok", "spool-low"]
+        assert store.is_spool_low()
+
+
+def test_the_notification_says_what_happened(tmp_path: Path, cli: Run, mailbox: Path) -> None:
+    from .conftest import messages
+
+    config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
+                          settings={"spool.directory": str(tmp_path), "spool.floor": "1T"})
+    cli("block", "auth", "b\nob", "--no-notify", config_path=config)
+    assert cli("maintain", config_path=config)[0] == 0
+    assert cli("maintain", config_path=config)[0] == 0
+    [note] = messages(mailbox)
+    assert "spool space low, blocked senders' mail is now refused" in note["Subject"]
+    body = note.get_content()
+    assert "below 1073741824 KiB" in body and "auth b\\nob" in body, "the key escaped, on one line"
+
+
+@pytest.mark.parametrize(("value", "kib"), [(0, 0), (2048, 2048), ("500M", 512000), ("2G", 2 * 1024 ** 2),
+                                            ("1.5g", int(1.5 * 1024 ** 2)), ("100KiB", 100)])
+def test_sizes(tmp_path: Path, value: object, kib: int) -> None:
+    assert load(str(write_config(tmp_path, settings={"spool.floor": value}))).spool.floor == kib
+
+
+@pytest.mark.parametrize(("setting", "value", "error"), [("spool.floor", "lots", "must be a size"),
+                                                          ("spool.floor", -1, "must be a size"),
+                                                          ("spool.fraction", 1, "fraction"),
+                                                          ("spool.directory", "spool", "absolute path")])
+def test_bad_settings(tmp_path: Path, setting: str, value: object, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load(str(write_config(tmp_path, settings={setting: value})))
