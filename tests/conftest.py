@@ -124,12 +124,14 @@ def daemon(tmp_path: Path, serve: Serve) -> Daemon:
 
 
 # A sendmail stand-in: one file per message (named by time and pid, so concurrent
-# senders never overwrite each other and a duplicate cannot hide); fails while FAIL
-# exists; hangs while HANG exists; takes the message and then hangs while SLOW exists.
+# senders never overwrite each other and a duplicate cannot hide; renamed into place
+# whole, so a test never reads half a message); fails while FAIL exists; hangs while
+# HANG exists; takes the message and then hangs while SLOW exists.
 STAND_IN = """#!/bin/sh
 [ -e "{dir}/HANG" ] && sleep 30
 [ -e "{dir}/FAIL" ] && {{ echo "stand-in failure" ; exit 75 ; }}
-{{ echo "ARGV: $*"; cat; }} > "{dir}/out/$(date +%s%N)-$$.eml"
+{{ echo "ARGV: $*"; cat; }} > "{dir}/out/.$$.tmp"
+mv "{dir}/out/.$$.tmp" "{dir}/out/$(date +%s%N)-$$.eml"
 [ -e "{dir}/SLOW" ] && sleep 30
 exit 0
 """
@@ -148,7 +150,7 @@ def mailbox(tmp_path: Path) -> Path:
 def messages(mailbox: Path) -> list[email.message.EmailMessage]:
     """What the stand-in received, oldest first."""
     out = []
-    for path in sorted((mailbox / "out").iterdir()):
+    for path in sorted((mailbox / "out").glob("*.eml")):
         argv, _, raw = path.read_bytes().partition(b"\n")
         assert argv == b"ARGV: -f root abuse@example.net"
         out.append(email.message_from_bytes(raw, policy=email.policy.default))
