@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .policy import Policy
 
     Policies = Callable[[str, str], Policy | None]
+    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
 
 
 def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter_name: str | None = None,
@@ -124,13 +125,16 @@ def message_ref(text: str) -> str:
     return text[start + 1 : end].strip() if start >= 0 else text.strip()
 
 
-def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False) -> Outcome:
+def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+           owner: Owner | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode: the record that it would have).
 
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
     one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
+    ``owner`` (``[owner] notify``) finds the address of the owner's notification, which
+    the block queues too; a would-block never mails the owner.
     """
     ns, key, total = tally.ns, tally.key, tally.counter.total
     if tally.over < 0:
@@ -144,7 +148,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed)
     if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
         return Outcome(True, False, tally.count, total)
-    return Outcome(True, store.block(record, now, True, hold), tally.count, total)
+    to = None if owner is None else owner(ns, key) or ""
+    return Outcome(True, store.block(record, now, True, hold, to), tally.count, total)
 
 
 def trip_text(tally: Tally) -> str:
@@ -212,11 +217,13 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          note: str | None, notify: bool = True) -> bool:
-    """Block by hand; False (and nothing changed) if the subject was blocked already."""
+          note: str | None, notify: bool = True, owner: Owner | None = None) -> bool:
+    """Block by hand; False (and nothing changed) if the subject was blocked already.
+    ``owner``: mail the owner too (``[owner] manual``), at the address it finds."""
     counter = counters.get(ns, key)
+    to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
     created = store.block(block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note),
-                          now, notify)
+                          now, notify, owner=to)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
