@@ -117,6 +117,26 @@ def ipv6_prefix(value: Any) -> int:
 
 
 
+def owner_patterns(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{auth = "$key", local = "$key@example.com"}``: per namespace, how to make the
+    owner's address from the key (see ``owner``)."""
+    from .owner import PATTERN_PLACEHOLDERS
+    from .subjects import NAMESPACES
+    from .templates import problem
+
+    if not isinstance(value, dict):
+        raise ValueError('must be a table such as {auth = "$key"}')
+    for ns, pattern in value.items():
+        if ns not in NAMESPACES:
+            raise ValueError(f"has {ns!r}, which is not a namespace ({', '.join(NAMESPACES)})")
+        if not isinstance(pattern, str) or not pattern:
+            raise ValueError(f"{ns} must be a non-empty string such as \"$key\"")
+        found = problem(pattern, PATTERN_PLACEHOLDERS)
+        if found:
+            raise ValueError(f"{ns}: {found}")
+    return tuple(sorted(value.items()))
+
+
 def mode(value: Any) -> str:
     if value not in MODES:
         raise ValueError('must be "enforce" or "shadow"')

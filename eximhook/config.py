@@ -55,6 +55,20 @@ class NotifyConfig:
     # eximhook maintain mails the abuse desk (once) when the store has refused writes,
     # so counting failed open, for this long
     alert_after: float = _opt(300.0, v.seconds)
+    # the text of the mail about a block and a would-block (see templates); unset: the built-in
+    template: str | None = _opt(None, v.opt_abs_path)
+    shadow_template: str | None = _opt(None, v.opt_abs_path)
+
+
+@dataclass(frozen=True)
+class OwnerConfig:
+    # also mail the blocked subject's owner, at the address the lookup file or the
+    # pattern gives (see owner); the abuse desk is mailed either way
+    notify: bool = _opt(False, v.boolean)
+    lookup: str | None = _opt(None, v.opt_abs_path)  # lines "NS:KEY address"
+    pattern: tuple[tuple[str, str], ...] = _opt((), v.owner_patterns)  # {NS = "$key"}, for keys not in lookup
+    template: str | None = _opt(None, v.opt_abs_path)  # unset: the built-in
+    manual: bool = _opt(False, v.boolean)  # a block by hand (eximhook block) mails the owner too
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ class SpoolConfig:
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
-    "bounces": BouncesConfig, "spool": SpoolConfig,
+    "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig,
 }
 
 
@@ -143,6 +157,7 @@ class Config:
     exim: EximConfig = field(default_factory=EximConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    owner: OwnerConfig = field(default_factory=OwnerConfig)
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
@@ -163,6 +178,8 @@ class Config:
             "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
             "ipv6_prefix": self.relay.ipv6_prefix, "log": self.log.file,
             "spool": (self.spool.directory, self.spool.floor, self.spool.fraction),
+            "owner_notify": self.owner.notify, "owner_lookup": self.owner.lookup,
+            "owner_pattern": dict(self.owner.pattern),
         }
 
 

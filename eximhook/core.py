@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     Policies = Callable[[str, str, str], Policy | None]  # (ns, counter, key)
     Exempt = Mapping[str, Sequence[tuple[str, str]]]  # ns -> (pattern, reason), as [exempt]
+    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
 
 
 def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter_name: str | None = None,
@@ -138,7 +139,8 @@ def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[
 
 
 def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-           exempt: Exempt | None = None, spool: Guard | None = None) -> Outcome:
+           exempt: Exempt | None = None, spool: Guard | None = None,
+           owner: Owner | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
     holds the config's exemptions, the store the admin's).
@@ -146,6 +148,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
     one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
+    ``owner`` (``[owner] notify``) finds the address of the owner's notification, which
+    the block queues too; a would-block never mails the owner.
     """
     ns, key, total = tally.ns, tally.key, tally.counter.total
     if tally.over < 0:
@@ -164,7 +168,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         return Outcome(True, False, tally.count, total)
     if spool is not None:
         record.update(spool.at_block())
-    return Outcome(True, store.block(record, now, True, hold), tally.count, total)
+    to = None if owner is None else owner(ns, key) or ""
+    return Outcome(True, store.block(record, now, True, hold, to), tally.count, total)
 
 
 def trip_text(tally: Tally) -> str:
@@ -233,13 +238,15 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          note: str | None, notify: bool = True, spool: Guard | None = None) -> bool:
-    """Block by hand; False (and nothing changed) if the subject was blocked already."""
+          note: str | None, notify: bool = True, spool: Guard | None = None, owner: Owner | None = None) -> bool:
+    """Block by hand; False (and nothing changed) if the subject was blocked already.
+    ``owner``: mail the owner too (``[owner] manual``), at the address it finds."""
     counter = counters.get(ns, key)
+    to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
     record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
     if spool is not None:
         record.update(spool.at_block())
-    created = store.block(record, now, notify)
+    created = store.block(record, now, notify, owner=to)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 

@@ -242,7 +242,7 @@ def _outbox_check(store: Store, now: float) -> Check:
     worst, texts = OK, []
     for item in items:
         block = item["block"]
-        who = f"{block['ns']} {block['key']}"
+        who = f"{block['ns']} {block['key']}" + (" (to the owner)" if item.get("kind") == "owner" else "")
         if outbox.stuck(item):
             worst = max(worst, WARNING)
             texts.append(f"{who}: stuck in sending since {format_time(item['claimed'])} (its sender died; "
@@ -267,8 +267,9 @@ def describe_item(item: dict[str, Any], now: float) -> dict[str, Any]:
     else:
         state, since = "queued", item["ts"]
     block = item["block"]
-    return {"seq": item["seq"], "ns": block["ns"], "key": block["key"], "state": state, "since": since,
-            "attempts": item["attempts"], "error": item.get("error")}
+    return {"seq": item["seq"], "ns": block["ns"], "key": block["key"], "kind": item.get("kind", "blocked"),
+            "to": item.get("to"), "state": state, "since": since, "attempts": item["attempts"],
+            "error": item.get("error")}
 
 
 def _serve_check(cfg: Config, now: float) -> Check:

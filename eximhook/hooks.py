@@ -220,10 +220,17 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
             counters, policy, now, key, message_id=core.message_ref(opts.get("mid", "")),
             failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep,
             remote="remote" in opts, ip=opts.get("ip") or None))
+
+    def owner(ns: str, key: str) -> str | None:
+        from .owner import resolve  # only a block pays for it
+
+        return resolve(ns, key, lookup=settings["owner_lookup"], patterns=settings["owner_pattern"],
+                       ipv6_prefix=settings["ipv6_prefix"], log=log)
+
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
         outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"],
-                              spool=Guard(*settings["spool"]))
+                              spool=Guard(*settings["spool"]), owner=owner if settings["owner_notify"] else None)
         if outcome.blocked or outcome.shadowed:
             core.make_known(store, settings["mirror_dir"], log, tally, outcome)
         blocked = blocked or outcome.blocked

@@ -1,9 +1,10 @@
-"""Mail to the abuse desk, one per block, through the outbox in the store.
+"""Mail to the abuse desk, one per block, and to the subject's owner (``[owner]``),
+through the outbox in the store.
 
-The block's transaction queues the notification; ``send_pending`` claims it, runs the
+The block's transaction queues the notifications; ``send_pending`` claims each, runs the
 sendmail command and only then drops it from the outbox. A failed or hung command
 leaves it queued for the next run, so a notification is never lost, and a claim keeps
-two concurrent runs from sending it twice.
+two concurrent runs from sending it twice. The text comes from templates (``templates``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from . import outbox
+from . import outbox, templates
 from .periods import format_period
 from .store import Store
 from .subjects import FREEZING, escape, shell_quote
+from .templates import Template
 
 if TYPE_CHECKING:
     from ._log import Logger
@@ -29,7 +31,6 @@ _LABEL = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "l
 # what each counter's block says the subject did, as the seeds' sentence has it
 _DID = {"invalid": "has sent mail to {count} invalid recipients", "bounces": "has caused {count} bounces",
         "recipients": "has sent mail to {count} recipients", "authfail": "has failed SMTP AUTH {count} times"}
-_SUBJECT_KEY_MAX = 120
 
 
 def command_line(cfg: Config) -> list[str]:
@@ -47,105 +48,110 @@ def describe(block: dict[str, Any]) -> str:
     """The seeds' sentence: ``user bob blocked because has sent mail to ...``."""
     who = f"{_LABEL.get(block['ns'], block['ns'])} {escape(block['key'])}"
     if block["reason"] == "limit":
-        did = _DID[block.get("counter") or "invalid"].format(count=block["count"])
         verb = "would be blocked (shadow mode)" if block.get("shadow") else "blocked"
-        return f"{who} {verb} because {did} during {format_period(block['period'])} (limit {block['limit']})."
+        return f"{who} {verb} because {_did(block)}."
     note = f": {escape(block['note'])}" if block.get("note") else ""
     return f"{who} blocked by hand ({block['by']}){note}."
 
 
-def message_id(block: dict[str, Any], sender: str) -> str:
+def _did(block: dict[str, Any]) -> str:
+    """What the subject did, for a block by a limit: ``has sent mail to ... (limit 100)``."""
+    did = _DID[block.get("counter") or "invalid"].format(count=block["count"])
+    return f"{did} during {format_period(block['period'])} (limit {block['limit']})"
+
+
+def message_id(block: dict[str, Any], sender: str, part: str = "") -> str:
     """The same for every copy of one block's notification: a copy resent after a crash
-    (see ``outbox``) is recognisable as the same mail, and ticket systems fold it."""
+    (see ``outbox``) is recognisable as the same mail, and ticket systems fold it. The
+    owner's mail is another message (``part`` "owner.")."""
     import hashlib
     import os
 
     digest = hashlib.sha256(f"{block['ns']}\0{block['key']}\0{block['since']!r}".encode(
         "utf-8", "surrogateescape")).hexdigest()[:32]
     domain = sender.rpartition("@")[2] if "@" in sender else os.uname().nodename
-    return f"<eximhook.{digest}@{domain or 'localhost'}>"
+    return f"<eximhook.{part}{digest}@{domain or 'localhost'}>"
 
 
 def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
-            frozen: Sequence[str] = ()) -> EmailMessage:
-    if block.get("shadow"):
-        return _compose_shadow(block, to=to, sender=sender, command=command)
-    """The notification for ``block``. ``command`` is how the admin runs eximhook
-    (program and ``--config``), so the commands in the mail can be pasted as they are."""
-    shown_key = escape(block["key"])
-    if len(shown_key) > _SUBJECT_KEY_MAX:
-        shown_key = shown_key[:_SUBJECT_KEY_MAX] + "..."
-    msg = EmailMessage()
-    # escape() leaves no CR or LF in a header: a key cannot add a header of its own
-    _headers(msg, block, f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} blocked", to=to, sender=sender)
+            frozen: Sequence[str] = (), template: Template | None = None) -> EmailMessage:
+    """The abuse desk's mail about ``block`` (a would-block when it says ``shadow``),
+    from ``template`` (default: the built-in one). ``command`` is how the admin runs
+    eximhook (program and ``--config``), so the commands in the mail can be pasted as
+    they are."""
+    kind = "shadow" if block.get("shadow") else "notify"
+    counter = block.get("counter") or "invalid"
     prog = " ".join(shell_quote(c) for c in command)
-    subject = f"{block['ns']} {shell_quote(block['key'])}"
+    args = f"{block['ns']} {shell_quote(block['key'])}"
+    values: dict[str, str | list[str]] = {
+        **_facts(block), "summary": describe(block), "reason": block["reason"], "by": escape(block["by"]),
+        "note": escape(block.get("note") or "-"), "ips": ", ".join(escape(ip) for ip in block["ips"]) or "-",
+        "evidence_title": _EVIDENCE[counter], "evidence": [escape(r) for r in block["rcpts"]],
+        "frozen": " ".join(frozen) or "-", "frozen_count": str(len(frozen)), "command": prog, "subject_args": args,
+        "consequence": [f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}", "",
+                        "From now on everything this sender submits is accepted and frozen.",
+                        "Look at the frozen mail, then decide:"],
+        "commands": [f"{prog} show {args}", f"{prog} frozen {args}", f"{prog} view MESSAGE-ID",
+                     f"{prog} release {args}          # not spam: unblock, deliver the frozen mail",
+                     f"{prog} purge {args} --unblock  # spam: delete the frozen mail, then unblock",
+                     f"{prog} purge {args}            # spam: delete the frozen mail, keep the block"],
+    }
     if block["ns"] not in FREEZING:  # an address guessing passwords: its AUTH is refused, nothing is frozen
-        _set_body(msg, "\n".join([describe(block), "", *_facts(block), "",
-                                  "From now on this address's SMTP AUTH is refused (the connection is dropped).",
-                                  f"  {prog} show {subject}",
-                                  f"  {prog} unblock {subject}   # lift it (a customer's NAT, say)", ""]))
-        return msg
-    lines = [
-        describe(block), "",
-        *_facts(block),
-        "",
-        f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}",
-        "",
-        "From now on everything this sender submits is accepted and frozen.",
-        "Look at the frozen mail, then decide:",
-        f"  {prog} show {subject}",
-        f"  {prog} frozen {subject}",
-        f"  {prog} view MESSAGE-ID",
-        f"  {prog} release {subject}          # not spam: unblock, deliver the frozen mail",
-        f"  {prog} purge {subject} --unblock  # spam: delete the frozen mail, then unblock",
-        f"  {prog} purge {subject}            # spam: delete the frozen mail, keep the block",
-        "",
-    ]
-    _set_body(msg, "\n".join(lines))
-    return msg
+        values["consequence"] = ["From now on this address's SMTP AUTH is refused: the connection is dropped",
+                                 "before the password is checked. Nothing is frozen. Decide:"]
+        values["commands"] = [f"{prog} show {args}",
+                              f"{prog} unblock {args}              # lift it (a customer's NAT, say)",
+                              f"{prog} exempt add {args} --reason ...  # and never block it again"]
+    return _mail(template or templates.builtin(kind), values, block, to=to, sender=sender,
+                 msgid=message_id(block, sender))
 
 
-def _headers(msg: EmailMessage, block: dict[str, Any], subject: str, *, to: str, sender: str) -> None:
-    msg["Subject"] = subject
+def compose_owner(block: dict[str, Any], *, to: str, sender: str, abuse: str,
+                  template: Template | None = None) -> EmailMessage:
+    """The owner's mail about ``block`` (``[owner]``): what the block says about their
+    own account, and ``abuse`` (the abuse desk) to reply to."""
+    why = _did(block) if block["reason"] == "limit" else "was blocked by an administrator"
+    values: dict[str, str | list[str]] = {**_facts(block), "why": why, "abuse": escape(abuse)}
+    return _mail(template or templates.builtin("owner"), values, block, to=to, sender=sender,
+                 msgid=message_id(block, sender, "owner."))
+
+
+def _facts(block: dict[str, Any]) -> dict[str, str]:
+    """The placeholders every template has; "-" for what does not apply (the limit of a
+    manual block)."""
+    import os
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    return {"label": _LABEL.get(block["ns"], block["ns"]), "ns": block["ns"], "key": escape(block["key"]),
+            "counter": block.get("counter") or "invalid", "count": shown(block.get("count")),
+            "limit": shown(block.get("limit")),
+            "period": "-" if block.get("period") is None else format_period(block["period"]),
+            "total": shown(block.get("total")), "date": formatdate(block["since"], localtime=True),
+            "host": os.uname().nodename}
+
+
+def _mail(template: Template, values: dict[str, str | list[str]], block: dict[str, Any], *, to: str, sender: str,
+          msgid: str) -> EmailMessage:
+    headers, body = templates.render(template, values)
+    msg = EmailMessage()
+    # the template's Subject first, then what eximhook sets whatever the template says
+    # (a template cannot drop Auto-Submitted), then the template's other headers
+    msg[headers[0][0]] = headers[0][1]
     msg["From"] = sender
     msg["To"] = to
     msg["Date"] = formatdate(block["since"], localtime=True)
-    msg["Message-ID"] = message_id(block, sender)
+    msg["Message-ID"] = msgid
     msg["Auto-Submitted"] = "auto-generated"
+    for name, value in headers[1:]:
+        msg[name] = value
+    _set_body(msg, body)
+    return msg
 
 
 _EVIDENCE = {"invalid": "Last invalid recipients", "bounces": "Last bounces (failed recipients)",
              "recipients": "Last messages (Exim id, recipients)", "authfail": "Last user names tried"}
-
-
-def _facts(block: dict[str, Any]) -> list[str]:
-    counter = block.get("counter") or "invalid"
-    return [
-        f"Namespace:   {block['ns']}",
-        f"Key:         {escape(block['key'])}",
-        f"{'Recorded at:' if block.get('shadow') else 'Blocked at:':<13}{formatdate(block['since'], localtime=True)}",
-        f"Counter:     {counter}, {block['total']} in all since it was last reset",
-        f"Client IPs:  {', '.join(escape(ip) for ip in block['ips']) or '-'}",
-        f"{_EVIDENCE[counter]}:",
-        *(f"  {escape(r)}" for r in block["rcpts"]), *([] if block["rcpts"] else ["  -"]),
-    ]
-
-
-def _compose_shadow(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str]) -> EmailMessage:
-    """A would-block: nothing was blocked or frozen; the admin may want to enforce."""
-    shown_key = escape(block["key"])[:_SUBJECT_KEY_MAX]
-    msg = EmailMessage()
-    _headers(msg, block, f"{_LABEL.get(block['ns'], block['ns'])} {shown_key} would be blocked (shadow mode)",
-             to=to, sender=sender)
-    prog = " ".join(shell_quote(c) for c in command)
-    lines = [describe(block), "", *_facts(block), "",
-             f"The {block.get('counter')} counter runs in shadow mode: nothing was blocked or frozen.",
-             "If this sender should have been stopped, set mode = \"enforce\" for it in eximhook.toml.",
-             f"  {prog} show {block['ns']} {shell_quote(block['key'])}",
-             f"  {prog} top {block.get('counter')}", ""]
-    _set_body(msg, "\n".join(lines))
-    return msg
 
 
 def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequence[str]) -> EmailMessage:
@@ -154,8 +160,12 @@ def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequ
 
     msg = EmailMessage()
     host = os.uname().nodename
-    _headers(msg, notice, f"eximhook on {host}: spool space low, blocked senders' mail is now refused",
-             to=to, sender=sender)
+    msg["Subject"] = f"eximhook on {host}: spool space low, blocked senders' mail is now refused"
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(notice["since"], localtime=True)
+    msg["Message-ID"] = message_id(notice, sender, "spool.")
+    msg["Auto-Submitted"] = "auto-generated"
     prog = " ".join(shell_quote(c) for c in command)
     blocked = [f"  {ns} {escape(key)}" for ns, key in notice["blocked"]]
     more = notice["blocked_total"] - len(blocked)
@@ -230,24 +240,31 @@ def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) ->
 def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str], timeout: float,
                  stale_after: float, budget: float, command: Sequence[str], clock: Callable[[], float],
                  frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: [],
-                 release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()) -> tuple[int, list[str]]:
+                 release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+                 template: Callable[[str], Template] = templates.builtin) -> tuple[int, list[str]]:
     """Send queued notifications, one claim at a time, until none is left or ``budget``
     seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors).
-    Held notifications wait, unless their subject is in ``release``."""
+    Held notifications wait, unless their subject is in ``release``. The abuse desk
+    (``to``) gets the block and would-block mails; an owner mail goes to the address
+    its block looked up. ``template`` gives the template of each kind of mail."""
     sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
     while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release)) is not None:
         block = item["block"]
-        shadow = item.get("kind") == "would-block"  # nothing is frozen, so nothing to freeze or list
-        if shadow:
-            block = dict(block, shadow=True)
-        if item.get("kind") == "spool-low":
+        if item.get("kind") == "owner":
+            msg = compose_owner(block, to=item["to"], sender=sender, abuse=to, template=template("owner"))
+        elif item.get("kind") == "spool-low":
             msg = compose_spool(block, to=to, sender=sender, command=command)
+            item["to"] = to
         else:
+            shadow = item.get("kind") == "would-block"  # nothing is frozen, so nothing to freeze or list
+            if shadow:
+                block = dict(block, shadow=True)
             msg = compose(block, to=to, sender=sender, command=command,
-                          frozen=() if shadow else frozen_ids(block["ns"], block["key"]))
-        error = send(msg, sendmail, to, timeout)
-        item["to"] = to
+                          frozen=() if shadow else frozen_ids(block["ns"], block["key"]),
+                          template=template("shadow" if shadow else "notify"))
+            item["to"] = to
+        error = send(msg, sendmail, item["to"], timeout)
         outbox.finish(store, item, clock(), error)
         if error is None:
             sent += 1
@@ -263,9 +280,11 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
     """Send what the outbox holds, as ``eximhook notify`` and the daemon do: first freeze
     the subject's mail still queued (``[exim] freeze_queued``), then list its frozen
     messages in the mail, the ``reported`` ones (the tripping message, which may not be
-    in the spool yet) first. Each failure is logged, and returned."""
+    in the spool yet) first. Each failure is logged, and returned. The templates are
+    read when the first mail needs them: one that no longer loads is logged, and the
+    built-in one sent instead."""
     from .core import freeze_queued
-    from .errors import EximError
+    from .errors import ConfigError, EximError
     from .exim import Exim
 
     exim = Exim.from_config(cfg.exim)
@@ -283,11 +302,27 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
             log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
         return list(dict.fromkeys(ids))
 
+    loaded: dict[str, Template] = {}
+
+    def template(kind: str) -> Template:
+        if kind not in loaded:
+            try:
+                loaded[kind] = templates.load(template_path(cfg, kind), kind)
+            except ConfigError as exc:
+                log.log("err", f"{exc}; sending with the built-in {kind} template instead")
+                loaded[kind] = templates.builtin(kind)
+        return loaded[kind]
+
     n = cfg.notify
     sent, errors = send_pending(
         store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
         stale_after=n.stale_after, budget=n.budget, command=command, clock=time.time,
-        frozen_ids=frozen_ids, release=release)
+        frozen_ids=frozen_ids, release=release, template=template)
     for error in errors:
         log.log("err", f"notification left queued: {error}")
     return sent, errors
+
+
+def template_path(cfg: Config, kind: str) -> str | None:
+    """The template file the config names for mail of ``kind``; None: the built-in one."""
+    return {"notify": cfg.notify.template, "shadow": cfg.notify.shadow_template, "owner": cfg.owner.template}[kind]

@@ -12,7 +12,7 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   shadow    COUNTER NUL W S          -> JSON record of a trip in shadow mode ("would block") of
                                       the window W (LIMIT(4) PERIOD(8)): once per limit setting
   exempt    NS NUL PATTERN           -> JSON record of an admin's exemption (``eximhook exempt``)
-  outbox    8-byte big-endian seq    -> JSON notification
+  outbox    8-byte big-endian seq    -> JSON notification (kind blocked, would-block, owner)
   audit     8-byte big-endian seq    -> JSON event
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
@@ -130,15 +130,17 @@ class Store(Env):
     def _bump(self, txn: lmdb.Transaction) -> None:
         txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self.db(txn, b"meta"))
 
-    def block(self, record: dict[str, Any], now: float, notify: bool, hold: float = 0.0) -> bool:
+    def block(self, record: dict[str, Any], now: float, notify: bool, hold: float = 0.0,
+              owner: str | None = None) -> bool:
         """Store ``record`` as the subject's block unless one exists; True if new. The
-        block, its audit event and (with ``notify``) its notification are one
-        transaction. ``hold`` delays the notification (see ``notify``) so that it can
-        name the tripping message."""
-        return self.update(lambda txn: self._block_in(txn, record, now, notify, hold))
+        block, its audit event and (with ``notify``) its notifications are one
+        transaction. ``hold`` delays the abuse desk's (see ``notify``) so that it can
+        name the tripping message. ``owner`` is the address of the owner's mail
+        (``[owner]``): "" when one was looked for and none found, None when none is wanted."""
+        return self.update(lambda txn: self._block_in(txn, record, now, notify, hold, owner))
 
     def _block_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, notify: bool,
-                  hold: float) -> bool:
+                  hold: float, owner: str | None = None) -> bool:
         import json
 
         sk = subject_key(record["ns"], record["key"])
@@ -151,6 +153,12 @@ class Store(Env):
         if notify:
             self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
                                           "state": "queued", "attempts": 0, "hold_until": now + hold})
+            if owner:  # names no message: not held
+                self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
+                                              "state": "queued", "attempts": 0, "hold_until": now})
+            elif owner is not None:
+                self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
+                                               "key": record["key"], "by": record["by"]})
         return True
 
     # -- shadow mode -----------------------------------------------------------------

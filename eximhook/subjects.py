@@ -111,13 +111,10 @@ def escape(key: str) -> str:
     return "".join(out)
 
 
-def lsearch_line(key: str) -> bytes | None:
-    """One lsearch line for ``key``, or None when lsearch could not match it.
-
-    The key is always double-quoted; inside, Exim's string escapes (``\\\\``, ``\\"``,
-    ``\\xNN``) carry every byte that is not printable ASCII, so no key can end the
-    line or start another.
-    """
+def quote(key: str) -> bytes:
+    """``key`` double-quoted, as Exim's lsearch reads a key: inside, its string escapes
+    (``\\\\``, ``\\"``, ``\\xNN``) carry every byte that is not printable ASCII, so no
+    key can end the line or start another. ``unquote`` reads it back."""
     out = bytearray(b'"')
     for byte in key_bytes(key):
         if byte in (0x22, 0x5C):
@@ -126,8 +123,41 @@ def lsearch_line(key: str) -> bytes | None:
             out.append(byte)
         else:
             out += b"\\x%02x" % byte
-    out += b'"\n'
-    return bytes(out) if len(out) <= LSEARCH_MAX_LINE else None
+    out += b'"'
+    return bytes(out)
+
+
+def unquote(data: bytes) -> tuple[str, bytes]:
+    """The key ``quote`` wrote at the start of ``data``, and what follows it; raises
+    ``ValueError`` for an unterminated key or an escape ``quote`` does not write."""
+    if not data.startswith(b'"'):
+        raise ValueError("a quoted key starts with a double quote")
+    out, i = bytearray(), 1
+    while i < len(data):
+        byte = data[i]
+        if byte == 0x22:
+            return bytes(out).decode("utf-8", "surrogateescape"), data[i + 1 :]
+        if byte == 0x5C:
+            escaped = data[i + 1 : i + 2]
+            if escaped in (b'"', b"\\"):
+                out += escaped
+                i += 2
+                continue
+            digits = data[i + 2 : i + 4]
+            if escaped != b"x" or len(digits) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in digits):
+                raise ValueError(f"bad escape at byte {i + 1} of the quoted key: use \\\\, \\\" or \\xNN")
+            out.append(int(digits, 16))
+            i += 4
+            continue
+        out.append(byte)
+        i += 1
+    raise ValueError("the quoted key has no closing double quote")
+
+
+def lsearch_line(key: str) -> bytes | None:
+    """One lsearch line for ``key`` (``quote``d), or None when lsearch could not match it."""
+    line = quote(key) + b"\n"
+    return line if len(line) <= LSEARCH_MAX_LINE else None
 
 
 def shell_quote(text: str) -> str:

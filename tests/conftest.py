@@ -87,7 +87,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     probe = [sys.executable, "-I", "-c", "import eximhook, os; print(os.path.dirname(eximhook.__file__))"]
     installed = Path(subprocess.run(probe, capture_output=True, text=True, cwd="/", check=False).stdout.strip())
     here = Path(__file__).resolve().parent.parent / "eximhook"
-    stale = [p.name for p in here.glob("*.py") if not (installed / p.name).is_file()
+    stale = [p.name for p in [*here.glob("*.py"), *here.glob("*.tmpl")] if not (installed / p.name).is_file()
              or (installed / p.name).read_bytes() != p.read_bytes()]
     if stale or not os.path.exists(EXIMHOOK):
         pytest.exit(f"the eximhook installed for {sys.executable} is not this checkout ({', '.join(stale) or EXIMHOOK}"
@@ -124,12 +124,14 @@ def daemon(tmp_path: Path, serve: Serve) -> Daemon:
 
 
 # A sendmail stand-in: one file per message (named by time and pid, so concurrent
-# senders never overwrite each other and a duplicate cannot hide); fails while FAIL
-# exists; hangs while HANG exists; takes the message and then hangs while SLOW exists.
+# senders never overwrite each other and a duplicate cannot hide; renamed into place
+# whole, so a test never reads half a message); fails while FAIL exists; hangs while
+# HANG exists; takes the message and then hangs while SLOW exists.
 STAND_IN = """#!/bin/sh
 [ -e "{dir}/HANG" ] && sleep 30
 [ -e "{dir}/FAIL" ] && {{ echo "stand-in failure" ; exit 75 ; }}
-{{ echo "ARGV: $*"; cat; }} > "{dir}/out/$(date +%s%N)-$$.eml"
+{{ echo "ARGV: $*"; cat; }} > "{dir}/out/.$$.tmp"
+mv "{dir}/out/.$$.tmp" "{dir}/out/$(date +%s%N)-$$.eml"
 [ -e "{dir}/SLOW" ] && sleep 30
 exit 0
 """
@@ -145,11 +147,18 @@ def mailbox(tmp_path: Path) -> Path:
     return box
 
 
-def messages(mailbox: Path) -> list[email.message.EmailMessage]:
-    """What the stand-in received, oldest first."""
+def sent(mailbox: Path) -> list[tuple[str, email.message.EmailMessage]]:
+    """What the stand-in received, oldest first: (recipient, message)."""
     out = []
-    for path in sorted((mailbox / "out").iterdir()):
+    for path in sorted((mailbox / "out").glob("*.eml")):
         argv, _, raw = path.read_bytes().partition(b"\n")
-        assert argv == b"ARGV: -f root abuse@example.net"
-        out.append(email.message_from_bytes(raw, policy=email.policy.default))
+        assert argv.startswith(b"ARGV: -f root ") and argv.count(b" ") == 3, "one recipient, as an argument"
+        out.append((argv.rpartition(b" ")[2].decode(), email.message_from_bytes(raw, policy=email.policy.default)))
     return out  # type: ignore[return-value]
+
+
+def messages(mailbox: Path) -> list[email.message.EmailMessage]:
+    """What the stand-in received, oldest first, all of it for the abuse desk."""
+    out = sent(mailbox)
+    assert [to for to, _ in out] == ["abuse@example.net"] * len(out)
+    return [msg for _, msg in out]

@@ -42,7 +42,7 @@ def test_the_commands_are_paste_ready(cli: Run, mailbox: Path, key: str, cte: st
     a line is past SMTP's 998 octets."""
     trip(cli, key)
     assert cli("notify")[1] == "1"
-    raw = next((mailbox / "out").iterdir()).read_bytes()
+    raw = next((mailbox / "out").glob("*.eml")).read_bytes()
     assert f"Content-Transfer-Encoding: {cte}".encode() in raw
     [msg] = messages(mailbox)
     commands = [line for line in msg.get_content().splitlines() if " purge auth " in line]

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximhook.errors import BadSubject
-from eximhook.subjects import escape, lsearch_line, normalize, shell_quote
+from eximhook.subjects import escape, lsearch_line, normalize, quote, shell_quote, unquote
 
 from .conftest import exim_expand, needs_exim
 
@@ -82,6 +82,18 @@ def test_escape_keeps_keys_apart(keys: list[str]) -> None:
 def test_lsearch_line_is_one_line(raw: bytes) -> None:
     line = lsearch_line(raw.decode("utf-8", "surrogateescape"))
     assert line is not None and line.count(b"\n") == 1 and line.endswith(b'"\n')
+
+
+@given(st.binary(min_size=1, max_size=300).filter(lambda b: b"\0" not in b), st.binary(max_size=20))
+def test_unquote_reads_back_what_quote_wrote(raw: bytes, rest: bytes) -> None:
+    key = raw.decode("utf-8", "surrogateescape")
+    assert unquote(quote(key) + rest) == (key, rest)
+
+
+@pytest.mark.parametrize("data", [b'"open', b'"bad \\q"', b'"short \\x4"', b"no quote"])
+def test_unquote_refuses_what_quote_never_writes(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        unquote(data)
 
 
 def test_lsearch_line_too_long() -> None:

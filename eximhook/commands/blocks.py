@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .. import core, health, mirror
+from .. import core, health, mirror, owner
 from .. import notify as notify_mod
 from .._log import Logger
 from ..config import Config
@@ -33,10 +33,12 @@ def notify(cfg: Config, opts: argparse.Namespace) -> int:
     print(sent, end="")
     return Exit.TEMPFAIL if errors else Exit.OK
 
-def _notifications(store: Store) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each subject's notification still in the outbox: queued, held, sending or stuck."""
+def _notifications(store: Store, kind: str = "blocked") -> dict[tuple[str, str], dict[str, Any]]:
+    """Each subject's notification still in the outbox: queued, held, sending or stuck.
+    ``kind``: the abuse desk's ("blocked") or the owner's ("owner")."""
     now = time.time()
-    return {(d["ns"], d["key"]): d for d in (health.describe_item(i, now) for i in store.outbox())}
+    return {(d["ns"], d["key"]): d for d in (health.describe_item(i, now) for i in store.outbox())
+            if (d["kind"] == "owner") == (kind == "owner")}
 
 def _notification_text(item: dict[str, Any] | None) -> str:
     if item is None:
@@ -101,6 +103,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         counts = report.subject(cfg, counters, ns, key, now, now - 86400)
         events = store.history(ns, key)
         notification = _notifications(store).get((ns, key))
+        to_owner = _notifications(store, "owner").get((ns, key))
     invalid = counts.get("invalid")
     if opts.json:
         legacy = None
@@ -109,12 +112,15 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
             legacy = {"total": invalid["total"], "in_window": first["count"], "limit": first["limit"],
                       "period": first["period"], "rcpts": invalid["evidence"], "ips": invalid["ips"]}
         dump({"ns": ns, "key": key, "block": block, "exempt": exempt, "would_block": shadows, "history": events,
-              "notification": notification, "counter": legacy, "counters": counts})
+              "notification": notification, "owner_notification": to_owner, "counter": legacy,
+              "counters": counts})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
         print(f"  notification: {_notification_text(notification)}")
+        if to_owner:
+            print(f"  owner's notification to {to_owner['to']}: {_notification_text(to_owner)}")
     if exempt:
         print(f"  exempt, never blocked by a limit (still counted): {escape(exempt)}")
     for record in shadows:
@@ -168,8 +174,16 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
         if exempt:  # by hand is the admin's call; a limit never blocks it
             print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
                   file=sys.stderr)
+        found: list[str | None] = []  # the owner's address, when [owner] manual looked for one
+        resolve = owner.resolver(cfg, Logger(cfg.log.file))
+
+        def find_owner(ns: str, key: str) -> str | None:
+            found.append(resolve(ns, key))
+            return found[-1]
+
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
-                             note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard())
+                             note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard(),
+                             owner=find_owner if cfg.owner.notify and cfg.owner.manual else None)
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK
@@ -181,6 +195,9 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
             sent, errors = send_notifications(cfg, store)
             print(f"notification sent to {cfg.notify.to}" if sent else
                   f"notification queued, not sent: {'; '.join(errors) or 'another notify run has it'}")
+            for to in found:
+                print(f"the owner's notification goes to {to}" if to else
+                      "no owner address ([owner] lookup, pattern): only the abuse desk is told")
     return Exit.OK
 
 def unblock(cfg: Config, opts: argparse.Namespace) -> int:

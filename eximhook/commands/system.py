@@ -12,7 +12,7 @@ from .. import health
 from .. import notify as notify_mod
 from .._log import Logger
 from ..config import Config
-from ..errors import Exit, SetupError
+from ..errors import ConfigError, Exit, SetupError
 from ..periods import format_period
 from ..policy import UNITS
 from ..subjects import escape
@@ -104,6 +104,7 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 def check_config(cfg: Config, opts: argparse.Namespace) -> int:
+    mail = _check_mail(cfg)
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     for ns, table_ in cfg.policies.items():
@@ -120,6 +121,8 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     for ns, exempt in cfg.exempt.items():
         print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
+    for line in mail:
+        print(f"  {line}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
     print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")
     if cfg.serve.timeout >= 2:
@@ -133,3 +136,51 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"  note: [exim] user {cfg.exim.user!r} does not exist here: set it to the user Exim runs as "
               "(eximhook status and maintain check as that user)")
     return Exit.OK
+
+
+def _check_mail(cfg: Config) -> list[str]:
+    """Check the templates and the owner lookup as the senders will read them (a
+    ``ConfigError`` names the file and the line of the first fault); what to print."""
+    from .. import owner, templates
+
+    lines, files = [], []
+    for kind in templates.KINDS:
+        path = notify_mod.template_path(cfg, kind)
+        templates.load(path, kind)
+        lines.append(f"{kind} template {path or templates.builtin_path(kind) + ' (built-in)'}: ok")
+        files += [path] if path else []
+    if cfg.owner.lookup:
+        try:
+            entries, problems = owner.read(cfg.owner.lookup, cfg.relay.ipv6_prefix)
+        except OSError as exc:
+            raise ConfigError(f"{cfg.owner.lookup}: cannot read the [owner] lookup: {exc.strerror}") from exc
+        if problems:
+            raise ConfigError(f"{cfg.owner.lookup}: " + "; ".join(problems[:10]) +
+                              (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+        lines.append(f"owner lookup {cfg.owner.lookup}: {len(entries)} subject(s)")
+        files.append(cfg.owner.lookup)
+    patterns = ", ".join(f"{ns} = {p!r}" for ns, p in cfg.owner.pattern) or "none"
+    lines.append(f"owner notification {'on' if cfg.owner.notify else 'off'} (pattern: {patterns}; blocks by hand "
+                 f"{'too' if cfg.owner.manual else 'not'})")
+    if cfg.owner.notify and not cfg.owner.lookup and not cfg.owner.pattern:
+        lines.append("note: [owner] notify is on, but neither lookup nor pattern is set: no owner is ever found")
+    # the hooks and the daemon read them as the Exim user, whom root's reading proves nothing about
+    lines += [f"note: {path} is not readable by [exim] user {cfg.exim.user}: the hooks and the daemon "
+              "cannot read it" for path in files if not _readable_by(path, cfg.exim.user)]
+    return lines
+
+
+def _readable_by(path: str, user: str) -> bool:
+    """By the permission bits (ACLs aside); True if there is no such user (noted apart)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return True
+    st = os.stat(path)
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & 0o400)
+    if st.st_gid in os.getgrouplist(user, pw.pw_gid):
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import core, spool
+from .. import core, owner, spool
 from .._log import Logger
 from ..config import Config, load
 from ..counters import Counters, Tally
@@ -286,11 +286,12 @@ class Server:
         # count names its message now; a bounce freezes nothing.
         hold = 0.0 if req.op in ("message", "bounce") else cfg.notify.hold
         frozen = req.fields.get("id", "") if req.op == "message" else ""
+        find_owner = owner.resolver(cfg, self.log) if cfg.owner.notify else None
         blocked = False
         try:
             for tally in tallies:
                 outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
-                                      exempt=cfg.exempt, spool=cfg.spool.guard())
+                                      exempt=cfg.exempt, spool=cfg.spool.guard(), owner=find_owner)
                 core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
                 if outcome.tripped or outcome.shadowed:
                     self.outbox.tripped({(tally.ns, tally.key)})

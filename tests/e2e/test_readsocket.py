@@ -183,3 +183,30 @@ def test_relay_host_through_the_daemon(exim: h.Exim) -> None:
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         exim.send(["nobody@nowhere.invalid"], source="127.0.0.3", sender=f"x@{h.DOMAIN}")  # not a customer
     assert exim.hook_runs() == []
+
+
+def test_the_owner_is_told_once_in_their_own_mailbox() -> None:
+    """[owner]: the daemon finds the owner's address as it blocks (here by the pattern),
+    and the real Exim delivers the owner's mail, once, beside the abuse desk's."""
+    server = h.make(["carol"], limit=5, serve=True,
+                    settings={"owner.notify": True, "owner.pattern": {"auth": f"$key@{h.DOMAIN}"}})
+    try:
+        server.setup().start()
+        h.parallel_bot(server, "carol")
+
+        def to_owner() -> list[bytes]:  # carol also gets bounces of the spam that left before the block
+            return [m for m in server.maildir("carol") if b"\nSubject: Outgoing mail stopped: user carol\n" in m]
+
+        [note] = h.wait_for("the owner's mail", to_owner)  # type: ignore[misc]
+        h.wait_for("the abuse desk's", lambda: server.maildir("abuse"))
+        time.sleep(1.5)  # a copy of either, if any, would have come by now
+        assert len(to_owner()) == 1 and len(server.maildir("abuse")) == 1
+        msg = email.message_from_bytes(note, policy=email.policy.default)
+        assert (msg["Subject"], msg["To"]) == ("Outgoing mail stopped: user carol", f"carol@{h.DOMAIN}")
+        assert (msg["Reply-To"], msg["Auto-Submitted"]) == (f"abuse@{h.DOMAIN}", "auto-generated")
+        assert "because it has sent mail to 6 invalid recipients during 1h (limit 5)." in body(note)
+        history = json.loads(server.eximhook("history", "--json", "auth", "carol").stdout)
+        assert sorted((e["event"], e.get("to")) for e in history) == [
+            ("blocked", None), ("notified", f"abuse@{h.DOMAIN}"), ("notified", f"carol@{h.DOMAIN}")]
+    finally:
+        h.cleanup(server)
