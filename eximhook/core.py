@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ._log import Logger
     from .exim import Exim, Message
+    from .expiry import Schedule
     from .policy import Policy
     from .spool import Guard
 
@@ -138,7 +139,7 @@ def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[
 
 
 def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-           exempt: Exempt | None = None, spool: Guard | None = None) -> Outcome:
+           exempt: Exempt | None = None, spool: Guard | None = None, expiry: Schedule | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
     holds the config's exemptions, the store the admin's).
@@ -146,6 +147,7 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
     one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
+    ``expiry`` is ``[expiry]`` when on: see ``expiry``.
     """
     ns, key, total = tally.ns, tally.key, tally.counter.total
     if tally.over < 0:
@@ -164,7 +166,7 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         return Outcome(True, False, tally.count, total)
     if spool is not None:
         record.update(spool.at_block())
-    return Outcome(True, store.block(record, now, True, hold), tally.count, total)
+    return Outcome(True, store.block(record, now, True, hold, expiry), tally.count, total)
 
 
 def trip_text(tally: Tally) -> str:
@@ -233,22 +235,24 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          note: str | None, notify: bool = True, spool: Guard | None = None) -> bool:
+          note: str | None, notify: bool = True, spool: Guard | None = None,
+          expiry: Schedule | None = None) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already."""
     counter = counters.get(ns, key)
     record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
     if spool is not None:
         record.update(spool.at_block())
-    created = store.block(record, now, notify)
+    created = store.block(record, now, notify, expiry=expiry)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
 
 def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
-            by: str) -> None:
+            by: str, event: str = "unblocked", only: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Lift the block (and any would-block records) and reset the subject's counters,
     so they start from zero. The counters first: lifted the other way round, the
-    sender's next event could count on from over the limit and block it again."""
+    sender's next event could count on from over the limit and block it again.
+    ``event`` and ``only`` are for automatic lifts (see ``Store.unblock``)."""
     blocked = store.is_blocked(ns, key)
     if not blocked and not store.shadows(ns, key):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
@@ -257,7 +261,7 @@ def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str
         store.audit({"ts": now, "event": "shadow-cleared", "ns": ns, "key": key, "by": by})
     if not blocked:
         return
-    if not store.unblock(ns, key, now, by):
+    if not store.unblock(ns, key, now, by, event=event, only=only):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
 

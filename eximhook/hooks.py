@@ -223,7 +223,7 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
         outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"],
-                              spool=Guard(*settings["spool"]))
+                              spool=Guard(*settings["spool"]), expiry=settings["expiry"])
         if outcome.blocked or outcome.shadowed:
             core.make_known(store, settings["mirror_dir"], log, tally, outcome)
         blocked = blocked or outcome.blocked

@@ -17,6 +17,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from . import outbox
+from .expiry import when
 from .periods import format_period
 from .store import Store
 from .subjects import FREEZING, escape, shell_quote
@@ -127,6 +128,7 @@ def _facts(block: dict[str, Any]) -> list[str]:
         f"{'Recorded at:' if block.get('shadow') else 'Blocked at:':<13}{formatdate(block['since'], localtime=True)}",
         f"Counter:     {counter}, {block['total']} in all since it was last reset",
         f"Client IPs:  {', '.join(escape(ip) for ip in block['ips']) or '-'}",
+        *([f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it"] if "expires" in block else []),
         f"{_EVIDENCE[counter]}:",
         *(f"  {escape(r)}" for r in block["rcpts"]), *([] if block["rcpts"] else ["  -"]),
     ]
