@@ -210,8 +210,9 @@ def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = 
         if force:
             mirror.rewrite(store, mirror_dir, timeout=max(wait, 1.0))
         elif not mirror.current(store):
+            # done means: up to the generation found under the lock (or another process got
+            # there first); a change committed since is for its maker to mirror, no failure
             mirror.rewrite(store, mirror_dir, timeout=wait, if_behind=True)
-            return mirror.current(store)  # another process may have been rewriting
         return True
     except mirror.LockBusy:
         if force:
