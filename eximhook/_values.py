@@ -84,6 +84,19 @@ def period(value: Any) -> float:
     return seconds(value)
 
 
+def period_or_off(value: Any) -> float:
+    """A period, or 0 (``"0"``): off."""
+    if not isinstance(value, bool) and value in (0, "0"):
+        return 0.0
+    return period(value)
+
+
+def factor(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise ValueError("must be a number of at least 1 (1: every block lasts the same)")
+    return float(value)
+
+
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("must be true or false")

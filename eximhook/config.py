@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _limits
 from . import _values as v
@@ -20,6 +20,9 @@ from ._fastconfig import DEFAULT_PATH
 from .errors import ConfigError
 from .policy import Overrides, Policy, pick
 from .spool import Guard
+
+if TYPE_CHECKING:
+    from .expiry import Schedule
 
 
 def _opt(default: Any, parse: Any, toml: str | None = None) -> Any:
@@ -69,6 +72,22 @@ class OwnerConfig:
     pattern: tuple[tuple[str, str], ...] = _opt((), v.owner_patterns)  # {NS = "$key"}, for keys not in lookup
     template: str | None = _opt(None, v.opt_abs_path)  # unset: the built-in
     manual: bool = _opt(False, v.boolean)  # a block by hand (eximhook block) mails the owner too
+
+
+@dataclass(frozen=True)
+class ExpiryConfig:
+    # a block eximhook makes lifts by itself this long after it was made (eximhook
+    # maintain lifts it); 0: never, an admin lifts every block, as in the seeds
+    after: float = _opt(0.0, v.period_or_off)
+    escalate: float = _opt(2.0, v.factor)  # the subject's n-th block lasts after x escalate^(n-1) ...
+    longest: float = _opt(30 * 86400.0, v.period, toml="max")  # ... and never longer than this
+    forget: float = _opt(30 * 86400.0, v.period)  # free of blocks this long: the next one is a first again
+    lift_frozen: bool = _opt(False, v.boolean)  # lift even while the subject has frozen mail nobody reviewed
+    manual: bool = _opt(False, v.boolean)  # blocks made with `eximhook block` lift by themselves too
+
+    def schedule(self) -> Schedule | None:
+        """What a new block needs to know (the hooks get it through their cache); None: off."""
+        return (self.after, self.escalate, self.longest, self.forget, self.manual) if self.after else None
 
 
 @dataclass(frozen=True)
@@ -132,7 +151,7 @@ class SpoolConfig:
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
-    "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig,
+    "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig, "expiry": ExpiryConfig,
 }
 
 
@@ -158,6 +177,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     owner: OwnerConfig = field(default_factory=OwnerConfig)
+    expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
@@ -180,6 +200,7 @@ class Config:
             "spool": (self.spool.directory, self.spool.floor, self.spool.fraction),
             "owner_notify": self.owner.notify, "owner_lookup": self.owner.lookup,
             "owner_pattern": dict(self.owner.pattern),
+            "expiry": self.expiry.schedule(),
         }
 
 

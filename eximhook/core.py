@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ._log import Logger
     from .exim import Exim, Message
+    from .expiry import Schedule
     from .policy import Policy
     from .spool import Guard
 
@@ -140,7 +141,7 @@ def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[
 
 def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
            exempt: Exempt | None = None, spool: Guard | None = None,
-           owner: Owner | None = None) -> Outcome:
+           owner: Owner | None = None, expiry: Schedule | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
     holds the config's exemptions, the store the admin's).
@@ -150,6 +151,7 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     one notification; the others find it there. ``hold`` is the daemon's: see ``notify``.
     ``owner`` (``[owner] notify``) finds the address of the owner's notification, which
     the block queues too; a would-block never mails the owner.
+    ``expiry`` is ``[expiry]`` when on: see ``expiry``.
     """
     ns, key, total = tally.ns, tally.key, tally.counter.total
     if tally.over < 0:
@@ -169,7 +171,7 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     if spool is not None:
         record.update(spool.at_block())
     to = None if owner is None else owner(ns, key) or ""
-    return Outcome(True, store.block(record, now, True, hold, to), tally.count, total)
+    return Outcome(True, store.block(record, now, True, hold, to, expiry), tally.count, total)
 
 
 def trip_text(tally: Tally) -> str:
@@ -213,8 +215,9 @@ def refresh_mirror(store: Store, mirror_dir: str, log: Logger, *, force: bool = 
         if force:
             mirror.rewrite(store, mirror_dir, timeout=max(wait, 1.0))
         elif not mirror.current(store):
+            # done means: up to the generation found under the lock (or another process got
+            # there first); a change committed since is for its maker to mirror, no failure
             mirror.rewrite(store, mirror_dir, timeout=wait, if_behind=True)
-            return mirror.current(store)  # another process may have been rewriting
         return True
     except mirror.LockBusy:
         if force:
@@ -238,7 +241,8 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
-          note: str | None, notify: bool = True, spool: Guard | None = None, owner: Owner | None = None) -> bool:
+          note: str | None, notify: bool = True, spool: Guard | None = None, owner: Owner | None = None,
+          expiry: Schedule | None = None) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already.
     ``owner``: mail the owner too (``[owner] manual``), at the address it finds."""
     counter = counters.get(ns, key)
@@ -246,16 +250,17 @@ def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, 
     record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
     if spool is not None:
         record.update(spool.at_block())
-    created = store.block(record, now, notify, owner=to)
+    created = store.block(record, now, notify, owner=to, expiry=expiry)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
 
 def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
-            by: str) -> None:
+            by: str, event: str = "unblocked", only: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Lift the block (and any would-block records) and reset the subject's counters,
     so they start from zero. The counters first: lifted the other way round, the
-    sender's next event could count on from over the limit and block it again."""
+    sender's next event could count on from over the limit and block it again.
+    ``event`` and ``only`` are for automatic lifts (see ``Store.unblock``)."""
     blocked = store.is_blocked(ns, key)
     if not blocked and not store.shadows(ns, key):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
@@ -264,7 +269,7 @@ def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str
         store.audit({"ts": now, "event": "shadow-cleared", "ns": ns, "key": key, "by": by})
     if not blocked:
         return
-    if not store.unblock(ns, key, now, by):
+    if not store.unblock(ns, key, now, by, event=event, only=only):
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
 

@@ -189,9 +189,15 @@ class Exim:
         return None
 
     def messages(self, ns: str, key: str, frozen: bool) -> list[Message]:
-        found = (self.message(i) for i in self.ids(frozen))
-        qualify = self.qualify_domain() if ns == "sender" else ""
-        return [m for m in found if m is not None and m.of(ns, key, qualify)]
+        return self.messages_of([(ns, key)], frozen)[ns, key]
+
+    def messages_of(self, subjects: Sequence[tuple[str, str]],
+                    frozen: bool) -> dict[tuple[str, str], list[Message]]:
+        """Each subject's messages, from one look at the queue (exipick reads every
+        message's spool file: ``eximhook maintain`` asks about many subjects at once)."""
+        found = [m for m in (self.message(i) for i in self.ids(frozen)) if m is not None]
+        qualify = self.qualify_domain() if any(ns == "sender" for ns, _ in subjects) else ""
+        return {(ns, key): [m for m in found if m.of(ns, key, qualify)] for ns, key in subjects}
 
     def message_ids(self, ns: str, key: str, frozen: bool) -> list[str]:
         return [m.id for m in self.messages(ns, key, frozen)]

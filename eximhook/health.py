@@ -16,7 +16,7 @@ import os
 import shutil
 from typing import Any
 
-from . import core, mirror, notify, outbox, spool
+from . import core, expiry, mirror, notify, outbox, spool
 from ._log import Logger
 from ._perms import replace_files
 from .config import Config
@@ -143,9 +143,9 @@ def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
 
 def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:
     """The timer's run: probe the store (alert when it has failed long enough), bring
-    the mirror up to date, send the notifications due. Returns (sent, problems, exit
-    code: UNAVAILABLE while the store refuses writes, TEMPFAIL for anything else left
-    to do, else OK)."""
+    the mirror up to date, lift the blocks whose time has come (``[expiry]``), send the
+    notifications due. Returns (sent, problems, exit code: UNAVAILABLE while the store
+    refuses writes, TEMPFAIL for anything else left to do, else OK)."""
     problems: list[str] = []
     try:
         error = probe_store(cfg, now)
@@ -180,6 +180,7 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
         spool.check(store, cfg.spool.guard(), now, log)
+        problems += expiry.lift_due(cfg, store, log, now)
         sent, errors = notify.deliver(cfg, store, log, command)
     problems += [f"notification left queued: {e}" for e in errors]
     return sent, problems, Exit.TEMPFAIL if problems else Exit.OK

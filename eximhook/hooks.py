@@ -230,7 +230,8 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
     blocked = store.is_blocked(ns, key)
     for tally in tallies:
         outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"],
-                              spool=Guard(*settings["spool"]), owner=owner if settings["owner_notify"] else None)
+                              spool=Guard(*settings["spool"]), owner=owner if settings["owner_notify"] else None,
+                              expiry=settings["expiry"])
         if outcome.blocked or outcome.shadowed:
             core.make_known(store, settings["mirror_dir"], log, tally, outcome)
         blocked = blocked or outcome.blocked

@@ -18,6 +18,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from . import outbox, templates
+from .expiry import when
 from .periods import format_period
 from .store import Store
 from .subjects import FREEZING, escape, shell_quote
@@ -102,6 +103,9 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         values["commands"] = [f"{prog} show {args}",
                               f"{prog} unblock {args}              # lift it (a customer's NAT, say)",
                               f"{prog} exempt add {args} --reason ...  # and never block it again"]
+    if "expires" in block and not block.get("shadow"):  # [expiry]
+        values["consequence"] = [f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it", "",
+                                 *values["consequence"]]
     return _mail(template or templates.builtin(kind), values, block, to=to, sender=sender,
                  msgid=message_id(block, sender))
 

@@ -14,6 +14,8 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   exempt    NS NUL PATTERN           -> JSON record of an admin's exemption (``eximhook exempt``)
   outbox    8-byte big-endian seq    -> JSON notification (kind blocked, would-block, owner)
   audit     8-byte big-endian seq    -> JSON event
+  offences  S                        -> JSON {"count", "last"}: the subject's blocks while [expiry] is
+                                      on, and when it was last under one (see ``expiry``)
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
             b"spool-low"             -> since when the spool is below the guard's threshold
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
 
     import lmdb
 
+    from .expiry import Schedule
+
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
-_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt")
+_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt", b"offences")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
@@ -131,19 +135,25 @@ class Store(Env):
         txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self.db(txn, b"meta"))
 
     def block(self, record: dict[str, Any], now: float, notify: bool, hold: float = 0.0,
-              owner: str | None = None) -> bool:
+              owner: str | None = None, expiry: Schedule | None = None) -> bool:
         """Store ``record`` as the subject's block unless one exists; True if new. The
         block, its audit event and (with ``notify``) its notifications are one
         transaction. ``hold`` delays the abuse desk's (see ``notify``) so that it can
         name the tripping message. ``owner`` is the address of the owner's mail
-        (``[owner]``): "" when one was looked for and none found, None when none is wanted."""
-        return self.update(lambda txn: self._block_in(txn, record, now, notify, hold, owner))
+        (``[owner]``): "" when one was looked for and none found, None when none is wanted.
+        ``expiry`` (``[expiry]`` when on) gives the block its offence number and lift
+        time, in the same transaction."""
+        return self.update(lambda txn: self._block_in(txn, record, now, notify, hold, owner, expiry))
 
     def _block_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, notify: bool,
-                  hold: float, owner: str | None = None) -> bool:
+                  hold: float, owner: str | None = None, expiry: Schedule | None = None) -> bool:
         import json
 
         sk = subject_key(record["ns"], record["key"])
+        if expiry is not None and txn.get(sk, db=self.db(txn, b"blocks")) is None:
+            from .expiry import stamp_in
+
+            stamp_in(self, txn, sk, record, now, expiry)
         if not txn.put(sk, json.dumps(record).encode(), db=self.db(txn, b"blocks"), overwrite=False):
             return False
         self._bump(txn)
@@ -211,15 +221,24 @@ class Store(Env):
             return sum(bool(txn.delete(k, db=db)) for k in mine)
         return self.update(body)
 
-    def unblock(self, ns: str, key: str, now: float, by: str) -> bool:
-        """Lift the block; False if it was not blocked."""
+    def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked",
+                only: Callable[[dict[str, Any]], bool] | None = None) -> bool:
+        """Lift the block (``only`` if its record passes that test, in the same
+        transaction); False if it was not blocked, or failed the test."""
+        import json
+
+        from .expiry import lifted_in
+
         sk = subject_key(ns, key)
 
         def body(txn: lmdb.Transaction) -> bool:
-            if not txn.delete(sk, db=self.db(txn, b"blocks")):
+            data = txn.get(sk, db=self.db(txn, b"blocks"))
+            if data is None or (only is not None and not only(json.loads(bytes(data)))):
                 return False
+            txn.delete(sk, db=self.db(txn, b"blocks"))
             self._bump(txn)
-            self.append_in(txn, b"audit", {"ts": now, "event": "unblocked", "ns": ns, "key": key, "by": by})
+            lifted_in(self, txn, sk, now)
+            self.append_in(txn, b"audit", {"ts": now, "event": event, "ns": ns, "key": key, "by": by})
             return True
         return self.update(body)
 

@@ -68,6 +68,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         pytest.param("[notify]\nwarnto = 'x'\n", r"unknown key notify\.warnto", id="unknown-key"),
         pytest.param("[hooks]\ncheck = 'maybe'\n", r'hooks\.check must be "open" or "closed"', id="bad-policy"),
         pytest.param("[relay]\nipv6_prefix = 129\n", r"relay\.ipv6_prefix", id="bad-prefix"),
+        pytest.param("[expiry]\nafter = 'soon'\n", r"expiry\.after bad period", id="bad-expiry"),
+        pytest.param("[expiry]\nescalate = 0.5\n", r"expiry\.escalate must be a number of at least 1", id="shrinking"),
         pytest.param("[bogus]\n", r"unknown section \[bogus\]", id="unknown-section"),
         pytest.param("store = 1\n", r"store must be a table", id="not-a-table"),
         pytest.param("[store\n", r"invalid TOML", id="bad-toml"),
@@ -205,3 +207,15 @@ def test_the_global_mode_never_turns_off_the_invalid_counter(tmp_path: Path) -> 
 def test_bad_counter_config(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "schedule"),
+    [pytest.param("", None, id="default-off"), pytest.param("after = 0", None, id="zero"),
+     pytest.param('after = "0"', None, id="zero-text"),
+     pytest.param('after = "6h"\nmax = "1d"\nmanual = true', (21600.0, 2.0, 86400.0, 2592000.0, True), id="on")],
+)
+def test_expiry_schedule_reaches_the_hooks(tmp_path: Path, text: str, schedule: tuple[object, ...] | None) -> None:
+    path = write(tmp_path, f"[expiry]\n{text}\n")
+    assert load(path).expiry.schedule() == schedule
+    assert _fastconfig.hook_settings(path)[0]["expiry"] == schedule

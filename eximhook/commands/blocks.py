@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .. import core, health, mirror, owner
+from .. import core, expiry, health, mirror, owner
 from .. import notify as notify_mod
 from .._log import Logger
 from ..config import Config
@@ -57,14 +57,19 @@ def list_blocks(cfg: Config, opts: argparse.Namespace) -> int:
     if opts.json:
         dump([dict(b, notification=pending.get((b["ns"], b["key"]))) for b in blocks])
         return Exit.OK
+    lifts = bool(cfg.expiry.after)  # with [expiry] on, when each block lifts
     rows = [[b["ns"], escape(b["key"]), format_time(b["since"]), _why(b), str(b["count"] or "-"), b["by"],
-             pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "-"]
+             pending[(b["ns"], b["key"])]["state"] if (b["ns"], b["key"]) in pending else "-",
+             *([expiry.lift_cell(b)] if lifts else [])]
             for b in sorted(blocks, key=lambda b: b["since"])]
-    print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION"], rows) if rows
-          else "no blocked subjects")
+    print(table(["NS", "KEY", "SINCE", "REASON", "COUNT", "BY", "NOTIFICATION", *(["LIFTS"] if lifts else [])],
+                rows) if rows else "no blocked subjects")
     for item in pending.values():
         if item["state"] == "stuck":
             print(f"notification for {item['ns']} {escape(item['key'])}: {_notification_text(item)}")
+    for b in blocks:
+        if lifts and b.get("held") is not None:
+            print(f"block on {b['ns']} {escape(b['key'])}: {expiry.lift_text(cfg, b)}")
     return Exit.OK
 
 def _why(record: dict[str, Any]) -> str:
@@ -118,6 +123,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
+        if lift := expiry.lift_text(cfg, block):
+            print(f"  {lift}")
         print(f"  notification: {_notification_text(notification)}")
         if to_owner:
             print(f"  owner's notification to {to_owner['to']}: {_notification_text(to_owner)}")
@@ -183,7 +190,8 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
 
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard(),
-                             owner=find_owner if cfg.owner.notify and cfg.owner.manual else None)
+                             owner=find_owner if cfg.owner.notify and cfg.owner.manual else None,
+                             expiry=cfg.expiry.schedule())
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK

@@ -291,7 +291,8 @@ class Server:
         try:
             for tally in tallies:
                 outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
-                                      exempt=cfg.exempt, spool=cfg.spool.guard(), owner=find_owner)
+                                      exempt=cfg.exempt, spool=cfg.spool.guard(), owner=find_owner,
+                                      expiry=cfg.expiry.schedule())
                 core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
                 if outcome.tripped or outcome.shadowed:
                     self.outbox.tripped({(tally.ns, tally.key)})
