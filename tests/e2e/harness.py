@@ -142,7 +142,7 @@ class Exim:
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
                  macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
                  settings: dict[str, object] | None = None, eximhook_extra: str = "",
-                 record_runs: bool = False, activated: bool = False) -> None:
+                 record_runs: bool = False, activated: bool = False, auth_guard: bool = True) -> None:
         self.work = work
         self.port = free_port()
         self.closed_port = free_port()
@@ -168,6 +168,7 @@ class Exim:
         self.proc: subprocess.Popen[bytes] | None = None
         self.daemon: Daemon | None = None
         self.activated = activated  # the test holds the daemon's socket, as eximhook-serve.socket
+        self.auth_guard = auth_guard  # acl-auth.conf in force (bench/authfail.py's baseline: not)
         self.held: socket.socket | None = None
         self.sink = RefusingSink()
 
@@ -250,9 +251,9 @@ tls_privatekey = {w}/key.pem
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
 acl_not_smtp = acl_check_not_smtp
-acl_smtp_auth = acl_eximhook_auth
-acl_smtp_quit = acl_eximhook_quit
-acl_smtp_notquit = acl_eximhook_notquit
+{"" if self.auth_guard else "# "}acl_smtp_auth = acl_eximhook_auth
+{"" if self.auth_guard else "# "}acl_smtp_quit = acl_eximhook_quit
+{"" if self.auth_guard else "# "}acl_smtp_notquit = acl_eximhook_notquit
 
 begin acl
 .include {s}/acl-auth.conf
