@@ -170,6 +170,7 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         return Outcome(True, False, tally.count, total)
     if spool is not None:
         record.update(spool.at_block())
+        store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too
     to = None if owner is None else owner(ns, key) or ""
     return Outcome(True, store.block(record, now, True, hold, to, expiry), tally.count, total)
 
@@ -250,6 +251,7 @@ def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, 
     record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
     if spool is not None:
         record.update(spool.at_block())
+        store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too
     created = store.block(record, now, notify, owner=to, expiry=expiry)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created

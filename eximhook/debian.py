@@ -185,7 +185,7 @@ def _write(path: str, data: bytes, keep_mode_of: str | None = None) -> None:
 def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
     """What the generated config does, as Exim itself expands it: which ACLs it runs,
     and, for each sample subject, whether its mail would be accepted and frozen."""
-    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp", "acl_smtp_auth"]
+    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp", "acl_smtp_auth", "acl_smtp_quit", "acl_smtp_notquit"]
     try:
         shown = subprocess.run(["exim4", "-bP", *probe], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -38,6 +38,8 @@ def check(ns: str, pattern: str, ipv6_prefix: int = 64) -> str:
         raise ValueError(f"must be at most {MAX_PATTERN_BYTES} bytes, without NUL")
     net = _network(text) if ns in ADDRESS_NAMESPACES else None
     if net is None:
+        if ns == "ip" and _GLOB.isdisjoint(text):  # its keys are addresses: anything else names nobody
+            raise ValueError("is not an IP address, a network (192.0.2.0/24, 2001:db8::/48) or a glob")
         return text
     if net.version == 6 and net.prefixlen > ipv6_prefix:
         raise ValueError(f"is narrower than a /{ipv6_prefix}: {ns} subjects are IPv6 /{ipv6_prefix} groups "

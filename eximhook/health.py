@@ -177,6 +177,7 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         for path in leftovers:
             log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
         # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
+        store.set_spool_floor(cfg.spool.floor)  # an edited floor reaches the mirror now
         if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
         spool.check(store, cfg.spool.guard(), now, log)
@@ -194,7 +195,7 @@ def status(cfg: Config, now: float) -> list[Check]:
         return checks
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
-            checks += [_mirror_check(cfg, store), _outbox_check(store, now)]
+            checks += [_mirror_check(cfg, store), _outbox_check(store, now), _spool_check(store)]
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
     checks.append(_serve_check(cfg, now))
@@ -255,6 +256,15 @@ def _outbox_check(store: Store, now: float) -> Check:
     oldest = min(i["ts"] for i in items)
     summary = f"{len(items)} notification(s), the oldest from {format_time(oldest)}"
     return Check("outbox", worst, "; ".join([summary, *texts]), **data)
+
+
+def _spool_check(store: Store) -> Check:
+    """The spool-space guard's state as maintenance last saw it (``spool.check``)."""
+    since = store.spool_low_since()
+    if since is None:
+        return Check("spool", OK, "blocked subjects' mail is frozen, as evidence")
+    return Check("spool", WARNING, f"short of space since {format_time(since)}: blocked subjects' mail is refused, "
+                                   "not frozen (purge their frozen spam to make room)", since=since)
 
 
 def describe_item(item: dict[str, Any], now: float) -> dict[str, Any]:

@@ -72,7 +72,8 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             hand_over([lock_path], store.owner)
             # only a lock holder writes temp files: any found now were left by a killed rewrite
             remove_stale_temp_files(mirror_dir, store.path)
-            generation, blocks = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn)))
+            generation, blocks, floor = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn),
+                                                                store.spool_floor_in(txn)))
             if if_behind and current(store, generation):
                 return {}
             files: list[tuple[str, bytes]] = []
@@ -90,7 +91,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             cdb = io.BytesIO()
             writer = cdblib.Writer(cdb)
             writer.put(GENERATION_KEY, b"%d" % generation)
-            writer.put(spool.LOW_KEY, b"%d" % spool.threshold(blocks))
+            writer.put(spool.LOW_KEY, b"%d" % spool.threshold(blocks, floor))
             for b in blocks:
                 writer.put(f"{b['ns']}:{b['key']}".encode("utf-8", "surrogateescape"), b"1")
             writer.finalize()

@@ -171,16 +171,16 @@ def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequ
     msg["Message-ID"] = message_id(notice, sender, "spool.")
     msg["Auto-Submitted"] = "auto-generated"
     prog = " ".join(shell_quote(c) for c in command)
-    blocked = [f"  {ns} {escape(key)}" for ns, key in notice["blocked"]]
+    blocked = [f"  {prog} purge {ns} {shell_quote(key)}" for ns, key in notice["blocked"]]
     more = notice["blocked_total"] - len(blocked)
     lines = [f"The spool of {host} has {notice['free']} KiB free, below {notice['threshold']} KiB: the free space",
              "recorded when the blocks below started, times [spool] fraction, or [spool] floor.",
-             "From now on a blocked subject's mail is refused (5xx) instead of frozen, so the",
-             "spam already frozen stays, and no more comes in. It is frozen again once there is",
-             "room (eximhook maintain notes it). Purge what is spam to make room:",
-             f"  {prog} list", f"  {prog} purge NS KEY", "",
-             f"Blocked now ({notice['blocked_total']}):", *blocked, *([f"  ... and {more} more"] if more > 0 else []),
-             ""]
+             "A blocked subject's mail is now refused (5xx) instead of frozen: the spam already",
+             "frozen stays, no more comes in. It is frozen again once there is room (eximhook",
+             "maintain notes it). Look at the frozen mail, and purge what is spam to make room:",
+             f"  {prog} list", "",
+             f"Blocked now, whose mail is refused ({notice['blocked_total']}):", *blocked,
+             *([f"  ... and {more} more: {prog} list"] if more > 0 else []), ""]
     _set_body(msg, "\n".join(lines))
     return msg
 

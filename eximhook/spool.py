@@ -3,9 +3,10 @@
 A blocked subject's mail is accepted and frozen, as evidence; a bot that keeps sending
 keeps filling the spool ("a spambot will continue to fill your queue with frozen
 messages"). So each block records the spool's free space when it starts (as the Exim
-wiki's BlockCracking does), with the free space below which its mail is refused rather
-than frozen: ``max(floor, fraction x free then)``. The mirror's cdb file holds the
-highest of those (``LOW_KEY``), and the DATA and not-SMTP ACL snippets compare Exim's
+wiki's BlockCracking does), and ``fraction`` of it: below that, its mail is refused
+rather than frozen, and below ``floor`` too (the config's current one, which the store
+keeps for the mirror). The mirror's cdb file holds the highest of these
+(``LOW_KEY``), and the DATA and not-SMTP ACL snippets compare Exim's
 own ``$spool_space`` with it: past it, a blocked subject's message is dropped with a
 5xx, natively, for every message. Maintenance (the daemon's periodic look and
 ``eximhook maintain``) tells the abuse desk once when free space falls below it, and
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import os
 
+from .subjects import FREEZING
+
 TYPE_CHECKING = False  # the hooks import this on a trip: typing costs ~10 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._log import Logger
     from .store import Store
 
@@ -43,17 +48,17 @@ class Guard:
         return st.f_bavail * st.f_frsize // 1024
 
     def at_block(self) -> dict[str, int | None]:
-        """What a new block records: the free space now, and the free space below which
-        the subject's mail is refused (0: never)."""
+        """What a new block records: the free space now, and ``fraction`` of it, below
+        which its mail is refused (the floor is the config's now: see ``threshold``)."""
         free = self.free()
-        low = max(self.floor, int(self.fraction * free) if free is not None else 0)
-        return {"spool_free": free, "spool_low": low}
+        return {"spool_free": free, "spool_low": int(self.fraction * free) if free is not None else 0}
 
 
-def threshold(blocks: list[dict[str, object]]) -> int:
-    """The free space (KiB) below which blocked subjects' mail is refused: the highest
-    any current block recorded (0: none did, or no block)."""
-    return max((int(b.get("spool_low") or 0) for b in blocks), default=0)  # type: ignore[call-overload]
+def threshold(blocks: list[dict[str, Any]], floor: int) -> int:
+    """The free space (KiB) below which blocked subjects' mail is refused: ``floor``
+    (``[spool] floor`` as the store last heard it: ``Store.set_spool_floor``), or the
+    highest any current block recorded, whichever is higher."""
+    return max([floor, *(int(b.get("spool_low") or 0) for b in blocks)])
 
 
 def check(store: Store, guard: Guard, now: float, log: Logger, free: int | None = None) -> bool:
@@ -64,8 +69,9 @@ def check(store: Store, guard: Guard, now: float, log: Logger, free: int | None 
     if free is None:
         log.log("err", f"spool space: cannot read the free space of {guard.directory} ([spool] directory)")
         return False
-    limit = threshold(store.blocks())
-    low = limit > 0 and free < limit
+    blocks = [b for b in store.blocks() if b["ns"] in FREEZING]  # an ip block has no mail to refuse
+    limit = threshold(blocks, guard.floor)
+    low = bool(blocks) and free < limit
     if not store.spool_low(low, now, free, limit):
         return False
     if low:

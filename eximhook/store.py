@@ -19,6 +19,7 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
             b"spool-low"             -> since when the spool is below the guard's threshold
+            b"spool-floor"           -> [spool] floor, KiB, for the mirror
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import struct
 
 from .lmdbenv import Env
+from .subjects import FREEZING
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
 if TYPE_CHECKING:
@@ -260,7 +262,7 @@ class Store(Env):
                      "by": "eximhook", "free_kib": free, "threshold_kib": limit}
             self.append_in(txn, b"audit", event)
             if low:
-                blocked = [(b["ns"], b["key"]) for b in self.blocks_in(txn)]
+                blocked = [(b["ns"], b["key"]) for b in self.blocks_in(txn) if b["ns"] in FREEZING]
                 notice = {"ns": "spool", "key": "", "since": now, "free": free, "threshold": limit,
                           "blocked": blocked[:50], "blocked_total": len(blocked)}
                 self.append_in(txn, b"outbox", {"ts": now, "kind": "spool-low", "block": notice, "state": "queued",
@@ -268,8 +270,26 @@ class Store(Env):
             return True
         return self.update(body)
 
-    def is_spool_low(self) -> bool:
-        return self.read(lambda txn: txn.get(b"spool-low", db=self.db(txn, b"meta")) is not None)
+    def spool_floor_in(self, txn: lmdb.Transaction) -> int:
+        data = txn.get(b"spool-floor", db=self.db(txn, b"meta"))
+        return int(_SEQ.unpack(data)[0]) if data else 0
+
+    def set_spool_floor(self, kib: int) -> bool:
+        """Keep ``[spool] floor`` for the mirror (which has no config); True if it
+        changed: the generation moves, so the next look rewrites the mirror files."""
+        def body(txn: lmdb.Transaction) -> bool:
+            if self.spool_floor_in(txn) == kib:
+                return False
+            txn.put(b"spool-floor", _SEQ.pack(kib), db=self.db(txn, b"meta"))
+            self._bump(txn)
+            return True
+        if self.read(self.spool_floor_in) == kib:  # the common case: a read, no write lock
+            return False
+        return self.update(body)
+
+    def spool_low_since(self) -> float | None:
+        data = self.read(lambda txn: txn.get(b"spool-low", db=self.db(txn, b"meta")))
+        return None if data is None else float(struct.unpack(">d", data)[0])
 
     # -- exemptions ------------------------------------------------------------------
 

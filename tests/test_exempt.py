@@ -52,6 +52,7 @@ def test_an_exact_key_wins_over_an_earlier_pattern() -> None:
     ("auth", "  ", "is empty"),
     ("auth", "x" * 500, "at most 400 bytes"),
     ("auth", "a\0b", "without NUL"),
+    ("ip", "999.1.1.1", "is not an IP address, a network"),
 ])
 def test_bad_patterns_say_why(ns: str, pattern: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
@@ -180,6 +181,7 @@ def test_exempt_commands(cli: Run) -> None:
     [row] = json.loads(out)["exempt"]
     assert (row["pattern"], row["source"], row["by"].startswith("admin:")) == ("*@lists.example.com", "store", True)
     code, _, err = cli("exempt", "add", "auth", "vip@lists.example.com")
-    assert "is blocked now; an exemption does not lift a block" in err
+    assert "is blocked now; an exemption does not lift a block: eximhook release (or unblock) auth " \
+           "vip@lists.example.com" in err
     code, out, err = cli("exempt", "remove", "auth", "nobody")
     assert code == 1 and "is not exempt" in err

@@ -36,7 +36,8 @@ def test_all_well(tmp_path: Path, cli: Run) -> None:
     assert code == 0 and out.startswith("EXIMHOOK OK - store writable")
     assert "mirror at generation 0" in out and "outbox empty" in out and "serve not running" in out
     report = json.loads(cli("status", "--json", config_path=config)[1])
-    assert report["level"] == "OK" and [c["name"] for c in report["checks"]] == ["store", "mirror", "outbox", "serve"]
+    assert report["level"] == "OK"
+    assert [c["name"] for c in report["checks"]] == ["store", "mirror", "outbox", "spool", "serve"]
 
 
 def test_mirror_behind_is_critical_and_temp_files_a_warning(tmp_path: Path, cli: Run) -> None:

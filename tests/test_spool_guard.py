@@ -12,7 +12,7 @@ import pytest
 from eximhook._log import Logger
 from eximhook.config import load
 from eximhook.errors import ConfigError
-from eximhook.spool import LOW_KEY, Guard, check
+from eximhook.spool import LOW_KEY, Guard, check, threshold
 from eximhook.store import Store
 
 from .conftest import Run, write_config
@@ -31,13 +31,33 @@ def test_a_block_records_the_free_space_and_its_threshold(tmp_path: Path, cli: R
     assert abs(block["spool_free"] - free) < free * 0.05 + 1024, "the spool's free space when the block started"
     assert block["spool_low"] == int(0.25 * block["spool_free"])
     assert low_key(tmp_path) == block["spool_low"], "the mirror holds the threshold for the snippets"
+    assert f"its mail is refused, not frozen, below {block['spool_low']} KiB or [spool] floor (0 KiB)" in cli(
+        "show", "auth", "bob", config_path=config)[1]
     cli("unblock", "auth", "bob", config_path=config)
     assert low_key(tmp_path) == 0, "no block, no threshold"
 
 
-def test_the_floor_wins_when_higher(tmp_path: Path) -> None:
-    assert Guard(str(tmp_path), 10 ** 12, 0.5).at_block()["spool_low"] == 10 ** 12
-    assert Guard(str(tmp_path), 0, 0.0).at_block()["spool_low"] == 0, "fraction 0 and no floor: off"
+def test_the_threshold_is_the_floor_or_the_highest_block() -> None:
+    assert threshold([{"spool_low": 5}, {"spool_low": 7}, {}], 6) == 7
+    assert threshold([{"spool_low": 5}], 10) == 10
+    assert threshold([], 0) == 0
+
+
+def test_an_edited_floor_reaches_the_mirror_at_the_next_maintain(tmp_path: Path, cli: Run) -> None:
+    """The floor is the config's now, not the one when a block started: raised, blocked
+    mail is refused; lowered again, it is frozen again (the trial of a new admin found
+    a floor kept in each block record, so lowering it changed nothing)."""
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.fraction": 0})
+    cli("block", "auth", "bob", "--no-notify", config_path=config)
+    assert low_key(tmp_path) == 0
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.fraction": 0,
+                                              "spool.floor": "2T"})
+    cli("maintain", config_path=config)
+    assert low_key(tmp_path) == 2 * 1024 ** 3
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.fraction": 0})
+    cli("maintain", config_path=config)
+    assert low_key(tmp_path) == 0
+    assert json.loads(cli("history", "--json", config_path=config)[1])[-1]["event"] == "spool-ok"
 
 
 def test_low_space_is_told_once_per_episode(tmp_path: Path, cli: Run) -> None:
@@ -54,7 +74,7 @@ def test_low_space_is_told_once_per_episode(tmp_path: Path, cli: Run) -> None:
         assert kinds.count("spool-low") == 2, "two episodes, two notifications; none while it stays low"
         events = [e["event"] for e in store.history() if e["event"].startswith("spool")]
         assert events == ["spool-low", "spool-ok", "spool-low"]
-        assert store.is_spool_low()
+        assert store.spool_low_since() == 5.0
 
 
 def test_the_notification_says_what_happened(tmp_path: Path, cli: Run, mailbox: Path) -> None:
@@ -68,7 +88,7 @@ def test_the_notification_says_what_happened(tmp_path: Path, cli: Run, mailbox: 
     [note] = messages(mailbox)
     assert "spool space low, blocked senders' mail is now refused" in note["Subject"]
     body = note.get_content()
-    assert "below 1073741824 KiB" in body and "auth b\\nob" in body, "the key escaped, on one line"
+    assert "below 1073741824 KiB" in body and "purge auth $'b\\x0aob'" in body, "paste-ready, on one line"
 
 
 @pytest.mark.parametrize(("value", "kib"), [(0, 0), (2048, 2048), ("500M", 512000), ("2G", 2 * 1024 ** 2),
@@ -84,3 +104,12 @@ def test_sizes(tmp_path: Path, value: object, kib: int) -> None:
 def test_bad_settings(tmp_path: Path, setting: str, value: object, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         load(str(write_config(tmp_path, settings={setting: value})))
+
+
+def test_status_warns_while_the_spool_is_short(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path, settings={"spool.directory": str(tmp_path), "spool.floor": "1T"})
+    cli("block", "auth", "bob", "--no-notify", config_path=config)
+    cli("maintain", config_path=config)
+    report = json.loads(cli("status", "--json", config_path=config)[1])
+    [spool] = [c for c in report["checks"] if c["name"] == "spool"]
+    assert spool["level"] == "WARNING" and "blocked subjects' mail is refused" in spool["text"]

@@ -123,6 +123,9 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
+        if block.get("spool_free") is not None:
+            print(f"  spool: {block['spool_free']} KiB free then; its mail is refused, not frozen, below "
+                  f"{block['spool_low']} KiB or [spool] floor ({cfg.spool.floor} KiB)")
         if lift := expiry.lift_text(cfg, block):
             print(f"  {lift}")
         print(f"  notification: {_notification_text(notification)}")

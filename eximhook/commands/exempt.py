@@ -10,7 +10,7 @@ from typing import Any
 from ..config import Config
 from ..errors import Exit, UsageError
 from ..exempt import check, matches
-from ..subjects import escape
+from ..subjects import escape, shell_quote
 from . import actor, dump, open_store, table
 
 
@@ -34,7 +34,7 @@ def add(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"exempt {opts.ns} {escape(pattern)}: counted, never blocked by a limit")
     for b in blocked:
         print(f"eximhook: note: {b['ns']} {escape(b['key'])} is blocked now; an exemption does not lift a block: "
-              f"eximhook release (or unblock) {b['ns']} KEY", file=sys.stderr)
+              f"eximhook release (or unblock) {b['ns']} {shell_quote(b['key'])}", file=sys.stderr)
     return Exit.OK
 
 

@@ -120,6 +120,9 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"  overrides.{ns}.{pattern!r}.{name}: {windows} ({policy.mode})")
     for ns, exempt in cfg.exempt.items():
         print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
+    sp = cfg.spool
+    print(f"  spool guard: a blocked subject's mail is refused, not frozen, below {sp.floor} KiB free in "
+          f"{sp.directory} or below {sp.fraction:g} x the free space when its block started")
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
     for line in mail:
         print(f"  {line}")

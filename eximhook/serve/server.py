@@ -31,7 +31,7 @@ from ..config import Config, load
 from ..counters import Counters, Tally
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
 from ..store import Store
-from ..subjects import normalize
+from ..subjects import FREEZING, normalize
 from . import protocol, sockets
 from .connection import Connection, describe
 from .worker import Outbox
@@ -263,6 +263,8 @@ class Server:
         """The spool-space guard: tell the abuse desk once when free space falls below
         what the blocks recorded (the snippets refuse blocked mail from then on)."""
         try:
+            if self.store.set_spool_floor(self.cfg.spool.floor):  # a floor edited (and SIGHUP): to the mirror
+                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
             if spool.check(self.store, self.cfg.spool.guard(), time.time(), self.log):
                 self.outbox.tripped(set())
         except EximhookError as exc:
@@ -283,8 +285,8 @@ class Server:
         cfg, req = self.cfg, job.request
         # Only a count made at RCPT time trips before its message has an id: that
         # notification waits for the DATA ACL to report it (see worker). A message
-        # count names its message now; a bounce freezes nothing.
-        hold = 0.0 if req.op in ("message", "bounce") else cfg.notify.hold
+        # count names its message now; a bounce or an ip block freezes nothing.
+        hold = 0.0 if req.op in ("message", "bounce") or req.ns not in FREEZING else cfg.notify.hold
         frozen = req.fields.get("id", "") if req.op == "message" else ""
         find_owner = owner.resolver(cfg, self.log) if cfg.owner.notify else None
         blocked = False
