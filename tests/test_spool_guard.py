@@ -113,3 +113,10 @@ def test_status_warns_while_the_spool_is_short(tmp_path: Path, cli: Run) -> None
     report = json.loads(cli("status", "--json", config_path=config)[1])
     [spool] = [c for c in report["checks"] if c["name"] == "spool"]
     assert spool["level"] == "WARNING" and "blocked subjects' mail is refused" in spool["text"]
+
+
+def test_check_config_says_what_the_guards_do(tmp_path: Path, cli: Run) -> None:
+    config = write_config(tmp_path, settings={"spool.floor": "2G", "expiry.after": "6h"})
+    out = cli("check-config", config_path=config)[1]
+    assert "spool guard: a blocked subject's mail is refused, not frozen, below 2097152 KiB free" in out
+    assert "expiry: blocks by a limit lift after 6h, x2 for each repeat within 30d" in out

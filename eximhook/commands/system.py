@@ -123,6 +123,12 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     sp = cfg.spool
     print(f"  spool guard: a blocked subject's mail is refused, not frozen, below {sp.floor} KiB free in "
           f"{sp.directory} or below {sp.fraction:g} x the free space when its block started")
+    ex = cfg.expiry
+    print("  expiry: off, an admin lifts every block" if not ex.after else
+          f"  expiry: blocks {'(manual ones too) ' if ex.manual else 'by a limit '}lift after "
+          f"{format_period(ex.after)}, x{ex.escalate:g} for each repeat within {format_period(ex.forget)}, "
+          f"at most {format_period(ex.longest)}; " + ("even with frozen mail" if ex.lift_frozen else
+                                                       "not while frozen mail waits for review"))
     print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
     for line in mail:
         print(f"  {line}")
