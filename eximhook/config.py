@@ -267,10 +267,13 @@ def load(path: str) -> Config:
 
 
 def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: NotifyConfig) -> RelaytestConfig:
-    """Fill in the derived defaults; with probing on, the mailbox must be set."""
+    """With probing on: the mailbox must be set, and the defaults given as "" are derived
+    (off, the section stays as written)."""
     from dataclasses import replace
 
-    if rt.enabled and not rt.mailbox:
+    if not rt.enabled:
+        return rt
+    if not rt.mailbox:
         raise ConfigError(f"{path}: relaytest.mailbox must be set when relaytest.networks is: the address on this "
                           "server that probes are relayed back to (routed to `eximhook relaytest receive`)")
     if rt.connect_timeout > rt.timeout:
