@@ -1,8 +1,8 @@
 """eximhook relaytest list|show|probe|clear|receive: open-relay probing (seed 003).
 
-Every command first settles the table (UNKNOWN past ``unknown_after``: OK) and brings
-``blocked.nets`` up to the table, so a rewrite a killed process left undone is made by
-the next command that looks.
+list, show, probe and receive first settle the table (UNKNOWN past ``unknown_after``:
+OK); every command brings ``blocked.nets`` up to the table, so a rewrite a killed
+process left undone is made by the next command that looks.
 """
 
 from __future__ import annotations

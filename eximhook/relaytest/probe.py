@@ -11,7 +11,7 @@ host answered is recorded in the table (``table.outcome``):
 - ``accepted``: it took the message (or the connection failed after the message was
   sent, which may have been taken): UNKNOWN, until the return (BLOCK), a bounce (OK)
   or ``unknown_after`` (OK).
-- ``unreachable``: no connection, a 4xx, a refusal at the greeting, a timeout before
+- ``unreachable``: no connection, a 4xx, a refusal at the greeting or EHLO, a timeout before
   the message was sent: nothing was tested. It stays UNKNOWN, turns OK after
   ``unknown_after`` (as a host that drops relay attempts does), and is retested after
   ``retest``.
