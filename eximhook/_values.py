@@ -186,3 +186,44 @@ def fraction(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise ValueError("must be a fraction from 0 (off) up to, not including, 1")
     return float(value)
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port from 1 to 65535")
+    return value
+
+
+def networks(value: Any) -> tuple[str, ...]:
+    """A list of networks in CIDR notation (``["192.0.2.0/24", "2001:db8::/32"]``),
+    normalised; a host address is a /32 (/128)."""
+    import ipaddress
+
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError('must be a list of networks, such as ["192.0.2.0/24", "2001:db8::/32"]')
+    out = []
+    for text in value:
+        try:
+            out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"has {text!r}, which is not a network in CIDR notation (192.0.2.0/24)") from None
+    return tuple(dict.fromkeys(out))
+
+
+def address(value: Any) -> str:
+    """A mail address, local@domain, as an SMTP envelope takes it (no brackets, spaces or controls)."""
+    addr = text(value)
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or not domain or any(c.isspace() or c in "<>\"," or ord(c) < 32 for c in addr):
+        raise ValueError(f"is {addr!r}; it must be an address such as relaytest@mx.example.net")
+    return addr
+
+
+def opt_address(value: Any) -> str:
+    """An address, or "" (the default the config derives)."""
+    return "" if value == "" else address(value)
+
+
+def opt_path(value: Any) -> str:
+    """An absolute path, or "" (the default the config derives)."""
+    return "" if value == "" else abs_path(value)

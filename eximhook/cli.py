@@ -64,6 +64,12 @@ def _admin(args: list[str], standalone: bool) -> int:
 
             Logger().log("err", f"notify: {exc}")
             print("0", end="")
+        elif opts.command == "relaytest" and opts.verb == "receive":
+            # Exim's pipe transport: keep the message and retry once the config is fixed
+            from ._log import Logger
+
+            Logger().log("err", f"relaytest receive: {exc}; Exim will retry")
+            return Exit.TEMPFAIL
         elif opts.command == "status":  # a monitoring check: its own line, UNKNOWN
             print(f"EXIMHOOK UNKNOWN - {exc}")
             return _UNKNOWN
@@ -98,7 +104,7 @@ def _period_arg(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    from .commands import blocks, exempt, queue, system
+    from .commands import blocks, exempt, queue, relaytest, system
     from .policy import COUNTERS
     from .subjects import NAMESPACES
 
@@ -193,6 +199,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
     q.add_argument("--json", action="store_true", help="print JSON for scripts")
     q.set_defaults(func=exempt.list_exempt)
+    p = add("relaytest", None, "open-relay probing of customer hosts (seed 003): list, show, probe, clear, receive")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="ACTION")
+    for verb, func, help in (("list", relaytest.list_hosts, "the tested hosts: status, last test, probe"),
+                             ("show", relaytest.show, "one host: its record, history and blocked.nets lines"),
+                             ("probe", relaytest.probe, "probe a customer host now (not within [relaytest] cooldown)"),
+                             ("clear", relaytest.clear, "forget a host (unblock an open relay that was fixed): "
+                                                        "it is probed again at its next mail")):
+        q = verbs.add_parser(verb, help=help, description=help)
+        if verb != "list":
+            q.add_argument("ip", metavar="IP", help="the customer host's address")
+        if verb in ("list", "show"):
+            q.add_argument("--json", action="store_true", help="print JSON for scripts")
+        q.set_defaults(func=func)
+    q = verbs.add_parser("receive", help="run by Exim's pipe transport for the probe mailbox: a returned probe "
+                                         "or its bounce on stdin")
+    q.add_argument("--sender", help="the envelope sender, empty for a bounce (default: $SENDER, which Exim's pipe "
+                                    "transport sets)")
+    q.set_defaults(func=relaytest.receive)
     add("export", blocks.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
     p = add("serve", system.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
     p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")

@@ -148,10 +148,40 @@ class SpoolConfig:
         return Guard(self.directory, self.floor, self.fraction)
 
 
+@dataclass(frozen=True)
+class RelaytestConfig:
+    """Open-relay probing of customer hosts (seed 003, ``relaytest``). Off while
+    ``networks`` is empty; the values given as "" are derived by ``load``."""
+
+    networks: tuple[str, ...] = _opt((), v.networks)  # customer networks (CIDR); only these are probed
+    key_file: str = _opt("/etc/eximhook/relaytest.key", v.abs_path)  # HMAC key, root:Debian-exim 0640
+    mailbox: str = _opt("", v.opt_address)  # our probe address; required when networks is set
+    sender: str = _opt("", v.opt_address)  # probes' envelope sender and From (bounces go here); "": mailbox
+    abuse: str = _opt("", v.opt_address)  # named in the probe, Cc of the customer's mail; "": [notify] to
+    port: int = _opt(25, v.port)
+    retest: float = _opt(14 * 86400.0, v.period)  # a host is probed again after this
+    # UNKNOWN this long: OK (the host drops relay attempts); a return after it is stale
+    unknown_after: float = _opt(48 * 3600.0, v.period)
+    connect_timeout: float = _opt(10.0, v.seconds)
+    timeout: float = _opt(60.0, v.seconds)  # a whole probe, connect to QUIT
+    concurrency: int = _opt(4, v.positive_int)  # probes at once (the watcher)
+    rate: int = _opt(120, v.positive_int)  # probes per hour at most (the watcher)
+    cooldown: float = _opt(3600.0, v.period)  # never two probes to one host within this
+    blocked_nets: str = _opt("", v.opt_path)  # "": [store] mirror_dir + /blocked.nets
+    contacts: str | None = _opt(None, v.opt_abs_path)  # lines "IP-or-network address": the customer's postmaster
+    log: str = _opt("/var/log/exim4/mainlog", v.abs_path)  # the mainlog the watcher follows
+    state: str = _opt("", v.opt_path)  # the watcher's offset file; "": [store] path + /relaytest-watch.state
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.networks)
+
+
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
     "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig, "expiry": ExpiryConfig,
+    "relaytest": RelaytestConfig,
 }
 
 
@@ -178,6 +208,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     owner: OwnerConfig = field(default_factory=OwnerConfig)
     expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
+    relaytest: RelaytestConfig = field(default_factory=RelaytestConfig)
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
@@ -216,6 +247,7 @@ def load(path: str) -> Config:
         if name not in _SECTIONS and name not in ("limits", "overrides", "exempt"):
             raise ConfigError(f"{path}: unknown section [{name}]")
     sections = {name: _build(path, name, cls, data.get(name, {})) for name, cls in _SECTIONS.items()}
+    sections["relaytest"] = _relaytest(path, sections["relaytest"], sections["store"], sections["notify"])
     prefix = sections["relay"].ipv6_prefix
     policies, notify_shadow = _limits.parse(path, v.table(path, "limits", data.get("limits", {})))
     cfg = Config(
@@ -232,6 +264,24 @@ def load(path: str) -> Config:
             f"{window:g}s (notify.timeout + 3 x exim.timeout: freeze the queued mail, list the frozen, "
             f"mail), and a live sender's claim must not be taken over; use at least {2 * window:g}s")
     return cfg
+
+
+def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: NotifyConfig) -> RelaytestConfig:
+    """With probing on: the mailbox must be set, and the defaults given as "" are derived
+    (off, the section stays as written)."""
+    from dataclasses import replace
+
+    if not rt.enabled:
+        return rt
+    if not rt.mailbox:
+        raise ConfigError(f"{path}: relaytest.mailbox must be set when relaytest.networks is: the address on this "
+                          "server that probes are relayed back to (routed to `eximhook relaytest receive`)")
+    if rt.connect_timeout > rt.timeout:
+        raise ConfigError(f"{path}: relaytest.connect_timeout {rt.connect_timeout:g}s is longer than relaytest.timeout "
+                          f"{rt.timeout:g}s, the limit of a whole probe")
+    return replace(rt, sender=rt.sender or rt.mailbox, abuse=rt.abuse or notify.to,
+                   blocked_nets=rt.blocked_nets or os.path.join(store.mirror_dir, "blocked.nets"),
+                   state=rt.state or os.path.join(store.path, "relaytest-watch.state"))
 
 
 def send_window(cfg: Config) -> float:

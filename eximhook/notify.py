@@ -222,14 +222,14 @@ def _set_body(msg: EmailMessage, text: str) -> None:
     msg.set_content(text, cte=cte)
 
 
-def send(msg: EmailMessage, sendmail: Sequence[str], to: str, timeout: float) -> str | None:
-    """Run ``sendmail TO`` with ``msg`` on stdin; None on success, else the reason."""
+def send(msg: EmailMessage, sendmail: Sequence[str], to: str | list[str], timeout: float) -> str | None:
+    """Run ``sendmail TO...`` with ``msg`` on stdin; None on success, else the reason."""
     # Output goes to a file, not a pipe: Exim's background delivery process may keep
     # a pipe open long after the submission has finished.
     with tempfile.TemporaryFile() as output:
         try:
-            proc = subprocess.run([*sendmail, to], input=msg.as_bytes(), stdout=output,
-                                  stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            proc = subprocess.run([*sendmail, *([to] if isinstance(to, str) else to)], input=msg.as_bytes(),
+                                  stdout=output, stderr=subprocess.STDOUT, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             return f"{sendmail[0]} did not finish within {timeout:g}s; killed"
         except OSError as exc:
@@ -257,6 +257,11 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
         block = item["block"]
         if item.get("kind") == "owner":
             msg = compose_owner(block, to=item["to"], sender=sender, abuse=to, template=template("owner"))
+        elif item.get("kind") == "relaytest":  # an open relay: its postmaster (if known), Cc the abuse desk
+            from .relaytest.message import blocked
+
+            msg = blocked(block, to=item["to"], cc=item["cc"], sender=sender)
+            item["to"] = [a for a in (item["to"], item["cc"]) if a]
         elif item.get("kind") == "spool-low":
             msg = compose_spool(block, to=to, sender=sender, command=command)
             item["to"] = to

@@ -16,6 +16,7 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   audit     8-byte big-endian seq    -> JSON event
   offences  S                        -> JSON {"count", "last"}: the subject's blocks while [expiry] is
                                       on, and when it was last under one (see ``expiry``)
+  relaytest IP (text, normalised)    -> JSON record of the host's open-relay tests (``relaytest.table``)
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
             b"spool-low"             -> since when the spool is below the guard's threshold
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
-_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt", b"offences")
+_DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt", b"offences",
+        b"relaytest")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.

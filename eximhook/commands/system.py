@@ -104,7 +104,10 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 def check_config(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..relaytest.checks import check as check_relaytest
+
     mail = _check_mail(cfg)
+    mail += check_relaytest(cfg)
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     for ns, table_ in cfg.policies.items():

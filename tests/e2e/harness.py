@@ -142,8 +142,11 @@ class Exim:
     def __init__(self, work: Path, *, users: list[str], limit: int = 5, hook_cmd: str | None = None,
                  macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
                  settings: dict[str, object] | None = None, eximhook_extra: str = "",
-                 record_runs: bool = False, activated: bool = False, auth_guard: bool = True) -> None:
+                 record_runs: bool = False, activated: bool = False, auth_guard: bool = True,
+                 relay_hosts: tuple[str, ...] = (RELAY_CLIENT,), routers: str = "", transports: str = "") -> None:
         self.work = work
+        self.relay_hosts = relay_hosts  # customers: relay_from_hosts
+        self.routers, self.transports = routers, transports  # inserted first in their sections
         self.port = free_port()
         self.closed_port = free_port()
         self.users = users
@@ -229,7 +232,7 @@ EXIMHOOK_CDB = {self.spool}/blocked_subjects.cdb
 primary_hostname = mx.{DOMAIN}
 qualify_domain = {DOMAIN}
 domainlist local_domains = {DOMAIN}
-hostlist relay_from_hosts = {RELAY_CLIENT}
+hostlist relay_from_hosts = {" : ".join(self.relay_hosts)}
 spool_directory = {self.spool}
 log_file_path = {w}/log/%slog
 exim_user = {EXIM_USER}
@@ -273,6 +276,7 @@ acl_check_not_smtp:
   accept
 
 begin routers
+{self.routers}
 forward:
   driver = redirect
   domains = +local_domains
@@ -300,6 +304,7 @@ dead:
   transport = refusing_sink
 
 begin transports
+{self.transports}
 refusing_sink:
   driver = smtp
   port = {self.sink.port}

@@ -1,0 +1,66 @@
+"""Which addresses are customers (``[relaytest] networks``) and whom to tell about one
+(``[relaytest] contacts``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def normalize(ip: str) -> str:
+    """The address as eximhook keys it: compressed, an IPv4-mapped IPv6 address as IPv4
+    (Exim logs a dual-stack listener's IPv4 clients either way). ``ValueError`` if it is none."""
+    addr = ipaddress.ip_address(ip.strip())
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return str(addr)
+
+
+def is_customer(ip: str, networks: Sequence[str]) -> bool:
+    """Is ``ip`` in one of the customer networks? False for anything that is no address."""
+    try:
+        addr = ipaddress.ip_address(normalize(ip))
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(net) for net in networks)
+
+
+def read_contacts(path: str) -> tuple[list[tuple[Network, str]], list[str]]:
+    """The contacts file: lines ``IP-or-network address`` (``#`` starts a comment);
+    returns the entries and the problems, one per bad line. ``OSError`` if unreadable."""
+    entries: list[tuple[Network, str]] = []
+    problems = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.partition("#")[0].strip()
+            if not line:
+                continue
+            words = line.split()
+            try:
+                net = ipaddress.ip_network(words[0], strict=False)
+            except ValueError:
+                problems.append(f"line {n}: {words[0]!r} is not an address or network")
+                continue
+            if len(words) != 2 or "@" not in words[1]:
+                problems.append(f"line {n}: expected 'IP-or-network address', got {line!r}")
+                continue
+            entries.append((net, words[1]))
+    return entries, problems
+
+
+def contact(path: str | None, ip: str) -> str | None:
+    """The customer's postmaster address for ``ip``: the most specific network in the
+    contacts file that holds it; None without a file, a match, or when it is unreadable
+    (the abuse desk is mailed either way)."""
+    if path is None:
+        return None
+    try:
+        entries, _ = read_contacts(path)
+    except OSError:
+        return None
+    addr = ipaddress.ip_address(normalize(ip))
+    found = [(net.prefixlen, address) for net, address in entries if addr.version == net.version and addr in net]
+    return max(found)[1] if found else None

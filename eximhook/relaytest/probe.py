@@ -1,0 +1,156 @@
+"""The probe: connect to a customer host and ask it to relay a signed test message to
+our own probe mailbox.
+
+``send_probe`` refuses any address outside ``[relaytest] networks`` before it connects,
+whatever its caller checked, and any probe id the table has not given the host
+(``table.claim`` first). Each SMTP step gets what is left of ``[relaytest] timeout``
+(``connect_timeout`` for the connection), so one probe never takes longer. What the
+host answered is recorded in the table (``table.outcome``):
+
+- ``refused``: a permanent error (5xx) at MAIL, RCPT or DATA: it does not relay. OK.
+- ``accepted``: it took the message (or the connection failed after the message was
+  sent, which may have been taken): UNKNOWN, until the return (BLOCK), a bounce (OK)
+  or ``unknown_after`` (OK).
+- ``unreachable``: no connection, a 4xx, a refusal at the greeting or EHLO, a timeout before
+  the message was sent: nothing was tested. It stays UNKNOWN, turns OK after
+  ``unknown_after`` (as a host that drops relay attempts does), and is retested after
+  ``retest``.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Callable
+from email.policy import SMTP
+from typing import TYPE_CHECKING
+
+from ..errors import EximhookError, Exit
+from . import hosts, message, signing, table
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..store import Store
+
+# CRLF, as smtplib sends bytes as they are; and long lines rather than a token folded
+# into encoded words, which no regex would find again
+_WIRE = SMTP.clone(max_line_length=998)
+# how to reach a host: (ip, port, connect timeout) -> a connected smtplib.SMTP
+Connect = Callable[[str, int, float], smtplib.SMTP]
+
+
+class NotACustomer(EximhookError):
+    """An address outside [relaytest] networks: never probed."""
+
+    exit_code = Exit.DATAERR
+
+
+class NotClaimed(EximhookError):
+    """The probe id is not the host's outstanding probe: claim it first (table.claim)."""
+
+    exit_code = Exit.FAILED
+
+
+def connect_smtp(ip: str, port: int, timeout: float) -> smtplib.SMTP:
+    import os
+
+    return smtplib.SMTP(ip, port, local_hostname=os.uname().nodename, timeout=timeout)
+
+
+def send_probe(cfg: Config, ip: str, probe_id: str, now: float, connect: Connect | None = None, *,
+               store: Store | None = None) -> str:
+    """Probe ``ip`` with ``probe_id`` (from ``table.claim``); the outcome, "refused",
+    "accepted" or "unreachable", recorded in the table. A process that has the store
+    open passes it as ``store`` (LMDB must not be opened twice in one process)."""
+    rt = cfg.relaytest
+    ip = hosts.normalize(ip)
+    if not hosts.is_customer(ip, rt.networks):
+        raise NotACustomer(f"{ip} is not in [relaytest] networks: not probed")
+    if store is None:
+        from ..store import Store as Opened
+
+        with Opened(cfg.store.path, cfg.store.map_size, cfg.store.owner) as opened:
+            return send_probe(cfg, ip, probe_id, now, connect, store=opened)
+    record = table.get(store, ip)
+    if record is None or record.get("probe_id") != probe_id:
+        raise NotClaimed(f"probe {probe_id} is not the outstanding probe of {ip}")
+    probe_time = int(record["probe_time"])
+    token = signing.make(signing.load_key(rt.key_file), ip, probe_time, probe_id)
+    msg = message.probe(ip=ip, probe_id=probe_id, probe_time=probe_time, token=token, sender=rt.sender,
+                        mailbox=rt.mailbox, abuse=rt.abuse)
+    result, detail = converse(connect or connect_smtp, ip, rt.port, rt.connect_timeout, rt.timeout, rt.sender,
+                              rt.mailbox, msg.as_bytes(policy=_WIRE))
+    table.outcome(store, ip, probe_id, now, result, detail)
+    return result
+
+
+def converse(connect: Connect, ip: str, port: int, connect_timeout: float, timeout: float, sender: str,
+             rcpt: str, data: bytes) -> tuple[str, str]:
+    """One SMTP transaction; (outcome, what the host said)."""
+    deadline = time.monotonic() + timeout
+    try:
+        smtp = connect(ip, port, min(connect_timeout, timeout))
+    except smtplib.SMTPConnectError as exc:
+        return table.UNREACHABLE, f"greeting {exc.smtp_code} {_said(exc.smtp_error)}"
+    except (OSError, smtplib.SMTPException) as exc:
+        return table.UNREACHABLE, f"connect: {exc}"
+    stage = "EHLO"
+    try:
+        def step(name: str) -> None:
+            nonlocal stage
+            stage = name
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer within [relaytest] timeout {timeout:g}s")
+            if smtp.sock is not None:
+                smtp.sock.settimeout(left)
+
+        step("EHLO")
+        code, said = smtp.ehlo()
+        if not 200 <= code < 300:
+            step("HELO")
+            code, said = smtp.helo()
+        if 200 <= code < 300:
+            step("MAIL")
+            code, said = smtp.mail(sender)
+        if 200 <= code < 300:
+            step("RCPT")
+            code, said = smtp.rcpt(rcpt)
+        if 200 <= code < 300:
+            step("DATA")
+            code, said = smtp.data(data)
+    except smtplib.SMTPDataError as exc:  # DATA itself refused
+        code, said = exc.smtp_code, _bytes(exc.smtp_error)
+    except (OSError, smtplib.SMTPException) as exc:
+        _close(smtp)
+        if stage == "DATA":  # the message may have gone: the return or the clock will tell
+            return table.ACCEPTED, f"connection lost after DATA: {exc}"
+        return table.UNREACHABLE, f"{stage}: {exc}"
+    try:
+        if smtp.sock is not None:
+            smtp.sock.settimeout(5)
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        _close(smtp)
+    text = f"{stage} {code} {_said(said)}"
+    if 200 <= code < 300:
+        return table.ACCEPTED, text
+    # a refusal of the transaction (MAIL, RCPT, DATA) is the answer; one of EHLO/HELO
+    # refuses us, not the relaying, and a 4xx tests nothing
+    refused = 500 <= code < 600 and stage in ("MAIL", "RCPT", "DATA")
+    return (table.REFUSED if refused else table.UNREACHABLE), text
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode("utf-8", "replace")
+
+
+def _said(raw: bytes | str) -> str:
+    return " ".join(_bytes(raw).decode("utf-8", "replace").split())[:200]
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except OSError:
+        pass

@@ -1,0 +1,278 @@
+"""Open-relay probing (seed 003) on real store files: the token, the table's claims and
+answers, blocked.nets, hostile returns, the probe's refusal of non-customers, the
+customer's mail. The whole cycle against a real Exim is in e2e/test_relaytest.py."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eximhook._log import Logger
+from eximhook.config import Config, load
+from eximhook.errors import ConfigError
+from eximhook.relaytest import hosts, nets, receive, signing, table
+from eximhook.relaytest.probe import NotACustomer, NotClaimed, send_probe
+from eximhook.store import Store
+
+from .conftest import Run, write_config
+
+KEY = b"k" * 32
+NOW = 1_700_000_000.0
+DAY = 86400.0
+
+
+def relaytest_config(tmp_path: Path, **extra: object) -> Path:
+    key = tmp_path / "relaytest.key"
+    key.write_bytes(KEY + b"\n")
+    key.chmod(0o640)
+    rt = {"networks": ["192.0.2.0/24", "2001:db8::/32"], "key_file": str(key), "mailbox": "relaytest@mx.example",
+          "abuse": "abuse@example.net", **extra}
+    return write_config(tmp_path, settings={f"relaytest.{k}": v for k, v in rt.items()})
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return load(str(relaytest_config(tmp_path)))
+
+
+@pytest.fixture
+def store(cfg: Config) -> Store:
+    return Store(cfg.store.path)
+
+
+def fail_if_called(ip: str, port: int, timeout: float) -> None:
+    raise AssertionError(f"connected to {ip}:{port}")
+
+
+# -- the token -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip", ["192.0.2.7", "2001:db8::25"])
+def test_token_round_trip(ip: str) -> None:
+    token = signing.make(KEY, ip, 1700000000, "0123456789abcdef")
+    [found] = signing.find(f"junk {token} junk {token}".encode())
+    assert found == signing.Token("0123456789abcdef", 1700000000, ip, found.sig) and signing.valid(KEY, found)
+    assert not signing.valid(b"another key, long enough", found)
+    for forged in (found._replace(time=found.time + 1), found._replace(ip="192.0.2.8"),
+                   found._replace(probe_id="0" * 16)):
+        assert not signing.valid(KEY, forged)
+
+
+@given(st.binary(max_size=4000))
+def test_finding_tokens_in_any_bytes_never_fails(data: bytes) -> None:
+    assert len(receive.tokens(data)) <= 10
+
+
+# -- the table -------------------------------------------------------------------------
+
+def test_claim_respects_cooldown_retest_and_block(store: Store) -> None:
+    ip = "192.0.2.7"
+    assert table.due(store, ip, NOW, 14 * DAY, 3600)
+    first = table.claim(store, ip, NOW, 14 * DAY, 3600)
+    assert first and table.get(store, ip)["status"] == table.UNKNOWN  # type: ignore[index]
+    assert table.claim(store, ip, NOW + 60, 0, 3600) is None  # within the cooldown, even by hand
+    assert table.claim(store, ip, NOW + 2 * DAY, 14 * DAY, 3600) is None  # not due for a retest
+    second = table.claim(store, ip, NOW + 2 * 3600, 0, 3600)  # by hand, after the cooldown: supersedes
+    assert second and second != first
+    assert table.returned(store, ip, first, int(NOW), NOW + 3 * 3600, False, None, "abuse@x") .startswith("ignored")
+    assert table.returned(store, ip, second, int(NOW + 2 * 3600), NOW + 3 * 3600, False, None, "abuse@x") == "blocked"
+    assert not table.due(store, ip, NOW + 100 * DAY, 14 * DAY, 3600)  # BLOCK: never again by itself
+    assert table.claim(store, ip, NOW + 100 * DAY, 0, 0) is None
+
+
+def _claim(path: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue[str | None]) -> None:
+    with Store(path) as store:
+        start.wait()
+        out.put(table.claim(store, "192.0.2.9", NOW, 14 * DAY, 3600))
+
+
+@pytest.mark.slow
+def test_racing_processes_claim_a_host_once(cfg: Config, store: Store) -> None:
+    store.close()
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(cfg.store.path, start, out)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert len([r for r in results if r]) == 1
+
+
+def test_a_return_blocks_once_and_a_bounce_does_not_stop_it(store: Store) -> None:
+    ip = "192.0.2.7"
+    probe_id = table.claim(store, ip, NOW, 0, 0)
+    assert probe_id
+    assert table.returned(store, ip, probe_id, int(NOW), NOW + 60, True, None, "abuse@x") == "ok"
+    assert table.returned(store, ip, probe_id, int(NOW), NOW + 61, True, None, "abuse@x").startswith("ignored")
+    # the relayed probe itself still blocks: a bounce may be faked by whoever saw the probe
+    assert table.returned(store, ip, probe_id, int(NOW), NOW + 120, False, "pm@customer", "abuse@x") == "blocked"
+    assert table.returned(store, ip, probe_id, int(NOW), NOW + 130, False, "pm@customer", "abuse@x").startswith(
+        "ignored")  # replayed
+    [item] = store.outbox()
+    assert (item["kind"], item["to"], item["cc"], item["block"]["key"]) == ("relaytest", "pm@customer", "abuse@x", ip)
+
+
+def test_unknown_settles_ok_after_unknown_after(store: Store) -> None:
+    probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
+    assert probe_id
+    assert table.settle(store, NOW + 47 * 3600, 48 * 3600) == []
+    assert table.settle(store, NOW + 48 * 3600, 48 * 3600) == ["192.0.2.7"]
+    assert table.returned(store, "192.0.2.7", probe_id, int(NOW), NOW + 49 * 3600, False, None, "a@x").startswith(
+        "ignored")
+
+
+# -- blocked.nets ----------------------------------------------------------------------
+
+admin_lines = st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+                               max_size=40).map(lambda s: s + "\n"), max_size=6).map("".join)
+
+
+@given(before=admin_lines, after=admin_lines, rounds=st.lists(st.lists(st.sampled_from(
+    ["192.0.2.1", "192.0.2.2", "2001:db8::1"]), unique=True), min_size=1, max_size=4))
+def test_merge_keeps_the_admins_lines_byte_for_byte(before: str, after: str, rounds: list[list[str]]) -> None:
+    current = None
+    first = nets.section([])
+    current = before.encode() + first + after.encode()
+    for ips in rounds:
+        ours = nets.section([{"ip": ip, "blocked_at": NOW, "returned_probe": "x"} for ip in ips])
+        current = nets.merge(current, ours)
+        assert current == before.encode() + ours + after.encode()
+
+
+def test_sync_appends_a_section_and_lists(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "blocked.nets"
+    path.write_bytes(b"10.0.0.0/8 # by hand, no newline at the end")
+    probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
+    assert probe_id and table.returned(store, "192.0.2.7", probe_id, int(NOW), NOW, False, None, "a@x") == "blocked"
+    assert nets.sync(store, str(path)) and not nets.sync(store, str(path))
+    data = path.read_bytes()
+    assert data.startswith(b"10.0.0.0/8 # by hand, no newline at the end\n" + nets.BEGIN + b"192.0.2.7  # open relay")
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert nets.listed(str(path), "10.1.2.3") == ["10.0.0.0/8 # by hand, no newline at the end"]
+    assert len(nets.listed(str(path), "192.0.2.7")) == 1 and nets.listed(str(path), "192.0.2.8") == []
+
+
+# -- returned messages -----------------------------------------------------------------
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000), sender=st.one_of(st.none(), st.just(""), st.text(max_size=30)))
+def test_hostile_messages_change_nothing(cfg: Config, store: Store, data: bytes, sender: str | None) -> None:
+    probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0) or table.get(store, "192.0.2.7")["probe_id"]  # type: ignore[index]
+    results = receive.process(cfg, store, data, sender, NOW + 60, Logger(cfg.log.file))
+    assert all(r.startswith("ignored") for r in results)
+    assert table.get(store, "192.0.2.7")["probe_id"] == probe_id  # type: ignore[index]
+    assert store.outbox() == []
+
+
+def test_tokens_survive_encodings_and_a_bounce_settles(cfg: Config, store: Store, tmp_path: Path) -> None:
+    probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
+    assert probe_id
+    token = signing.make(KEY, "192.0.2.7", int(NOW), probe_id)
+    import base64
+
+    body = base64.encodebytes(f"Your message\n{token}\n".encode()).decode()
+    dsn = ("Content-Type: multipart/report; report-type=delivery-status;\n boundary=b\n\n--b\n"
+           "Content-Type: text/plain\nContent-Transfer-Encoding: base64\n\n" + body + "--b--\n")
+    assert token.encode() not in dsn.encode()
+    assert receive.process(cfg, store, dsn.encode(), "someone@customer", NOW + 60, Logger(cfg.log.file)) == ["ok"]
+    assert table.get(store, "192.0.2.7")["status"] == table.OK  # type: ignore[index]
+    assert receive.process(cfg, store, b"Subject: hi\n\nno token here\n", "", NOW, Logger(cfg.log.file)) == []
+    assert "no probe token" in (tmp_path / "eximhook.log").read_text()
+
+
+# -- the probe -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip", ["198.51.100.7", "192.0.3.1", "2001:db9::1", "::ffff:198.51.100.7"])
+def test_a_host_outside_the_networks_is_never_connected_to(cfg: Config, store: Store, ip: str) -> None:
+    with pytest.raises(NotACustomer):
+        send_probe(cfg, ip, "0" * 16, NOW, fail_if_called, store=store)  # type: ignore[arg-type]
+    assert table.records(store) == []
+
+
+def test_an_unclaimed_probe_is_not_sent(cfg: Config, store: Store) -> None:
+    with pytest.raises(NotClaimed):
+        send_probe(cfg, "192.0.2.7", "0" * 16, NOW, fail_if_called, store=store)  # type: ignore[arg-type]
+
+
+def test_an_unreachable_host_stays_unknown_without_a_probe(cfg: Config, store: Store) -> None:
+    def refused(ip: str, port: int, timeout: float) -> None:
+        assert (ip, port) == ("192.0.2.7", 25)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    probe_id = table.claim(store, "::ffff:192.0.2.7".removeprefix("::ffff:"), NOW, 0, 0)
+    assert probe_id
+    assert send_probe(cfg, "::ffff:192.0.2.7", probe_id, NOW, refused, store=store) == "unreachable"  # type: ignore[arg-type]
+    record = table.get(store, "192.0.2.7")
+    assert record and (record["status"], record["probe_id"], record["outcome"]) == ("UNKNOWN", None, "unreachable")
+
+
+# -- config, commands, the customer's mail ----------------------------------------------
+
+def test_config_defaults_and_errors(tmp_path: Path) -> None:
+    rt = load(str(relaytest_config(tmp_path))).relaytest
+    assert (rt.sender, rt.port, rt.retest, rt.unknown_after, rt.cooldown) == (rt.mailbox, 25, 14 * DAY, 48 * 3600, 3600)
+    assert rt.blocked_nets == f"{tmp_path}/mirror/blocked.nets"
+    assert rt.state == f"{tmp_path}/store/relaytest-watch.state"
+    assert not Config().relaytest.enabled
+    with pytest.raises(ConfigError, match="not a network"):
+        load(str(relaytest_config(tmp_path, networks=["192.0.2.0/33"])))
+    with pytest.raises(ConfigError, match="mailbox must be set"):
+        load(str(relaytest_config(tmp_path, mailbox="")))
+    assert hosts.normalize("::ffff:192.0.2.1") == "192.0.2.1"
+
+
+def test_commands(tmp_path: Path, cli: Run) -> None:
+    config = relaytest_config(tmp_path, contacts=str(tmp_path / "contacts"))
+    (tmp_path / "contacts").write_text("192.0.2.0/24 noc@customer.example\n192.0.2.7 pm@customer.example\n")
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and "relaytest key" in out and "2 network(s)" in out
+    code, _, err = cli("relaytest", "probe", "198.51.100.1", config_path=config)
+    assert code == 65 and "not in [relaytest] networks" in err
+    assert hosts.contact(str(tmp_path / "contacts"), "192.0.2.7") == "pm@customer.example"
+    assert hosts.contact(str(tmp_path / "contacts"), "192.0.2.8") == "noc@customer.example"
+    cfg = load(str(config))
+    with Store(cfg.store.path) as store:
+        probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
+        assert probe_id and table.returned(store, "192.0.2.7", probe_id, int(NOW), NOW, False,
+                                           hosts.contact(cfg.relaytest.contacts, "192.0.2.7"), "abuse@x") == "blocked"
+    code, out, _ = cli("relaytest", "list", "--json", config_path=config)
+    assert code == 0 and [r["status"] for r in json.loads(out)] == ["BLOCK"]
+    assert "192.0.2.7  # open relay" in (tmp_path / "mirror" / "blocked.nets").read_text()
+    code, out, _ = cli("relaytest", "show", "192.0.2.7", config_path=config)
+    assert code == 0 and "status BLOCK" in out and "listed in" in out
+    code, _, err = cli("relaytest", "probe", "192.0.2.7", config_path=config)
+    assert code == 1 and "clear it first" in err
+    code, out, _ = cli("relaytest", "clear", "192.0.2.7", config_path=config)
+    assert code == 0 and "cleared (was BLOCK)" in out
+    assert "192.0.2.7" not in (tmp_path / "mirror" / "blocked.nets").read_text()
+    code, _, _ = cli("relaytest", "show", "192.0.2.7", config_path=config)
+    assert code == 1
+    (tmp_path / "relaytest.key").chmod(0o644)
+    code, _, err = cli("check-config", config_path=config)
+    assert code == 78 and "readable by every local user" in err
+
+
+def test_the_customers_mail_goes_to_postmaster_and_abuse(tmp_path: Path, mailbox: Path) -> None:
+    from eximhook import notify
+
+    cfg = load(str(relaytest_config(tmp_path)))
+    with Store(cfg.store.path) as store:
+        probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
+        assert probe_id and table.returned(store, "192.0.2.7", probe_id, int(NOW), NOW, False, "pm@customer",
+                                           "abuse@example.net") == "blocked"
+        sent, errors = notify.send_pending(store, to="desk@example.net", sender="root", sendmail=[
+            str(mailbox / "sendmail.sh"), "-f", "root"], timeout=10, stale_after=300, budget=10, command=["eximhook"],
+            clock=lambda: NOW)
+        assert (sent, errors, store.outbox()) == (1, [], [])
+    [out] = (mailbox / "out").glob("*.eml")
+    argv, _, text = out.read_bytes().partition(b"\n")
+    assert argv == b"ARGV: -f root pm@customer abuse@example.net"
+    assert b"To: pm@customer\n" in text and b"Cc: abuse@example.net\n" in text and os.path.getsize(out) > 0
