@@ -131,6 +131,17 @@ def test_any_bytes_after_the_prefix(tail: bytes) -> None:
     assert ip is None or str(ipaddress.ip_address(ip)) == ip  # only ever a canonical address
 
 
+def has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(not os.path.exists(EXIM), reason="needs exim4")
 def test_real_exim_lines(tmp_path: Path) -> None:
@@ -145,7 +156,7 @@ def test_real_exim_lines(tmp_path: Path) -> None:
     exim.conf.write_text(exim.conf.read_text().replace(
         "log_selector = +subject +received_recipients",
         "log_selector = +subject +received_recipients +incoming_port +incoming_interface +pid +millisec"))
-    sources = [("127.0.0.1", "127.0.0.1"), ("::1", "::1")]
+    sources = [("127.0.0.1", "127.0.0.1"), *([("::1", "::1")] if has_ipv6_loopback() else [])]
     try:
         exim.start()
         for n, (source, expected) in enumerate(sources * 2):
@@ -158,9 +169,9 @@ def test_real_exim_lines(tmp_path: Path) -> None:
 
         def arrivals() -> list[bytes]:
             lines = [line for line in (work / "log" / "mainlog").read_bytes().splitlines() if b" <= " in line]
-            return lines if len(lines) == 4 else []
+            return lines if len(lines) == 2 * len(sources) else []
 
-        lines = wait_for("four arrivals", arrivals)
+        lines = wait_for("the arrivals", arrivals)
     finally:
         exim.stop()
         shutil.rmtree(work, ignore_errors=True)
