@@ -87,7 +87,8 @@ if ! $dev; then
     "$venv/bin/eximhook" check-config
     "$venv/bin/eximhook" export
     if [ -d /etc/systemd/system ]; then
-        for unit in eximhook-serve.socket eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer; do
+        for unit in eximhook-serve.socket eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer \
+                eximhook-relaytest.service; do
             install -m 0644 "$here/contrib/$unit" /etc/systemd/system/
         done
         if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -196,18 +196,16 @@ def port(value: Any) -> int:
 
 def networks(value: Any) -> tuple[str, ...]:
     """A list of networks in CIDR notation (``["192.0.2.0/24", "2001:db8::/32"]``),
-    normalised; a host address is a /32 (/128)."""
-    import ipaddress
+    normalised; a host address is a /32 (/128); one with its host part set is refused
+    (``relaytest.hosts.parse``)."""
+    from .relaytest.hosts import parse
 
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         raise ValueError('must be a list of networks, such as ["192.0.2.0/24", "2001:db8::/32"]')
-    out = []
-    for text in value:
-        try:
-            out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
-        except ValueError:
-            raise ValueError(f"has {text!r}, which is not a network in CIDR notation (192.0.2.0/24)") from None
-    return tuple(dict.fromkeys(out))
+    try:
+        return tuple(dict.fromkeys(str(net) for net in parse(value)))
+    except ValueError as exc:
+        raise ValueError(f"has {exc}") from None
 
 
 def address(value: Any) -> str:

@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ns", choices=NAMESPACES, help="only this namespace")
     q.add_argument("--json", action="store_true", help="print JSON for scripts")
     q.set_defaults(func=exempt.list_exempt)
-    p = add("relaytest", None, "open-relay probing of customer hosts (seed 003): list, show, probe, clear, receive")
+    p = add("relaytest", None,
+            "open-relay probing of customer hosts (seed 003): list, show, probe, clear, receive, watch")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="ACTION")
     for verb, func, help in (("list", relaytest.list_hosts, "the tested hosts: status, last test, probe"),
                              ("show", relaytest.show, "one host: its record, history and blocked.nets lines"),
@@ -217,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--sender", help="the envelope sender, empty for a bounce (default: $SENDER, which Exim's pipe "
                                     "transport sets)")
     q.set_defaults(func=relaytest.receive)
+    q = verbs.add_parser("watch", help="follow Exim's mainlog and probe the customer hosts that send through us, "
+                                       "until SIGTERM (contrib/eximhook-relaytest.service)")
+    q.add_argument("--log", help="the main log to follow (default: [relaytest] log)")
+    q.set_defaults(func=relaytest.watch)
     add("export", blocks.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
     p = add("serve", system.serve, "run the daemon Exim's ${readsocket} asks (as the Exim user), until SIGTERM")
     p.add_argument("--check", action="store_true", help="only ask a running daemon for a ping (for monitoring)")

@@ -1,4 +1,4 @@
-"""eximhook relaytest list|show|probe|clear|receive: open-relay probing (seed 003).
+"""eximhook relaytest list|show|probe|clear|receive|watch: open-relay probing (seed 003).
 
 list, show, probe and receive first settle the table (UNKNOWN past ``unknown_after``:
 OK); every command brings ``blocked.nets`` up to the table, so a rewrite a killed
@@ -147,4 +147,29 @@ def receive(cfg: Config, opts: argparse.Namespace) -> int:
     except EximhookError as exc:  # the store, blocked.nets, an unreadable key: retried once fixed
         log.log("err", f"relaytest receive: {exc}; Exim will retry")
         return Exit.TEMPFAIL
+    return Exit.OK
+
+
+def watch(cfg: Config, opts: argparse.Namespace) -> int:
+    """The watcher (contrib/eximhook-relaytest.service, as the Exim user): follow the
+    mainlog and probe the customers who send, until SIGTERM (``relaytest.watch``)."""
+    import signal
+    import threading
+
+    from ..relaytest.probe import send_probe
+    from ..relaytest.watch import run
+
+    rt, log, stop = cfg.relaytest, Logger(cfg.log.file), threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _open(cfg) as store:
+        def claim(ip: str, now: float) -> str | None:
+            table.settle(store, now, rt.unknown_after)  # a host silent since its last probe is OK, and due again
+            return table.claim(store, ip, now, rt.retest, rt.cooldown)
+
+        def probe(ip: str, probe_id: str) -> str:
+            return send_probe(cfg, ip, probe_id, time.time(), store=store)
+
+        run(opts.log or rt.log, rt.state, list(rt.networks), claim, probe, concurrency=rt.concurrency,
+            rate_per_hour=rt.rate, cooldown=rt.cooldown, log=log, stop=stop)
     return Exit.OK

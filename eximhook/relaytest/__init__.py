@@ -9,5 +9,7 @@ and the abuse desk are told. Refused or bounced: OK. Nothing heard for
 ``hosts`` (which addresses are customers, whom to tell), ``signing`` (the HMAC token),
 ``table`` (the relay-test records in the store), ``nets`` (``blocked.nets``),
 ``message`` (the probe and the customer's mail), ``probe`` (the SMTP client),
-``receive`` (returned probes and bounces), ``checks`` (``check-config``).
+``receive`` (returned probes and bounces), ``checks`` (``check-config``); the mainlog
+watcher that decides whom to probe: ``logline`` (a ``<=`` line's client address),
+``follow`` (the log, across rotations and restarts), ``watch`` (the scheduler).
 """

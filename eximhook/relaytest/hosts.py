@@ -19,13 +19,30 @@ def normalize(ip: str) -> str:
     return str(addr)
 
 
-def is_customer(ip: str, networks: Sequence[str]) -> bool:
-    """Is ``ip`` in one of the customer networks? False for anything that is no address."""
+def parse(networks: Sequence[str]) -> list[Network]:
+    """The customer networks; ``ValueError`` for one that is none, or whose host part is
+    set (``10.1.2.3/8``): a typo, not a /8, since every address inside gets probed."""
+    out = []
+    for net in networks:
+        try:
+            out.append(ipaddress.ip_network(net.strip()))
+        except ValueError as exc:
+            raise ValueError(f"{net!r} is not a network in CIDR notation ({exc})") from None
+    return out
+
+
+def inside(ip: str, networks: Sequence[Network]) -> bool:
+    """Is ``ip`` in one of ``networks`` (``parse``)? False for anything that is no address."""
     try:
         addr = ipaddress.ip_address(normalize(ip))
     except ValueError:
         return False
-    return any(addr in ipaddress.ip_network(net) for net in networks)
+    return any(addr in net for net in networks)
+
+
+def is_customer(ip: str, networks: Sequence[str]) -> bool:
+    """Is ``ip`` in one of the customer networks (``[relaytest] networks``)?"""
+    return inside(ip, parse(networks))
 
 
 def read_contacts(path: str) -> tuple[list[tuple[Network, str]], list[str]]:

@@ -16,6 +16,8 @@ import json
 import os
 import pwd
 import smtplib
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -256,3 +258,39 @@ def test_a_host_outside_the_networks_is_never_probed(world: tuple[h.Exim, OpenRe
     result = exim.eximhook("relaytest", "probe", OUTSIDE)
     assert result.returncode == 65 and "not in [relaytest] networks" in result.stderr
     assert record(exim, OUTSIDE) is None
+
+
+def test_the_watcher_probes_the_customers_that_send_and_cuts_the_open_relay_off(
+        world: tuple[h.Exim, OpenRelay]) -> None:
+    """The whole cycle of seed 003, started by mail alone: `eximhook relaytest watch`
+    follows our Exim's mainlog, probes each customer whose mail arrives, and the open
+    relay's returned probe cuts off the session it has open; an address outside the
+    networks sends too, and is never probed."""
+    exim, _ = world
+    watcher = subprocess.Popen([sys.executable, "-IS", h.EXIMHOOK, "--config", str(exim.eximhook_conf), "relaytest",
+                                "watch", "--log", str(exim.work / "log" / "mainlog")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        h.wait_for("the watcher to start", lambda: "relaytest watch: following" in exim.hook_log())
+        for ip in (OPEN, CLOSED, OUTSIDE):
+            assert exim.send([f"alice@{h.DOMAIN}"], source=ip) == {}
+        session = exim.connect(OPEN, tls=False)  # the open relay's next session, open while it is probed
+        session.mail("shop@customer.example")
+        assert session.rcpt(f"alice@{h.DOMAIN}")[0] == 250
+        h.wait_for("the open relay to be blocked", lambda: status(exim, OPEN) == "BLOCK", 30)
+        code, said = session.rcpt(f"bob@{h.DOMAIN}")
+        assert code == 550 and b"open relay" in said, (code, said)
+        session.close()
+        h.wait_for("the closed relay to be OK", lambda: status(exim, CLOSED) == "OK", 30)
+        assert record(exim, OUTSIDE) is None
+        # more mail from the same customers: tested now, so not probed again (one claim each)
+        for ip in (CLOSED, OUTSIDE):
+            assert exim.send([f"alice@{h.DOMAIN}"], source=ip) == {}
+        history = json.loads(exim.eximhook("history", "--json").stdout)
+        probes = [e["key"] for e in history if e["event"] == "relaytest-probe"]
+        assert sorted(probes) == sorted([OPEN, CLOSED]), history
+    finally:
+        watcher.terminate()
+        out = watcher.communicate(timeout=60)[0]
+    assert watcher.returncode == 0, out
+    assert json.loads((exim.spool / "eximhook" / "relaytest-watch.state").read_text())
