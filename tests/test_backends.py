@@ -1,0 +1,273 @@
+"""One suite over every storage backend: whatever LMDB promises, Redis promises too.
+
+Each test gets ``make(node)``, which opens a backend as relay ``node`` would: for LMDB
+both "nodes" open the one store of this machine; for Redis each node has its own
+client of the one redis-server (a real one, ``redis_server.py``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eximhook.backends.base import Backend, Event
+from eximhook.backends.lmdb import LmdbBackend
+from eximhook.policy import Policy
+
+Make = Callable[[int], Backend]
+BACKENDS = [pytest.param("lmdb", id="lmdb")]
+
+
+def opener(kind: str, tmp_path: Path, redis_url: str | None) -> Make:
+    def make(node: int) -> Backend:
+        if kind == "lmdb":
+            return LmdbBackend.open(str(tmp_path / "store"))
+        raise AssertionError(kind)
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    opened: list[Backend] = []
+
+    def make(node: int) -> Backend:
+        opened.append(opener(request.param, tmp_path, url)(node))
+        return opened[-1]
+
+    yield make
+    for b in opened:
+        b.close()
+
+
+@pytest.fixture
+def backend(make: Make) -> Backend:
+    return make(0)
+
+
+def enforce(*windows: tuple[int, float]) -> Policy:
+    return Policy("invalid", windows, "enforce")
+
+
+NOW = 1_700_000_000.25
+
+
+# -- the window: exact, against a brute-force oracle -------------------------------------
+
+
+def oracle(events: list[tuple[float, int]], i: int, period: float) -> int:
+    t = events[i][0]
+    return sum(w for u, w in events[: i + 1] if u > t - period)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gaps=st.lists(st.sampled_from([0.0, 0.5, 1.0, 9.99, 10.0, 10.01, 30.0]), min_size=1, max_size=40),
+       weights=st.lists(st.integers(min_value=1, max_value=20), min_size=40, max_size=40),
+       limit=st.integers(min_value=1, max_value=60))
+def test_window_is_exact(backend: Backend, gaps: list[float], weights: list[int], limit: int) -> None:
+    key = uuid.uuid4().hex  # a subject of its own per example: the backend outlives them
+    policy = Policy("invalid", ((limit, 10.0), (limit * 3, 25.0)), "shadow")
+    events, t = [], NOW
+    for gap, w in zip(gaps, weights, strict=False):
+        t += gap
+        events.append((t, w))
+    for i, (t, w) in enumerate(events):
+        tally, outcome = backend.record(Event("auth", key, policy, weight=w), t)
+        expect = [oracle(events, i, p) for _, p in policy.windows]
+        assert tally.counts == expect
+        over = [c > lim for c, (lim, _) in zip(expect, policy.windows, strict=True)]
+        assert tally.over == (over.index(True) if any(over) else -1)
+        assert not outcome.blocked and tally.counter.total == sum(w for _, w in events[: i + 1])
+
+
+def test_clock_stepping_back_counts_at_the_newest_time(backend: Backend) -> None:
+    policy = enforce((5, 10.0))
+    backend.record(Event("auth", "u", policy), NOW)
+    tally, _ = backend.record(Event("auth", "u", policy, weight=2), NOW - 100)
+    assert tally.counts == [3]
+    tally, _ = backend.record(Event("auth", "u", policy), NOW + 10.0)  # NOW is out of (NOW, NOW + 10]
+    assert tally.counts == [1]
+
+
+# -- the trip: exactly once ------------------------------------------------------------------
+
+
+def test_trips_once_at_limit_plus_one(backend: Backend) -> None:
+    policy = enforce((5, 3600.0))
+    tripped = []
+    for i in range(12):
+        ev = Event("auth", "bob", policy, evidence=f"nobody{i}@example.com", ip=f"192.0.2.{i % 3}", keep_evidence=4,
+                   keep_ips=2)
+        _, outcome = backend.record(ev, NOW + i, hold=30.0)
+        tripped.append(outcome.tripped)
+        assert outcome.blocked == (i >= 5)
+    assert tripped == [False] * 5 + [True] + [False] * 6
+    assert backend.is_blocked("auth", "bob") and not backend.is_blocked("auth", "bo")
+    block = backend.get_block("auth", "bob")
+    assert block is not None
+    assert {k: block[k] for k in ("ns", "key", "since", "by", "reason", "counter", "limit", "period", "period_text",
+                                  "count", "total", "ips", "rcpts")} == {
+        "ns": "auth", "key": "bob", "since": NOW + 5, "by": "eximhook", "reason": "limit", "counter": "invalid",
+        "limit": 5, "period": 3600.0, "period_text": "1h", "count": 6, "total": 6,
+        "ips": ["192.0.2.1", "192.0.2.2"], "rcpts": [f"nobody{i}@example.com" for i in range(2, 6)]}
+    assert backend.blocks() == [block] and backend.blocks("relay") == []
+    (item,) = backend.outbox()
+    assert (item["kind"], item["state"], item["attempts"], item["block"], item["hold_until"]) == (
+        "blocked", "queued", 0, block, NOW + 5 + 30.0)
+    events = [e["event"] for e in backend.history("auth", "bob")]
+    assert events == ["blocked"]
+    assert backend.counter("auth", "bob").total == 12
+
+
+def test_a_second_window_trips_too(backend: Backend) -> None:
+    policy = enforce((3, 10.0), (5, 3600.0))
+    outcomes = [backend.record(Event("auth", "w", policy), NOW + 20 * i)[1] for i in range(6)]
+    assert [o.tripped for o in outcomes] == [False] * 5 + [True]
+    block = backend.get_block("auth", "w")
+    assert block is not None and (block["limit"], block["period"], block["count"]) == (5, 3600.0, 6)
+
+
+def test_shadow_mode_records_once_per_window_and_never_blocks(backend: Backend) -> None:
+    policy = Policy("recipients", ((5, 3600.0),), "shadow")
+    results = [backend.record(Event("auth", "s", policy, weight=2), NOW + i, notify_shadow=True)[1]
+               for i in range(6)]
+    assert [o.shadowed for o in results] == [False, False, True, False, False, False]
+    assert not any(o.blocked or o.tripped for o in results) and not backend.is_blocked("auth", "s")
+    (shadow,) = backend.shadows("auth", "s")
+    assert (shadow["counter"], shadow["limit"], shadow["count"], shadow["exempt"]) == ("recipients", 5, 6, None)
+    assert [i["kind"] for i in backend.outbox()] == ["would-block"]
+    assert [e["event"] for e in backend.history("auth", "s")] == ["would-block"]
+    # a raised limit is another setting: its trip is recorded anew
+    raised = Policy("recipients", ((13, 3600.0),), "shadow")
+    assert backend.record(Event("auth", "s", raised, weight=2), NOW + 7, notify_shadow=True)[1].shadowed
+    assert backend.clear_shadows("auth", "s") == 2 and backend.shadows("auth", "s") == []
+
+
+def test_an_exempt_subject_is_recorded_not_blocked_nor_mailed(backend: Backend) -> None:
+    exempt = {"auth": [("*@trusted.example", "the mailing list")]}
+    policy = enforce((1, 3600.0))
+    outcomes = [backend.record(Event("auth", "list@trusted.example", policy), NOW + i, notify_shadow=True,
+                               exempt=exempt)[1] for i in range(3)]
+    assert [o.shadowed for o in outcomes] == [False, True, False]
+    assert outcomes[1].exempt == "*@trusted.example: the mailing list"
+    assert not backend.is_blocked("auth", "list@trusted.example") and backend.outbox() == []
+    (shadow,) = backend.shadows()
+    assert shadow["exempt"] == "*@trusted.example: the mailing list"
+
+
+# -- by hand ---------------------------------------------------------------------------------
+
+
+def manual(ns: str, key: str) -> dict[str, Any]:
+    from eximhook.core import block_record
+
+    return block_record(ns, key, NOW, by="root", reason="manual", note="seen in the logs")
+
+
+def test_block_unblock_reset(backend: Backend) -> None:
+    assert backend.block(manual("relay", "192.0.2.9"), NOW, notify=False)
+    assert not backend.block(manual("relay", "192.0.2.9"), NOW + 1)
+    assert backend.get_block("relay", "192.0.2.9") == manual("relay", "192.0.2.9")
+    assert backend.outbox() == []
+    assert backend.unblock("relay", "192.0.2.9", NOW + 2, "root")
+    assert not backend.unblock("relay", "192.0.2.9", NOW + 3, "root")
+    assert not backend.is_blocked("relay", "192.0.2.9")
+    assert [(e["event"], e["by"]) for e in backend.history("relay", "192.0.2.9")] == [
+        ("blocked", "root"), ("unblocked", "root")]
+    policy = enforce((2, 3600.0))
+    for i in range(3):
+        backend.record(Event("relay", "192.0.2.9", policy), NOW + 10 + i)
+    assert backend.is_blocked("relay", "192.0.2.9")
+    backend.reset("relay", "192.0.2.9")
+    assert backend.counter("relay", "192.0.2.9").total == 0
+    assert backend.unblock("relay", "192.0.2.9", NOW + 20, "root", event="expired")
+    assert backend.history("relay", "192.0.2.9")[-1]["event"] == "expired"
+    # counted from zero again: the next trip is a new block, with its own notification
+    assert not backend.record(Event("relay", "192.0.2.9", policy), NOW + 21)[1].blocked
+    assert len(backend.outbox()) == 1
+    for i in range(2):
+        backend.record(Event("relay", "192.0.2.9", policy), NOW + 22 + i)
+    assert len(backend.outbox()) == 2
+
+
+# -- hostile keys ------------------------------------------------------------------------------
+
+
+hostile = st.one_of(
+    st.binary(min_size=1, max_size=64).map(lambda b: b.decode("utf-8", "surrogateescape")),
+    st.text(min_size=1, max_size=64),
+    st.sampled_from(["a}b", "{x}", "}:block", "a\nb", "\r\n.\r\n", "x" * 5000, "x" * 4999 + "y", "\0"]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=hostile, other=hostile, evidence=hostile)
+def test_hostile_keys_are_kept_whole_and_apart(backend: Backend, key: str, other: str, evidence: str) -> None:
+    ns = "auth"
+    key, other = f"{uuid.uuid4().hex}{key}", f"{uuid.uuid4().hex}{other}"
+    policy = enforce((1, 3600.0))
+    for i in range(2):
+        backend.record(Event(ns, key, policy, evidence=evidence, ip=evidence), NOW + i)
+    backend.record(Event(ns, other, policy), NOW)
+    assert backend.is_blocked(ns, key) and not backend.is_blocked(ns, other)
+    block = backend.get_block(ns, key)
+    assert block is not None and block["key"] == key and block["rcpts"] == [evidence] * 2
+    assert block["ips"] == [evidence]
+    assert backend.counter(ns, other).total == 1
+    assert backend.unblock(ns, key, NOW + 5, "root") and not backend.is_blocked(ns, key)
+
+
+# -- processes racing across two nodes ---------------------------------------------------------
+
+
+def _racer(make: Make, node: int, barrier: Any, out: Any) -> None:
+    backend = make(node)
+    try:
+        barrier.wait(timeout=30)
+        _, outcome = backend.record(Event("auth", "bot", enforce((5, 3600.0)), ip=f"node{node}"), NOW)
+        out.put((outcome.blocked, outcome.tripped))
+    finally:
+        backend.close()
+
+
+@pytest.mark.slow
+def test_32_processes_on_two_nodes_make_one_block_and_one_notification(make: Make) -> None:
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(32), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(make, i % 2, barrier, out)) for i in range(32)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert sum(tripped for _, tripped in results) == 1
+    assert sum(blocked for blocked, _ in results) == 32 - 5
+    backend = make(0)
+    assert len(backend.blocks()) == 1 and len(backend.outbox()) == 1
+    assert [e["event"] for e in backend.history("auth", "bot")] == ["blocked"]
+    assert backend.counter("auth", "bot").total == 32
+
+
+def test_hooks_never_import_redis(tmp_path: Path) -> None:
+    """A ${run} hook pays ~0.1 s for import redis (bench/redis_hook.py): not one of its modules."""
+    import subprocess
+    import sys
+
+    from .conftest import write_config
+
+    config = write_config(tmp_path, limit=1)
+    probe = ("import sys; from eximhook import hooks\n"
+             "for name, args in [('record-invalid', ['auth', 'bob', '--rcpt', 'x@example.com']),\n"
+             "                   ('record-invalid', ['auth', 'bob']), ('check-blocked', ['auth', 'bob'])]:\n"
+             f"    hooks.run(name, args, {str(config)!r})\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis' or 'backends' in m))")
+    out = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True, cwd="/")
+    assert out.stdout == "011[]\n"  # counted, blocked at the second, seen blocked: the hooks really ran
