@@ -19,16 +19,22 @@ from hypothesis import strategies as st
 
 from eximhook.backends.base import Backend, Event
 from eximhook.backends.lmdb import LmdbBackend
+from eximhook.backends.redis import RedisBackend
 from eximhook.policy import Policy
 
+from .conftest import needs_redis
+
 Make = Callable[[int], Backend]
-BACKENDS = [pytest.param("lmdb", id="lmdb")]
+BACKENDS = [pytest.param("lmdb", id="lmdb"), pytest.param("redis", id="redis", marks=needs_redis)]
 
 
 def opener(kind: str, tmp_path: Path, redis_url: str | None) -> Make:
     def make(node: int) -> Backend:
         if kind == "lmdb":
             return LmdbBackend.open(str(tmp_path / "store"))
+        if kind == "redis":
+            assert redis_url is not None
+            return RedisBackend.open(redis_url)
         raise AssertionError(kind)
     return make
 
@@ -254,6 +260,43 @@ def test_32_processes_on_two_nodes_make_one_block_and_one_notification(make: Mak
     assert len(backend.blocks()) == 1 and len(backend.outbox()) == 1
     assert [e["event"] for e in backend.history("auth", "bot")] == ["blocked"]
     assert backend.counter("auth", "bot").total == 32
+
+
+# -- Redis only ----------------------------------------------------------------------------------
+
+
+@needs_redis
+def test_scripts_are_loaded_again_after_a_flush(redis_url: str) -> None:
+    """EVALSHA first; a Redis restarted or failed over has no scripts (NOSCRIPT): loaded again."""
+    backend = RedisBackend.open(redis_url)
+    try:
+        policy = enforce((1, 3600.0))
+        backend.record(Event("auth", "f", policy), NOW)
+        backend.client.script_flush()
+        assert backend.record(Event("auth", "f", policy), NOW + 1)[1].tripped
+        assert backend.client.script_exists(backend._record.sha) == [True]
+    finally:
+        backend.close()
+
+
+@needs_redis
+def test_every_key_of_a_subject_shares_its_hash_tag(redis_url: str) -> None:
+    from redis.crc import key_slot
+
+    backend = RedisBackend.open(redis_url)
+    try:
+        for key in ("bob", "a}b{c", "x" * 3000):
+            backend.record(Event("auth", key, enforce((0, 3600.0))), NOW)
+            backend.record(Event("auth", key, Policy("recipients", ((0, 3600.0),), "shadow")), NOW)
+        subject_keys = [k for k in backend.client.scan_iter() if b":{" in k]
+        by_tag: dict[bytes, set[bytes]] = {}
+        for k in subject_keys:
+            tag = k[k.index(b"{") + 1 : k.index(b"}", k.index(b"{"))]
+            by_tag.setdefault(tag, set()).add(k.rpartition(b"}:")[2])
+        assert sorted(by_tag.values()) == [{b"block", b"c:invalid", b"c:recipients", b"shadow"}] * 3
+        assert len({key_slot(k) for k in subject_keys}) == 3  # Redis Cluster's slot of each: one per subject
+    finally:
+        backend.close()
 
 
 def test_hooks_never_import_redis(tmp_path: Path) -> None:
