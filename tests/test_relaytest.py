@@ -255,6 +255,9 @@ def test_commands(tmp_path: Path, cli: Run) -> None:
     assert "192.0.2.7" not in (tmp_path / "mirror" / "blocked.nets").read_text()
     code, _, _ = cli("relaytest", "show", "192.0.2.7", config_path=config)
     assert code == 1
+    code, out, _ = cli("history", "--json", "relaytest", "192.0.2.7", config_path=config)
+    assert [e["event"] for e in json.loads(out)] == ["relaytest-probe", "relaytest-blocked", "relaytest-cleared"]
+    assert cli("history", "relaytest", "not-an-ip", config_path=config)[0] == 64
     (tmp_path / "relaytest.key").chmod(0o644)
     code, _, err = cli("check-config", config_path=config)
     assert code == 78 and "readable by every local user" in err
