@@ -237,6 +237,8 @@ def history(cfg: Config, opts: argparse.Namespace) -> int:
     if (opts.ns is None) != (opts.key is None):
         print("eximhook: error: history takes both NS and KEY, or neither", file=sys.stderr)
         return Exit.USAGE
+    ns: str | None
+    key: str | None
     if opts.ns == "relaytest":  # a tested host's events (relaytest.table.NS), keyed by its address
         from ..relaytest import hosts
 
