@@ -101,5 +101,6 @@ if ! $dev; then
         done
         if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
         echo "install: systemd units in /etc/systemd/system: systemctl enable --now eximhook-serve.socket eximhook-serve.service eximhook-maintain.timer"
+        echo "install: for open-relay probing ([relaytest]), also: systemctl enable --now eximhook-relaytest.service"
     fi
 fi

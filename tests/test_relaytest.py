@@ -4,6 +4,7 @@ customer's mail. The whole cycle against a real Exim is in e2e/test_relaytest.py
 
 from __future__ import annotations
 
+import grp
 import json
 import multiprocessing
 import os
@@ -255,6 +256,9 @@ def test_commands(tmp_path: Path, cli: Run) -> None:
     assert "192.0.2.7" not in (tmp_path / "mirror" / "blocked.nets").read_text()
     code, _, _ = cli("relaytest", "show", "192.0.2.7", config_path=config)
     assert code == 1
+    code, out, _ = cli("history", "--json", "relaytest", "192.0.2.7", config_path=config)
+    assert [e["event"] for e in json.loads(out)] == ["relaytest-probe", "relaytest-blocked", "relaytest-cleared"]
+    assert cli("history", "relaytest", "not-an-ip", config_path=config)[0] == 64
     (tmp_path / "relaytest.key").chmod(0o644)
     code, _, err = cli("check-config", config_path=config)
     assert code == 78 and "readable by every local user" in err
@@ -276,3 +280,27 @@ def test_the_customers_mail_goes_to_postmaster_and_abuse(tmp_path: Path, mailbox
     argv, _, text = out.read_bytes().partition(b"\n")
     assert argv == b"ARGV: -f root pm@customer abuse@example.net"
     assert b"To: pm@customer\n" in text and b"Cc: abuse@example.net\n" in text and os.path.getsize(out) > 0
+
+
+def test_check_config_reads_as_the_exim_user(tmp_path: Path, cli: Run) -> None:
+    """check-config runs as root, which reads anything: the key and the contacts file
+    must be readable by the user `relaytest receive` runs as (a trial found a 0600 key
+    passing check-config, then every return deferred)."""
+    (tmp_path / "contacts").write_text("192.0.2.0/24 noc@customer.example\n")
+    config = relaytest_config(tmp_path, contacts=str(tmp_path / "contacts"))
+    text = config.read_text().replace('user = "root"', 'user = "Debian-exim"')
+    config.write_text(text)
+    tmp_path.chmod(0o755)
+    for name in ("relaytest.key", "contacts"):
+        path = tmp_path / name
+        os.chown(path, 0, grp.getgrnam("Debian-exim").gr_gid)
+        path.chmod(0o640)
+    code, _, err = cli("check-config", config_path=config)
+    assert code == 0, err
+    (tmp_path / "relaytest.key").chmod(0o600)
+    code, _, err = cli("check-config", config_path=config)
+    assert code == 78 and "cannot be read by Debian-exim" in err and "relaytest.key" in err
+    (tmp_path / "relaytest.key").chmod(0o640)
+    (tmp_path / "contacts").chmod(0o600)
+    code, _, err = cli("check-config", config_path=config)
+    assert code == 78 and "the contacts file cannot be read by Debian-exim" in err

@@ -26,6 +26,7 @@ from eximhook.relaytest.watch import Scheduler, run
 from .e2e.harness import DOMAIN, EXIM, wait_for
 
 NETWORKS = ["192.0.2.0/24", "2001:db8::/32"]
+OWN = "192.0.2.250"  # "this server", inside the networks: never probed (it would relay to itself)
 PREFIX = b"2026-11-24 08:44:52 1xVm8y-0006Bv-1Y <= "
 
 
@@ -392,13 +393,17 @@ def test_cooldown_and_in_flight_deduplication(log: Logger) -> None:
         assert s.offer("192.0.2.1", 1000.0) == "probing"
         assert s.offer("192.0.2.1", 1001.0) == "in-flight"
         assert s.offer("192.0.2.2", 1000.0) == "not-due"
-        assert s.offer("192.0.2.2", 1599.0) == "cooldown"  # the table is not even asked
+        assert s.offer("192.0.2.2", 1059.0) == "not-due"  # the table is not even asked ...
         rec.release.set()
         wait_for("the probe to finish", lambda: not s.in_flight)
         assert s.offer("192.0.2.1", 1599.0) == "cooldown"
         assert s.offer("192.0.2.1", 1600.0) == "probing"
-        assert s.offer("192.0.2.2", 1600.0) == "not-due"
+        # ... for a minute: an admin's `relaytest clear` makes it due, and its next mail gets it probed
+        assert s.offer("192.0.2.2", 1060.0) == "not-due"
         assert [ip for ip, _ in rec.claims] == ["192.0.2.1", "192.0.2.2", "192.0.2.1", "192.0.2.2"]
+        rec.due = lambda ip: True  # cleared
+        assert s.offer("192.0.2.2", 1119.0) == "not-due"
+        assert s.offer("192.0.2.2", 1120.0) == "probing"
     finally:
         rec.release.set()
         s.close()
@@ -443,7 +448,8 @@ class Watch:
     def __init__(self, tmp_path: Path, log: Logger, rec: Recorder, **kwargs: object) -> None:
         self.stop = threading.Event()
         self.error: list[BaseException] = []
-        settings = {"concurrency": 2, "rate_per_hour": 1000, "cooldown": 600.0, **kwargs}
+        # the test's "own address" in place of this machine's (which may be in 192.0.2.0/24)
+        settings = {"concurrency": 2, "rate_per_hour": 1000, "cooldown": 600.0, "own": frozenset({OWN}), **kwargs}
 
         def target() -> None:
             try:
@@ -486,7 +492,7 @@ def test_only_the_customer_networks_are_probed(tmp_path: Path, watching: Callabl
     rec = Recorder()
     rec.release.set()
     watch = watching(rec)
-    outside = ["198.51.100.7", "10.0.0.1", "2001:db9::1", "::ffff:10.0.0.1"]
+    outside = ["198.51.100.7", "10.0.0.1", "2001:db9::1", "::ffff:10.0.0.1", OWN]
     inside = ["192.0.2.7", "2001:db8::7", "::ffff:192.0.2.8"]
     for n, ip in enumerate(outside + inside):
         append(mainlog, arrival(ip, n, helo="[192.0.2.99]"))

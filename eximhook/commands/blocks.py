@@ -237,7 +237,18 @@ def history(cfg: Config, opts: argparse.Namespace) -> int:
     if (opts.ns is None) != (opts.key is None):
         print("eximhook: error: history takes both NS and KEY, or neither", file=sys.stderr)
         return Exit.USAGE
-    ns, key = subject(cfg, opts) if opts.ns else (None, None)
+    ns: str | None
+    key: str | None
+    if opts.ns == "relaytest":  # a tested host's events (relaytest.table.NS), keyed by its address
+        from ..relaytest import hosts
+
+        try:
+            ns, key = opts.ns, hosts.normalize(opts.key)
+        except ValueError:
+            print(f"eximhook: error: {escape(opts.key)!r} is not an IP address", file=sys.stderr)
+            return Exit.USAGE
+    else:
+        ns, key = subject(cfg, opts) if opts.ns else (None, None)
     with open_store(cfg) as store:
         events = store.history(ns, key)
     if opts.json:

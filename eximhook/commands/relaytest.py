@@ -70,7 +70,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         dump({"ip": ip, "customer": hosts.is_customer(ip, cfg.relaytest.networks), "record": record,
               "blocked_nets": listed})
         return Exit.OK if record or listed else Exit.FAILED
-    print(f"{ip}: {'a customer' if hosts.is_customer(ip, cfg.relaytest.networks) else 'not in [relaytest] networks'}")
+    customer = hosts.is_customer(ip, cfg.relaytest.networks)
+    print(f"{ip}: {'a customer' if customer else hosts.why_not(ip, cfg.relaytest.networks)}")
     if record is None:
         print("  never tested")
     else:
@@ -90,7 +91,7 @@ def probe(cfg: Config, opts: argparse.Namespace) -> int:
     now, ip = time.time(), _ip(cfg, opts)
     rt = cfg.relaytest
     if not hosts.is_customer(ip, rt.networks):
-        raise NotACustomer(f"{ip} is not in [relaytest] networks ({', '.join(rt.networks)}): not probed")
+        raise NotACustomer(f"{hosts.why_not(ip, rt.networks)}: not probed")
     with _open(cfg) as store:
         _settle(cfg, store, now)
         probe_id = table.claim(store, ip, now, 0.0, rt.cooldown, by=actor())

@@ -96,8 +96,22 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
             debian.update()
             raise
     else:
+        before, mode = b"", 0o644
+        if debian.is_added(lay):
+            with open(lay.main_file, "rb") as f:
+                before, mode = f.read(), os.fstat(f.fileno()).st_mode & 0o7777
         changed = debian.remove(lay)
-        debian.update()
+        try:
+            debian.update()
+        except SetupError as exc:
+            # Exim would not take the config without eximhook (a file of the admin's that
+            # uses eximhook's macros, say): put it back, so the config in force still builds
+            from .._perms import replace_files
+
+            replace_files([(lay.main_file, before)], mode=mode)
+            debian.update()
+            raise SetupError(f"{exc}; eximhook is left in ({lay.main_file} restored): take out what uses its "
+                             "macros first, then remove") from None
     verb = "added to" if opts.action == "add" else "removed from"
     print(f"eximhook {verb} the {where}: {', '.join(changed) or 'nothing to do'}")
     print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")

@@ -19,6 +19,11 @@ def check(cfg: Config) -> list[str]:
     if not rt.enabled:
         return ["relaytest off ([relaytest] networks is empty)"]
     signing.load_key(rt.key_file)
+    needed = [(rt.key_file, "the relay-test key"), *([(rt.contacts, "the contacts file")] if rt.contacts else [])]
+    for path, what in needed:
+        if not _reads(path, cfg.exim.user):
+            raise ConfigError(f"{path}: {what} cannot be read by {cfg.exim.user} ([exim] user), as whom `relaytest "
+                              "receive` runs: chown root:Debian-exim and chmod 0640 it")
     mode = os.stat(rt.key_file).st_mode
     if mode & 0o007:
         raise ConfigError(f"{rt.key_file}: the relay-test key is readable by every local user (mode "
@@ -41,3 +46,18 @@ def check(cfg: Config) -> list[str]:
         lines.append(f"note: {rt.blocked_nets} does not exist yet; the RCPT snippet skips its check until "
                      "it does (eximhook relaytest list creates it)")
     return lines
+
+
+def _reads(path: str, user: str) -> bool:
+    """Do the mode bits let ``user`` read ``path``? (check-config runs as root, for whom
+    everything is readable; ACLs are not looked at.) True when it cannot tell."""
+    import grp
+    import pwd
+
+    try:
+        st, who = os.stat(path), pwd.getpwnam(user)
+    except (OSError, KeyError):
+        return True  # a missing file is reported where it is read; an unknown user by [exim] user's check
+    groups = {who.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    return bool(st.st_mode & 0o004 or (st.st_gid in groups and st.st_mode & 0o040)
+                or (st.st_uid == who.pw_uid and st.st_mode & 0o400))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -41,8 +42,37 @@ def inside(ip: str, networks: Sequence[Network]) -> bool:
 
 
 def is_customer(ip: str, networks: Sequence[str]) -> bool:
-    """Is ``ip`` in one of the customer networks (``[relaytest] networks``)?"""
-    return inside(ip, parse(networks))
+    """Is ``ip`` one to probe: in one of the customer networks (``[relaytest] networks``),
+    and not an address of this server? Our own Exim "relays" a probe to its own mailbox,
+    as the final destination: probed, the server would list itself as an open relay
+    (a trial found it, with the server's address inside the networks)."""
+    return inside(ip, parse(networks)) and normalize(ip) not in own_addresses()
+
+
+def why_not(ip: str, networks: Sequence[str]) -> str:
+    """Why ``ip`` is not probed, for people (``is_customer`` is False)."""
+    if inside(ip, parse(networks)):
+        return f"{ip} is an address of this server (never probed: it would relay to itself)"
+    return f"{ip} is not in [relaytest] networks ({', '.join(networks)})"
+
+
+@functools.cache
+def own_addresses() -> frozenset[str]:
+    """This machine's own addresses (Linux: the kernel's local IPv4 routes and IPv6
+    addresses), and 127.0.0.1 and ::1 whatever it says. Read once per process."""
+    found = {"127.0.0.1", "::1"}
+    try:
+        with open("/proc/net/fib_trie") as f:
+            lines = f.read().splitlines()
+        found |= {lines[i - 1].split()[-1] for i, line in enumerate(lines) if line.strip() == "/32 host LOCAL"}
+    except (OSError, IndexError):
+        pass
+    try:
+        with open("/proc/net/if_inet6") as f:
+            found |= {str(ipaddress.ip_address(bytes.fromhex(line.split()[0]))) for line in f if line.strip()}
+    except (OSError, ValueError, IndexError):
+        pass
+    return frozenset(found)
 
 
 def read_contacts(path: str) -> tuple[list[tuple[Network, str]], list[str]]:

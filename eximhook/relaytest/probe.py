@@ -65,7 +65,7 @@ def send_probe(cfg: Config, ip: str, probe_id: str, now: float, connect: Connect
     rt = cfg.relaytest
     ip = hosts.normalize(ip)
     if not hosts.is_customer(ip, rt.networks):
-        raise NotACustomer(f"{ip} is not in [relaytest] networks: not probed")
+        raise NotACustomer(f"{hosts.why_not(ip, rt.networks)}: not probed")
     if store is None:
         from ..store import Store as Opened
 

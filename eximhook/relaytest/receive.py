@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
 from email.header import decode_header, make_header
 from typing import TYPE_CHECKING, BinaryIO
@@ -80,6 +81,9 @@ def process(cfg: Config, store: Store, data: bytes, sender: str | None, now: flo
                           f"({len(data)} bytes): ignored")
         return []
     key = signing.load_key(rt.key_file)
+    if rt.contacts and not os.access(rt.contacts, os.R_OK):
+        log.log("err", f"relaytest receive: cannot read [relaytest] contacts {rt.contacts}: an open relay's "
+                       "postmaster is not told, only the abuse desk")
     bounce = is_bounce(data, sender)
     what = "bounce" if bounce else "return"
     results = []

@@ -38,6 +38,12 @@ Probe = Callable[[str, str], str]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Offer = Literal["probing", "in-flight", "cooldown", "busy", "rate", "not-due", "error"]
 HOUR = 3600.0
+NOT_DUE_RECHECK = 60.0  # seconds before an address found not due is asked about again
+
+
+def _remember(seen: dict[str, float], ip: str, now: float) -> None:
+    seen.pop(ip, None)
+    seen[ip] = now  # re-inserted: the dict stays in order of asking
 
 
 class Scheduler:
@@ -53,9 +59,14 @@ class Scheduler:
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eximhook-probe")
         self.lock = threading.Lock()  # in_flight: the pool's threads remove what they finish
         self.in_flight: set[str] = set()
-        # when each address was last claimed (or asked for, and not due), oldest first:
-        # the table's own cooldown holds across processes, this spares it the asking
+        # when each address was last claimed, oldest first: the table's own cooldown holds
+        # across processes, this spares it the asking
         self.asked: dict[str, float] = {}
+        # when each address was last asked for and found not due, oldest first, kept for
+        # NOT_DUE_RECHECK only: an admin's `relaytest clear` makes a host due again, and
+        # its next mail must get it probed (a trial found a cleared open relay sending
+        # unprobed for the whole cooldown)
+        self.not_due: dict[str, float] = {}
         self.started: deque[float] = deque()  # when the probes of the last hour were claimed
 
     def offer(self, ip: str, now: float) -> Offer:
@@ -67,19 +78,22 @@ class Scheduler:
             busy = len(self.in_flight) >= self.concurrency
         if now - self.asked.get(ip, -self.cooldown - 1) < self.cooldown:
             return "cooldown"
+        if now - self.not_due.get(ip, -NOT_DUE_RECHECK - 1) < NOT_DUE_RECHECK:
+            return "not-due"
         if busy:
             return "busy"
         if len(self.started) >= self.rate:
             return "rate"
-        self.asked.pop(ip, None)
-        self.asked[ip] = now  # re-inserted: the dict stays in order of asking
         try:
             probe_id = self.claim(ip, now)
         except Exception as exc:  # the store is broken: this address waits for its cooldown
             self.log.log("err", f"relaytest watch: could not claim a probe of {ip}: {type(exc).__name__}: {exc}")
+            _remember(self.asked, ip, now)
             return "error"
         if probe_id is None:
+            _remember(self.not_due, ip, now)
             return "not-due"
+        _remember(self.asked, ip, now)
         self.started.append(now)
         with self.lock:
             self.in_flight.add(ip)
@@ -100,11 +114,12 @@ class Scheduler:
     def _forget(self, now: float) -> None:
         while self.started and self.started[0] <= now - HOUR:
             self.started.popleft()
-        while self.asked:  # oldest first: stop at the first one kept
-            ip, when = next(iter(self.asked.items()))
-            if now - when < self.cooldown:
-                break
-            del self.asked[ip]
+        for seen, keep in ((self.asked, self.cooldown), (self.not_due, NOT_DUE_RECHECK)):
+            while seen:  # oldest first: stop at the first one kept
+                ip, when = next(iter(seen.items()))
+                if now - when < keep:
+                    break
+                del seen[ip]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -113,15 +128,19 @@ class Scheduler:
 def run(log_path: str, state_path: str, networks: list[str], claim: Claim, probe: Probe, *,
         concurrency: int, rate_per_hour: int, cooldown: float, log: Logger,
         clock: Callable[[], float] = time.time, stop: threading.Event | None = None,
-        poll: float = 1.0, save_every: float = 5.0, grace: float = 10.0) -> None:
+        poll: float = 1.0, save_every: float = 5.0, grace: float = 10.0,
+        own: frozenset[str] | None = None) -> None:
     """Follow ``log_path`` until ``stop`` is set, offering each arrival from inside
     ``networks`` to the scheduler. The position is saved to ``state_path`` every
     ``save_every`` seconds while lines come, and on the way out, after the probes in
-    flight have finished."""
+    flight have finished. This server's own addresses are never offered (``own``)."""
     try:
         nets = hosts.parse(networks)
     except ValueError as exc:
         raise ConfigError(f"[relaytest] networks: {exc}") from None
+    # never this server's own addresses (``own``: the machine's, unless a test says which):
+    # our own Exim would "relay" a probe to itself (hosts.is_customer)
+    own = hosts.own_addresses() if own is None else own
     stop = stop or threading.Event()
     scheduler = Scheduler(claim, probe, log, concurrency=concurrency, rate_per_hour=rate_per_hour,
                           cooldown=cooldown)
@@ -136,7 +155,7 @@ def run(log_path: str, state_path: str, networks: list[str], claim: Claim, probe
             lines = follower.read()
             for line in lines:
                 ip = parse_line(line)
-                if ip is not None and hosts.inside(ip, nets):
+                if ip is not None and hosts.inside(ip, nets) and ip not in own:
                     scheduler.offer(ip, clock())
             if time.monotonic() - saved >= save_every:
                 follower.save()
@@ -147,4 +166,7 @@ def run(log_path: str, state_path: str, networks: list[str], claim: Claim, probe
         scheduler.close()
         if follower is not None:
             follower.save()
+            where = follower.position()
             follower.close()
+            log.log("notice", f"relaytest watch: stopped; its position saved to {state_path}"
+                              + (f" (byte {where[1]})" if where else ""))

@@ -177,6 +177,7 @@ def test_open_relay_is_blocked_and_cut_off_mid_session(world: tuple[h.Exim, Open
     # the next RCPT of the session that was open before the probe came back
     code, said = session.rcpt(f"bob@{h.DOMAIN}")
     assert code == 550 and b"open relay" in said, (code, said)
+    assert session.rcpt(f"Postmaster@{h.DOMAIN}")[0] == 250, "the refusal says to ask us: that must get through"
     session.close()
     with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
         exim.send([f"alice@{h.DOMAIN}"], source=OPEN)
@@ -258,6 +259,10 @@ def test_a_host_outside_the_networks_is_never_probed(world: tuple[h.Exim, OpenRe
     result = exim.eximhook("relaytest", "probe", OUTSIDE)
     assert result.returncode == 65 and "not in [relaytest] networks" in result.stderr
     assert record(exim, OUTSIDE) is None
+    # this server's own address, inside the networks: our Exim would "relay" the probe to itself
+    result = exim.eximhook("relaytest", "probe", "127.0.0.1")
+    assert result.returncode == 65 and "an address of this server" in result.stderr
+    assert record(exim, "127.0.0.1") is None
 
 
 def test_the_watcher_probes_the_customers_that_send_and_cuts_the_open_relay_off(
