@@ -225,3 +225,54 @@ def opt_address(value: Any) -> str:
 def opt_path(value: Any) -> str:
     """An absolute path, or "" (the default the config derives)."""
     return "" if value == "" else abs_path(value)
+
+
+def backend(value: Any) -> str:
+    if value not in ("lmdb", "redis"):
+        raise ValueError('must be "lmdb" (this machine\'s store) or "redis" (counters and blocks shared by relays)')
+    return str(value)
+
+
+def redis_url(value: Any) -> str:
+    """"" (unset), or a URL redis-py opens: ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` (TLS) or ``unix://[[user]:password@]/path/to/socket[?db=N]``.
+    Parsed here, never connected to: the config is read where Redis may be down."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if value == "":
+        return ""
+    url = text(value)
+    example = "such as redis://127.0.0.1:6379/0, rediss://redis.example.net/0 or unix:///run/redis/redis.sock"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is no number, or out of range, raises here
+        query = parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc}), {example}") from None
+    db = query.get("db", [])
+    if parts.scheme in ("redis", "rediss"):
+        path = parts.path.removeprefix("/")
+        if not parts.hostname:
+            raise ValueError(f"{url!r} names no host; {example}")
+        if path:
+            db.append(path)
+    elif parts.scheme == "unix":
+        if parts.hostname or port is not None or not os.path.isabs(parts.path):
+            raise ValueError(f"{url!r} must name an absolute socket path after unix:// (unix:///path), {example}")
+    else:
+        raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL, {example}")
+    if any(not (d.isascii() and d.isdigit()) for d in db):
+        raise ValueError(f"{url!r}: the database must be a number, {example}")
+    return url
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: for check-config and the logs."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()

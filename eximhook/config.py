@@ -35,6 +35,11 @@ class StoreConfig:
     mirror_dir: str = _opt("/var/spool/exim4", v.abs_path)
     map_size: int = _opt(1 << 32, v.map_size)  # grows by doubling when full
     owner: str | None = _opt(None, v.owner)  # "user[:group]"; default: the store dir's owner
+    # "redis": the daemon counts and blocks in the Redis at redis_url, shared by several
+    # relays, and mirrors its blocks into this store (issue 13); the hooks stay on it
+    backend: str = _opt("lmdb", v.backend)
+    redis_url: str = _opt("", v.redis_url)  # redis://host:port/db, rediss://..., unix:///path
+    redis_timeout: float = _opt(0.5, v.seconds)  # one call to Redis; below [serve] timeout
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,8 @@ def load(path: str) -> Config:
         exempt=_limits.parse_exempt(path, v.table(path, "exempt", data.get("exempt", {})), prefix),
         **sections,
     )
+    if cfg.store.backend == "redis":
+        _check_redis(path, cfg.store, cfg.serve)
     window = send_window(cfg)
     if cfg.notify.stale_after < 2 * window:
         raise ConfigError(
@@ -282,6 +289,16 @@ def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: Notif
     return replace(rt, sender=rt.sender or rt.mailbox, abuse=rt.abuse or notify.to,
                    blocked_nets=rt.blocked_nets or os.path.join(store.mirror_dir, "blocked.nets"),
                    state=rt.state or os.path.join(store.path, "relaytest-watch.state"))
+
+
+def _check_redis(path: str, store: StoreConfig, serve: ServeConfig) -> None:
+    if not store.redis_url:
+        raise ConfigError(f'{path}: store.redis_url must be set when store.backend is "redis" (such as '
+                          "redis://127.0.0.1:6379/0 or unix:///run/redis/redis.sock)")
+    if store.redis_timeout >= serve.timeout:
+        raise ConfigError(f"{path}: store.redis_timeout {store.redis_timeout:g}s must be below serve.timeout "
+                          f"{serve.timeout:g}s: the daemon answers within serve.timeout, so a slower Redis "
+                          "would only ever give the fallback token")
 
 
 def send_window(cfg: Config) -> float:

@@ -124,6 +124,11 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     mail += check_relaytest(cfg)
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
+    if cfg.store.backend == "redis":
+        from .._values import shown_url
+
+        print(f"  eximhook serve counts and blocks in Redis at {shown_url(cfg.store.redis_url)} (calls time out "
+              f"after {cfg.store.redis_timeout:g}s), and mirrors its blocks into the store; the hooks count there")
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():
             if policy.windows:
