@@ -88,23 +88,37 @@ def bounce_event(counters: Counters, policies: Policies, now: float, sender: str
     send one. Backscatter from spam that forged our user's address names no message of
     ours; someone who got one of our user's messages may know its Message-ID, but one
     host can report it once, as the one MTA that delivers to a domain does."""
-    failed = " ".join(failed.split()) if failed else failed  # a folded header, unfolded
+    failed = unfold(failed)
 
     def body(txn: lmdb.Transaction) -> list[Tally]:
-        if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
-                           and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
-            return []
-        subjects = [("sender", sender)]
-        sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
-        if sent_by is not None and sent_by[0] != "sender":
-            subjects.append(sent_by)
         tallies = []
-        for ns, key in subjects:
+        for ns, key in bounce_subjects_in(counters, txn, now, sender, message_id=message_id, remember=remember,
+                                          remote=remote, ip=ip):
             policy = policies(ns, "bounces", key)
             if policy is not None and policy.windows:
                 tallies.append(counters.event(ns, key, now, policy, evidence=failed, keep_evidence=keep_evidence)(txn))
         return tallies
     return body
+
+
+def unfold(header: str | None) -> str | None:
+    """A folded header, unfolded (its whitespace runs one space)."""
+    return " ".join(header.split()) if header else header
+
+
+def bounce_subjects_in(counters: Counters, txn: lmdb.Transaction, now: float, sender: str, *, message_id: str,
+                       remember: float, remote: bool, ip: str | None) -> list[tuple[str, str]]:
+    """Whom one bounce to ``sender`` counts against (see ``bounce_event``), read and
+    marked in the counters' write transaction ``txn``: none, the sender, or the sender
+    and the subject that sent the bounced message."""
+    if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
+                       and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
+        return []
+    subjects = [("sender", sender)]
+    sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
+    if sent_by is not None and sent_by[0] != "sender":
+        subjects.append(sent_by)
+    return subjects
 
 
 def _network(ip: str | None) -> str:

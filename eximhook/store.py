@@ -165,15 +165,24 @@ class Store(Env):
                                        "by": record["by"], "reason": record["reason"], "note": record.get("note"),
                                        "counter": record.get("counter")})
         if notify:
-            self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
-                                          "state": "queued", "attempts": 0, "hold_until": now + hold})
-            if owner:  # names no message: not held
-                self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
-                                              "state": "queued", "attempts": 0, "hold_until": now})
-            elif owner is not None:
-                self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
-                                               "key": record["key"], "by": record["by"]})
+            self._notify_in(txn, record, now, hold, owner)
         return True
+
+    def notify(self, record: dict[str, Any], now: float, hold: float = 0.0, owner: str | None = None) -> None:
+        """Queue the notifications of a block stored already (``block`` without them):
+        the daemon's, for a block made in Redis that another thread copied here first."""
+        self.update(lambda txn: self._notify_in(txn, record, now, hold, owner))
+
+    def _notify_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, hold: float,
+                   owner: str | None) -> None:
+        self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
+                                      "state": "queued", "attempts": 0, "hold_until": now + hold})
+        if owner:  # names no message: not held
+            self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
+                                          "state": "queued", "attempts": 0, "hold_until": now})
+        elif owner is not None:
+            self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
+                                           "key": record["key"], "by": record["by"]})
 
     # -- shadow mode -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ client of the one redis-server (a real one, ``redis_server.py``).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eximhook import core
 from eximhook.backends.base import Backend, Event
 from eximhook.backends.lmdb import LmdbBackend
 from eximhook.backends.redis import RedisBackend
@@ -276,6 +278,29 @@ def test_scripts_are_loaded_again_after_a_flush(redis_url: str) -> None:
         assert backend.record(Event("auth", "f", policy), NOW + 1)[1].tripped
         assert backend.client.script_exists(backend._record.sha) == [True]
     finally:
+        backend.close()
+
+
+@needs_redis
+def test_a_new_block_is_published_with_its_record(redis_url: str) -> None:
+    """Each relay's daemon copies the blocks others make into its own mirror (serve.shared)."""
+    backend = RedisBackend.open(redis_url)
+    pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(backend.channel)
+        assert pubsub.get_message(timeout=1.0) is None  # the subscription, not shown
+        policy = enforce((1, 3600.0))
+        for i in range(3):  # the second trips; the third finds the block made: one message
+            backend.record(Event("auth", "pub", policy), NOW + i)
+        backend.record(Event("auth", "quiet", Policy("invalid", ((0, 3600.0),), "shadow")), NOW)
+        record = core.block_record("relay", "192.0.2.7", NOW, by="admin", reason="manual")
+        assert backend.block(record, NOW) and not backend.block(record, NOW + 1)
+        published = []
+        while (msg := pubsub.get_message(timeout=0.2)) is not None:
+            published.append((msg["channel"], json.loads(msg["data"])))
+        assert published == [(b"eximhook:blocked", backend.get_block("auth", "pub")), (b"eximhook:blocked", record)]
+    finally:
+        pubsub.close()
         backend.close()
 
 

@@ -16,7 +16,7 @@ Redis shared by several relays (``redis.RedisBackend``). The promises:
 - Strings (keys, evidence) may be any text, surrogate-escaped bytes included: a key
   is never cut, merged with another or read back changed.
 
-Not here yet (the LMDB store has them; see README, "Cluster mode"): the admin's
+Not here yet (the LMDB store has them; see README, "Several relays, one Redis"): the admin's
 exemptions in the store, the owner's notification, ``[expiry]`` offence numbers, the
 spool guard's floor, daily peaks, the bounce references, claiming notifications.
 """

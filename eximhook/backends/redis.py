@@ -18,6 +18,8 @@ subject share the hash tag ``{S}``: Redis Cluster puts them in one slot):
   eximhook:generation      how many times the set of blocks changed (for the mirrors)
   eximhook:audit           list of JSON events; eximhook:audit:seq their numbers
   eximhook:outbox          hash SEQ (20 digits) -> JSON notification; eximhook:outbox:seq
+A script that makes a block publishes its JSON record on the channel eximhook:blocked
+(``serve.shared`` copies it into each relay's store and mirror files).
 The last five are not a subject's: a script that blocks touches them too, so in a Redis
 Cluster (not supported yet) they would have to move into the subject's slot. A single
 Redis, with or without Sentinel, runs the script as one step.
@@ -99,6 +101,7 @@ local evidence, ip = ARGV[3], ARGV[4]
 local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
 local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
 local sk, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local channel = ARGV[12 + 5 * nwin]
 
 local c = load(KEYS[1])
 local windows, counts, over = {}, {}, -1
@@ -149,6 +152,7 @@ if enforce then
   redis.call('SET', KEYS[2], record)
   redis.call('SADD', KEYS[9], sk)
   redis.call('INCR', KEYS[8])
+  redis.call('PUBLISH', channel, record)
 else
   if redis.call('HSETNX', KEYS[3], ARGV[11 + 5 * over], record) == 0 then
     return {over - 1, blocked, 0, 0, count, state}
@@ -172,6 +176,7 @@ _BLOCK = r"""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return 0 end
 redis.call('SADD', KEYS[7], ARGV[4])
 redis.call('INCR', KEYS[6])
+redis.call('PUBLISH', ARGV[5], ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[2] .. string.format(', "seq": %d}', seq))
 if ARGV[3] ~= '' then
@@ -218,6 +223,7 @@ class RedisBackend(Backend):
         self.k_blocks, self.k_generation = p + b":blocks", p + b":generation"
         self.k_audit, self.k_audit_seq = p + b":audit", p + b":audit:seq"
         self.k_outbox, self.k_outbox_seq = p + b":outbox", p + b":outbox:seq"
+        self.channel = p + b":blocked"
 
     @classmethod
     def open(cls, url: str, prefix: str = "eximhook", timeout: float = 2.0) -> RedisBackend:
@@ -261,6 +267,7 @@ class RedisBackend(Backend):
                          "counter": policy.name, "limit": limit, "period": period, "exempt": why_not}
             field = f"{policy.name}\0{limit}\0{period!r}".encode()
             args += [limit, repr(period), _prefix(record), _prefix(audit), field]
+        args.append(self.channel)
         keys = [self._key(sk, b"c:" + policy.name.encode()), self._key(sk, b"block"), self._key(sk, b"shadow"),
                 self.k_audit, self.k_audit_seq, self.k_outbox, self.k_outbox_seq, self.k_generation, self.k_blocks]
         over, blocked, tripped, shadowed, count, state = self._record(keys=keys, args=args)
@@ -300,7 +307,7 @@ class RedisBackend(Backend):
                           "hold_until": now + hold}) if notify else ""
         keys = [self._key(sk, b"block"), self.k_audit, self.k_audit_seq, self.k_outbox, self.k_outbox_seq,
                 self.k_generation, self.k_blocks]
-        return bool(self._block(keys=keys, args=[json.dumps(record), audit, outbox, sk]))
+        return bool(self._block(keys=keys, args=[json.dumps(record), audit, outbox, sk, self.channel]))
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
         sk = subject_key(ns, key)
