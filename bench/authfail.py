@@ -53,9 +53,8 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--json", metavar="FILE")
     opts = parser.parse_args()
-    benchlib.require_root()
-    where = benchlib.installed_eximhook()
-    print(f"eximhook {benchlib.fingerprint(where)} from {where}")
+    where, version = benchlib.start()
+    print(f"eximhook {version} from {where}")
     settings = {"limits.ip.authfail.limit": 1_000_000}
     servers = {name: h.make(["bob"], serve=guard, auth_guard=guard, settings=settings)
                for name, guard in (("plain", False), ("guard", True))}

@@ -65,6 +65,14 @@ def require_root() -> None:
         sys.exit("run this as root: it starts Exim daemons and mounts tmpfs")
 
 
+def start() -> tuple[str, str]:
+    """What every benchmark does first: as root, with the installed eximhook; returns where
+    it is and its fingerprint (compared again at the end: nothing reinstalled it meanwhile)."""
+    require_root()
+    where = installed_eximhook()
+    return where, fingerprint(where)
+
+
 @contextmanager
 def tmpfs(enabled: bool, size: str = "2g") -> Iterator[str | None]:
     """A tmpfs mounted on a new temp dir (None when not ``enabled``); unmounted and removed after."""

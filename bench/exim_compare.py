@@ -371,9 +371,7 @@ def main() -> int:
     counts = (opts.rounds, opts.slices, opts.invalid, opts.invalid_run, opts.messages)
     if not 1 <= opts.rcpts <= 5000 or min(counts) < 1:
         parser.error("--rcpts must be 1..5000 (recipients_max); the other counts >= 1")
-    benchlib.require_root()
-    where = benchlib.installed_eximhook()
-    version = benchlib.fingerprint(where)
+    where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     servers: dict[str, h.Exim] = {}
     sent: Sent = {}

@@ -58,9 +58,8 @@ def main() -> None:
     parser.add_argument("--rcpts", type=int, default=500)
     parser.add_argument("--json", metavar="FILE")
     opts = parser.parse_args()
-    benchlib.require_root()
-    where = benchlib.installed_eximhook()
-    print(f"eximhook {benchlib.fingerprint(where)} from {where}")
+    where, version = benchlib.start()
+    print(f"eximhook {version} from {where}")
     servers: dict[str, h.Exim] = {}
     per_rcpt: dict[str, list[float]] = {name: [] for name in SIZES}
     try:

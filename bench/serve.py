@@ -141,9 +141,7 @@ def main() -> int:
     if opts.duration <= 0 or opts.duration > 60 or min(levels) < 1 or max(levels) > 256 or opts.tiny < opts.active \
             or opts.subjects < opts.active or min(opts.rounds, opts.size_rounds, opts.keys, opts.active) < 1:
         parser.error("need 0 < --duration <= 60, 1..256 clients, --active <= --tiny and <= --subjects")
-    benchlib.require_root()
-    where = benchlib.installed_eximhook()
-    version = benchlib.fingerprint(where)
+    where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
     daemons: list[BenchDaemon] = []

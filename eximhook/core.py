@@ -170,6 +170,10 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     ns, key, total = tally.ns, tally.key, tally.counter.total
     if tally.over < 0:
         return Outcome(store.is_blocked(ns, key), False, max(tally.counts, default=0), total)
+    if tally.policy.enforced and store.is_blocked(ns, key):
+        # the common case once blocked: a read, no write lock, no exemption lookup (as
+        # the daemon, which settles no count of a subject blocked already)
+        return Outcome(True, False, tally.count, total)
     limit, period = tally.window
     record = block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
                           period=period, count=tally.count, counter=tally.counter)
@@ -180,8 +184,6 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
         shadowed = not store.read(store.shadowed_in(tally.name, ns, key, tally.window)) and store.shadow(
             record, now, notify_shadow and why_not is None)
         return Outcome(store.is_blocked(ns, key), False, tally.count, total, shadowed=shadowed, exempt=why_not)
-    if store.is_blocked(ns, key):  # the common case once blocked: a read, no write lock
-        return Outcome(True, False, tally.count, total)
     if spool is not None:
         record.update(spool.at_block())
         store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too

@@ -139,18 +139,24 @@ def _facts(block: dict[str, Any]) -> dict[str, str]:
 def _mail(template: Template, values: dict[str, str | list[str]], block: dict[str, Any], *, to: str, sender: str,
           msgid: str) -> EmailMessage:
     headers, body = templates.render(template, values)
-    msg = EmailMessage()
     # the template's Subject first, then what eximhook sets whatever the template says
     # (a template cannot drop Auto-Submitted), then the template's other headers
-    msg[headers[0][0]] = headers[0][1]
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Date"] = formatdate(block["since"], localtime=True)
-    msg["Message-ID"] = msgid
-    msg["Auto-Submitted"] = "auto-generated"
+    msg = _message(headers[0][1], sender=sender, to=to, when=block["since"], msgid=msgid)
     for name, value in headers[1:]:
         msg[name] = value
     _set_body(msg, body)
+    return msg
+
+
+def _message(subject: str, *, sender: str, to: str, when: float | None, msgid: str) -> EmailMessage:
+    """A mail of eximhook's with the headers it always sets (``when`` None: now)."""
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate(when, localtime=True)
+    msg["Message-ID"] = msgid
+    msg["Auto-Submitted"] = "auto-generated"
     return msg
 
 
@@ -162,14 +168,9 @@ def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequ
     """The spool-space guard has switched blocked subjects from freeze to refuse."""
     import os
 
-    msg = EmailMessage()
     host = os.uname().nodename
-    msg["Subject"] = f"eximhook on {host}: spool space low, blocked senders' mail is now refused"
-    msg["From"] = sender
-    msg["To"] = to
-    msg["Date"] = formatdate(notice["since"], localtime=True)
-    msg["Message-ID"] = message_id(notice, sender, "spool.")
-    msg["Auto-Submitted"] = "auto-generated"
+    msg = _message(f"eximhook on {host}: spool space low, blocked senders' mail is now refused", sender=sender,
+                   to=to, when=notice["since"], msgid=message_id(notice, sender, "spool."))
     prog = " ".join(shell_quote(c) for c in command)
     blocked = [f"  {prog} purge {ns} {shell_quote(key)}" for ns, key in notice["blocked"]]
     more = notice["blocked_total"] - len(blocked)
@@ -190,16 +191,11 @@ def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
     with ``error`` None, that it works again. None on success, else why it failed."""
     import os
 
-    msg = EmailMessage()
     state = "fails open" if error else "works again"
     host = os.uname().nodename
-    msg["Subject"] = f"eximhook on {host}: counting {state}"
-    msg["From"] = cfg.notify.sender
-    msg["To"] = cfg.notify.to
-    msg["Date"] = formatdate(localtime=True)
     domain = cfg.notify.sender.rpartition("@")[2] if "@" in cfg.notify.sender else host
-    msg["Message-ID"] = f"<eximhook.health.{int(since)}.{'down' if error else 'up'}@{domain}>"
-    msg["Auto-Submitted"] = "auto-generated"
+    msg = _message(f"eximhook on {host}: counting {state}", sender=cfg.notify.sender, to=cfg.notify.to, when=None,
+                   msgid=f"<eximhook.health.{int(since)}.{'down' if error else 'up'}@{domain}>")
     if error:
         lines = [f"Since {formatdate(since, localtime=True)} the eximhook store on {host} refuses writes:",
                  f"  {escape(error)}", "",

@@ -50,3 +50,15 @@ def test_config_key_in_readme(dotted: str) -> None:
     section, key = dotted.split(".")
     rows = [line for line in README.splitlines() if line.startswith(f"| `[{section}]`")]
     assert rows and f"`{key}`" in rows[0], f"README's config table lacks {dotted}"
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, no punctuation but dashes, spaces as dashes."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+@pytest.mark.parametrize("target", sorted(set(re.findall(r"\]\(#([^)]+)\)", README))))
+def test_readme_link_has_its_heading(target: str) -> None:
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", README, re.M)}
+    assert target in anchors, f"README links to #{target}, but no heading has that anchor"
