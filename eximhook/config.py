@@ -40,6 +40,9 @@ class StoreConfig:
     backend: str = _opt("lmdb", v.backend)
     redis_url: str = _opt("", v.redis_url)  # redis://host:port/db, rediss://..., unix:///path
     redis_timeout: float = _opt(0.5, v.seconds)  # one call to Redis; below [serve] timeout
+    # this relay's name in Redis (who claimed a notification, who counted while Redis
+    # was down). Two relays sharing one Redis need two names.
+    node: str = _opt(os.uname().nodename, v.text)
 
 
 @dataclass(frozen=True)
