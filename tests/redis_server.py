@@ -25,8 +25,10 @@ _MAX_SOCKET_PATH = 100
 class RedisServer:
     """``redis-server`` on ``DIR/redis.sock`` (no TCP port), until ``stop``."""
 
-    def __init__(self, where: Path) -> None:
+    def __init__(self, where: Path, *, persist: bool = False) -> None:
         self.dir = where
+        # persist: every write on disk at once (appendfsync always), so a restart keeps it
+        self.persist = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self._short: str | None = None
         sock = where / "redis.sock"
         if len(str(sock)) > _MAX_SOCKET_PATH:
@@ -48,7 +50,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
-             "--dir", str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--dir", str(self.dir), "--save", "", *self.persist, "--daemonize", "no",
              "--logfile", str(self.dir / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(self.dir))
         deadline = time.monotonic() + timeout

@@ -36,7 +36,7 @@ def opener(kind: str, tmp_path: Path, redis_url: str | None) -> Make:
             return LmdbBackend.open(str(tmp_path / "store"))
         if kind == "redis":
             assert redis_url is not None
-            return RedisBackend.open(redis_url)
+            return RedisBackend.open(redis_url, node=f"node{node}")
         raise AssertionError(kind)
     return make
 
@@ -182,7 +182,9 @@ def manual(ns: str, key: str) -> dict[str, Any]:
 def test_block_unblock_reset(backend: Backend) -> None:
     assert backend.block(manual("relay", "192.0.2.9"), NOW, notify=False)
     assert not backend.block(manual("relay", "192.0.2.9"), NOW + 1)
-    assert backend.get_block("relay", "192.0.2.9") == manual("relay", "192.0.2.9")
+    block = backend.get_block("relay", "192.0.2.9")
+    assert block is not None and block.pop("node", "node0") == "node0"  # Redis: the relay that made it
+    assert block == manual("relay", "192.0.2.9")
     assert backend.outbox() == []
     assert backend.unblock("relay", "192.0.2.9", NOW + 2, "root")
     assert not backend.unblock("relay", "192.0.2.9", NOW + 3, "root")
@@ -197,6 +199,11 @@ def test_block_unblock_reset(backend: Backend) -> None:
     assert backend.counter("relay", "192.0.2.9").total == 0
     assert backend.unblock("relay", "192.0.2.9", NOW + 20, "root", event="expired")
     assert backend.history("relay", "192.0.2.9")[-1]["event"] == "expired"
+    # an unblock starts the counters from zero too, would-block records included
+    backend.record(Event("relay", "192.0.2.8", Policy("invalid", ((0, 3600.0),), "shadow")), NOW)
+    assert backend.shadows("relay", "192.0.2.8")
+    assert not backend.unblock("relay", "192.0.2.8", NOW + 20, "root")
+    assert backend.counter("relay", "192.0.2.8").total == 0 and not backend.shadows("relay", "192.0.2.8")
     # counted from zero again: the next trip is a new block, with its own notification
     assert not backend.record(Event("relay", "192.0.2.9", policy), NOW + 21)[1].blocked
     assert len(backend.outbox()) == 1
@@ -282,9 +289,9 @@ def test_scripts_are_loaded_again_after_a_flush(redis_url: str) -> None:
 
 
 @needs_redis
-def test_a_new_block_is_published_with_its_record(redis_url: str) -> None:
-    """Each relay's daemon copies the blocks others make into its own mirror (serve.shared)."""
-    backend = RedisBackend.open(redis_url)
+def test_changes_are_published(redis_url: str) -> None:
+    """Each relay's daemon follows them (serve.shared): a block with its record, a lift."""
+    backend = RedisBackend.open(redis_url, node="a")
     pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
     try:
         pubsub.subscribe(backend.channel)
@@ -295,12 +302,62 @@ def test_a_new_block_is_published_with_its_record(redis_url: str) -> None:
         backend.record(Event("auth", "quiet", Policy("invalid", ((0, 3600.0),), "shadow")), NOW)
         record = core.block_record("relay", "192.0.2.7", NOW, by="admin", reason="manual")
         assert backend.block(record, NOW) and not backend.block(record, NOW + 1)
+        assert backend.unblock("relay", "192.0.2.7", NOW + 2, "admin") and not backend.unblock(
+            "relay", "192.0.2.7", NOW + 3, "admin")
         published = []
         while (msg := pubsub.get_message(timeout=0.2)) is not None:
-            published.append((msg["channel"], json.loads(msg["data"])))
-        assert published == [(b"eximhook:blocked", backend.get_block("auth", "pub")), (b"eximhook:blocked", record)]
+            assert msg["channel"] == b"eximhook:changes"
+            published.append(json.loads(msg["data"]))
+        assert published == [
+            {"op": "block", "node": "a", "record": backend.get_block("auth", "pub")},
+            {"op": "block", "node": "a", "record": dict(record, node="a")},
+            {"op": "unblock", "node": "a", "ns": "relay", "key": "192.0.2.7", "by": "admin", "event": "unblocked"}]
     finally:
         pubsub.close()
+        backend.close()
+
+
+@needs_redis
+def test_each_notification_goes_to_one_relay(redis_url: str) -> None:
+    """The relay whose script queued it takes it; one that stopped first claims its own
+    at restart; any relay claims one nobody took; never two relays one notification."""
+    a, b = RedisBackend.open(redis_url, node="a"), RedisBackend.open(redis_url, node="b")
+    try:
+        policy = enforce((0, 3600.0))
+        _, taken = a.record(Event("auth", "taken", policy), NOW)
+        assert taken.tripped and taken.queued > 0
+        assert a.take("auth", "taken", taken.queued) and not b.take("auth", "taken", taken.queued)
+        _, left = a.record(Event("auth", "left", policy), NOW)  # a stops before taking it
+        assert [i["block"]["key"] for i in a.outbox()] == ["left"]
+        assert a.claim(NOW + 5, mine_after=10, orphan_after=60) == []  # a may still be taking it
+        assert b.claim(NOW + 30, mine_after=10, orphan_after=60) == []  # not b's, and a may be back soon
+        (mine,) = a.claim(NOW + 30, mine_after=10, orphan_after=60)
+        assert (mine["node"], mine["block"]["key"]) == ("a", "left") and a.outbox() == []
+        b.record(Event("auth", "orphan", policy), NOW)  # b is down for good
+        for _ in range(3):
+            assert a.claim(NOW + 30, mine_after=10, orphan_after=60) == []
+        claimed = [r.claim(NOW + 61, mine_after=10, orphan_after=60) for r in (a, b, a)]
+        assert [[i["block"]["key"] for i in c] for c in claimed] == [["orphan"], [], []]
+    finally:
+        a.close()
+        b.close()
+
+
+@needs_redis
+def test_a_count_sent_again_is_counted_once(redis_url: str) -> None:
+    """A relay sends the counts it made while Redis was down; a crash between sending
+    one and forgetting it sends it twice: counted once."""
+    from eximhook.backends.redis import Replayed
+
+    backend = RedisBackend.open(redis_url, node="a")
+    try:
+        policy = enforce((5, 3600.0))
+        backend.record(Event("auth", "r", policy), NOW, replay="a:1")
+        with pytest.raises(Replayed):
+            backend.record(Event("auth", "r", policy), NOW, replay="a:1")
+        backend.record(Event("auth", "r", policy), NOW, replay="a:2")
+        assert backend.counter("auth", "r").total == 2
+    finally:
         backend.close()
 
 
@@ -318,7 +375,8 @@ def test_every_key_of_a_subject_shares_its_hash_tag(redis_url: str) -> None:
         for k in subject_keys:
             tag = k[k.index(b"{") + 1 : k.index(b"}", k.index(b"{"))]
             by_tag.setdefault(tag, set()).add(k.rpartition(b"}:")[2])
-        assert sorted(by_tag.values()) == [{b"block", b"c:invalid", b"c:recipients", b"shadow"}] * 3
+        assert sorted(by_tag.values()) == [
+            {b"block", b"c:invalid", b"c:recipients", b"shadow", b"audit", b"seq", b"outbox"}] * 3
         assert len({key_slot(k) for k in subject_keys}) == 3  # Redis Cluster's slot of each: one per subject
     finally:
         backend.close()

@@ -12,13 +12,15 @@ Redis shared by several relays (``redis.RedisBackend``). The promises:
   counter in shadow mode, or an exempt subject, makes the "would block" record
   instead, once per window and limit.
 - ``block`` (by hand) does the same for a record the caller made; ``unblock`` lifts it
-  with its audit event; ``reset`` starts the subject's counters from zero.
+  with its audit event and starts the subject afresh (counters and would-block records
+  cleared, as ``core.unblock``); ``reset`` starts the subject's counters from zero.
 - Strings (keys, evidence) may be any text, surrogate-escaped bytes included: a key
   is never cut, merged with another or read back changed.
 
-Not here yet (the LMDB store has them; see README, "Several relays, one Redis"): the admin's
-exemptions in the store, the owner's notification, ``[expiry]`` offence numbers, the
-spool guard's floor, daily peaks, the bounce references, claiming notifications.
+Each relay keeps in its own store what only it can use (see README, "Several relays,
+one Redis"): the owner's notification, ``[expiry]`` offence numbers, the spool guard's
+floor, daily peaks, the bounce references. The Redis backend adds what only a shared
+store needs: exemptions, publishing changes, claiming notifications.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class Backend:
         raise NotImplementedError
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
-        """Lift the block, audited as ``event``; False if there was none."""
+        """Lift the block, audited as ``event``, and clear the subject's counters and
+        would-block records; False if there was no block."""
         raise NotImplementedError
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:

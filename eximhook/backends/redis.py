@@ -8,21 +8,31 @@ counts an event in the subject's windows, decides the trip, and writes the block
 record, its audit event and its outbox entry: Redis runs a script alone, so two relays
 recording at the same moment make exactly one block and one notification.
 
-Key layout (``S``: ``store.subject_key``, the same bytes LMDB uses; all keys of one
-subject share the hash tag ``{S}``: Redis Cluster puts them in one slot):
+Key layout (``S``: ``store.subject_key``, the same bytes LMDB uses). Every key a script
+touches is one subject's, and all of them share the hash tag ``{S}``, so each script
+touches one slot and runs unchanged on Redis Cluster:
   eximhook:{S}:c:COUNTER   msgpack (cmsgpack) of the counter: total, windows (period,
-                           event times and weights, the last crossing), evidence, IPs
-  eximhook:{S}:block       JSON block record, as LMDB stores it
+                           event times and weights, the last crossing), evidence, IPs;
+                           it expires at twice its longest window
+  eximhook:{S}:block       JSON block record, as LMDB stores it, plus the relay ("node")
   eximhook:{S}:shadow      hash COUNTER NUL LIMIT NUL PERIOD -> JSON would-block record
-  eximhook:blocks          set of the blocked subjects' S (to list them)
-  eximhook:generation      how many times the set of blocks changed (for the mirrors)
-  eximhook:audit           list of JSON events; eximhook:audit:seq their numbers
-  eximhook:outbox          hash SEQ (20 digits) -> JSON notification; eximhook:outbox:seq
-A script that makes a block publishes its JSON record on the channel eximhook:blocked
-(``serve.shared`` copies it into each relay's store and mirror files).
-The last five are not a subject's: a script that blocks touches them too, so in a Redis
-Cluster (not supported yet) they would have to move into the subject's slot. A single
-Redis, with or without Sentinel, runs the script as one step.
+  eximhook:{S}:audit       list of JSON events, numbered by eximhook:{S}:seq
+  eximhook:{S}:outbox      hash SEQ -> JSON notification not yet taken by a relay
+  eximhook:{S}:replayed    the counts made while Redis was down, sent once (expiring)
+  eximhook:exempt          hash NS NUL PATTERN -> JSON exemption (admin commands only)
+Lists across subjects (blocks, history, outbox) SCAN for them: admin commands and the
+daemons' periodic comparison, never a request.
+
+Changes are published on eximhook:changes as JSON, ``{"op": "block", "node": N,
+"record": R}`` by the script that blocks and ``{"op": "unblock", ...}`` by the one that
+lifts, ``{"op": "exempt"}`` by exemption changes: each relay's daemon follows them
+(``serve.shared``).
+
+Notifications: the script that blocks queues one in the subject's outbox, naming the
+relay ("node") whose request made it. That relay copies it into its own store's outbox
+(which mails it, as for a local block) and then ``take``s it off; one that stopped in
+between claims its own at restart, and any relay claims one nobody took in a minute
+(``claim``): each is deleted by exactly one relay's script.
 
 JSON and evidence: Python encodes every string (``json.dumps``, ASCII only, so any
 bytes survive as escapes) and the script only joins those pieces; numbers it writes are
@@ -70,6 +80,7 @@ end
 
 # ratelimit.record, in Lua: the same window, the same compaction past CAP, the same
 # crossing (counters.Counters.event); then core.settle's decision and Store.block/shadow.
+# KEYS: the subject's counter, block, shadow, audit, outbox, seq, replayed.
 _RECORD = _COMMON + r"""
 local function bisect_right(a, x)
   local lo, hi = 1, #a + 1
@@ -100,9 +111,13 @@ local weight = tonumber(ARGV[2])
 local evidence, ip = ARGV[3], ARGV[4]
 local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
 local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
-local sk, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
-local channel = ARGV[12 + 5 * nwin]
+local node, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local channel, ttl, replay = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
 
+if replay ~= '' then  -- a count a relay made while Redis was down, sent again: once
+  if redis.call('HSETNX', KEYS[7], replay, 1) == 0 then return {-2} end
+  redis.call('PEXPIRE', KEYS[7], ttl)
+end
 local c = load(KEYS[1])
 local windows, counts, over = {}, {}, -1
 for i = 1, nwin do
@@ -134,66 +149,83 @@ if ip ~= '' then
   for _, x in ipairs(c.ips) do if x ~= ip then ips[#ips + 1] = x end end
   c.ips = append(ips, ip, keep_ips)
 end
-redis.call('SET', KEYS[1], cmsgpack.pack(c))
+redis.call('SET', KEYS[1], cmsgpack.pack(c), 'PX', ttl)
 
 local exported = {}
 for i = 1, nwin do exported[i] = export_window(windows[i]) end
 local blocked = redis.call('EXISTS', KEYS[2])
 local state = {c.total, counts, exported, c.recent, c.ips}
-if over < 0 then return {-1, blocked, 0, 0, 0, state} end
+if over < 0 then return {-1, blocked, 0, 0, 0, state, 0} end
 
 local limit, w = tonumber(ARGV[7 + 5 * over]), windows[over]
 local count = counts[over]
 if w.crossed_limit == limit and limit < w.crossed and w.crossed <= count then count = w.crossed end
-if enforce and blocked == 1 then return {over - 1, 1, 0, 0, count, state} end
+if enforce and blocked == 1 then return {over - 1, 1, 0, 0, count, state, 0} end
 local record = ARGV[9 + 5 * over] .. string.format(', "count": %d, "total": %d, "ips": [', count, c.total)
   .. table.concat(c.ips, ', ') .. '], "rcpts": [' .. table.concat(c.recent, ', ') .. ']}'
 if enforce then
   redis.call('SET', KEYS[2], record)
-  redis.call('SADD', KEYS[9], sk)
-  redis.call('INCR', KEYS[8])
-  redis.call('PUBLISH', channel, record)
+  redis.call('PUBLISH', channel, '{"op": "block", "node": ' .. node .. ', "record": ' .. record .. '}')
 else
   if redis.call('HSETNX', KEYS[3], ARGV[11 + 5 * over], record) == 0 then
-    return {over - 1, blocked, 0, 0, count, state}
+    return {over - 1, blocked, 0, 0, count, state, 0}
   end
 end
-local seq = redis.call('INCR', KEYS[5])
+local seq = redis.call('INCR', KEYS[6])
 local tail = string.format(', "seq": %d}', seq)
 if not enforce then tail = string.format(', "count": %d', count) .. tail end  -- as Store.shadow's event
 redis.call('RPUSH', KEYS[4], ARGV[10 + 5 * over] .. tail)
+local queued = 0
 if enforce or notify then
-  seq = redis.call('INCR', KEYS[7])
-  redis.call('HSET', KEYS[6], string.format('%020d', seq),
-             outbox_prefix .. ', "block": ' .. record .. string.format(', "seq": %d}', seq))
+  queued = redis.call('INCR', KEYS[6])
+  redis.call('HSET', KEYS[5], queued, outbox_prefix .. ', "block": ' .. record .. string.format(', "seq": %d}', queued))
 end
-if enforce then return {over - 1, 1, 1, 0, count, state} end
-return {over - 1, blocked, 0, 1, count, state}
+if enforce then return {over - 1, 1, 1, 0, count, state, queued} end
+return {over - 1, blocked, 0, 1, count, state, queued}
 """
 
 # Store.block: the record unless one exists, its audit event, its outbox entry.
+# KEYS: the subject's block, audit, outbox, seq.
 _BLOCK = r"""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return 0 end
-redis.call('SADD', KEYS[7], ARGV[4])
-redis.call('INCR', KEYS[6])
-redis.call('PUBLISH', ARGV[5], ARGV[1])
-local seq = redis.call('INCR', KEYS[3])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return -1 end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ARGV[1] .. '}')
+local seq = redis.call('INCR', KEYS[4])
 redis.call('RPUSH', KEYS[2], ARGV[2] .. string.format(', "seq": %d}', seq))
-if ARGV[3] ~= '' then
-  seq = redis.call('INCR', KEYS[5])
-  redis.call('HSET', KEYS[4], string.format('%020d', seq),
-             ARGV[3] .. ', "block": ' .. ARGV[1] .. string.format(', "seq": %d}', seq))
-end
+if ARGV[3] == '' then return 0 end
+seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[3], seq, ARGV[3] .. ', "block": ' .. ARGV[1] .. string.format(', "seq": %d}', seq))
+return seq
+"""
+
+# core.unblock: the block (if any) lifted with its audit event and published, the
+# would-block records and the counters (KEYS[5..]) cleared; 1 if there was a block.
+# KEYS: the subject's block, audit, seq, shadow, counters...
+_UNBLOCK = r"""
+local lifted = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[4])
+for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+if lifted == 0 then return 0 end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('RPUSH', KEYS[2], ARGV[1] .. string.format(', "seq": %d}', seq))
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
-_UNBLOCK = r"""
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[5], ARGV[2])
-redis.call('INCR', KEYS[4])
-local seq = redis.call('INCR', KEYS[3])
-redis.call('RPUSH', KEYS[2], ARGV[1] .. string.format(', "seq": %d}', seq))
-return 1
+# The notifications of one subject that a relay takes over: those its own requests
+# queued more than ARGV[3] seconds ago (it stopped before taking them), and any older
+# than ARGV[4] (the relay that queued them is down). Each goes to the one relay whose
+# call deletes it.
+_CLAIM = r"""
+local out, items, now = {}, redis.call('HGETALL', KEYS[1]), tonumber(ARGV[2])
+for i = 1, #items, 2 do
+  local entry = cjson.decode(items[i + 1])
+  local age = now - entry.ts
+  if (entry.node == ARGV[1] and age >= tonumber(ARGV[3])) or age >= tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[1], items[i])
+    out[#out + 1] = items[i + 1]
+  end
+end
+return out
 """
 
 _COUNTER = _COMMON + r"""
@@ -212,35 +244,42 @@ def _prefix(obj: dict[str, Any]) -> str:
 class RedisBackend(Backend):
     name = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str = "eximhook") -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis, prefix: str = "eximhook", node: str = "eximhook") -> None:
+        self.client, self.node = client, node
         self.prefix = prefix.encode()
         self._record = client.register_script(_RECORD)  # EVALSHA; on NOSCRIPT, loaded again
         self._block = client.register_script(_BLOCK)
         self._unblock = client.register_script(_UNBLOCK)
+        self._claim = client.register_script(_CLAIM)
         self._counter = client.register_script(_COUNTER)
-        p = self.prefix
-        self.k_blocks, self.k_generation = p + b":blocks", p + b":generation"
-        self.k_audit, self.k_audit_seq = p + b":audit", p + b":audit:seq"
-        self.k_outbox, self.k_outbox_seq = p + b":outbox", p + b":outbox:seq"
-        self.channel = p + b":blocked"
+        self.channel = self.prefix + b":changes"
+        self.k_exempt = self.prefix + b":exempt"
 
     @classmethod
-    def open(cls, url: str, prefix: str = "eximhook", timeout: float = 2.0) -> RedisBackend:
+    def open(cls, url: str, prefix: str = "eximhook", timeout: float = 2.0, node: str = "eximhook") -> RedisBackend:
         """``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path/to/socket``."""
         import redis
 
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), prefix)
+        return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), prefix, node)
 
     def _key(self, sk: bytes, what: bytes) -> bytes:
         # everything after the tag is one of a few fixed suffixes without "}": whatever
-        # bytes S holds, the last "}:" splits a key, so two subjects never share one
+        # bytes S holds, the last "}:" splits a key, so two subjects never share one; and
+        # Redis Cluster hashes what lies between "{" and the first "}" after it, the same
+        # bytes in every key of a subject (S starts with its namespace, never with "}")
         return self.prefix + b":{" + sk + b"}:" + what
 
-    def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-               exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
-        ns, key, policy = event.ns, event.key, event.policy
+    def _keys(self, ns: str, key: str, *what: bytes) -> list[bytes]:
         sk = subject_key(ns, key)
+        return [self._key(sk, w) for w in what]
+
+    def _scan(self, what: bytes) -> list[bytes]:
+        """Every subject's key ``what`` (SCAN: on every node of a Redis Cluster)."""
+        return sorted(self.client.scan_iter(match=self.prefix + b":{*}:" + what, count=1000))
+
+    def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+               exempt: Exempt | None = None, replay: str = "") -> tuple[Tally, Outcome]:
+        ns, key, policy = event.ns, event.key, event.policy
         why_not = None
         if exempt and exempt.get(ns):
             from ..exempt import first
@@ -249,28 +288,35 @@ class RedisBackend(Backend):
             why_not = None if found is None else f"{found[0]}: {found[1]}"
         enforce = policy.enforced and why_not is None
         kind = "blocked" if enforce else "would-block"
-        outbox = _prefix({"ts": now, "kind": kind, "state": "queued", "attempts": 0,
+        outbox = _prefix({"ts": now, "kind": kind, "state": "queued", "attempts": 0, "node": self.node,
                           "hold_until": now + hold if enforce else now})
         args: list[Any] = [repr(now), event.weight, json.dumps(event.evidence) if event.evidence else "",
                            json.dumps(event.ip) if event.ip else "", event.keep_evidence, event.keep_ips,
-                           "enforce" if enforce else "shadow", int(notify_shadow and why_not is None), sk, outbox,
-                           len(policy.windows)]
+                           "enforce" if enforce else "shadow", int(notify_shadow and why_not is None),
+                           json.dumps(self.node), outbox, len(policy.windows)]
         for limit, period in policy.windows:
             record = {"ns": ns, "key": key, "since": now, "by": "eximhook", "reason": "limit", "note": None,
-                      "counter": policy.name, "limit": limit, "period": period, "period_text": format_period(period)}
+                      "counter": policy.name, "limit": limit, "period": period, "period_text": format_period(period),
+                      "node": self.node}
             if enforce:
                 audit = {"ts": now, "event": "blocked", "ns": ns, "key": key, "by": "eximhook", "reason": "limit",
-                         "note": None, "counter": policy.name}
+                         "note": None, "counter": policy.name, "node": self.node}
             else:
                 record["exempt"] = why_not
                 audit = {"ts": now, "event": "would-block", "ns": ns, "key": key, "by": "eximhook",
-                         "counter": policy.name, "limit": limit, "period": period, "exempt": why_not}
+                         "counter": policy.name, "limit": limit, "period": period, "exempt": why_not,
+                         "node": self.node}
             field = f"{policy.name}\0{limit}\0{period!r}".encode()
             args += [limit, repr(period), _prefix(record), _prefix(audit), field]
-        args.append(self.channel)
-        keys = [self._key(sk, b"c:" + policy.name.encode()), self._key(sk, b"block"), self._key(sk, b"shadow"),
-                self.k_audit, self.k_audit_seq, self.k_outbox, self.k_outbox_seq, self.k_generation, self.k_blocks]
-        over, blocked, tripped, shadowed, count, state = self._record(keys=keys, args=args)
+        # a counter outlives its longest window twice over, then Redis drops it
+        ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
+        args += [self.channel, ttl, replay]
+        keys = self._keys(ns, key, b"c:" + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
+                          b"replayed")
+        result = self._record(keys=keys, args=args)
+        if result[0] == -2:
+            raise Replayed(f"{ns} {key!r}: counted already ({replay})")
+        over, blocked, tripped, shadowed, count, state, queued = result
         total, counts, windows, recent, ips = state
         counter = Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
                           [json.loads(x) for x in ips])
@@ -278,7 +324,7 @@ class RedisBackend(Backend):
         if over < 0:
             count = max(tally.counts, default=0)
         return tally, Outcome(bool(blocked), bool(tripped), int(count), int(total), shadowed=bool(shadowed),
-                              exempt=why_not if over >= 0 else None)
+                              exempt=why_not if over >= 0 else None, queued=int(queued))
 
     def is_blocked(self, ns: str, key: str) -> bool:
         return bool(self.client.exists(self._key(subject_key(ns, key), b"block")))
@@ -288,32 +334,57 @@ class RedisBackend(Backend):
         return None if data is None else dict(json.loads(data))
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
-        sks = sorted(self.client.smembers(self.k_blocks))
         out = []
-        for sk in sks:
-            assert isinstance(sk, bytes)  # a client without decode_responses
-            data = self.client.get(self._key(sk, b"block"))
-            if data is not None:
+        for k in self._scan(b"block"):
+            data = self.client.get(k)
+            if data is not None:  # else lifted since the scan
                 record = json.loads(data)
                 if ns is None or record["ns"] == ns:
                     out.append(record)
         return out
 
     def block(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> bool:
-        sk = subject_key(record["ns"], record["key"])
+        return self.block_queued(record, now, notify=notify, hold=hold) >= 0
+
+    def block_queued(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> int:
+        """``block``, answering -1 if the subject was blocked already, else the number
+        of its notification in the subject's outbox (0: none), for ``take``."""
+        record = {**record, "node": record.get("node") or self.node}
         audit = _prefix({"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"], "by": record["by"],
-                         "reason": record["reason"], "note": record.get("note"), "counter": record.get("counter")})
-        outbox = _prefix({"ts": now, "kind": "blocked", "state": "queued", "attempts": 0,
+                         "reason": record["reason"], "note": record.get("note"), "counter": record.get("counter"),
+                         "node": self.node})
+        outbox = _prefix({"ts": now, "kind": "blocked", "state": "queued", "attempts": 0, "node": self.node,
                           "hold_until": now + hold}) if notify else ""
-        keys = [self._key(sk, b"block"), self.k_audit, self.k_audit_seq, self.k_outbox, self.k_outbox_seq,
-                self.k_generation, self.k_blocks]
-        return bool(self._block(keys=keys, args=[json.dumps(record), audit, outbox, sk, self.channel]))
+        keys = self._keys(record["ns"], record["key"], b"block", b"audit", b"outbox", b"seq")
+        message = f'{{"op": "block", "node": {json.dumps(self.node)}, "record": '
+        return int(self._block(keys=keys, args=[json.dumps(record), audit, outbox, self.channel, message]))
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
-        sk = subject_key(ns, key)
-        audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by})
-        keys = [self._key(sk, b"block"), self.k_audit, self.k_audit_seq, self.k_generation, self.k_blocks]
-        return bool(self._unblock(keys=keys, args=[audit, sk]))
+        """Lift the block and clear the subject's would-block records and counters (as
+        ``core.unblock`` does), in one step; published, so every relay lifts its copy."""
+        from ..policy import COUNTERS
+
+        audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
+        message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
+        keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", *(b"c:" + n.encode() for n in COUNTERS))
+        return bool(self._unblock(keys=keys, args=[audit, self.channel, message]))
+
+    def take(self, ns: str, key: str, queued: int) -> bool:
+        """The notification ``queued`` is this relay's to send (its own store has it): off
+        the shared outbox; False if another relay claimed it first, or Redis did not
+        answer (then this relay's next ``claim`` finds it, and its store has it)."""
+        import redis
+
+        try:
+            return bool(self.client.hdel(self._key(subject_key(ns, key), b"outbox"), queued))
+        except redis.RedisError:
+            return False
+
+    def claim(self, now: float, *, mine_after: float, orphan_after: float) -> list[dict[str, Any]]:
+        """The notifications this relay now sends: its own not taken after ``mine_after``
+        seconds, and any no relay took in ``orphan_after``; each claimed by one relay."""
+        return [json.loads(item) for k in self._scan(b"outbox")
+                for item in self._claim(keys=[k], args=[self.node, repr(now), repr(mine_after), repr(orphan_after)])]
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
         total, windows, recent, ips = self._counter(keys=[self._key(subject_key(ns, key), b"c:" + name.encode())])
@@ -323,34 +394,57 @@ class RedisBackend(Backend):
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         from ..policy import COUNTERS
 
-        sk = subject_key(ns, key)
-        self.client.delete(*(self._key(sk, b"c:" + name.encode()) for name in names or COUNTERS))
+        self.client.delete(*self._keys(ns, key, *(b"c:" + name.encode() for name in names or COUNTERS)))
 
     def shadows(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
-        if ns is not None and key is not None:
-            hashes = [self._key(subject_key(ns, key), b"shadow")]
-        else:
-            hashes = list(self.client.scan_iter(match=self.prefix + b":{*}:shadow", count=1000))
+        hashes = self._keys(ns, key, b"shadow") if ns is not None and key is not None else self._scan(b"shadow")
         out = [json.loads(v) for h in hashes for v in self.client.hvals(h)]
         return [r for r in out if (ns is None or r["ns"] == ns) and (key is None or r["key"] == key)]
 
     def clear_shadows(self, ns: str, key: str) -> int:
-        h = self._key(subject_key(ns, key), b"shadow")
+        (h,) = self._keys(ns, key, b"shadow")
         pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count is of what was deleted
         pipe.hlen(h)
         pipe.delete(h)
         return int(pipe.execute()[0])
 
     def history(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
-        events = [json.loads(e) for e in self.client.lrange(self.k_audit, 0, -1)]
-        return [e for e in events if ns is None or (e.get("ns") == ns and e.get("key") == key)]
+        """Oldest first; each subject numbers its own events (``seq``): a Redis Cluster
+        has no one counter every script could touch."""
+        lists = self._keys(ns, key, b"audit") if ns is not None and key is not None else self._scan(b"audit")
+        events = [json.loads(e) for k in lists for e in self.client.lrange(k, 0, -1)]
+        return sorted(events, key=lambda e: (e["ts"], e["seq"]))
 
     def outbox(self) -> list[dict[str, Any]]:
-        items = self.client.hgetall(self.k_outbox)
-        return [json.loads(items[k]) for k in sorted(items)]
+        items = [json.loads(v) for k in self._scan(b"outbox") for v in self.client.hvals(k)]
+        return sorted(items, key=lambda e: (e["ts"], e["seq"]))
+
+    def exemptions(self) -> list[dict[str, Any]]:
+        """The admin's exemptions (``eximhook exempt add``), every relay's."""
+        return sorted((json.loads(v) for v in self.client.hvals(self.k_exempt)), key=lambda r: r["since"])
+
+    def exempt(self, record: dict[str, Any]) -> bool:
+        """Add the exemption ``record`` (as ``Store.exempt``); False if that pattern is
+        exempt already. Published: each relay copies it into its store."""
+        field = record["ns"].encode() + b"\0" + record["pattern"].encode("utf-8", "surrogateescape")
+        if not self.client.hsetnx(self.k_exempt, field, json.dumps(record)):
+            return False
+        self.client.publish(self.channel, json.dumps({"op": "exempt", "node": self.node}))
+        return True
+
+    def unexempt(self, ns: str, pattern: str) -> bool:
+        field = ns.encode() + b"\0" + pattern.encode("utf-8", "surrogateescape")
+        if not self.client.hdel(self.k_exempt, field):
+            return False
+        self.client.publish(self.channel, json.dumps({"op": "exempt", "node": self.node}))
+        return True
 
     def close(self) -> None:
         self.client.close()
+
+
+class Replayed(Exception):
+    """A count sent again (``record(replay=...)``) that Redis has counted already."""
 
 
 def _window(exported: list[Any]) -> Window:

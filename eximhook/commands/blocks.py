@@ -12,6 +12,7 @@ from typing import Any
 from .. import core, expiry, health, mirror, owner
 from .. import notify as notify_mod
 from .._log import Logger
+from ..cluster import shared as cluster
 from ..config import Config
 from ..errors import Exit
 from ..exempt import first as first_match
@@ -179,7 +180,7 @@ def top(cfg: Config, opts: argparse.Namespace) -> int:
 
 def block(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters:
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
         exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
         if exempt:  # by hand is the admin's call; a limit never blocks it
             print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
@@ -194,7 +195,7 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard(),
                              owner=find_owner if cfg.owner.notify and cfg.owner.manual else None,
-                             expiry=cfg.expiry.schedule())
+                             expiry=cfg.expiry.schedule(), shared=shared)
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK
@@ -218,8 +219,8 @@ def unblock(cfg: Config, opts: argparse.Namespace) -> int:
         opts.unblock = True
         return purge(cfg, opts)
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters:
-        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
+        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(), shared=shared)
     print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
     return Exit.OK
 

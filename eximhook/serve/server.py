@@ -383,7 +383,8 @@ class Server:
                                             ("[store] backend", self.cfg.store.backend, new.store.backend),
                                             ("[store] redis_url", self.cfg.store.redis_url, new.store.redis_url),
                                             ("[store] redis_timeout", self.cfg.store.redis_timeout,
-                                             new.store.redis_timeout))
+                                             new.store.redis_timeout),
+                                            ("[store] node", self.cfg.store.node, new.store.node))
                 if old != now]
         if kept:
             import dataclasses
@@ -410,9 +411,9 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         if cfg.store.backend == "redis":
             from ..backends.redis import RedisBackend
 
-            # no connection yet: a Redis down at start is a request answered with the
-            # fallback token (and the ${run} hooks while the daemon is down anyway)
-            backend = RedisBackend.open(cfg.store.redis_url, timeout=cfg.store.redis_timeout)
+            # no connection yet: with Redis down at start, the relay counts alone until
+            # it answers (serve.shared)
+            backend = RedisBackend.open(cfg.store.redis_url, timeout=cfg.store.redis_timeout, node=cfg.store.node)
         server = Server(cfg, store, counters, backend)
         try:
             import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)
