@@ -19,6 +19,7 @@ touches one slot and runs unchanged on Redis Cluster:
   eximhook:{S}:audit       list of JSON events, numbered by eximhook:{S}:seq
   eximhook:{S}:outbox      hash SEQ -> JSON notification not yet taken by a relay
   eximhook:{S}:replayed    the counts made while Redis was down, sent once (expiring)
+  eximhook:{S}:lifted      the block record last lifted, for TOMBSTONE seconds
   eximhook:exempt          hash NS NUL PATTERN -> JSON exemption (admin commands only)
 Lists across subjects (blocks, history, outbox) SCAN for them: admin commands and the
 daemons' periodic comparison, never a request.
@@ -198,13 +199,16 @@ return seq
 """
 
 # core.unblock: the block (if any) lifted with its audit event and published, the
-# would-block records and the counters (KEYS[5..]) cleared; 1 if there was a block.
-# KEYS: the subject's block, audit, seq, shadow, counters...
+# would-block records and the counters (KEYS[6..]) cleared; 1 if there was a block.
+# The lifted record stays a while (ARGV[4] s) as a tombstone: a relay that missed the
+# message tells a lifted block from one this Redis lost (a failover, a flush).
+# KEYS: the subject's block, audit, seq, shadow, lifted, counters...
 _UNBLOCK = r"""
-local lifted = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[4])
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
-if lifted == 0 then return 0 end
+local record = redis.call('GET', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[4])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+if not record then return 0 end
+redis.call('SET', KEYS[5], record, 'EX', ARGV[4])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[1] .. string.format(', "seq": %d}', seq))
 redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -234,6 +238,11 @@ local windows = {}
 for i, w in ipairs(c.windows) do windows[i] = export_window(w) end
 return {c.total, windows, c.recent, c.ips}
 """
+
+
+# How long Redis remembers a lifted block: a relay cut off for longer than this and
+# holding a copy of it would take the block for lost and put it back.
+TOMBSTONE = 7 * 86400
 
 
 def _prefix(obj: dict[str, Any]) -> str:
@@ -366,8 +375,14 @@ class RedisBackend(Backend):
 
         audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
         message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
-        keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", *(b"c:" + n.encode() for n in COUNTERS))
-        return bool(self._unblock(keys=keys, args=[audit, self.channel, message]))
+        keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", b"lifted",
+                          *(b"c:" + n.encode() for n in COUNTERS))
+        return bool(self._unblock(keys=keys, args=[audit, self.channel, message, TOMBSTONE]))
+
+    def lifted(self, ns: str, key: str) -> dict[str, Any] | None:
+        """The subject's block record last lifted here (for ``TOMBSTONE`` seconds)."""
+        data = self.client.get(self._key(subject_key(ns, key), b"lifted"))
+        return None if data is None else dict(json.loads(data))
 
     def take(self, ns: str, key: str, queued: int) -> bool:
         """The notification ``queued`` is this relay's to send (its own store has it): off

@@ -334,8 +334,9 @@ class Shared:
         return sent
 
     def _compare(self, now: float) -> None:
-        """The whole set: blocks Redis has that this store lacks are copied; blocks this
-        store copied (or pushed) that Redis no longer has were lifted by another relay.
+        """The whole set: blocks Redis has that this store lacks are copied; a copy here
+        that Redis no longer has was lifted by another relay (Redis keeps the lifted
+        record a while) or lost by Redis (a failover, a flush): then it goes back.
         This store is read first: a block copied after that is in Redis's answer too."""
         store = self.server.store
         mine = {(r["ns"], r["key"]): r for r in store.blocks() if r.get("node") is not None}
@@ -344,9 +345,16 @@ class Shared:
         added = [r for r in theirs if not store.is_blocked(r["ns"], r["key"]) and store.block(r, now, False)]
         self._copied(added)
         for (ns, key), record in mine.items():
-            if (ns, key) not in have:
-                self._lift(ns, key, now, f"another relay (no longer in Redis at {self._where()})", "unblocked",
+            if (ns, key) in have:
+                continue
+            lifted = self.backend.lifted(ns, key)
+            if lifted is not None and lifted["since"] >= record["since"]:
+                self._lift(ns, key, now, f"{lifted.get('node')} (lifted in Redis at {self._where()})", "unblocked",
                            since=record["since"])
+            elif self.backend.block_queued(record, now, notify=False) >= 0:
+                self.server.failure("lost", f"{ns} {key}: blocked here since {record['since']} and never lifted, "
+                                            f"but missing in Redis at {self._where()} (a failover or a flush "
+                                            "lost it): put back")
 
     def _exemptions(self) -> None:
         """The admin's exemptions, as Redis holds them: those added here alone (before
