@@ -23,10 +23,13 @@ _MAX_SOCKET_PATH = 100
 
 
 class RedisServer:
-    """``redis-server`` on ``DIR/redis.sock`` (no TCP port), until ``stop``."""
+    """``redis-server`` on ``DIR/redis.sock`` (no TCP port), until ``stop``; as ``user``
+    if given (the e2e tests: their daemons run as the Exim user, and the socket is
+    0700), who must own ``DIR``."""
 
-    def __init__(self, where: Path, *, persist: bool = False) -> None:
+    def __init__(self, where: Path, user: str | None = None, *, persist: bool = False) -> None:
         self.dir = where
+        self.user = user
         # persist: every write on disk at once (appendfsync always), so a restart keeps it
         self.persist = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self._short: str | None = None
@@ -48,11 +51,13 @@ class RedisServer:
 
     def start(self, timeout: float = 20.0) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [REDIS_SERVER, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
+                "--dir", str(self.dir), "--save", "", *self.persist, "--daemonize", "no",
+                "--logfile", str(self.dir / "redis.log")]
+        if self.user:  # setpriv execs redis-server: the pid stays the one stop() signals
+            argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
-             "--dir", str(self.dir), "--save", "", *self.persist, "--daemonize", "no",
-             "--logfile", str(self.dir / "redis.log")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(self.dir))
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(self.dir))
         deadline = time.monotonic() + timeout
         while not self.ping():
             if self.proc.poll() is not None:
