@@ -17,33 +17,46 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.exceptions import ClusterCrossSlotError, RedisClusterException
 
 from eximhook import core
 from eximhook.backends.base import Backend, Event
 from eximhook.backends.lmdb import LmdbBackend
 from eximhook.backends.redis import RedisBackend
+from eximhook.config import StoreConfig
 from eximhook.policy import Policy
 
 from .conftest import needs_redis
 
 Make = Callable[[int], Backend]
-BACKENDS = [pytest.param("lmdb", id="lmdb"), pytest.param("redis", id="redis", marks=needs_redis)]
+# "redis-cluster": a one-node Redis Cluster (redis_ha.py), which refuses what a real
+# cluster refuses: a command or script whose keys lie in two slots (CROSSSLOT; redis-py
+# refuses it before sending, RedisClusterException). Only that failure is expected, and
+# only until the scripts touch the subject's slot alone: any other one fails the test.
+CROSSSLOT = pytest.mark.xfail(strict=False, raises=(RedisClusterException, ClusterCrossSlotError),
+                              reason="scripts touch global keys; being fixed on redis branch")
+BACKENDS = [pytest.param("lmdb", id="lmdb"), pytest.param("redis", id="redis", marks=needs_redis),
+            pytest.param("redis-cluster", id="redis-cluster", marks=[needs_redis, CROSSSLOT])]
 
 
 def opener(kind: str, tmp_path: Path, redis_url: str | None) -> Make:
     def make(node: int) -> Backend:
         if kind == "lmdb":
             return LmdbBackend.open(str(tmp_path / "store"))
+        assert redis_url is not None
         if kind == "redis":
-            assert redis_url is not None
             return RedisBackend.open(redis_url)
+        if kind == "redis-cluster":
+            return RedisBackend.from_config(StoreConfig(backend="redis", redis_url=redis_url, redis_timeout=2.0,
+                                                        redis_cluster=True))
         raise AssertionError(kind)
     return make
 
 
 @pytest.fixture(params=BACKENDS)
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    url = {"lmdb": None, "redis": "redis_url", "redis-cluster": "redis_cluster_url"}[request.param]
+    url = request.getfixturevalue(url) if url else None
     opened: list[Backend] = []
 
     def make(node: int) -> Backend:
@@ -241,6 +254,8 @@ def _racer(make: Make, node: int, barrier: Any, out: Any) -> None:
         barrier.wait(timeout=30)
         _, outcome = backend.record(Event("auth", "bot", enforce((5, 3600.0)), ip=f"node{node}"), NOW)
         out.put((outcome.blocked, outcome.tripped))
+    except Exception as exc:  # raised again by the test, as it was, not waited for
+        out.put(exc)
     finally:
         backend.close()
 
@@ -253,6 +268,9 @@ def test_32_processes_on_two_nodes_make_one_block_and_one_notification(make: Mak
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
