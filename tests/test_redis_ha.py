@@ -202,3 +202,21 @@ def test_the_cluster_refuses_a_script_with_keys_in_two_slots(redis_cluster: Clus
         assert backend.clear_shadows("auth", "alice") == 0
     finally:
         backend.close()
+
+
+@needs_redis
+def test_only_a_script_with_a_shebang_is_kept_from_undeclared_keys(redis_cluster: ClusterNode,
+                                                                  redis_cluster_url: str) -> None:
+    """A key the script does not name in KEYS, in another slot: a real cluster refuses it
+    when that slot is on another node; this one node holds every slot, and Redis 7 checks
+    it only for a script that starts with "#!lua" (without, it is allowed, as before 7.0).
+    So the "redis-cluster" runs prove one slot per script only for scripts with "#!lua",
+    or that name every key in KEYS."""
+    from redis.exceptions import ResponseError
+
+    body = "redis.call('SET', KEYS[1], 1); return redis.call('SET', KEYS[1] .. 'x', 1)"
+    with redis_cluster.client() as node:
+        assert node.eval(body, 1, "a") == b"OK"  # "ax": another slot, allowed
+        with pytest.raises(ResponseError, match="Script attempted to access keys that do not hash to the same slot"):
+            node.eval("#!lua\n" + body, 1, "a")
+        assert node.eval("#!lua\n" + body, 1, "{a}") == b"OK"  # "{a}x": the same hash tag, the same slot
