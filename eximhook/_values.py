@@ -236,7 +236,8 @@ def backend(value: Any) -> str:
 def redis_url(value: Any) -> str:
     """"" (unset), or a URL redis-py opens: ``redis://[[user]:password@]host[:port][/db]``,
     ``rediss://`` (TLS) or ``unix://[[user]:password@]/path/to/socket[?db=N]``.
-    Parsed here, never connected to: the config is read where Redis may be down."""
+    Parsed here, never connected to: the config is read where Redis may be down.
+    Whether it must name a host depends on ``redis_sentinels`` (``config._check_redis``)."""
     from urllib.parse import parse_qs, urlsplit
 
     if value == "":
@@ -252,8 +253,6 @@ def redis_url(value: Any) -> str:
     db = query.get("db", [])
     if parts.scheme in ("redis", "rediss"):
         path = parts.path.removeprefix("/")
-        if not parts.hostname:
-            raise ValueError(f"{url!r} names no host; {example}")
         if path:
             db.append(path)
     elif parts.scheme == "unix":
@@ -264,6 +263,29 @@ def redis_url(value: Any) -> str:
     if any(not (d.isascii() and d.isdigit()) for d in db):
         raise ValueError(f"{url!r}: the database must be a number, {example}")
     return url
+
+
+def sentinels(value: Any) -> tuple[tuple[str, int], ...]:
+    """``["192.0.2.1:26379", "[2001:db8::1]:26379"]``: the Sentinels to ask for the
+    master's address, as (host, port); ``[]``: none (off)."""
+    from urllib.parse import urlsplit
+
+    example = 'such as ["192.0.2.1:26379", "192.0.2.2:26379", "[2001:db8::3]:26379"]'
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ValueError(f"must be a list of \"host:port\" strings, {example}")
+    out = []
+    for addr in value:
+        try:
+            parts = urlsplit(f"//{addr}")
+            port = parts.port
+        except ValueError:
+            port = None
+        else:
+            if parts.hostname and port and parts.netloc == addr and not parts.username and not parts.password:
+                out.append((parts.hostname, port))
+                continue
+        raise ValueError(f"has {addr!r}, which is no \"host:port\" (an IPv6 address in brackets), {example}")
+    return tuple(out)
 
 
 def shown_url(url: str) -> str:

@@ -10,6 +10,7 @@ made here alone would be undone by the daemon's next comparison with Redis.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from .errors import SharedUnavailable
 
@@ -30,14 +31,15 @@ def shared(cfg: Config) -> Iterator[RedisBackend | None]:
         return
     import redis
 
-    from ._values import shown_url
+    from .backends.connect import describe
     from .backends.redis import RedisBackend
 
-    backend = RedisBackend.open(cfg.store.redis_url, timeout=max(cfg.store.redis_timeout, 2.0), node=cfg.store.node)
+    # an admin can wait longer than Exim: at least 2 s a call
+    backend = RedisBackend.from_config(dataclasses.replace(cfg.store, redis_timeout=max(cfg.store.redis_timeout, 2.0)))
     try:
         yield backend
     except (redis.RedisError, OSError) as exc:
-        raise SharedUnavailable(f"the shared Redis at {shown_url(cfg.store.redis_url)} did not answer "
+        raise SharedUnavailable(f"{describe(cfg.store)} did not answer "
                                 f"({type(exc).__name__}: {exc}); this relay's store was not changed: run the "
                                 "command again when Redis is back (eximhook status)") from exc
     finally:

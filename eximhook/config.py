@@ -40,6 +40,14 @@ class StoreConfig:
     backend: str = _opt("lmdb", v.backend)
     redis_url: str = _opt("", v.redis_url)  # redis://host:port/db, rediss://..., unix:///path
     redis_timeout: float = _opt(0.5, v.seconds)  # one call to Redis; below [serve] timeout
+    # more than one Redis (issue 13): the Sentinels ("host:port") that name the master
+    # of redis_service (redis_url then names no host: it carries the password, the db,
+    # rediss:// for TLS), or a Redis Cluster that redis_url names one node of; not both
+    redis_sentinels: tuple[tuple[str, int], ...] = _opt((), v.sentinels)
+    # the master's name in the Sentinels (their "sentinel monitor NAME ..."): eximhook's
+    # own, not redis' example "mymaster", which a Sentinel may watch for another service
+    redis_service: str = _opt("eximhook", v.text)
+    redis_cluster: bool = _opt(False, v.boolean)
     # this relay's name in Redis (who claimed a notification, who counted while Redis
     # was down). Two relays sharing one Redis need two names.
     node: str = _opt(os.uname().nodename, v.text)
@@ -295,9 +303,30 @@ def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: Notif
 
 
 def _check_redis(path: str, store: StoreConfig, serve: ServeConfig) -> None:
-    if not store.redis_url:
+    from urllib.parse import parse_qs, urlsplit
+
+    url = urlsplit(store.redis_url)
+    if store.redis_sentinels and store.redis_cluster:
+        raise ConfigError(f"{path}: store.redis_sentinels and store.redis_cluster = true exclude each other: "
+                          "Sentinel watches one master and its replicas, a Redis Cluster fails over by itself")
+    if store.redis_sentinels:
+        if store.redis_url and (url.scheme == "unix" or url.hostname or url.port is not None):
+            raise ConfigError(f"{path}: store.redis_url {store.redis_url!r} names an address, but with "
+                              "store.redis_sentinels the Sentinels name the master's: leave it empty, or give only "
+                              "the password, the database and TLS, such as redis://:password@/0 or rediss:///0")
+    elif not store.redis_url:
         raise ConfigError(f'{path}: store.redis_url must be set when store.backend is "redis" (such as '
-                          "redis://127.0.0.1:6379/0 or unix:///run/redis/redis.sock)")
+                          "redis://127.0.0.1:6379/0 or unix:///run/redis/redis.sock), unless "
+                          "store.redis_sentinels is")
+    elif url.scheme != "unix" and not url.hostname:
+        raise ConfigError(f"{path}: store.redis_url {store.redis_url!r} names no host (only with "
+                          "store.redis_sentinels, which name the master); such as redis://127.0.0.1:6379/0")
+    if store.redis_cluster:
+        db = url.path.removeprefix("/") or parse_qs(url.query).get("db", [""])[0]
+        if url.scheme == "unix" or db.strip("0"):
+            raise ConfigError(f"{path}: store.redis_url {store.redis_url!r}: with store.redis_cluster = true it "
+                              "names one node of the cluster by TCP, in database 0 (a cluster has no other), such "
+                              "as redis://192.0.2.5:6379 or rediss://redis-1.example.net:6379")
     if store.redis_timeout >= serve.timeout:
         raise ConfigError(f"{path}: store.redis_timeout {store.redis_timeout:g}s must be below serve.timeout "
                           f"{serve.timeout:g}s: the daemon answers within serve.timeout, so a slower Redis "

@@ -16,6 +16,7 @@ import pytest
 from eximhook.cli import main
 
 from .e2e.harness import EXIM, EXIMHOOK, Daemon, toml_value
+from .redis_ha import ClusterNode
 from .redis_server import REDIS_SERVER, RedisServer
 
 
@@ -190,3 +191,24 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNode]:
+    """A one-node Redis Cluster for the session (redis_ha.py: TCP on 127.0.0.1, a free
+    port), started on first use and stopped by its pid."""
+    if not _CI and not os.path.exists(REDIS_SERVER):
+        pytest.skip("needs redis-server")
+    node = ClusterNode(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: ClusterNode) -> str:
+    """The session's one-node cluster, emptied for this test: the URL of its node."""
+    with redis_cluster.client() as client:
+        client.flushall()
+    return redis_cluster.url

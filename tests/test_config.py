@@ -75,7 +75,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
                      id="bad-backend"),
         pytest.param("[store]\nredis_url = 'http://redis:6379'\n", r"store\.redis_url 'http://redis:6379' is not a "
                      r"redis://, rediss:// or unix:// URL", id="http-url"),
-        pytest.param("[store]\nredis_url = 'redis://'\n", r"store\.redis_url 'redis://' names no host", id="no-host"),
+        pytest.param("[store]\nbackend = 'redis'\nredis_url = 'redis://'\n",
+                     r"store\.redis_url 'redis://' names no host", id="no-host"),
         pytest.param("[store]\nredis_url = 'redis://h:99999'\n", r"store\.redis_url is not a URL \(Port out of range",
                      id="bad-port"),
         pytest.param("[store]\nredis_url = 'redis://h/zero'\n", r"the database must be a number", id="bad-db"),

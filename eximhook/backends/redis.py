@@ -53,9 +53,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    import redis
-
+    from ..config import StoreConfig
     from .base import Exempt
+    from .connect import Client
 
 _COMMON = r"""
 local CAP = 1024
@@ -253,7 +253,7 @@ def _prefix(obj: dict[str, Any]) -> str:
 class RedisBackend(Backend):
     name = "redis"
 
-    def __init__(self, client: redis.Redis, prefix: str = "eximhook", node: str = "eximhook") -> None:
+    def __init__(self, client: Client, prefix: str = "eximhook", node: str = "eximhook") -> None:
         self.client, self.node = client, node
         self.prefix = prefix.encode()
         self._record = client.register_script(_RECORD)  # EVALSHA; on NOSCRIPT, loaded again
@@ -270,6 +270,14 @@ class RedisBackend(Backend):
         import redis
 
         return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), prefix, node)
+
+    @classmethod
+    def from_config(cls, store: StoreConfig, prefix: str = "eximhook") -> RedisBackend:
+        """The Redis ``[store]`` names: ``redis_url``, through ``redis_sentinels``, or a
+        ``redis_cluster`` (``connect.client``); ``redis_timeout`` bounds each call."""
+        from .connect import client
+
+        return cls(client(store), prefix, store.node)
 
     def _key(self, sk: bytes, what: bytes) -> bytes:
         # everything after the tag is one of a few fixed suffixes without "}": whatever

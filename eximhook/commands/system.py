@@ -125,9 +125,9 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     if cfg.store.backend == "redis":
-        from .._values import shown_url
+        from ..backends.connect import describe
 
-        print(f"  eximhook serve counts and blocks in Redis at {shown_url(cfg.store.redis_url)} (calls time out "
+        print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out "
               f"after {cfg.store.redis_timeout:g}s), and mirrors its blocks into the store; the hooks count there")
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():

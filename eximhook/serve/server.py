@@ -345,10 +345,10 @@ class Server:
         self.outbox.start()
         where = f"store {self.cfg.store.path}"
         if self.shared is not None:
-            from .._values import shown_url
+            from ..backends.connect import describe
 
             self.shared.start()
-            where += f", counting in Redis at {shown_url(self.cfg.store.redis_url)}"
+            where += f", counting in {describe(self.cfg.store)}"
         self.log.log("notice", f"eximhook serve: listening on {path} ({where}, pid {os.getpid()})")
         sockets.sd_notify(b"READY=1")
         await stopping.wait()
@@ -384,6 +384,12 @@ class Server:
                                             ("[store] redis_url", self.cfg.store.redis_url, new.store.redis_url),
                                             ("[store] redis_timeout", self.cfg.store.redis_timeout,
                                              new.store.redis_timeout),
+                                            ("[store] redis_sentinels", self.cfg.store.redis_sentinels,
+                                             new.store.redis_sentinels),
+                                            ("[store] redis_service", self.cfg.store.redis_service,
+                                             new.store.redis_service),
+                                            ("[store] redis_cluster", self.cfg.store.redis_cluster,
+                                             new.store.redis_cluster),
                                             ("[store] node", self.cfg.store.node, new.store.node))
                 if old != now]
         if kept:
@@ -413,7 +419,7 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
 
             # no connection yet: with Redis down at start, the relay counts alone until
             # it answers (serve.shared)
-            backend = RedisBackend.open(cfg.store.redis_url, timeout=cfg.store.redis_timeout, node=cfg.store.node)
+            backend = RedisBackend.from_config(cfg.store)
         server = Server(cfg, store, counters, backend)
         try:
             import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)

@@ -80,13 +80,13 @@ class Shared:
     def _down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
-            self.server.log.log("err", f"Redis at {self._where()} did not answer ({type(exc).__name__}: {exc}): "
+            self.server.log.log("err", f"{self._where()} did not answer ({type(exc).__name__}: {exc}): "
                                        "counting on this relay alone until it is back")
 
     def _where(self) -> str:
-        from .._values import shown_url
+        from ..backends.connect import describe
 
-        return shown_url(self.server.cfg.store.redis_url)
+        return describe(self.server.cfg.store)
 
     # -- requests ------------------------------------------------------------------
 
@@ -303,7 +303,7 @@ class Shared:
         if not self.up:
             self.up = True
             replayed += self._replay()  # counted here while the first pass ran
-            self.server.log.log("notice", f"Redis at {self._where()} answers again: {pushed} block(s) made here "
+            self.server.log.log("notice", f"{self._where()} answers again: {pushed} block(s) made here "
                                           f"and {replayed} count(s) sent to it; counting there again")
         self._exemptions()
         self._compare(now)
@@ -349,11 +349,11 @@ class Shared:
                 continue
             lifted = self.backend.lifted(ns, key)
             if lifted is not None and lifted["since"] >= record["since"]:
-                self._lift(ns, key, now, f"{lifted.get('node')} (lifted in Redis at {self._where()})", "unblocked",
+                self._lift(ns, key, now, f"{lifted.get('node')} (lifted in {self._where()})", "unblocked",
                            since=record["since"])
             elif self.backend.block_queued(record, now, notify=False) >= 0:
                 self.server.failure("lost", f"{ns} {key}: blocked here since {record['since']} and never lifted, "
-                                            f"but missing in Redis at {self._where()} (a failover or a flush "
+                                            f"but missing in {self._where()} (a failover or a flush "
                                             "lost it): put back")
 
     def _exemptions(self) -> None:
