@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from typing import Any
 
 from . import core, expiry, mirror, notify, outbox, spool
@@ -196,10 +197,39 @@ def status(cfg: Config, now: float) -> list[Check]:
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
             checks += [_mirror_check(cfg, store), _outbox_check(store, now), _spool_check(store)]
+            if cfg.store.backend == "redis":
+                checks.append(_redis_check(cfg, store))
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
     checks.append(_serve_check(cfg, now))
     return checks
+
+
+def _redis_check(cfg: Config, store: Store) -> Check:
+    """The Redis the relays share: does it answer; are counts made alone waiting for it."""
+    import redis
+
+    from .backends.connect import client, describe
+
+    waiting = len(store.journaled())
+    where = describe(cfg.store)
+    conn = client(cfg.store)
+    try:
+        start = time.monotonic()
+        conn.ping()
+        rtt = time.monotonic() - start
+    except (redis.RedisError, OSError) as exc:
+        return Check("redis", CRITICAL, f"{where} does not answer ({type(exc).__name__}: {exc}): this relay counts "
+                                        f"alone ({waiting} count(s) to send when it is back), and admin commands "
+                                        "that change blocks refuse", up=False, waiting=waiting)
+    finally:
+        conn.close()
+    if waiting:
+        return Check("redis", WARNING, f"{where} answers, and {waiting} count(s) made while it was down are not "
+                                       "sent yet: eximhook serve sends them within [serve] check_interval",
+                     up=True, waiting=waiting)
+    return Check("redis", OK, f"{where} answers ({rtt * 1000:.1f} ms)", up=True, waiting=0,
+                 rtt_ms=round(rtt * 1000, 2))
 
 
 def _store_check(cfg: Config, now: float) -> Check:

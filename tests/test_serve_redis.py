@@ -152,7 +152,8 @@ def test_an_unblock_on_one_relay_lifts_the_block_on_all(tmp_path: Path, redis_ur
     assert json.loads(cli("show", "--json", "auth", "eve", config_path=down)[1])["block"] is None
 
 
-def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailbox: Path, serve: Serve) -> None:
+def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailbox: Path, serve: Serve,
+                                                           cli: Run) -> None:
     """Redis killed mid-run: the relays answer from their own stores and count in their
     own counters (journaled); when it is back, the blocks made alone are pushed to it (not
     mailed again) and the counts sent to it once, so the bot's total is whole."""
@@ -173,9 +174,14 @@ def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailb
             assert record(relays[0], "zed") == b"0"
         assert relays[1].request(encode("check-blocked", "auth", "kim")) == b"0", "b's own store: fails open"
         assert "counting on this relay alone" in log_of(a)
+        code, out, _ = cli("status", config_path=a)
+        assert code == 2 and "redis Redis at unix://" in out and "(10 count(s) to send when it is back)" in out
         wait_for("kim's notification, from relay a", lambda: messages(mailbox), 10)
         redis.start()
         wait_for("relay a reconciled", lambda: "answers again" in log_of(a), 10)
+        assert "10 count(s) sent to it" in log_of(a)
+        code, out, _ = cli("status", config_path=a)
+        assert f"redis Redis at {redis.url} answers (" in out
         wait_for("relay b's mirror", lambda: mirrored(b, "kim"), 5)
         shared = RedisBackend.open(redis.url)
         try:
@@ -231,7 +237,8 @@ def test_a_hung_redis_never_stops_the_loop(tmp_path: Path, serve: Serve) -> None
         for t in counting:
             t.join()
         assert [r for r, _ in results] == [b"0"] * 8 and max(s for _, s in results) < 1.5
-        assert "counting on this relay alone" in log_of(d.config)
+        wait_for("the calls' failure", lambda: "counting on this relay alone" in log_of(d.config), 5)
+        assert d.request(encode("check-blocked", "auth", "bob0")) == b"0", "alone now: answered at once"
     finally:
         stop.set()
         thread.join()
