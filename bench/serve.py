@@ -25,7 +25,7 @@ Prints medians over rounds of ops/s, p50/p99 latency over all calls, the CPU the
 the big store within 1.2x of the tiny one's latency; <= 300 bytes per subject.
 
     /opt/eximhook/bin/python bench/serve.py [--duration 3] [--rounds 2] [--subjects 1000000] [--json FILE]
-    /opt/eximhook-bench/bin/python bench/serve.py --duration 2 --rounds 3 --subjects 100000 --redis  # ~2 min
+    /opt/eximhook/bin/python bench/serve.py --duration 2 --rounds 3 --subjects 100000 --redis  # ~2 min
 
 As root, with eximhook installed non-editable in the venv (and, for --redis, redis-py in it and redis-server
 on PATH). Everything is stopped and removed at the end.
