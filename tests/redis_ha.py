@@ -8,15 +8,13 @@ process stopped by its own pid.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from .redis_server import REDIS_SERVER
+from .e2e.harness import free_port, wait_for
+from .redis_server import REDIS_SERVER, stop_process, tail_log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,21 +22,6 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 SERVICE = "eximhook"  # the master's name in the Sentinel, as [store] redis_service's default
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel's pick; taken again by the caller)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(0.02)
 
 
 class Node:
@@ -87,18 +70,11 @@ class Node:
         return redis.Redis(HOST, self.port, socket_timeout=5)
 
     def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        return tail_log(self.dir)
 
     def stop(self) -> None:
         """SIGTERM to our pid (SIGKILL if it hangs), and wait for it."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 class Replica(Node):

@@ -80,19 +80,12 @@ class RedisServer:
             return False
 
     def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        return tail_log(self.dir)
 
     def stop(self) -> None:
         """SIGTERM to our pid (SIGKILL if it hangs), and wait for it; ``start`` may follow
         (on the same socket)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc is not None and self.proc.stderr:
             self.proc.stderr.close()
 
@@ -102,3 +95,20 @@ class RedisServer:
         if self._short is not None:
             shutil.rmtree(self._short, ignore_errors=True)
             self._short = None
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to ``proc``'s pid (SIGKILL if it hangs), and wait for it."""
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def tail_log(where: Path) -> str:
+    """The end of the redis.log a redis-server of ours writes in ``where``."""
+    path = where / "redis.log"
+    return path.read_text(errors="replace")[-2000:] if path.exists() else ""
