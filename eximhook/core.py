@@ -300,7 +300,7 @@ def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str
         record = store.get_block(ns, key)
         if record is None or not only(record):
             raise NotBlocked(f"{ns} {key!r} is not blocked")
-    lifted = shared is not None and shared.unblock(ns, key, now, by, event=event)
+    lifted = shared is not None and shared.lift(ns, key, now, by, event=event) > 0
     blocked = store.is_blocked(ns, key)
     if not blocked and not store.shadows(ns, key):
         if not lifted:

@@ -213,6 +213,10 @@ def test_block_unblock_reset(backend: Backend) -> None:
     assert backend.shadows("relay", "192.0.2.8")
     assert not backend.unblock("relay", "192.0.2.8", NOW + 20, "root")
     assert backend.counter("relay", "192.0.2.8").total == 0 and not backend.shadows("relay", "192.0.2.8")
+    # neither blocked nor would-be: nothing changes, the counters are kept
+    backend.record(Event("relay", "192.0.2.7", policy), NOW)
+    assert not backend.unblock("relay", "192.0.2.7", NOW + 20, "root")
+    assert backend.counter("relay", "192.0.2.7").total == 1
     # counted from zero again: the next trip is a new block, with its own notification
     assert not backend.record(Event("relay", "192.0.2.9", policy), NOW + 21)[1].blocked
     assert len(backend.outbox()) == 1
@@ -359,17 +363,18 @@ def test_each_notification_goes_to_one_relay(redis_url: str) -> None:
 
 @needs_redis
 def test_a_count_sent_again_is_counted_once(redis_url: str) -> None:
-    """A relay sends the counts it made while Redis was down; a crash between sending
-    one and forgetting it sends it twice: counted once."""
+    """A relay sends again the counts it made alone: after a call that timed out (which
+    Redis may have run after all), or a crash between sending one and forgetting it:
+    each counted once."""
     from eximhook.backends.redis import Replayed
 
     backend = RedisBackend.open(redis_url, node="a")
     try:
         policy = enforce((5, 3600.0))
-        backend.record(Event("auth", "r", policy), NOW, replay="a:1")
+        backend.record(Event("auth", "r", policy, once="a:1"), NOW)
         with pytest.raises(Replayed):
-            backend.record(Event("auth", "r", policy), NOW, replay="a:1")
-        backend.record(Event("auth", "r", policy), NOW, replay="a:2")
+            backend.record(Event("auth", "r", policy, once="a:1"), NOW)
+        backend.record(Event("auth", "r", policy, once="a:2"), NOW)
         assert backend.counter("auth", "r").total == 2
     finally:
         backend.close()

@@ -199,6 +199,37 @@ def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailb
         redis.close()
 
 
+def test_a_call_that_timed_out_is_counted_once(tmp_path: Path, serve: Serve) -> None:
+    """Redis stopped (SIGSTOP) with a count on its way: the relay counts it alone and
+    journals it; Redis runs the late call when it resumes, and the journal sends the
+    same count again: one count, not two."""
+    import os
+    import signal
+
+    from .redis_server import RedisServer
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        config = node(tmp_path, "a", redis.url, **{"serve.timeout": 1.0, "store.redis_timeout": 0.3,
+                                                   "serve.check_interval": 1})
+        d = serve(config)
+        assert record(d, "tim") == b"0"
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            assert record(d, "tim") == b"0"
+            wait_for("the relay alone", lambda: "counting on this relay alone" in log_of(config), 5)
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        wait_for("the relay back on Redis", lambda: "answers again" in log_of(config), 10)
+        shared = RedisBackend.open(redis.url)
+        try:
+            assert shared.counter("auth", "tim").total == 2
+        finally:
+            shared.close()
+    finally:
+        redis.close()
+
+
 def test_a_hung_redis_never_stops_the_loop(tmp_path: Path, serve: Serve) -> None:
     """A Redis that accepts and never answers: each request is answered within [serve]
     timeout (the first calls time out, then the relay counts alone), and the daemon

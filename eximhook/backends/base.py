@@ -39,14 +39,17 @@ if TYPE_CHECKING:
 
 class Event:
     """One event to count against a subject: ``weight`` of them (a message counts its
-    recipients), with its evidence (the recipient, the failure) and the client's IP."""
+    recipients), with its evidence (the recipient, the failure) and the client's IP.
+    ``once``: an id that makes the count happen once however often it is sent (Redis:
+    a relay sends again what it counted alone after a call that timed out)."""
 
-    __slots__ = ("evidence", "ip", "keep_evidence", "keep_ips", "key", "ns", "policy", "weight")
+    __slots__ = ("evidence", "ip", "keep_evidence", "keep_ips", "key", "ns", "once", "policy", "weight")
 
     def __init__(self, ns: str, key: str, policy: Policy, *, weight: int = 1, evidence: str | None = None,
-                 ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5) -> None:
+                 ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "") -> None:
         self.ns, self.key, self.policy, self.weight = ns, key, policy, weight
         self.evidence, self.ip, self.keep_evidence, self.keep_ips = evidence, ip, keep_evidence, keep_ips
+        self.once = once
 
 
 class Backend:
@@ -79,7 +82,8 @@ class Backend:
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
         """Lift the block, audited as ``event``, and clear the subject's counters and
-        would-block records; False if there was no block."""
+        would-block records; False if there was no block (with no would-block record
+        either, nothing changes: the counters are kept)."""
         raise NotImplementedError
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:

@@ -59,6 +59,8 @@ class LmdbBackend(Backend):
         return self.store.block(record, now, notify, hold)
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
+        if not self.store.is_blocked(ns, key) and not self.store.shadows(ns, key):
+            return False
         self.counters.reset(ns, key)
         self.store.clear_shadows(ns, key)
         return self.store.unblock(ns, key, now, by, event=event)

@@ -18,7 +18,8 @@ touches one slot and runs unchanged on Redis Cluster:
   eximhook:{S}:shadow      hash COUNTER NUL LIMIT NUL PERIOD -> JSON would-block record
   eximhook:{S}:audit       list of JSON events, numbered by eximhook:{S}:seq
   eximhook:{S}:outbox      hash SEQ -> JSON notification not yet taken by a relay
-  eximhook:{S}:replayed    the counts made while Redis was down, sent once (expiring)
+  eximhook:{S}:once:ID     a count done (ID: the relay's), for ONCE seconds: sent again
+                           after a timeout, it is not counted twice
   eximhook:{S}:lifted      the block record last lifted, for TOMBSTONE seconds
   eximhook:exempt          hash NS NUL PATTERN -> JSON exemption (admin commands only)
 Lists across subjects (blocks, history, outbox) SCAN for them: admin commands and the
@@ -56,6 +57,9 @@ if TYPE_CHECKING:
     from .base import Exempt
     from .connect import Client
 
+# How long Redis remembers a count done (Event.once): a relay whose call timed out sends
+# it again when Redis answers, seconds after Redis ran it, if it ran it at all.
+ONCE = 600
 # How long Redis remembers a lifted block: a relay cut off for longer than this and
 # holding a copy of it would take the block for lost and put it back.
 TOMBSTONE = 7 * 86400
@@ -111,7 +115,7 @@ class RedisBackend(Backend):
         return sorted(self.client.scan_iter(match=self.prefix + b":{*}:" + what, count=1000))
 
     def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-               exempt: Exempt | None = None, replay: str = "") -> tuple[Tally, Outcome]:
+               exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
         ns, key, policy = event.ns, event.key, event.policy
         why_not = None
         if exempt and exempt.get(ns):
@@ -143,12 +147,12 @@ class RedisBackend(Backend):
             args += [limit, repr(period), _prefix(record), _prefix(audit), field]
         # a counter outlives its longest window twice over, then Redis drops it
         ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
-        args += [self.channel, ttl, replay]
+        args += [self.channel, ttl, event.once, ONCE * 1000]
         keys = self._keys(ns, key, b"c:" + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
-                          b"replayed")
+                          b"once:" + event.once.encode("utf-8", "surrogateescape"))
         result = self._record(keys=keys, args=args)
         if result[0] == -2:
-            raise Replayed(f"{ns} {key!r}: counted already ({replay})")
+            raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
         over, blocked, tripped, shadowed, count, state, queued = result
         total, counts, windows, recent, ips = state
         counter = Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
@@ -195,13 +199,18 @@ class RedisBackend(Backend):
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
         """Lift the block and clear the subject's would-block records and counters (as
         ``core.unblock`` does), in one step; published, so every relay lifts its copy."""
+        return self.lift(ns, key, now, by, event=event) == 1
+
+    def lift(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> int:
+        """``unblock``, answering what it did: 1 lifted a block; 2 cleared would-block
+        records, and the counters with them; 0 nothing (not blocked: counters kept)."""
         from ..policy import COUNTERS
 
         audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
         message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
         keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", b"lifted",
                           *(b"c:" + n.encode() for n in COUNTERS))
-        return bool(self._unblock(keys=keys, args=[audit, self.channel, message, TOMBSTONE]))
+        return int(self._unblock(keys=keys, args=[audit, self.channel, message, TOMBSTONE]))
 
     def lifted(self, ns: str, key: str) -> dict[str, Any] | None:
         """The subject's block record last lifted here (for ``TOMBSTONE`` seconds)."""
@@ -283,7 +292,7 @@ class RedisBackend(Backend):
 
 
 class Replayed(Exception):
-    """A count sent again (``record(replay=...)``) that Redis has counted already."""
+    """A count sent again (the same ``Event.once``) that Redis has counted already."""
 
 
 def _window(exported: list[Any]) -> Window:

@@ -30,7 +30,8 @@ end
 
 # ratelimit.record, in Lua: the same window, the same compaction past CAP, the same
 # crossing (counters.Counters.event); then core.settle's decision and Store.block/shadow.
-# KEYS: the subject's counter, block, shadow, audit, outbox, seq, replayed.
+# KEYS: the subject's counter, block, shadow, audit, outbox, seq, and the key that
+# marks the count done (ARGV once: the relay's id for it; '' for none).
 RECORD = _COMMON + r"""
 local function bisect_right(a, x)
   local lo, hi = 1, #a + 1
@@ -62,11 +63,12 @@ local evidence, ip = ARGV[3], ARGV[4]
 local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
 local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
 local node, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
-local channel, ttl, replay = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
+local channel, ttl, once = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
 
-if replay ~= '' then  -- a count a relay made while Redis was down, sent again: once
-  if redis.call('HSETNX', KEYS[7], replay, 1) == 0 then return {-2} end
-  redis.call('PEXPIRE', KEYS[7], ttl)
+-- a relay whose call timed out counts the event alone and sends it again later with
+-- the same id: counted once, whether or not Redis ran the first call after all
+if once ~= '' and not redis.call('SET', KEYS[7], 1, 'NX', 'PX', tonumber(ARGV[15 + 5 * nwin])) then
+  return {-2}
 end
 local c = load(KEYS[1])
 local windows, counts, over = {}, {}, -1
@@ -147,16 +149,19 @@ redis.call('HSET', KEYS[3], seq, ARGV[3] .. ', "block": ' .. ARGV[1] .. string.f
 return seq
 """
 
-# core.unblock: the block (if any) lifted with its audit event and published, the
-# would-block records and the counters (KEYS[6..]) cleared; 1 if there was a block.
+# core.unblock: the block lifted with its audit event and published, the would-block
+# records and the counters (KEYS[6..]) cleared: 1. With would-block records and no
+# block, those and the counters cleared: 2. Neither: nothing changed, 0.
 # The lifted record stays a while (ARGV[4] s) as a tombstone: a relay that missed the
 # message tells a lifted block from one this Redis lost (a failover, a flush).
 # KEYS: the subject's block, audit, seq, shadow, lifted, counters...
 UNBLOCK = r"""
 local record = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[1], KEYS[4])
+local shadows = redis.call('DEL', KEYS[4])
+if not record and shadows == 0 then return 0 end
+redis.call('DEL', KEYS[1])
 for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
-if not record then return 0 end
+if not record then return 2 end
 redis.call('SET', KEYS[5], record, 'EX', ARGV[4])
 local seq = redis.call('INCR', KEYS[3])
 redis.call('RPUSH', KEYS[2], ARGV[1] .. string.format(', "seq": %d}', seq))

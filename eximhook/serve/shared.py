@@ -27,7 +27,9 @@ the connection's own deadline answers the fallback token when Redis is slow.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,8 @@ class Shared:
         self.local = LmdbBackend(server.store, server.counters)  # while Redis is down
         self.unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.up = True  # False from a failed call until the sync thread has reconciled
+        # the ids of this daemon's counts: unique across relays and restarts
+        self.run, self.ids = f"{backend.node}:{os.getpid()}:{time.time_ns()}", itertools.count()
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="eximhook-redis")
         self.stopping = threading.Event()
         self.sync_thread = threading.Thread(target=self._sync_loop, name="eximhook-sync", daemon=True)
@@ -99,14 +103,14 @@ class Shared:
         if conn.state != "waiting":  # answered with the fallback at its deadline: Redis was slow
             return
         try:
-            blocked = None
+            events, blocked = self._events(req, now), None  # once: they mark message references
             if self.up:
                 try:
-                    blocked = self._serve(req, now)
+                    blocked = self._serve(req, events, now)
                 except self.unreachable as exc:
                     self._down(exc)
-            if blocked is None:
-                blocked = self._serve_alone(req, now)
+            if blocked is None:  # each event with its id: one Redis ran after all is not counted twice
+                blocked = self._serve_alone(req, events, now)
         except BadSubject as exc:
             self.server.failure("bad", f"bad request: {exc}; answered E")
             loop.call_soon_threadsafe(conn.answer, protocol.ERROR)
@@ -119,13 +123,13 @@ class Shared:
         # as Server._settle: only a count at RCPT time waits for its message's id
         return 0.0 if req.op in ("message", "bounce") or req.ns not in FREEZING else self.server.cfg.notify.hold
 
-    def _serve(self, req: protocol.Request, now: float) -> bool:
+    def _serve(self, req: protocol.Request, events: list[Event], now: float) -> bool:
         """Count the request's events in Redis (none for a check); is any of its subjects
         blocked? Each block it finds or makes is in this relay's store and mirror first."""
         cfg, hold = self.server.cfg, self._hold(req)
         frozen = req.fields.get("id", "") if req.op == "message" else ""
         blocked, seen = False, set()
-        for event in self._events(req, now):
+        for event in events:
             tally, outcome = self.backend.record(event, now, hold=hold, notify_shadow=cfg.notify_shadow,
                                                  exempt=self._exempt(event.ns))
             self._keep(tally, outcome, now, hold, frozen)
@@ -136,27 +140,35 @@ class Shared:
             blocked = True
         return blocked
 
-    def _serve_alone(self, req: protocol.Request, now: float) -> bool:
+    def _serve_alone(self, req: protocol.Request, events: list[Event], now: float) -> bool:
         """``_serve`` on this relay's own store and counters (Redis is down): each count
         journaled, for Redis when it is back; the checks against the blocks copied so far."""
         cfg, store, hold = self.server.cfg, self.server.store, self._hold(req)
         frozen = req.fields.get("id", "") if req.op == "message" else ""
         blocked, seen = False, set()
-        for event in self._events(req, now):
+        for event in events:
             tally, outcome = self.local.record(event, now, hold=hold, notify_shadow=cfg.notify_shadow,
                                                exempt=cfg.exempt)
             store.journal({"ts": now, "ns": event.ns, "key": event.key, "counter": event.policy.name,
-                           "weight": event.weight, "evidence": event.evidence, "ip": event.ip, "hold": hold})
+                           "weight": event.weight, "evidence": event.evidence, "ip": event.ip, "hold": hold,
+                           "once": event.once})
             self._made(tally, outcome, frozen)
             seen.add((event.ns, event.key))
             blocked = blocked or outcome.blocked
         return blocked or ((req.ns, req.key) not in seen and store.is_blocked(req.ns, req.key))
 
     def _events(self, req: protocol.Request, now: float) -> list[Event]:
-        """What the request counts, as ``Server._body`` does on the local counters. The
-        message references (a bounce's sender) stay in this relay's counters."""
+        """What the request counts, as ``Server._body`` does on the local counters, each
+        event with its id (``Event.once``). The message references (a bounce's sender)
+        stay in this relay's counters."""
+        events = self._what(req, now)
+        for event in events:
+            event.once = f"{self.run}:{next(self.ids)}"
+        return events
+
+    def _what(self, req: protocol.Request, now: float) -> list[Event]:
         cfg, f, counters = self.server.cfg, req.fields, self.server.counters
-        keep = {"keep_evidence": cfg.evidence.rcpts, "keep_ips": cfg.evidence.ips}
+        keep: dict[str, Any] = {"keep_evidence": cfg.evidence.rcpts, "keep_ips": cfg.evidence.ips}
         ip = f.get("ip") or None
         if req.op == "check-blocked":
             return []
@@ -319,12 +331,12 @@ class Shared:
             policy = cfg.policy(item["ns"], item["counter"], item["key"])
             if policy is not None and policy.windows:
                 event = Event(item["ns"], item["key"], policy, weight=item["weight"], evidence=item["evidence"],
-                              ip=item["ip"], keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips)
-                once = f"{self.backend.node}:{store.path}:{item['ts']!r}:{item['seq']}"  # seq starts over
+                              ip=item["ip"], keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips,
+                              once=item["once"])
                 try:
                     tally, outcome = self.backend.record(event, item["ts"], hold=item["hold"],
                                                          notify_shadow=cfg.notify_shadow,
-                                                         exempt=self._exempt(event.ns), replay=once)
+                                                         exempt=self._exempt(event.ns))
                 except Replayed:
                     pass
                 else:
