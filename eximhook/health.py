@@ -206,22 +206,27 @@ def status(cfg: Config, now: float) -> list[Check]:
 
 
 def _redis_check(cfg: Config, store: Store) -> Check:
-    """The Redis the relays share: does it answer; are counts made alone waiting for it."""
+    """The Redis the relays share, as the daemon found it (its mark in the store) and
+    as the config names it now; are counts made alone waiting for it."""
     import redis
 
     from .backends.connect import client, describe
 
-    waiting = len(store.journaled())
+    waiting, alone = len(store.journaled()), store.alone_since()
     where = describe(cfg.store)
+    if alone is not None:
+        return Check("redis", CRITICAL, f"eximhook serve could not use {where} at {format_time(alone)} and counts "
+                                        f"alone since ({waiting} count(s) to send when it can; its log says why)",
+                     up=False, waiting=waiting)
     conn = client(cfg.store)
     try:
         start = time.monotonic()
         conn.ping()
         rtt = time.monotonic() - start
     except (redis.RedisError, OSError) as exc:
-        return Check("redis", CRITICAL, f"{where} does not answer ({type(exc).__name__}: {exc}): this relay counts "
-                                        f"alone ({waiting} count(s) to send when it is back), and admin commands "
-                                        "that change blocks refuse", up=False, waiting=waiting)
+        return Check("redis", CRITICAL, f"{where} does not answer ({type(exc).__name__}: {exc}): the relays count "
+                                        f"alone, and admin commands that change blocks refuse", up=False,
+                     waiting=waiting)
     finally:
         conn.close()
     if waiting:

@@ -375,6 +375,21 @@ class Store(Env):
             return True
         return self.update(body)
 
+    def alone(self, since: float | None) -> None:
+        """The daemon counts alone (Redis failed) since ``since``; None: on Redis again.
+        For ``eximhook status``, which cannot ask Redis as the daemon does."""
+        def body(txn: lmdb.Transaction) -> None:
+            if since is None:
+                txn.delete(b"redis-alone", db=self.db(txn, b"meta"))
+            else:
+                txn.put(b"redis-alone", struct.pack(">d", since), db=self.db(txn, b"meta"))
+        if (self.alone_since() is None) != (since is None):  # a read when nothing changes
+            self.update(body)
+
+    def alone_since(self) -> float | None:
+        data = self.read(lambda txn: txn.get(b"redis-alone", db=self.db(txn, b"meta")))
+        return None if data is None else float(struct.unpack(">d", data)[0])
+
     def journal(self, item: dict[str, Any]) -> int:
         """Keep a count made on this relay alone while Redis was down, to send it later."""
         return self.update(lambda txn: self.append_in(txn, b"journal", dict(item)))

@@ -84,8 +84,13 @@ class Shared:
     def _down(self, exc: BaseException) -> None:
         if self.up:
             self.up = False
-            self.server.log.log("err", f"{self._where()} did not answer ({type(exc).__name__}: {exc}): "
-                                       "counting on this relay alone until it is back")
+            import redis
+
+            why = ("refused this relay: check the password in [store] redis_url"
+                   if isinstance(exc, redis.AuthenticationError) else "did not answer")
+            self.server.log.log("err", f"{self._where()} {why} ({type(exc).__name__}: {exc}): "
+                                       "counting on this relay alone until it answers")
+            self.server.store.alone(time.time())
 
     def _where(self) -> str:
         from ..backends.connect import describe
@@ -312,6 +317,7 @@ class Shared:
                 store.mark_shared(record["ns"], record["key"], node)
                 pushed += 1
         replayed = self._replay()
+        store.alone(None)
         if not self.up:
             self.up = True
             replayed += self._replay()  # counted here while the first pass ran
