@@ -63,7 +63,7 @@ def test_the_daemon_counts_in_redis(tmp_path: Path, redis_url: str, shared: Redi
     assert shared.counter("auth", "bob").total == 7 and shared.get_block("auth", "bob") is not None
     shown = json.loads(cli("show", "--json", "auth", "bob", config_path=config)[1])
     assert shown["block"] == shared.get_block("auth", "bob"), "copied into the local store as Redis holds it"
-    assert shown["counter"]["total"] == 0, "the local counters are the ${run} hooks' alone"
+    assert shown["counter"]["total"] == 7, "the shared count, as Redis holds it, on any relay"
     assert d.request(encode("check-blocked", "auth", "bob")) == b"1"
     assert d.request(encode("check-blocked", "auth", "alice")) == b"0"
     [msg] = wait_for("the notification", lambda: messages(mailbox), 10)  # type: ignore[misc]
@@ -174,6 +174,8 @@ def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailb
             assert record(relays[0], "zed") == b"0"
         assert relays[1].request(encode("check-blocked", "auth", "kim")) == b"0", "b's own store: fails open"
         assert "counting on this relay alone" in log_of(a)
+        code, out, err = cli("show", "--json", "auth", "zed", config_path=a)
+        assert json.loads(out)["counter"]["total"] == 3 and "the counts below are this relay's own" in err
         code, out, _ = cli("status", config_path=a)
         assert code == 2 and "redis eximhook serve could not use Redis at unix://" in out
         assert "(10 count(s) to send when it can" in out
