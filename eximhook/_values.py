@@ -289,12 +289,16 @@ def sentinels(value: Any) -> tuple[tuple[str, int], ...]:
 
 
 def shown_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``: for check-config and the logs."""
-    from urllib.parse import urlsplit
+    """``url`` with its password replaced by ``***``, in the user part and in a
+    ``password=`` parameter (redis-py takes both): for check-config and the logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if parts.password is not None:
+        user = parts.username or ""
+        url = parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    base, _, query = url.partition("?")  # by hand: geturl() drops the "//" of unix:///path
+    fields = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in fields):
+        url = base + "?" + urlencode([(n, "***" if n == "password" else v) for n, v in fields], safe="*/")
+    return url

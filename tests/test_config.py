@@ -245,6 +245,9 @@ def test_expiry_schedule_reaches_the_hooks(tmp_path: Path, text: str, schedule: 
         pytest.param("rediss://:s3cret@redis.example.net:6380/2", "rediss://:***@redis.example.net:6380/2", id="tls"),
         pytest.param("redis://eximhook:s3cret@[2001:db8::1]", "redis://eximhook:***@[2001:db8::1]", id="ipv6-user"),
         pytest.param("unix:///run/redis/redis.sock?db=3", "unix:///run/redis/redis.sock?db=3", id="socket"),
+        pytest.param("unix://:s3cret@/run/redis/redis.sock", "unix://:***@/run/redis/redis.sock", id="socket-password"),
+        pytest.param("unix:///run/redis/redis.sock?password=s3cret&db=0", "unix:///run/redis/redis.sock?password=***&db=0",
+                     id="password-parameter"),
     ],
 )
 def test_redis_backend_urls(tmp_path: Path, url: str, shown: str) -> None:
