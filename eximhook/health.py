@@ -329,6 +329,9 @@ def _serve_check(cfg: Config, now: float) -> Check:
         if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
             return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
                                            f"{format_time(fell_back)}", up=False)
+        if cfg.store.backend == "redis":  # only the daemon counts in Redis: this relay has left it
+            return Check("serve", WARNING, f"down ({exc}): [store] backend is \"redis\", and without the daemon "
+                                           "this relay counts in its own store only", up=False)
         return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
     return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
 

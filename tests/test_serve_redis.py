@@ -150,6 +150,8 @@ def test_an_unblock_on_one_relay_lifts_the_block_on_all(tmp_path: Path, redis_ur
     code, _, err = cli("block", "auth", "eve", config_path=down)
     assert code == 69 and "did not answer" in err and "this relay's store was not changed" in err
     assert json.loads(cli("show", "--json", "auth", "eve", config_path=down)[1])["block"] is None
+    out = cli("status", config_path=down)[1]
+    assert 'serve down (' in out and 'backend is "redis", and without the daemon' in out
 
 
 def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailbox: Path, serve: Serve,

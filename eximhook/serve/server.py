@@ -348,7 +348,7 @@ class Server:
             from ..backends.connect import describe
 
             self.shared.start()
-            where += f", counting in {describe(self.cfg.store)}"
+            where += f", counting in {describe(self.cfg.store)} as relay {self.cfg.store.node!r}"
         self.log.log("notice", f"eximhook serve: listening on {path} ({where}, pid {os.getpid()})")
         sockets.sd_notify(b"READY=1")
         await stopping.wait()

@@ -39,6 +39,7 @@ from .. import core, owner
 from ..backends.base import Event
 from ..backends.lmdb import LmdbBackend
 from ..errors import BadSubject, NotBlocked
+from ..periods import format_time
 from ..subjects import FREEZING, normalize
 from . import protocol
 
@@ -251,8 +252,8 @@ class Shared:
 
     def _copied(self, records: list[dict[str, Any]]) -> None:
         for record in records:
-            self.server.log.log("notice", f"blocked {record['ns']} {record['key']}: copied from Redis "
-                                          f"({record['by']} on {record.get('node')}, since {record['since']})")
+            self.server.log.log("notice", f"blocked {record['ns']} {record['key']}: copied from Redis ({record['by']} "
+                                          f"on {record.get('node')}, since {format_time(record['since'])})")
         if records:
             core.refresh_mirror(self.server.store, self.server.cfg.store.mirror_dir, self.server.log, force=True)
 
@@ -370,9 +371,9 @@ class Shared:
                 self._lift(ns, key, now, f"{lifted.get('node')} (lifted in {self._where()})", "unblocked",
                            since=record["since"])
             elif self.backend.block_queued(record, now, notify=False) >= 0:
-                self.server.failure("lost", f"{ns} {key}: blocked here since {record['since']} and never lifted, "
-                                            f"but missing in {self._where()} (a failover or a flush "
-                                            "lost it): put back")
+                self.server.failure("lost", f"{ns} {key}: blocked here since {format_time(record['since'])} and "
+                                            f"never lifted, but missing in {self._where()} (a failover or a "
+                                            "flush lost it): put back")
 
     def _exemptions(self) -> None:
         """The admin's exemptions, as Redis holds them: those added here alone (before
