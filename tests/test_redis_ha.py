@@ -18,7 +18,8 @@ from eximhook.policy import Policy
 from eximhook.store import subject_key
 
 from .conftest import Run, needs_redis, write_config
-from .redis_ha import HOST, SERVICE, ClusterNode, SentinelGroup, wait_for
+from .e2e.harness import wait_for
+from .redis_ha import HOST, SERVICE, ClusterNode, SentinelGroup
 
 NOW = 1_700_000_000.25
 LIMIT_1 = Policy("invalid", ((1, 3600.0),), "enforce")
@@ -147,7 +148,8 @@ def test_a_failover_keeps_the_blocks_and_counting_goes_on(tmp_path: Path, sentin
     try:
         outcomes = [backend.record(Event("auth", "bot", LIMIT_1), NOW + i)[1] for i in range(2)]
         assert [o.tripped for o in outcomes] == [False, True] and backend.is_blocked("auth", "bot")
-        assert backend.client.wait(1, 400) == 1  # the replica has the block: a failover keeps it
+        # the replica has the block: a failover keeps it (WAIT under the client's 0.5 s timeout)
+        wait_for("the replica's ack", lambda: backend.client.wait(1, 300) == 1, 10)
         group.fail_over()
 
         # a backend opened from the same config now: the new master, the block on it

@@ -154,6 +154,24 @@ def test_an_unblock_on_one_relay_lifts_the_block_on_all(tmp_path: Path, redis_ur
     assert 'serve down (' in out and 'backend is "redis", and without the daemon' in out
 
 
+def test_an_exemption_added_on_one_relay_holds_on_all(tmp_path: Path, redis_url: str, shared: RedisBackend,
+                                                      serve: Serve, cli: Run) -> None:
+    a, b = (node(tmp_path, n, redis_url, **{"store.node": n}) for n in "ab")
+    relays = [serve(a), serve(b)]
+
+    def exempt_on(config: Path) -> list[str]:
+        return [r["pattern"] for r in json.loads(cli("exempt", "list", "--json", config_path=config)[1])["exempt"]]
+
+    assert cli("exempt", "add", "auth", "list-*", "--reason", "mailing lists", config_path=a)[0] == 0
+    wait_for("relay b's copy", lambda: exempt_on(b) == ["list-*"], 2)
+    answers = [record(relays[1], "list-news") for _ in range(7)]
+    assert answers == [b"0"] * 7 and not shared.is_blocked("auth", "list-news"), "counted on b, never blocked"
+    assert shared.shadows("auth", "list-news")[0]["exempt"] == "list-*: mailing lists"
+    assert cli("exempt", "remove", "auth", "list-*", config_path=b)[0] == 0
+    wait_for("relay a's copy gone", lambda: exempt_on(a) == [], 2)
+    assert "removed in Redis, so here too" in log_of(a)
+
+
 def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailbox: Path, serve: Serve,
                                                            cli: Run) -> None:
     """Redis killed mid-run: the relays answer from their own stores and count in their

@@ -127,8 +127,9 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     if cfg.store.backend == "redis":
         from ..backends.connect import describe
 
-        print(f"  eximhook serve counts and blocks in {describe(cfg.store)} as relay {cfg.store.node!r} (calls time "
-              f"out after {cfg.store.redis_timeout:g}s), and mirrors its blocks into the store; the hooks count there")
+        print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out after "
+              f"{cfg.store.redis_timeout:g}s) as relay {cfg.store.node!r}, and mirrors its blocks into the store; "
+              "the hooks count there")
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():
             if policy.windows:

@@ -385,8 +385,8 @@ class Shared:
             if record.get("node") is None:
                 self.backend.exempt(dict(record, node=node))
                 store.mark_shared(record["ns"], None, node, pattern=record["pattern"])
-            elif k not in theirs:
-                store.unexempt(record["ns"], record["pattern"], time.time(), f"{record.get('by')} on another relay")
+            elif k not in theirs and store.unexempt(record["ns"], record["pattern"], time.time(), "another relay"):
+                self.server.log.log("notice", f"exempt {k[0]} {k[1]}: removed in Redis, so here too")
         for k, record in theirs.items():
             if store.exempt(record):
                 self.server.log.log("notice", f"exempt {k[0]} {k[1]}: copied from Redis")
