@@ -13,18 +13,28 @@ shut down its write side, read the reply to EOF, close; and times each call:
 subjects (one counted invalid recipient each, keys in random order) against a tiny one (--tiny), both served
 at once and loaded in turns with 8 and 1 clients on --active subjects each (in the big store spread evenly
 over its keys), and their bytes per subject (data.mdb's size, and the blocks allocated as du counts them).
+With --redis, last, the two backends through the daemon (issue 13): an LMDB daemon and one with `[store]
+backend = "redis"` on its own redis-server (Unix socket in the work dir, `--save "" --appendonly no`, stopped
+by its pid), both served at once and loaded in turns, the order swapped each round (--rounds rounds, --keys
+users), with record-invalid from 1 and 8 clients and check-blocked (`0`: nobody is blocked) from 1. Both answer
+the fallback `1` ([hooks] closed), so a request the daemon could not answer in time fails the run instead of
+passing for a `0`; and each store must hold one event per record-invalid call it answered. Printed with the
+redis-server's CPU and the ratios Redis/LMDB.
 Prints medians over rounds of ops/s, p50/p99 latency over all calls, the CPU the daemon and the clients used
 (2 cores here: 100 % is one core), and the targets: >= 10,000 record-invalid/s with 8 clients and p99 <= 2 ms;
 the big store within 1.2x of the tiny one's latency; <= 300 bytes per subject.
 
     /opt/eximhook/bin/python bench/serve.py [--duration 3] [--rounds 2] [--subjects 1000000] [--json FILE]
+    /opt/eximhook/bin/python bench/serve.py --duration 2 --rounds 3 --subjects 100000 --redis  # ~2 min
 
-As root, with eximhook installed non-editable in /opt/eximhook. Everything is stopped and removed at the end.
+As root, with eximhook installed non-editable in the venv (and, for --redis, redis-py in it and redis-server
+on PATH). Everything is stopped and removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -50,6 +60,8 @@ def requests(op: str, keys: list[int]) -> list[bytes]:
 
     if op == "ping":
         return [protocol.encode("ping")]
+    if op == "check-blocked":
+        return [protocol.encode("check-blocked", "auth", KEY.format(i)) for i in keys]
     if op == "message":
         return [protocol.encode("message", "auth", KEY.format(i), n="3", sender=KEY.format(i), mid=f"<{i}.{n}@mua>",
                                 id="1xVbMq-0004rw-1g") for n, i in enumerate(keys)]
@@ -95,11 +107,14 @@ def store_size(store: str, subjects: int) -> dict[str, Any]:
             "free_pages": pages - 2 - live, "psize": psize, "depth": stats[1]["depth"]}
 
 
-def run_load(d: BenchDaemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace) -> LoadResult:
+def run_load(d: BenchDaemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace,
+             redis_pid: int | None = None) -> LoadResult:
     expect = b"pong" if op == "ping" else b"0"
-    before = cpu_seconds(d.pid)
+    before, redis_before = cpu_seconds(d.pid), cpu_seconds(redis_pid) if redis_pid else 0.0
     result = load(str(d.socket), requests(op, keys), expect, clients, opts.duration)
     result.daemon_cpu = cpu_seconds(d.pid) - before
+    if redis_pid:
+        result.extra["redis_cpu"] = cpu_seconds(redis_pid) - redis_before
     if result.errors:
         sys.exit(f"{d.name}: {op} x{clients}: {result.errors} calls failed or answered wrong; log: {d.log()}")
     return result
@@ -113,6 +128,7 @@ def summarize(results: list[LoadResult]) -> dict[str, Any]:
             "p99_ms": percentile(lat, 99) * 1e3, "max_ms": max(lat) * 1e3, "calls": len(lat),
             "daemon_cpu": median([r.daemon_cpu / r.seconds for r in results]) * 100,
             "client_cpu": median([r.client_cpu / r.seconds for r in results]) * 100,
+            "redis_cpu": median([r.extra.get("redis_cpu", 0.0) / r.seconds for r in results]) * 100,
             "ops_s_rounds": [round(r.ops / r.seconds) for r in results]}
 
 
@@ -123,6 +139,81 @@ def row(name: str, clients: int, s: dict[str, Any]) -> list[object]:
 
 OPS = ("ping", "record-invalid", "message")
 HEADERS = ["op", "clients", "ops/s", "p50 ms", "p99 ms", "max ms", "daemon CPU", "clients CPU", "calls"]
+BACKEND_RUNS = (("record-invalid", 1), ("record-invalid", 8), ("check-blocked", 1))
+BACKENDS = ("lmdb", "redis")
+
+
+def compare_backends(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """An LMDB daemon and a Redis one (its own redis-server), served at once and loaded in turns, the order
+    swapped each round; then the events each counted, against the record-invalid calls it answered."""
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    version = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True, check=True).stdout
+    redis = RedisServer(work / "redis-server")
+    pair: dict[str, BenchDaemon] = {}
+    keys = list(range(opts.keys))
+    runs: dict[tuple[str, str, int], list[LoadResult]] = {}
+    try:
+        redis.start()
+        pair = {"lmdb": BenchDaemon(work, "lmdb", closed=True),
+                "redis": BenchDaemon(work, "redis", redis_url=redis.url, closed=True)}
+        for d in pair.values():
+            d.start()
+        for rnd in range(opts.rounds):
+            for op, clients in BACKEND_RUNS:
+                for name in BACKENDS if rnd % 2 == 0 else BACKENDS[::-1]:
+                    runs.setdefault((name, op, clients), []).append(run_load(
+                        pair[name], op, keys, clients, opts, redis.pid if name == "redis" else None))
+            print(f"  backend round {rnd + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
+        exits = {name: d.stop() for name, d in pair.items()}
+        counted = {"lmdb": counted_lmdb(str(pair["lmdb"].store), keys), "redis": counted_redis(redis.url, keys)}
+    finally:
+        for d in pair.values():
+            d.stop()
+        redis.close()
+    answered = {name: sum(r.ops for op, c in BACKEND_RUNS if op == "record-invalid" for r in runs[(name, op, c)])
+                for name in BACKENDS}
+    stats = {f"{name} {op} x{c}": summarize(rs) for (name, op, c), rs in runs.items()}
+    ratios = {f"{op} x{c}": {m: stats[f"redis {op} x{c}"][m] / stats[f"lmdb {op} x{c}"][m]
+                             for m in ("ops_s", "p50_ms", "p99_ms")} for op, c in BACKEND_RUNS}
+    return {"redis_server": version.split()[2].removeprefix("v="), "exits": exits, "counted": counted,
+            "answered": answered, "stats": stats, "ratios": ratios}
+
+
+def counted_lmdb(store: str, keys: list[int]) -> int:
+    from eximhook.counters import Counters
+
+    with Counters(store) as counters:
+        return sum(counters.get("auth", KEY.format(i)).total for i in keys)
+
+
+def counted_redis(url: str, keys: list[int]) -> int:
+    from eximhook.backends.redis import RedisBackend
+
+    with RedisBackend.open(url) as backend:
+        return sum(backend.counter("auth", KEY.format(i)).total for i in keys)
+
+
+def print_backends(cmp: dict[str, Any], opts: argparse.Namespace) -> bool:
+    """The comparison's tables; whether each daemon counted exactly the calls it answered."""
+    stats = cmp["stats"]
+    print(f"\nLMDB against Redis (redis-server {cmp['redis_server']}, Unix socket, no persistence; the daemon calls "
+          f"it from a 4-thread pool): {opts.rounds} rounds taking turns, {opts.keys:,} users")
+    rows = []
+    for op, c in BACKEND_RUNS:
+        for name in BACKENDS:
+            cells = row(f"{op} {name}", c, stats[f"{name} {op} x{c}"])
+            cells.insert(7, f"{stats[f'{name} {op} x{c}']['redis_cpu']:.0f}%" if name == "redis" else "-")
+            rows.append(cells)
+    print(table(["op backend", *HEADERS[1:7], "redis CPU", *HEADERS[7:]], rows))
+    print("\nRedis / LMDB (ops/s below 1 and latency above 1: Redis is slower)")
+    print(table(["op", "clients", "ops/s", "p50", "p99"],
+                [[op, c, *(f"{x:.2f}x" for x in cmp["ratios"][f"{op} x{c}"].values())] for op, c in BACKEND_RUNS]))
+    ok = cmp["counted"] == cmp["answered"]
+    print(f"\n  {'counted every call once' if ok else 'COUNT MISMATCH'}: events in the store / record-invalid calls "
+          "answered: " + ", ".join(f"{n} {cmp['counted'][n]:,} / {cmp['answered'][n]:,}" for n in BACKENDS)
+          + "; daemon exit " + ", ".join(f"{n} {cmp['exits'][n]}" for n in BACKENDS))
+    return ok
 
 
 def main() -> int:
@@ -135,12 +226,15 @@ def main() -> int:
     parser.add_argument("--tiny", type=int, default=1_000, help="the tiny store's subjects (default 1,000)")
     parser.add_argument("--active", type=int, default=1_000, help="subjects the size comparison counts on")
     parser.add_argument("--size-rounds", type=int, default=3, help="rounds of the size comparison (default 3)")
+    parser.add_argument("--redis", action="store_true", help="also LMDB against Redis, through the daemon")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     opts = parser.parse_args()
     levels = [int(c) for c in opts.clients.split(",")]
     if opts.duration <= 0 or opts.duration > 60 or min(levels) < 1 or max(levels) > 256 or opts.tiny < opts.active \
             or opts.subjects < opts.active or min(opts.rounds, opts.size_rounds, opts.keys, opts.active) < 1:
         parser.error("need 0 < --duration <= 60, 1..256 clients, --active <= --tiny and <= --subjects")
+    if opts.redis and not (shutil.which("redis-server") and importlib.util.find_spec("redis")):
+        parser.error("--redis needs redis-server on PATH and redis-py in this venv")
     where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
@@ -177,6 +271,7 @@ def main() -> int:
                         run_load(stores[name], "record-invalid", active[name], clients, opts))
             print(f"  size round {rnd + 1}/{opts.size_rounds} done", file=sys.stderr, flush=True)
         cmp_stats = {f"{name} x{c}": summarize(r) for (name, c), r in cmp_runs.items()}
+        backends = compare_backends(work, opts) if opts.redis else None
     finally:
         for d in daemons:
             d.stop()
@@ -217,12 +312,13 @@ def main() -> int:
                      f"{big_s['du'] / big_s['subjects']:.0f} B (file size {big_s['size'] / big_s['subjects']:.0f} B)"))
     for what, ok, detail in verdicts:
         print(f"  {'met   ' if ok else 'MISSED'} {what}: {detail}")
+    counted_once = print_backends(backends, opts) if backends else True
     if opts.json:
         out.update(load=main_stats, size_compare=cmp_stats, sizes=sizes, fill_seconds=fill_s,
-                   targets=[{"target": w, "met": ok, "detail": d} for w, ok, d in verdicts])
+                   targets=[{"target": w, "met": ok, "detail": d} for w, ok, d in verdicts], backends=backends)
         with open(opts.json, "w") as f:
             json.dump(out, f, indent=1)
-    return 0
+    return 0 if counted_once else 1
 
 
 if __name__ == "__main__":

@@ -21,17 +21,23 @@ HUGE = 1_000_000_000
 
 
 class BenchDaemon(h.Daemon):
-    """``eximhook --config DIR/eximhook.toml serve --allow-root``, everything in DIR."""
+    """``eximhook --config DIR/eximhook.toml serve --allow-root``, everything in DIR.
 
-    def __init__(self, work: Path, name: str) -> None:
+    With ``redis_url`` it counts and checks in that Redis (``[store] backend = "redis"``). With
+    ``closed`` a request the daemon could not answer in time gets the fallback token ``1`` (``[hooks]``
+    closed): the load counts it as an error, where the open fallback's ``0`` would pass for an answer."""
+
+    def __init__(self, work: Path, name: str, *, redis_url: str | None = None, closed: bool = False) -> None:
         self.name = name
         self.dir = work / name
         self.dir.mkdir()
         self.store = self.dir / "store"
         self.logfile = self.dir / "eximhook.log"
         conf = self.dir / "eximhook.toml"
+        backend = f'backend = "redis"\nredis_url = "{redis_url}"\nnode = "bench"\n' if redis_url else ""
         limits = "".join(f'[limits.{ns}]\nlimit = {HUGE}\nperiod = "1h"\n' for ns in ("auth", "relay"))
-        conf.write_text(f'[store]\npath = "{self.store}"\nmirror_dir = "{self.dir}"\n{limits}'
+        hooks = '[hooks]\ncheck = "closed"\nrecord = "closed"\n' if closed else ""
+        conf.write_text(f'[store]\npath = "{self.store}"\nmirror_dir = "{self.dir}"\n{backend}{limits}{hooks}'
                         f'[notify]\nsendmail = ["/bin/true"]\n[log]\nfile = "{self.logfile}"\n'
                         f'[serve]\nsocket = "{self.dir / "eximhook.sock"}"\n')
         super().__init__(conf)

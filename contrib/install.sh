@@ -42,8 +42,11 @@ esac
 venv=/opt/eximhook
 
 packages="exim4-daemon-heavy python3-venv openssl"
-# strace: the crash tests kill hooks at chosen system calls
-$dev && packages="$packages strace"
+# strace: the crash tests kill hooks at chosen system calls; redis-server: the Redis
+# backend's tests start their own (tests/redis_server.py), never the package's service
+had_redis=false
+dpkg-query -W -f='${Status}\n' redis-server 2>/dev/null | grep -q 'ok installed' && had_redis=true
+$dev && packages="$packages strace redis-server"
 if [ "$(dpkg-query -W -f='${Status}\n' $packages 2>/dev/null | grep -c 'ok installed')" = "$(echo $packages | wc -w)" ]; then
     echo "install: Debian packages already there"
 else
@@ -57,6 +60,11 @@ else
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
+    # the package enables its unit (policy-rc.d only kept it from starting): a test
+    # machine must not run a Redis nobody asked for; one installed before stays as it was
+    if $dev && ! $had_redis && command -v systemctl >/dev/null; then
+        systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    fi
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"

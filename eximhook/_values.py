@@ -225,3 +225,80 @@ def opt_address(value: Any) -> str:
 def opt_path(value: Any) -> str:
     """An absolute path, or "" (the default the config derives)."""
     return "" if value == "" else abs_path(value)
+
+
+def backend(value: Any) -> str:
+    if value not in ("lmdb", "redis"):
+        raise ValueError('must be "lmdb" (this machine\'s store) or "redis" (counters and blocks shared by relays)')
+    return str(value)
+
+
+def redis_url(value: Any) -> str:
+    """"" (unset), or a URL redis-py opens: ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` (TLS) or ``unix://[[user]:password@]/path/to/socket[?db=N]``.
+    Parsed here, never connected to: the config is read where Redis may be down.
+    Whether it must name a host depends on ``redis_sentinels`` (``config._check_redis``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if value == "":
+        return ""
+    url = text(value)
+    example = "such as redis://127.0.0.1:6379/0, rediss://redis.example.net/0 or unix:///run/redis/redis.sock"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port that is no number, or out of range, raises here
+        query = parse_qs(parts.query, strict_parsing=bool(parts.query))
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc}), {example}") from None
+    db = query.get("db", [])
+    if parts.scheme in ("redis", "rediss"):
+        path = parts.path.removeprefix("/")
+        if path:
+            db.append(path)
+    elif parts.scheme == "unix":
+        if parts.hostname or port is not None or not os.path.isabs(parts.path):
+            raise ValueError(f"{url!r} must name an absolute socket path after unix:// (unix:///path), {example}")
+    else:
+        raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL, {example}")
+    if any(not (d.isascii() and d.isdigit()) for d in db):
+        raise ValueError(f"{url!r}: the database must be a number, {example}")
+    return url
+
+
+def sentinels(value: Any) -> tuple[tuple[str, int], ...]:
+    """``["192.0.2.1:26379", "[2001:db8::1]:26379"]``: the Sentinels to ask for the
+    master's address, as (host, port); ``[]``: none (off)."""
+    from urllib.parse import urlsplit
+
+    example = 'such as ["192.0.2.1:26379", "192.0.2.2:26379", "[2001:db8::3]:26379"]'
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ValueError(f"must be a list of \"host:port\" strings, {example}")
+    out = []
+    for addr in value:
+        try:
+            parts = urlsplit(f"//{addr}")
+            port = parts.port
+        except ValueError:
+            port = None
+        else:
+            if parts.hostname and port and parts.netloc == addr and not parts.username and not parts.password:
+                out.append((parts.hostname, port))
+                continue
+        raise ValueError(f"has {addr!r}, which is no \"host:port\" (an IPv6 address in brackets), {example}")
+    return tuple(out)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, in the user part and in a
+    ``password=`` parameter (redis-py takes both): for check-config and the logs."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user = parts.username or ""
+        url = parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}").geturl()
+    base, _, query = url.partition("?")  # by hand: geturl() drops the "//" of unix:///path
+    fields = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in fields):
+        url = base + "?" + urlencode([(n, "***" if n == "password" else v) for n, v in fields], safe="*/")
+    return url

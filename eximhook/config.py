@@ -35,6 +35,22 @@ class StoreConfig:
     mirror_dir: str = _opt("/var/spool/exim4", v.abs_path)
     map_size: int = _opt(1 << 32, v.map_size)  # grows by doubling when full
     owner: str | None = _opt(None, v.owner)  # "user[:group]"; default: the store dir's owner
+    # "redis": the daemon counts and blocks in the Redis at redis_url, shared by several
+    # relays, and mirrors its blocks into this store (issue 13); the hooks stay on it
+    backend: str = _opt("lmdb", v.backend)
+    redis_url: str = _opt("", v.redis_url)  # redis://host:port/db, rediss://..., unix:///path
+    redis_timeout: float = _opt(0.5, v.seconds)  # one call to Redis; below [serve] timeout
+    # more than one Redis (issue 13): the Sentinels ("host:port") that name the master
+    # of redis_service (redis_url then names no host: it carries the password, the db,
+    # rediss:// for TLS), or a Redis Cluster that redis_url names one node of; not both
+    redis_sentinels: tuple[tuple[str, int], ...] = _opt((), v.sentinels)
+    # the master's name in the Sentinels (their "sentinel monitor NAME ..."): eximhook's
+    # own, not redis' example "mymaster", which a Sentinel may watch for another service
+    redis_service: str = _opt("eximhook", v.text)
+    redis_cluster: bool = _opt(False, v.boolean)
+    # this relay's name in Redis (who claimed a notification, who counted while Redis
+    # was down). Two relays sharing one Redis need two names.
+    node: str = _opt(os.uname().nodename, v.text)
 
 
 @dataclass(frozen=True)
@@ -257,6 +273,8 @@ def load(path: str) -> Config:
         exempt=_limits.parse_exempt(path, v.table(path, "exempt", data.get("exempt", {})), prefix),
         **sections,
     )
+    if cfg.store.backend == "redis":
+        _check_redis(path, cfg.store, cfg.serve)
     window = send_window(cfg)
     if cfg.notify.stale_after < 2 * window:
         raise ConfigError(
@@ -282,6 +300,37 @@ def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: Notif
     return replace(rt, sender=rt.sender or rt.mailbox, abuse=rt.abuse or notify.to,
                    blocked_nets=rt.blocked_nets or os.path.join(store.mirror_dir, "blocked.nets"),
                    state=rt.state or os.path.join(store.path, "relaytest-watch.state"))
+
+
+def _check_redis(path: str, store: StoreConfig, serve: ServeConfig) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    url = urlsplit(store.redis_url)
+    if store.redis_sentinels and store.redis_cluster:
+        raise ConfigError(f"{path}: store.redis_sentinels and store.redis_cluster = true exclude each other: "
+                          "Sentinel watches one master and its replicas, a Redis Cluster fails over by itself")
+    if store.redis_sentinels:
+        if store.redis_url and (url.scheme == "unix" or url.hostname or url.port is not None):
+            raise ConfigError(f"{path}: store.redis_url {store.redis_url!r} names an address, but with "
+                              "store.redis_sentinels the Sentinels name the master's: leave it empty, or give only "
+                              "the password, the database and TLS, such as redis://:password@/0 or rediss:///0")
+    elif not store.redis_url:
+        raise ConfigError(f'{path}: store.redis_url must be set when store.backend is "redis" (such as '
+                          "redis://127.0.0.1:6379/0 or unix:///run/redis/redis.sock), unless "
+                          "store.redis_sentinels is")
+    elif url.scheme != "unix" and not url.hostname:
+        raise ConfigError(f"{path}: store.redis_url {store.redis_url!r} names no host (only with "
+                          "store.redis_sentinels, which name the master); such as redis://127.0.0.1:6379/0")
+    if store.redis_cluster:
+        db = url.path.removeprefix("/") or parse_qs(url.query).get("db", [""])[0]
+        if url.scheme == "unix" or db.strip("0"):
+            raise ConfigError(f"{path}: store.redis_url {store.redis_url!r}: with store.redis_cluster = true it "
+                              "names one node of the cluster by TCP, in database 0 (a cluster has no other), such "
+                              "as redis://192.0.2.5:6379 or rediss://redis-1.example.net:6379")
+    if store.redis_timeout >= serve.timeout:
+        raise ConfigError(f"{path}: store.redis_timeout {store.redis_timeout:g}s must be below serve.timeout "
+                          f"{serve.timeout:g}s: the daemon answers within serve.timeout, so a slower Redis "
+                          "would only ever give the fallback token")
 
 
 def send_window(cfg: Config) -> float:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import lmdb
 
     from ._log import Logger
+    from .backends.redis import RedisBackend
     from .exim import Exim, Message
     from .expiry import Schedule
     from .policy import Policy
@@ -88,23 +89,37 @@ def bounce_event(counters: Counters, policies: Policies, now: float, sender: str
     send one. Backscatter from spam that forged our user's address names no message of
     ours; someone who got one of our user's messages may know its Message-ID, but one
     host can report it once, as the one MTA that delivers to a domain does."""
-    failed = " ".join(failed.split()) if failed else failed  # a folded header, unfolded
+    failed = unfold(failed)
 
     def body(txn: lmdb.Transaction) -> list[Tally]:
-        if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
-                           and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
-            return []
-        subjects = [("sender", sender)]
-        sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
-        if sent_by is not None and sent_by[0] != "sender":
-            subjects.append(sent_by)
         tallies = []
-        for ns, key in subjects:
+        for ns, key in bounce_subjects_in(counters, txn, now, sender, message_id=message_id, remember=remember,
+                                          remote=remote, ip=ip):
             policy = policies(ns, "bounces", key)
             if policy is not None and policy.windows:
                 tallies.append(counters.event(ns, key, now, policy, evidence=failed, keep_evidence=keep_evidence)(txn))
         return tallies
     return body
+
+
+def unfold(header: str | None) -> str | None:
+    """A folded header, unfolded (its whitespace runs one space)."""
+    return " ".join(header.split()) if header else header
+
+
+def bounce_subjects_in(counters: Counters, txn: lmdb.Transaction, now: float, sender: str, *, message_id: str,
+                       remember: float, remote: bool, ip: str | None) -> list[tuple[str, str]]:
+    """Whom one bounce to ``sender`` counts against (see ``bounce_event``), read and
+    marked in the counters' write transaction ``txn``: none, the sender, or the sender
+    and the subject that sent the bounced message."""
+    if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
+                       and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
+        return []
+    subjects = [("sender", sender)]
+    sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
+    if sent_by is not None and sent_by[0] != "sender":
+        subjects.append(sent_by)
+    return subjects
 
 
 def _network(ip: str | None) -> str:
@@ -245,35 +260,62 @@ def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
 
 def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
           note: str | None, notify: bool = True, spool: Guard | None = None, owner: Owner | None = None,
-          expiry: Schedule | None = None) -> bool:
+          expiry: Schedule | None = None, shared: RedisBackend | None = None) -> bool:
     """Block by hand; False (and nothing changed) if the subject was blocked already.
-    ``owner``: mail the owner too (``[owner] manual``), at the address it finds."""
+    ``owner``: mail the owner too (``[owner] manual``), at the address it finds.
+    ``shared``: the Redis of several relays, blocked there first (``cluster``); a
+    block another relay made is copied here."""
     counter = counters.get(ns, key)
-    to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
     record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
     if spool is not None:
         record.update(spool.at_block())
         store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too
+    queued = 0
+    if shared is not None:
+        queued = shared.block_queued(dict(record, node=shared.node), now, notify=notify)
+        if queued < 0:
+            made = shared.get_block(ns, key)
+            if made is not None and store.block(made, now, False):
+                _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
+            return False
+        record["node"] = shared.node
+    to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
     created = store.block(record, now, notify, owner=to, expiry=expiry)
+    if shared is not None and queued > 0:  # this store has it: this relay mails it
+        shared.take(ns, key, queued)
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
     return created
 
 
 def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
-            by: str, event: str = "unblocked", only: Callable[[dict[str, Any]], bool] | None = None) -> None:
+            by: str, event: str = "unblocked", only: Callable[[dict[str, Any]], bool] | None = None,
+            shared: RedisBackend | None = None) -> None:
     """Lift the block (and any would-block records) and reset the subject's counters,
     so they start from zero. The counters first: lifted the other way round, the
     sender's next event could count on from over the limit and block it again.
-    ``event`` and ``only`` are for automatic lifts (see ``Store.unblock``)."""
+    ``event`` and ``only`` are for automatic lifts (see ``Store.unblock``).
+    ``shared``: the Redis of several relays, where it is lifted first (in one script,
+    counters included), and published: every relay lifts its copy."""
+    if shared is not None and only is not None:  # tested here, before Redis lifts it
+        record = store.get_block(ns, key)
+        if record is None or not only(record):
+            raise NotBlocked(f"{ns} {key!r} is not blocked")
+    lifted = shared is not None and shared.lift(ns, key, now, by, event=event) > 0
     blocked = store.is_blocked(ns, key)
     if not blocked and not store.shadows(ns, key):
-        raise NotBlocked(f"{ns} {key!r} is not blocked")
+        if not lifted:
+            raise NotBlocked(f"{ns} {key!r} is not blocked")
+        # the copy here was lifted already, by this relay's daemon: the mirror is still
+        # the caller's to see written before it says unblocked
+        _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
+        return
     counters.reset(ns, key)
     if store.clear_shadows(ns, key):
         store.audit({"ts": now, "event": "shadow-cleared", "ns": ns, "key": key, "by": by})
     if not blocked:
         return
-    if not store.unblock(ns, key, now, by, event=event, only=only):
+    # lifted in Redis: this relay's daemon may have lifted the copy meanwhile
+    if not store.unblock(ns, key, now, by, event=event, only=only) and not lifted:
         raise NotBlocked(f"{ns} {key!r} is not blocked")
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
 
@@ -305,16 +347,17 @@ def bounces_of(exim: Exim, counters: Counters, messages: list[Message], ns: str,
 
 
 def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
-            by: str, dry_run: bool = False) -> tuple[list[str], bool]:
+            by: str, dry_run: bool = False, shared: RedisBackend | None = None) -> tuple[list[str], bool]:
     """Not spam after all: lift the block, thaw the subject's frozen mail and start its
     delivery. Returns the ids and whether a block was lifted. Works without a block
-    too (mail left frozen by an earlier plain ``unblock``)."""
+    too (mail left frozen by an earlier plain ``unblock``; with ``shared``, on each
+    relay whose queue holds some: the block is lifted on all of them at once)."""
     ids = exim.message_ids(ns, key, frozen=True)
     blocked = store.is_blocked(ns, key)
     if dry_run:
         return ids, blocked
     if blocked:
-        unblock(store, counters, mirror_dir, ns, key, now, by=by)
+        unblock(store, counters, mirror_dir, ns, key, now, by=by, shared=shared)
     if ids:
         exim.act("-Mt", ids)
         exim.deliver_soon(ids)
@@ -323,7 +366,8 @@ def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: s
 
 
 def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
-          by: str, dry_run: bool = False, lift: bool = False, remember: float = 0.0) -> tuple[list[str], bool]:
+          by: str, dry_run: bool = False, lift: bool = False, remember: float = 0.0,
+          shared: RedisBackend | None = None) -> tuple[list[str], bool]:
     """Spam: remove the subject's frozen mail from the queue, and the frozen bounces of
     its spam (see ``bounces_of``); keep the block unless ``lift``. Returns the ids and
     whether a block was lifted."""
@@ -336,5 +380,5 @@ def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str
         exim.act("-Mrm", ids)
     store.audit({"ts": now, "event": "purged", "ns": ns, "key": key, "by": by, "ids": ids})
     if lifting:
-        unblock(store, counters, mirror_dir, ns, key, now, by=by)
+        unblock(store, counters, mirror_dir, ns, key, now, by=by, shared=shared)
     return ids, lifting

@@ -100,3 +100,9 @@ class SetupError(EximhookError):
     update-exim4.conf or exim4 -bV failing); nothing is left changed."""
 
     exit_code = Exit.CONFIG
+
+
+class SharedUnavailable(EximhookError):
+    """The Redis the relays share (``[store] backend = "redis"``) did not answer."""
+
+    exit_code = Exit.UNAVAILABLE

@@ -111,14 +111,17 @@ def lift_due(cfg: Config, store: Store, log: Logger, now: float) -> list[str]:
 
 
 def _lift(cfg: Config, store: Store, log: Logger, blocks: list[dict[str, Any]], now: float) -> list[str]:
+    from .cluster import shared as cluster
+
     problems = []
-    with Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner) as counters:
+    with Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner) as counters, cluster(cfg) as shared:
         for block in blocks:
             ns, key = block["ns"], block["key"]
             try:
-                # only a block that is still due: not one made again since this run looked
+                # only a block that is still due: not one made again since this run looked;
+                # with Redis, lifted on every relay (a SharedUnavailable: the next run)
                 core.unblock(store, counters, cfg.store.mirror_dir, ns, key, now, by=LIFTER, event="expired",
-                             only=lambda record: due(record, now))
+                             only=lambda record: due(record, now), shared=shared)
             except NotBlocked:
                 continue  # another maintain run lifted it first
             except EximhookError as exc:  # the mirror: the next run, or any writer, rewrites it

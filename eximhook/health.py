@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from typing import Any
 
 from . import core, expiry, mirror, notify, outbox, spool
@@ -196,10 +197,44 @@ def status(cfg: Config, now: float) -> list[Check]:
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
             checks += [_mirror_check(cfg, store), _outbox_check(store, now), _spool_check(store)]
+            if cfg.store.backend == "redis":
+                checks.append(_redis_check(cfg, store))
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
     checks.append(_serve_check(cfg, now))
     return checks
+
+
+def _redis_check(cfg: Config, store: Store) -> Check:
+    """The Redis the relays share, as the daemon found it (its mark in the store) and
+    as the config names it now; are counts made alone waiting for it."""
+    import redis
+
+    from .backends.connect import client, describe
+
+    waiting, alone = len(store.journaled()), store.alone_since()
+    where = describe(cfg.store)
+    if alone is not None:
+        return Check("redis", CRITICAL, f"eximhook serve could not use {where} at {format_time(alone)} and counts "
+                                        f"alone since ({waiting} count(s) to send when it can; its log says why)",
+                     up=False, waiting=waiting)
+    conn = client(cfg.store)
+    try:
+        start = time.monotonic()
+        conn.ping()
+        rtt = time.monotonic() - start
+    except (redis.RedisError, OSError) as exc:
+        return Check("redis", CRITICAL, f"{where} does not answer ({type(exc).__name__}: {exc}): the relays count "
+                                        f"alone, and admin commands that change blocks refuse", up=False,
+                     waiting=waiting)
+    finally:
+        conn.close()
+    if waiting:
+        return Check("redis", WARNING, f"{where} answers, and {waiting} count(s) made while it was down are not "
+                                       "sent yet: eximhook serve sends them within [serve] check_interval",
+                     up=True, waiting=waiting)
+    return Check("redis", OK, f"{where} answers ({rtt * 1000:.1f} ms)", up=True, waiting=0,
+                 rtt_ms=round(rtt * 1000, 2))
 
 
 def _store_check(cfg: Config, now: float) -> Check:
@@ -294,6 +329,9 @@ def _serve_check(cfg: Config, now: float) -> Check:
         if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
             return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
                                            f"{format_time(fell_back)}", up=False)
+        if cfg.store.backend == "redis":  # only the daemon counts in Redis: this relay has left it
+            return Check("serve", WARNING, f"down ({exc}): [store] backend is \"redis\", and without the daemon "
+                                           "this relay counts in its own store only", up=False)
         return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
     return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .config import Config
@@ -24,11 +25,13 @@ def windows(cfg: Config, ns: str, key: str | None, name: str, counter: Counter, 
     return out
 
 
-def subject(cfg: Config, counters: Counters, ns: str, key: str, now: float, since: float) -> dict[str, Any]:
-    """Every counter of one subject: total, evidence and windows."""
+def subject(cfg: Config, get: Callable[[str, str, str], Counter], ns: str, key: str, now: float,
+            since: float) -> dict[str, Any]:
+    """Every counter of one subject (``get(ns, key, name)``: this relay's, or Redis's):
+    total, evidence and windows."""
     out = {}
     for name in cfg.policies.get(ns, {}):
-        c = counters.get(ns, key, name)
+        c = get(ns, key, name)
         out[name] = {"total": c.total, "evidence": c.recent, "ips": c.ips,
                      "windows": windows(cfg, ns, key, name, c, now, since)}
     return out

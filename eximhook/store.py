@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
 _DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt", b"offences",
-        b"relaytest")
+        b"relaytest", b"journal")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
@@ -73,12 +73,14 @@ class Outcome:
     """What counting an event did: is the subject blocked now, did this event trip it
     (or, in shadow mode, make the record that it would have)."""
 
-    __slots__ = ("blocked", "count", "exempt", "shadowed", "total", "tripped")
+    __slots__ = ("blocked", "count", "exempt", "queued", "shadowed", "total", "tripped")
 
     def __init__(self, blocked: bool, tripped: bool, count: int, total: int, shadowed: bool = False,
-                 exempt: str | None = None) -> None:
+                 exempt: str | None = None, queued: int = 0) -> None:
         self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
-        self.shadowed, self.exempt = shadowed, exempt
+        # Redis only: the number of the notification this event queued in the shared
+        # outbox, which the relay takes once its own store has it (0: none)
+        self.shadowed, self.exempt, self.queued = shadowed, exempt, queued
 
 
 class Store(Env):
@@ -165,15 +167,24 @@ class Store(Env):
                                        "by": record["by"], "reason": record["reason"], "note": record.get("note"),
                                        "counter": record.get("counter")})
         if notify:
-            self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
-                                          "state": "queued", "attempts": 0, "hold_until": now + hold})
-            if owner:  # names no message: not held
-                self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
-                                              "state": "queued", "attempts": 0, "hold_until": now})
-            elif owner is not None:
-                self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
-                                               "key": record["key"], "by": record["by"]})
+            self._notify_in(txn, record, now, hold, owner)
         return True
+
+    def notify(self, record: dict[str, Any], now: float, hold: float = 0.0, owner: str | None = None) -> None:
+        """Queue the notifications of a block stored already (``block`` without them):
+        the daemon's, for a block made in Redis that another thread copied here first."""
+        self.update(lambda txn: self._notify_in(txn, record, now, hold, owner))
+
+    def _notify_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, hold: float,
+                   owner: str | None) -> None:
+        self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
+                                      "state": "queued", "attempts": 0, "hold_until": now + hold})
+        if owner:  # names no message: not held
+            self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
+                                          "state": "queued", "attempts": 0, "hold_until": now})
+        elif owner is not None:
+            self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
+                                           "key": record["key"], "by": record["by"]})
 
     # -- shadow mode -----------------------------------------------------------------
 
@@ -339,6 +350,56 @@ class Store(Env):
             self.append_in(txn, b"audit", {"ts": now, "event": "exempt-removed", "ns": ns, "key": pattern, "by": by})
             return True
         return self.update(body)
+
+    # -- several relays, one Redis (serve.shared) --------------------------------------
+
+    def mark_shared(self, ns: str, key: str | None, node: str, *, pattern: str | None = None) -> bool:
+        """Note on this store's block of the subject (or exemption of ``pattern``) that
+        Redis holds it too, made or pushed by ``node``: from then on, its absence from
+        Redis means another relay lifted it. False if it is gone."""
+        import json
+
+        if pattern is None:
+            assert key is not None
+            db, k = b"blocks", subject_key(ns, key)
+        else:
+            db, k = b"exempt", ns.encode() + b"\0" + pattern.encode("utf-8", "surrogateescape")
+
+        def body(txn: lmdb.Transaction) -> bool:
+            data = txn.get(k, db=self.db(txn, db))
+            if data is None:
+                return False
+            record = json.loads(bytes(data))
+            if record.get("node") != node:
+                txn.put(k, json.dumps(dict(record, node=node)).encode(), db=self.db(txn, db))
+            return True
+        return self.update(body)
+
+    def alone(self, since: float | None) -> None:
+        """The daemon counts alone (Redis failed) since ``since``; None: on Redis again.
+        For ``eximhook status``, which cannot ask Redis as the daemon does."""
+        def body(txn: lmdb.Transaction) -> None:
+            if since is None:
+                txn.delete(b"redis-alone", db=self.db(txn, b"meta"))
+            else:
+                txn.put(b"redis-alone", struct.pack(">d", since), db=self.db(txn, b"meta"))
+        if (self.alone_since() is None) != (since is None):  # a read when nothing changes
+            self.update(body)
+
+    def alone_since(self) -> float | None:
+        data = self.read(lambda txn: txn.get(b"redis-alone", db=self.db(txn, b"meta")))
+        return None if data is None else float(struct.unpack(">d", data)[0])
+
+    def journal(self, item: dict[str, Any]) -> int:
+        """Keep a count made on this relay alone while Redis was down, to send it later."""
+        return self.update(lambda txn: self.append_in(txn, b"journal", dict(item)))
+
+    def journaled(self) -> list[dict[str, Any]]:
+        return self._items(b"journal")
+
+    def sent(self, seq: int) -> None:
+        """The journaled count ``seq`` is in Redis."""
+        self.update(lambda txn: txn.delete(_SEQ.pack(seq), db=self.db(txn, b"journal")))
 
     # -- outbox and audit log ------------------------------------------------------
 

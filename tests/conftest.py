@@ -16,6 +16,8 @@ import pytest
 from eximhook.cli import main
 
 from .e2e.harness import EXIM, EXIMHOOK, Daemon, toml_value
+from .redis_ha import ClusterNode
+from .redis_server import REDIS_SERVER, RedisServer
 
 
 def write_config(tmp_path: Path, extra: str = "", limit: int = 5, sendmail: str | None = None,
@@ -162,3 +164,51 @@ def messages(mailbox: Path) -> list[email.message.EmailMessage]:
     out = sent(mailbox)
     assert [to for to, _ in out] == ["abuse@example.net"] * len(out)
     return [msg for _, msg in out]
+
+
+# The Redis backend's tests need a real redis-server (see redis_server.py); CI installs
+# it (install.sh --dev), so there they must run, never skip.
+needs_redis = pytest.mark.skipif(not _CI and not os.path.exists(REDIS_SERVER), reason="needs redis-server")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session, started on first use and stopped by its pid."""
+    if not _CI and not os.path.exists(REDIS_SERVER):
+        pytest.skip("needs redis-server")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's redis-server, emptied for this test: its URL."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNode]:
+    """A one-node Redis Cluster for the session (redis_ha.py: TCP on 127.0.0.1, a free
+    port), started on first use and stopped by its pid."""
+    if not _CI and not os.path.exists(REDIS_SERVER):
+        pytest.skip("needs redis-server")
+    node = ClusterNode(tmp_path_factory.mktemp("redis-cluster")).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: ClusterNode) -> str:
+    """The session's one-node cluster, emptied for this test: the URL of its node."""
+    with redis_cluster.client() as client:
+        client.flushall()
+    return redis_cluster.url

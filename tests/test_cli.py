@@ -121,6 +121,15 @@ def test_export_and_check_config(cli: Run, config: Path) -> None:
     assert code == 0 and "blocked_authenticated_users: 0 key(s)" in out
     code, out, _ = cli("check-config")
     assert code == 0 and out.startswith(f"config {config}: ok")
+    assert "Redis" not in out, "the LMDB backend, by default"
+
+
+def test_check_config_names_redis_without_its_password(cli: Run, tmp_path: Path) -> None:
+    config = write_config(tmp_path, settings={"store.backend": "redis", "store.node": "mx2",
+                                              "store.redis_url": "redis://:s3cret@192.0.2.6:6379/1"})
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and "counts and blocks in Redis at redis://:***@192.0.2.6:6379/1 (calls time out after " \
+        "0.5s) as relay 'mx2'" in out and "s3cret" not in out, "parsed, not connected to: nothing listens there"
 
 
 def test_admin_config_error(tmp_path: Path, cli: Run) -> None:

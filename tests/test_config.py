@@ -71,6 +71,23 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         pytest.param("[expiry]\nafter = 'soon'\n", r"expiry\.after bad period", id="bad-expiry"),
         pytest.param("[expiry]\nescalate = 0.5\n", r"expiry\.escalate must be a number of at least 1", id="shrinking"),
         pytest.param("[bogus]\n", r"unknown section \[bogus\]", id="unknown-section"),
+        pytest.param("[store]\nbackend = 'memcached'\n", r'store\.backend must be "lmdb" .* or "redis"',
+                     id="bad-backend"),
+        pytest.param("[store]\nredis_url = 'http://redis:6379'\n", r"store\.redis_url 'http://redis:6379' is not a "
+                     r"redis://, rediss:// or unix:// URL", id="http-url"),
+        pytest.param("[store]\nbackend = 'redis'\nredis_url = 'redis://'\n",
+                     r"store\.redis_url 'redis://' names no host", id="no-host"),
+        pytest.param("[store]\nredis_url = 'redis://h:99999'\n", r"store\.redis_url is not a URL \(Port out of range",
+                     id="bad-port"),
+        pytest.param("[store]\nredis_url = 'redis://h/zero'\n", r"the database must be a number", id="bad-db"),
+        pytest.param("[store]\nredis_url = 'unix://run/redis.sock'\n", r"must name an absolute socket path",
+                     id="relative-socket"),
+        pytest.param("[store]\nredis_url = 'unix:///r.sock?db=x'\n", r"the database must be a number",
+                     id="bad-socket-db"),
+        pytest.param("[store]\nbackend = 'redis'\n", r'store\.redis_url must be set when store\.backend is "redis"',
+                     id="redis-without-url"),
+        pytest.param("[store]\nbackend = 'redis'\nredis_url = 'redis://h'\nredis_timeout = 1\n",
+                     r"store\.redis_timeout 1s must be below serve\.timeout 1s", id="redis-slower-than-serve"),
         pytest.param("store = 1\n", r"store must be a table", id="not-a-table"),
         pytest.param("[store\n", r"invalid TOML", id="bad-toml"),
     ],
@@ -219,3 +236,23 @@ def test_expiry_schedule_reaches_the_hooks(tmp_path: Path, text: str, schedule: 
     path = write(tmp_path, f"[expiry]\n{text}\n")
     assert load(path).expiry.schedule() == schedule
     assert _fastconfig.hook_settings(path)[0]["expiry"] == schedule
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", id="tcp"),
+        pytest.param("rediss://:s3cret@redis.example.net:6380/2", "rediss://:***@redis.example.net:6380/2", id="tls"),
+        pytest.param("redis://eximhook:s3cret@[2001:db8::1]", "redis://eximhook:***@[2001:db8::1]", id="ipv6-user"),
+        pytest.param("unix:///run/redis/redis.sock?db=3", "unix:///run/redis/redis.sock?db=3", id="socket"),
+        pytest.param("unix://:s3cret@/run/redis/redis.sock", "unix://:***@/run/redis/redis.sock", id="socket-password"),
+        pytest.param("unix:///run/redis/redis.sock?password=s3cret&db=0", "unix:///run/redis/redis.sock?password=***&db=0",
+                     id="password-parameter"),
+    ],
+)
+def test_redis_backend_urls(tmp_path: Path, url: str, shown: str) -> None:
+    from eximhook._values import shown_url
+
+    cfg = load(write(tmp_path, f"[store]\nbackend = 'redis'\nredis_url = '{url}'\n"))
+    assert (cfg.store.backend, cfg.store.redis_url, cfg.store.redis_timeout) == ("redis", url, 0.5)
+    assert shown_url(url) == shown and "s3cret" not in shown

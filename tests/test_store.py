@@ -192,3 +192,13 @@ def test_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:
     Store(str(tmp_path / "s")).close()
     lock = tmp_path / "s" / "lock.mdb"
     assert lock.stat().st_blocks * 512 >= lock.stat().st_size >= 65664
+
+
+def test_notifications_of_a_block_stored_without_them(store: Store) -> None:
+    """The daemon's Redis path: another thread copied the block first, unmailed."""
+    record = core.block_record("auth", "bob", 100.0, by="eximhook", reason="limit")
+    assert store.block(record, 100.0, False) and store.outbox() == []
+    store.notify(record, 101.0, hold=30.0, owner="bob@example.com")
+    assert [(i["kind"], i.get("to"), i["block"], i["hold_until"]) for i in store.outbox()] == [
+        ("blocked", None, record, 131.0), ("owner", "bob@example.com", record, 101.0)]
+    assert [e["event"] for e in store.history("auth", "bob")] == ["blocked"], "one block, audited once"

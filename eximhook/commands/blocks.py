@@ -4,15 +4,19 @@ notify."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import core, expiry, health, mirror, owner
 from .. import notify as notify_mod
 from .._log import Logger
+from ..cluster import shared as cluster
 from ..config import Config
+from ..counters import Counter, Counters
 from ..errors import Exit
 from ..exempt import first as first_match
 from ..periods import format_period, format_time
@@ -96,16 +100,47 @@ def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
           else "no would-block records")
     return Exit.OK
 
+@contextlib.contextmanager
+def _counts(cfg: Config, counters: Counters) -> Iterator[Callable[[str, str, str], Counter]]:
+    """Where a subject's counts are: Redis's shared ones (this relay's own while Redis
+    does not answer, said on stderr), or this relay's."""
+    if cfg.store.backend != "redis":
+        yield counters.get
+        return
+    import redis
+
+    from ..backends.connect import describe
+    from ..backends.redis import RedisBackend
+
+    shared: RedisBackend | None = RedisBackend.from_config(cfg.store)
+
+    def get(ns: str, key: str, name: str) -> Counter:
+        nonlocal shared
+        if shared is not None:
+            try:
+                return shared.counter(ns, key, name)
+            except (redis.RedisError, OSError) as exc:
+                print(f"eximhook: note: {describe(cfg.store)} did not answer ({type(exc).__name__}: {exc}); the "
+                      "counts below are this relay's own, made while it was down", file=sys.stderr)
+                shared = None
+        return counters.get(ns, key, name)
+    try:
+        yield get
+    finally:
+        if shared is not None:
+            shared.close()
+
+
 def show(cfg: Config, opts: argparse.Namespace) -> int:
     from .. import report
 
     ns, key = subject(cfg, opts)
     now = time.time()
-    with open_store(cfg) as store, open_counters(cfg) as counters:
+    with open_store(cfg) as store, open_counters(cfg) as counters, _counts(cfg, counters) as get:
         block = store.get_block(ns, key)
         exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
         shadows = store.shadows(ns, key)
-        counts = report.subject(cfg, counters, ns, key, now, now - 86400)
+        counts = report.subject(cfg, get, ns, key, now, now - 86400)
         events = store.history(ns, key)
         notification = _notifications(store).get((ns, key))
         to_owner = _notifications(store, "owner").get((ns, key))
@@ -179,7 +214,7 @@ def top(cfg: Config, opts: argparse.Namespace) -> int:
 
 def block(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters:
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
         exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
         if exempt:  # by hand is the admin's call; a limit never blocks it
             print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
@@ -194,7 +229,7 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
         created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard(),
                              owner=find_owner if cfg.owner.notify and cfg.owner.manual else None,
-                             expiry=cfg.expiry.schedule())
+                             expiry=cfg.expiry.schedule(), shared=shared)
         if not created:
             print(f"{ns} {escape(key)} was blocked already")
             return Exit.OK
@@ -218,8 +253,8 @@ def unblock(cfg: Config, opts: argparse.Namespace) -> int:
         opts.unblock = True
         return purge(cfg, opts)
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters:
-        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor())
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
+        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(), shared=shared)
     print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
     return Exit.OK
 

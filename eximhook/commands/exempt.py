@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+from ..cluster import shared as cluster
 from ..config import Config
 from ..errors import Exit, UsageError
 from ..exempt import check, matches
@@ -26,8 +27,13 @@ def _pattern(cfg: Config, opts: argparse.Namespace) -> str:
 def add(cfg: Config, opts: argparse.Namespace) -> int:
     pattern = _pattern(cfg, opts)
     record = {"ns": opts.ns, "pattern": pattern, "reason": opts.reason or "", "by": actor(), "since": time.time()}
-    with open_store(cfg) as store:
-        if not store.exempt(record):
+    with open_store(cfg) as store, cluster(cfg) as shared:
+        if shared is not None:  # every relay's, from Redis (their daemons copy it)
+            record["node"] = shared.node
+            if not shared.exempt(record):
+                print(f"{opts.ns} {escape(pattern)} was exempt already")
+                return Exit.OK
+        if not store.exempt(record) and shared is None:
             print(f"{opts.ns} {escape(pattern)} was exempt already")
             return Exit.OK
         blocked = [b for b in store.blocks(opts.ns) if matches(opts.ns, pattern, b["key"])]
@@ -40,8 +46,9 @@ def add(cfg: Config, opts: argparse.Namespace) -> int:
 
 def remove(cfg: Config, opts: argparse.Namespace) -> int:
     pattern = _pattern(cfg, opts)
-    with open_store(cfg) as store:
-        removed = store.unexempt(opts.ns, pattern, time.time(), actor())
+    with open_store(cfg) as store, cluster(cfg) as shared:
+        removed = shared is not None and shared.unexempt(opts.ns, pattern)
+        removed = store.unexempt(opts.ns, pattern, time.time(), actor()) or removed
     if not removed:
         configured = any(p == pattern for p, _ in cfg.exempt.get(opts.ns, ()))
         print(f"eximhook: error: {opts.ns} {escape(pattern)} is not exempt by eximhook exempt add"

@@ -124,6 +124,12 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     mail += check_relaytest(cfg)
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
+    if cfg.store.backend == "redis":
+        from ..backends.connect import describe
+
+        print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out after "
+              f"{cfg.store.redis_timeout:g}s) as relay {cfg.store.node!r}, and mirrors its blocks into the store; "
+              "the hooks count there")
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():
             if policy.windows:

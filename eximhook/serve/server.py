@@ -12,6 +12,10 @@ Three threads, each for a reason:
   (once, however many race), flushes it to disk, rewrites the mirror files, and only
   then is 1 answered. It also checks the mirror every ``[serve] check_interval``;
 - the outbox thread (``worker.Outbox``) mails the abuse desk and freezes queued mail.
+
+With ``[store] backend = "redis"`` the counting requests and checks go to Redis instead,
+from a small thread pool, and a sync thread copies the blocks other relays make: see
+``shared``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ from ..subjects import FREEZING, normalize
 from . import protocol, sockets
 from .connection import Connection, describe
 from .worker import Outbox
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..backends.redis import RedisBackend
 
 _STOP = object()
 _CHECK_MIRROR = object()  # for the store thread: a blocked answer went out, is the mirror current?
@@ -73,7 +81,7 @@ _RETRY = 0.001  # seconds before the loop tries the counters' lock again
 
 
 class Server:
-    def __init__(self, cfg: Config, store: Store, counters: Counters) -> None:
+    def __init__(self, cfg: Config, store: Store, counters: Counters, backend: RedisBackend | None = None) -> None:
         self.cfg = cfg
         self.log = Logger(cfg.log.file)
         self.store, self.counters = store, counters
@@ -87,6 +95,11 @@ class Server:
         self.failure = _Throttle(lambda: self.log)
         self.served = 0
         self.refs_forgotten = 0.0
+        self.shared = None
+        if backend is not None:
+            from .shared import Shared
+
+            self.shared = Shared(self, backend)
 
     # -- the event loop ------------------------------------------------------------
 
@@ -112,6 +125,10 @@ class Server:
         conn.fallback = protocol.YES if policy == "closed" else protocol.NO
         conn.request = req
         now = time.time()
+        if self.shared is not None:
+            conn.state = "waiting"
+            self.shared.submit(conn, req, now)
+            return
         try:
             body = None if req.op == "check-blocked" else self._body(req, now)
         except BadSubject as exc:
@@ -232,9 +249,13 @@ class Server:
     def _failed(self, job: _Job, result: Any) -> bool:
         if not isinstance(result, BaseException):
             return False
-        self.failure("store", f"{describe(job.request)}: {result}; answered {job.conn.fallback.decode()}")
-        job.conn.answer(job.conn.fallback)
+        self.fail(job.conn, job.request, result)
         return True
+
+    def fail(self, conn: Connection, req: protocol.Request, exc: BaseException) -> None:
+        """Answer the fallback token for a request the store (or Redis) failed, logged."""
+        self.failure("store", f"{describe(req)}: {exc}; answered {conn.fallback.decode()}")
+        conn.answer(conn.fallback)
 
     # -- the store thread ----------------------------------------------------------
 
@@ -322,7 +343,13 @@ class Server:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.store_thread.start()
         self.outbox.start()
-        self.log.log("notice", f"eximhook serve: listening on {path} (store {self.cfg.store.path}, pid {os.getpid()})")
+        where = f"store {self.cfg.store.path}"
+        if self.shared is not None:
+            from ..backends.connect import describe
+
+            self.shared.start()
+            where += f", counting in {describe(self.cfg.store)} as relay {self.cfg.store.node!r}"
+        self.log.log("notice", f"eximhook serve: listening on {path} ({where}, pid {os.getpid()})")
         sockets.sd_notify(b"READY=1")
         await stopping.wait()
         sockets.sd_notify(b"STOPPING=1")
@@ -331,6 +358,8 @@ class Server:
         deadline = self.loop.time() + self.cfg.serve.timeout + 1
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
+        if self.shared is not None:
+            await self.loop.run_in_executor(None, self.shared.stop)
         self.trips.put(_STOP)
         await self.loop.run_in_executor(None, self.store_thread.join)
         self.outbox.stop()
@@ -350,7 +379,18 @@ class Server:
             return
         kept = [name for name, old, now in (("[serve] socket", self.cfg.serve.socket, new.serve.socket),
                                             ("[store] path", self.cfg.store.path, new.store.path),
-                                            ("[store] map_size", self.cfg.store.map_size, new.store.map_size))
+                                            ("[store] map_size", self.cfg.store.map_size, new.store.map_size),
+                                            ("[store] backend", self.cfg.store.backend, new.store.backend),
+                                            ("[store] redis_url", self.cfg.store.redis_url, new.store.redis_url),
+                                            ("[store] redis_timeout", self.cfg.store.redis_timeout,
+                                             new.store.redis_timeout),
+                                            ("[store] redis_sentinels", self.cfg.store.redis_sentinels,
+                                             new.store.redis_sentinels),
+                                            ("[store] redis_service", self.cfg.store.redis_service,
+                                             new.store.redis_service),
+                                            ("[store] redis_cluster", self.cfg.store.redis_cluster,
+                                             new.store.redis_cluster),
+                                            ("[store] node", self.cfg.store.node, new.store.node))
                 if old != now]
         if kept:
             import dataclasses
@@ -370,10 +410,17 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
                          "has User=Debian-exim), or pass --allow-root")
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
     counters = Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    backend = None
     try:
         for env in (store, counters):
             env.keep_handles()
-        server = Server(cfg, store, counters)
+        if cfg.store.backend == "redis":
+            from ..backends.redis import RedisBackend
+
+            # no connection yet: with Redis down at start, the relay counts alone until
+            # it answers (serve.shared)
+            backend = RedisBackend.from_config(cfg.store)
+        server = Server(cfg, store, counters, backend)
         try:
             import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)
         except ImportError:
@@ -381,5 +428,7 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         else:
             uvloop.run(server.run())
     finally:
+        if backend is not None:
+            backend.close()
         counters.close()
         store.close()

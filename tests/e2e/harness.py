@@ -534,22 +534,27 @@ def invalid(n: int, tag: str = "nobody") -> list[str]:
 def parallel_bot(server: Exim, user: str, connections: int = 10, each: int = 4) -> None:
     """A spambot on ``connections`` connections at once, ``each`` invalid recipients per
     message; fails if any connection saw an error (the bot must see success)."""
+    at_once(connections, lambda n: server.send(invalid(each, f"c{n}x"), user=user, subject=f"spam {n}"))
+
+
+def at_once(n: int, job: Callable[[int], object]) -> None:
+    """``job(0)`` .. ``job(n - 1)``, each in its own thread; fails if any raised or hung."""
     import threading
 
     errors: list[BaseException] = []
 
-    def bot(n: int) -> None:
+    def run(i: int) -> None:
         try:
-            server.send(invalid(each, f"c{n}x"), user=user, subject=f"spam {n}")
+            job(i)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=bot, args=(n,)) for n in range(connections)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert errors == []
+    assert errors == [] and not any(t.is_alive() for t in threads), errors
 
 
 def make(users: list[str], base: str | None = None, **kwargs: object) -> Exim:

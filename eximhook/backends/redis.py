@@ -1,0 +1,301 @@
+"""The shared backend: counters and blocks of several relays in one Redis (issue 13).
+
+Only the daemon and the admin commands import this (and redis-py): a ``${run}`` hook
+never does (``bench/redis_hook.py``: ~0.1 s per fork for the import alone).
+
+One server-side Lua script (``RECORD``, run by EVALSHA, loaded again on NOSCRIPT)
+counts an event in the subject's windows, decides the trip, and writes the block
+record, its audit event and its outbox entry: Redis runs a script alone, so two relays
+recording at the same moment make exactly one block and one notification.
+
+Key layout (``S``: ``store.subject_key``, the same bytes LMDB uses). Every key a script
+touches is one subject's, and all of them share the hash tag ``{S}``, so each script
+touches one slot and runs unchanged on Redis Cluster:
+  eximhook:{S}:c:COUNTER   msgpack (cmsgpack) of the counter: total, windows (period,
+                           event times and weights, the last crossing), evidence, IPs;
+                           it expires at twice its longest window
+  eximhook:{S}:block       JSON block record, as LMDB stores it, plus the relay ("node")
+  eximhook:{S}:shadow      hash COUNTER NUL LIMIT NUL PERIOD -> JSON would-block record
+  eximhook:{S}:audit       list of JSON events, numbered by eximhook:{S}:seq
+  eximhook:{S}:outbox      hash SEQ -> JSON notification not yet taken by a relay
+  eximhook:{S}:once:ID     a count done (ID: the relay's), for ONCE seconds: sent again
+                           after a timeout, it is not counted twice
+  eximhook:{S}:lifted      the block record last lifted, for TOMBSTONE seconds
+  eximhook:exempt          hash NS NUL PATTERN -> JSON exemption (admin commands only)
+Lists across subjects (blocks, history, outbox) SCAN for them: admin commands and the
+daemons' periodic comparison, never a request.
+
+Changes are published on eximhook:changes as JSON, ``{"op": "block", "node": N,
+"record": R}`` by the script that blocks and ``{"op": "unblock", ...}`` by the one that
+lifts, ``{"op": "exempt"}`` by exemption changes: each relay's daemon follows them
+(``serve.shared``).
+
+Notifications: the script that blocks queues one in the subject's outbox, naming the
+relay ("node") whose request made it. That relay copies it into its own store's outbox
+(which mails it, as for a local block) and then ``take``s it off; one that stopped in
+between claims its own at restart, and any relay claims one nobody took in a minute
+(``claim``): each is deleted by exactly one relay's script.
+
+The scripts are in ``redis_lua``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..counters import Counter, Tally, Window
+from ..periods import format_period
+from ..store import Outcome, subject_key
+from .base import Backend, Event
+from .redis_lua import BLOCK, CLAIM, COUNTER, RECORD, UNBLOCK
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ..config import StoreConfig
+    from .base import Exempt
+    from .connect import Client
+
+# How long Redis remembers a count done (Event.once): a relay whose call timed out sends
+# it again when Redis answers, seconds after Redis ran it, if it ran it at all.
+ONCE = 600
+# How long Redis remembers a lifted block: a relay cut off for longer than this and
+# holding a copy of it would take the block for lost and put it back.
+TOMBSTONE = 7 * 86400
+
+
+def _prefix(obj: dict[str, Any]) -> str:
+    """``obj`` as JSON without its closing brace: the script adds the fields it knows."""
+    return json.dumps(obj)[:-1]
+
+
+class RedisBackend(Backend):
+    name = "redis"
+
+    def __init__(self, client: Client, prefix: str = "eximhook", node: str = "eximhook") -> None:
+        self.client, self.node = client, node
+        self.prefix = prefix.encode()
+        self._record = client.register_script(RECORD)  # EVALSHA; on NOSCRIPT, loaded again
+        self._block = client.register_script(BLOCK)
+        self._unblock = client.register_script(UNBLOCK)
+        self._claim = client.register_script(CLAIM)
+        self._counter = client.register_script(COUNTER)
+        self.channel = self.prefix + b":changes"
+        self.k_exempt = self.prefix + b":exempt"
+
+    @classmethod
+    def open(cls, url: str, prefix: str = "eximhook", timeout: float = 2.0, node: str = "eximhook") -> RedisBackend:
+        """``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path/to/socket``."""
+        import redis
+
+        return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), prefix, node)
+
+    @classmethod
+    def from_config(cls, store: StoreConfig, prefix: str = "eximhook") -> RedisBackend:
+        """The Redis ``[store]`` names: ``redis_url``, through ``redis_sentinels``, or a
+        ``redis_cluster`` (``connect.client``); ``redis_timeout`` bounds each call."""
+        from .connect import client
+
+        return cls(client(store), prefix, store.node)
+
+    def _key(self, sk: bytes, what: bytes) -> bytes:
+        # everything after the tag is one of a few fixed suffixes without "}": whatever
+        # bytes S holds, the last "}:" splits a key, so two subjects never share one; and
+        # Redis Cluster hashes what lies between "{" and the first "}" after it, the same
+        # bytes in every key of a subject (S starts with its namespace, never with "}")
+        return self.prefix + b":{" + sk + b"}:" + what
+
+    def _keys(self, ns: str, key: str, *what: bytes) -> list[bytes]:
+        sk = subject_key(ns, key)
+        return [self._key(sk, w) for w in what]
+
+    def _scan(self, what: bytes) -> list[bytes]:
+        """Every subject's key ``what`` (SCAN: on every node of a Redis Cluster)."""
+        return sorted(self.client.scan_iter(match=self.prefix + b":{*}:" + what, count=1000))
+
+    def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+               exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
+        ns, key, policy = event.ns, event.key, event.policy
+        why_not = None
+        if exempt and exempt.get(ns):
+            from ..exempt import first
+
+            found = first(ns, key, exempt[ns])
+            why_not = None if found is None else f"{found[0]}: {found[1]}"
+        enforce = policy.enforced and why_not is None
+        kind = "blocked" if enforce else "would-block"
+        outbox = _prefix({"ts": now, "kind": kind, "state": "queued", "attempts": 0, "node": self.node,
+                          "hold_until": now + hold if enforce else now})
+        args: list[Any] = [repr(now), event.weight, json.dumps(event.evidence) if event.evidence else "",
+                           json.dumps(event.ip) if event.ip else "", event.keep_evidence, event.keep_ips,
+                           "enforce" if enforce else "shadow", int(notify_shadow and why_not is None),
+                           json.dumps(self.node), outbox, len(policy.windows)]
+        for limit, period in policy.windows:
+            record = {"ns": ns, "key": key, "since": now, "by": "eximhook", "reason": "limit", "note": None,
+                      "counter": policy.name, "limit": limit, "period": period, "period_text": format_period(period),
+                      "node": self.node}
+            if enforce:
+                audit = {"ts": now, "event": "blocked", "ns": ns, "key": key, "by": "eximhook", "reason": "limit",
+                         "note": None, "counter": policy.name, "node": self.node}
+            else:
+                record["exempt"] = why_not
+                audit = {"ts": now, "event": "would-block", "ns": ns, "key": key, "by": "eximhook",
+                         "counter": policy.name, "limit": limit, "period": period, "exempt": why_not,
+                         "node": self.node}
+            field = f"{policy.name}\0{limit}\0{period!r}".encode()
+            args += [limit, repr(period), _prefix(record), _prefix(audit), field]
+        # a counter outlives its longest window twice over, then Redis drops it
+        ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
+        args += [self.channel, ttl, event.once, ONCE * 1000]
+        keys = self._keys(ns, key, b"c:" + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
+                          b"once:" + event.once.encode("utf-8", "surrogateescape"))
+        result = self._record(keys=keys, args=args)
+        if result[0] == -2:
+            raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
+        over, blocked, tripped, shadowed, count, state, queued = result
+        total, counts, windows, recent, ips = state
+        counter = Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
+                          [json.loads(x) for x in ips])
+        tally = Tally(ns, key, policy, counter, [int(n) for n in counts], int(over))
+        if over < 0:
+            count = max(tally.counts, default=0)
+        return tally, Outcome(bool(blocked), bool(tripped), int(count), int(total), shadowed=bool(shadowed),
+                              exempt=why_not if over >= 0 else None, queued=int(queued))
+
+    def is_blocked(self, ns: str, key: str) -> bool:
+        return bool(self.client.exists(self._key(subject_key(ns, key), b"block")))
+
+    def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
+        data = self.client.get(self._key(subject_key(ns, key), b"block"))
+        return None if data is None else dict(json.loads(data))
+
+    def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for k in self._scan(b"block"):
+            data = self.client.get(k)
+            if data is not None:  # else lifted since the scan
+                record = json.loads(data)
+                if ns is None or record["ns"] == ns:
+                    out.append(record)
+        return out
+
+    def block(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> bool:
+        return self.block_queued(record, now, notify=notify, hold=hold) >= 0
+
+    def block_queued(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> int:
+        """``block``, answering -1 if the subject was blocked already, else the number
+        of its notification in the subject's outbox (0: none), for ``take``."""
+        record = {**record, "node": record.get("node") or self.node}
+        audit = _prefix({"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"], "by": record["by"],
+                         "reason": record["reason"], "note": record.get("note"), "counter": record.get("counter"),
+                         "node": self.node})
+        outbox = _prefix({"ts": now, "kind": "blocked", "state": "queued", "attempts": 0, "node": self.node,
+                          "hold_until": now + hold}) if notify else ""
+        keys = self._keys(record["ns"], record["key"], b"block", b"audit", b"outbox", b"seq")
+        message = f'{{"op": "block", "node": {json.dumps(self.node)}, "record": '
+        return int(self._block(keys=keys, args=[json.dumps(record), audit, outbox, self.channel, message]))
+
+    def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
+        """Lift the block and clear the subject's would-block records and counters (as
+        ``core.unblock`` does), in one step; published, so every relay lifts its copy."""
+        return self.lift(ns, key, now, by, event=event) == 1
+
+    def lift(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> int:
+        """``unblock``, answering what it did: 1 lifted a block; 2 cleared would-block
+        records, and the counters with them; 0 nothing (not blocked: counters kept)."""
+        from ..policy import COUNTERS
+
+        audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
+        message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
+        keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", b"lifted",
+                          *(b"c:" + n.encode() for n in COUNTERS))
+        return int(self._unblock(keys=keys, args=[audit, self.channel, message, TOMBSTONE]))
+
+    def lifted(self, ns: str, key: str) -> dict[str, Any] | None:
+        """The subject's block record last lifted here (for ``TOMBSTONE`` seconds)."""
+        data = self.client.get(self._key(subject_key(ns, key), b"lifted"))
+        return None if data is None else dict(json.loads(data))
+
+    def take(self, ns: str, key: str, queued: int) -> bool:
+        """The notification ``queued`` is this relay's to send (its own store has it): off
+        the shared outbox; False if another relay claimed it first, or Redis did not
+        answer (then this relay's next ``claim`` finds it, and its store has it)."""
+        import redis
+
+        try:
+            return bool(self.client.hdel(self._key(subject_key(ns, key), b"outbox"), queued))
+        except redis.RedisError:
+            return False
+
+    def claim(self, now: float, *, mine_after: float, orphan_after: float) -> list[dict[str, Any]]:
+        """The notifications this relay now sends: its own not taken after ``mine_after``
+        seconds, and any no relay took in ``orphan_after``; each claimed by one relay."""
+        return [json.loads(item) for k in self._scan(b"outbox")
+                for item in self._claim(keys=[k], args=[self.node, repr(now), repr(mine_after), repr(orphan_after)])]
+
+    def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
+        total, windows, recent, ips = self._counter(keys=[self._key(subject_key(ns, key), b"c:" + name.encode())])
+        return Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
+                       [json.loads(x) for x in ips])
+
+    def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
+        from ..policy import COUNTERS
+
+        self.client.delete(*self._keys(ns, key, *(b"c:" + name.encode() for name in names or COUNTERS)))
+
+    def shadows(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        hashes = self._keys(ns, key, b"shadow") if ns is not None and key is not None else self._scan(b"shadow")
+        out = [json.loads(v) for h in hashes for v in self.client.hvals(h)]
+        return [r for r in out if (ns is None or r["ns"] == ns) and (key is None or r["key"] == key)]
+
+    def clear_shadows(self, ns: str, key: str) -> int:
+        (h,) = self._keys(ns, key, b"shadow")
+        pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count is of what was deleted
+        pipe.hlen(h)
+        pipe.delete(h)
+        return int(pipe.execute()[0])
+
+    def history(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first; each subject numbers its own events (``seq``): a Redis Cluster
+        has no one counter every script could touch."""
+        lists = self._keys(ns, key, b"audit") if ns is not None and key is not None else self._scan(b"audit")
+        events = [json.loads(e) for k in lists for e in self.client.lrange(k, 0, -1)]
+        return sorted(events, key=lambda e: (e["ts"], e["seq"]))
+
+    def outbox(self) -> list[dict[str, Any]]:
+        items = [json.loads(v) for k in self._scan(b"outbox") for v in self.client.hvals(k)]
+        return sorted(items, key=lambda e: (e["ts"], e["seq"]))
+
+    def exemptions(self) -> list[dict[str, Any]]:
+        """The admin's exemptions (``eximhook exempt add``), every relay's."""
+        return sorted((json.loads(v) for v in self.client.hvals(self.k_exempt)), key=lambda r: r["since"])
+
+    def exempt(self, record: dict[str, Any]) -> bool:
+        """Add the exemption ``record`` (as ``Store.exempt``); False if that pattern is
+        exempt already. Published: each relay copies it into its store."""
+        field = record["ns"].encode() + b"\0" + record["pattern"].encode("utf-8", "surrogateescape")
+        if not self.client.hsetnx(self.k_exempt, field, json.dumps(record)):
+            return False
+        self.client.publish(self.channel, json.dumps({"op": "exempt", "node": self.node}))
+        return True
+
+    def unexempt(self, ns: str, pattern: str) -> bool:
+        field = ns.encode() + b"\0" + pattern.encode("utf-8", "surrogateescape")
+        if not self.client.hdel(self.k_exempt, field):
+            return False
+        self.client.publish(self.channel, json.dumps({"op": "exempt", "node": self.node}))
+        return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Replayed(Exception):
+    """A count sent again (the same ``Event.once``) that Redis has counted already."""
+
+
+def _window(exported: list[Any]) -> Window:
+    period, times, weights, crossed, crossed_limit = exported
+    return Window(float(period), [float(t) for t in times], [int(w) for w in weights], [], int(crossed),
+                  int(crossed_limit))

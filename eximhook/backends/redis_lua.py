@@ -1,0 +1,194 @@
+"""The Lua scripts of the Redis backend (``redis.RedisBackend``): each runs in Redis as
+one step, and touches only the keys it is given, all of one subject (one slot).
+
+JSON and evidence: Python encodes every string (``json.dumps``, ASCII only, so any
+bytes survive as escapes) and a script only joins those pieces; numbers it writes are
+integers. Times travel as ``repr`` strings (``%.17g`` back), exact both ways.
+"""
+
+_COMMON = r"""
+local CAP = 1024
+local function floordiv(x, y)  -- Python's float //, exactly (CPython float_divmod)
+  local mod = math.fmod(x, y)
+  local div = (x - mod) / y
+  if mod ~= 0 and ((y < 0) ~= (mod < 0)) then div = div - 1 end
+  local fl = math.floor(div)
+  if div - fl > 0.5 then fl = fl + 1 end
+  return fl
+end
+local function load(key)
+  local raw = redis.call('GET', key)
+  if raw then return cmsgpack.unpack(raw) end
+  return {total = 0, windows = {}, recent = {}, ips = {}}
+end
+local function export_window(w)
+  local times = {}
+  for j = 1, #w.times do times[j] = string.format('%.17g', w.times[j]) end
+  return {string.format('%.17g', w.period), times, w.weights, w.crossed, w.crossed_limit}
+end
+"""
+
+# ratelimit.record, in Lua: the same window, the same compaction past CAP, the same
+# crossing (counters.Counters.event); then core.settle's decision and Store.block/shadow.
+# KEYS: the subject's counter, block, shadow, audit, outbox, seq, and the key that
+# marks the count done (ARGV once: the relay's id for it; '' for none).
+RECORD = _COMMON + r"""
+local function bisect_right(a, x)
+  local lo, hi = 1, #a + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if x < a[mid] then hi = mid else lo = mid + 1 end
+  end
+  return lo
+end
+local function compact(times, weights, slot)
+  local ot, ow, last = {}, {}, nil
+  for j = 1, #times do
+    local n = floordiv(times[j], slot)
+    if n == last then ow[#ow] = ow[#ow] + weights[j]
+    else ot[#ot + 1] = times[j]; ow[#ow + 1] = weights[j]; last = n end
+  end
+  return ot, ow
+end
+local function append(list, item, keep)
+  list[#list + 1] = item
+  local out = {}
+  for j = math.max(1, #list - keep + 1), #list do out[#out + 1] = list[j] end
+  return out
+end
+
+local now = tonumber(ARGV[1])
+local weight = tonumber(ARGV[2])
+local evidence, ip = ARGV[3], ARGV[4]
+local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
+local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
+local node, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local channel, ttl, once = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
+
+-- a relay whose call timed out counts the event alone and sends it again later with
+-- the same id: counted once, whether or not Redis ran the first call after all
+if once ~= '' and not redis.call('SET', KEYS[7], 1, 'NX', 'PX', tonumber(ARGV[15 + 5 * nwin])) then
+  return {-2}
+end
+local c = load(KEYS[1])
+local windows, counts, over = {}, {}, -1
+for i = 1, nwin do
+  local limit, period = tonumber(ARGV[7 + 5 * i]), tonumber(ARGV[8 + 5 * i])
+  local w = {period = period, times = {}, weights = {}, crossed = 0, crossed_limit = 0}
+  for _, old in ipairs(c.windows) do
+    if old.period == period then w = old; break end
+  end
+  local t = now
+  if #w.times > 0 and t < w.times[#w.times] then t = w.times[#w.times] end
+  local times, weights = {}, {}
+  for j = bisect_right(w.times, t - period), #w.times do
+    times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]
+  end
+  times[#times + 1] = t; weights[#weights + 1] = weight
+  if #times > CAP then times, weights = compact(times, weights, period / (CAP / 2)) end
+  local count = 0
+  for j = 1, #weights do count = count + weights[j] end
+  w.times, w.weights = times, weights
+  if count > limit and count - weight <= limit then w.crossed, w.crossed_limit = count, limit end
+  windows[i], counts[i] = w, count
+  if count > limit and over < 0 then over = i end
+end
+c.windows = windows
+c.total = c.total + weight
+if evidence ~= '' then c.recent = append(c.recent, evidence, keep_evidence) end
+if ip ~= '' then
+  local ips = {}
+  for _, x in ipairs(c.ips) do if x ~= ip then ips[#ips + 1] = x end end
+  c.ips = append(ips, ip, keep_ips)
+end
+redis.call('SET', KEYS[1], cmsgpack.pack(c), 'PX', ttl)
+
+local exported = {}
+for i = 1, nwin do exported[i] = export_window(windows[i]) end
+local blocked = redis.call('EXISTS', KEYS[2])
+local state = {c.total, counts, exported, c.recent, c.ips}
+if over < 0 then return {-1, blocked, 0, 0, 0, state, 0} end
+
+local limit, w = tonumber(ARGV[7 + 5 * over]), windows[over]
+local count = counts[over]
+if w.crossed_limit == limit and limit < w.crossed and w.crossed <= count then count = w.crossed end
+if enforce and blocked == 1 then return {over - 1, 1, 0, 0, count, state, 0} end
+local record = ARGV[9 + 5 * over] .. string.format(', "count": %d, "total": %d, "ips": [', count, c.total)
+  .. table.concat(c.ips, ', ') .. '], "rcpts": [' .. table.concat(c.recent, ', ') .. ']}'
+if enforce then
+  redis.call('SET', KEYS[2], record)
+  redis.call('PUBLISH', channel, '{"op": "block", "node": ' .. node .. ', "record": ' .. record .. '}')
+else
+  if redis.call('HSETNX', KEYS[3], ARGV[11 + 5 * over], record) == 0 then
+    return {over - 1, blocked, 0, 0, count, state, 0}
+  end
+end
+local seq = redis.call('INCR', KEYS[6])
+local tail = string.format(', "seq": %d}', seq)
+if not enforce then tail = string.format(', "count": %d', count) .. tail end  -- as Store.shadow's event
+redis.call('RPUSH', KEYS[4], ARGV[10 + 5 * over] .. tail)
+local queued = 0
+if enforce or notify then
+  queued = redis.call('INCR', KEYS[6])
+  redis.call('HSET', KEYS[5], queued, outbox_prefix .. ', "block": ' .. record .. string.format(', "seq": %d}', queued))
+end
+if enforce then return {over - 1, 1, 1, 0, count, state, queued} end
+return {over - 1, blocked, 0, 1, count, state, queued}
+"""
+
+# Store.block: the record unless one exists, its audit event, its outbox entry.
+# KEYS: the subject's block, audit, outbox, seq.
+BLOCK = r"""
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') == false then return -1 end
+redis.call('PUBLISH', ARGV[4], ARGV[5] .. ARGV[1] .. '}')
+local seq = redis.call('INCR', KEYS[4])
+redis.call('RPUSH', KEYS[2], ARGV[2] .. string.format(', "seq": %d}', seq))
+if ARGV[3] == '' then return 0 end
+seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[3], seq, ARGV[3] .. ', "block": ' .. ARGV[1] .. string.format(', "seq": %d}', seq))
+return seq
+"""
+
+# core.unblock: the block lifted with its audit event and published, the would-block
+# records and the counters (KEYS[6..]) cleared: 1. With would-block records and no
+# block, those and the counters cleared: 2. Neither: nothing changed, 0.
+# The lifted record stays a while (ARGV[4] s) as a tombstone: a relay that missed the
+# message tells a lifted block from one this Redis lost (a failover, a flush).
+# KEYS: the subject's block, audit, seq, shadow, lifted, counters...
+UNBLOCK = r"""
+local record = redis.call('GET', KEYS[1])
+local shadows = redis.call('DEL', KEYS[4])
+if not record and shadows == 0 then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+if not record then return 2 end
+redis.call('SET', KEYS[5], record, 'EX', ARGV[4])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('RPUSH', KEYS[2], ARGV[1] .. string.format(', "seq": %d}', seq))
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+# The notifications of one subject that a relay takes over: those its own requests
+# queued more than ARGV[3] seconds ago (it stopped before taking them), and any older
+# than ARGV[4] (the relay that queued them is down). Each goes to the one relay whose
+# call deletes it.
+CLAIM = r"""
+local out, items, now = {}, redis.call('HGETALL', KEYS[1]), tonumber(ARGV[2])
+for i = 1, #items, 2 do
+  local entry = cjson.decode(items[i + 1])
+  local age = now - entry.ts
+  if (entry.node == ARGV[1] and age >= tonumber(ARGV[3])) or age >= tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[1], items[i])
+    out[#out + 1] = items[i + 1]
+  end
+end
+return out
+"""
+
+COUNTER = _COMMON + r"""
+local c = load(KEYS[1])
+local windows = {}
+for i, w in ipairs(c.windows) do windows[i] = export_window(w) end
+return {c.total, windows, c.recent, c.ips}
+"""
