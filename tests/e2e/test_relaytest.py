@@ -104,7 +104,7 @@ class BouncingRelay:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[h.Exim, OpenRelay]]:
     """Our Exim with the relay-test snippets, and the four customers on one probe port."""
-    probe_port = h.free_port()
+    probe_port = h.free_port(OPEN, CLOSED, SILENT, BOUNCER)
     work = Path(tempfile.mkdtemp(prefix="eximhook-e2e-"))
     exim_user = pwd.getpwnam(h.EXIM_USER)
     key = work / "relaytest.key"
