@@ -210,9 +210,10 @@ def _redis_check(cfg: Config, store: Store) -> Check:
     as the config names it now; are counts made alone waiting for it."""
     import redis
 
+    from .backends import local
     from .backends.connect import client, describe
 
-    waiting, alone = len(store.journaled()), store.alone_since()
+    waiting, alone = len(local.journaled(store)), local.alone_since(store)
     where = describe(cfg.store)
     if alone is not None:
         return Check("redis", CRITICAL, f"eximhook serve could not use {where} at {format_time(alone)} and counts "

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from typing import Any
 
 import lmdb
 
-from .store import Store
+from .store import SEQ, Store
 
-_SEQ = struct.Struct(">Q")
 Subject = tuple[str, str]
 
 
@@ -76,7 +74,7 @@ def claim_next(store: Store, now: float, stale_after: float, skip: set[int] | fr
 
 def finish(store: Store, item: dict[str, Any], now: float, error: str | None) -> None:
     """Drop a sent notification (audit "notified"), or requeue a failed one."""
-    k = _SEQ.pack(item["seq"])
+    k = SEQ.pack(item["seq"])
     block = item["block"]
 
     def body(txn: lmdb.Transaction) -> None:

@@ -47,7 +47,7 @@ _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
 _MAX_RAW_KEY = 400
-_SEQ = struct.Struct(">Q")
+SEQ = struct.Struct(">Q")  # the key of an item appended to a database (append_in)
 
 
 def subject_key(ns: str, key: str) -> bytes:
@@ -128,7 +128,7 @@ class Store(Env):
         """How many times the set of blocks has changed: the mirror files carry the
         generation they were written from, so a lagging mirror is seen and rewritten."""
         data = txn.get(_GENERATION, db=self.db(txn, b"meta"))
-        return int(_SEQ.unpack(data)[0]) if data else 0
+        return int(SEQ.unpack(data)[0]) if data else 0
 
     def generation(self) -> int:
         return self.read(self.generation_in)
@@ -138,7 +138,7 @@ class Store(Env):
         self.update(lambda txn: txn.put(b"heartbeat", struct.pack(">d", now), db=self.db(txn, b"meta")))
 
     def _bump(self, txn: lmdb.Transaction) -> None:
-        txn.put(_GENERATION, _SEQ.pack(self.generation_in(txn) + 1), db=self.db(txn, b"meta"))
+        txn.put(_GENERATION, SEQ.pack(self.generation_in(txn) + 1), db=self.db(txn, b"meta"))
 
     def block(self, record: dict[str, Any], now: float, notify: bool, hold: float = 0.0,
               owner: str | None = None, expiry: Schedule | None = None) -> bool:
@@ -285,7 +285,7 @@ class Store(Env):
 
     def spool_floor_in(self, txn: lmdb.Transaction) -> int:
         data = txn.get(b"spool-floor", db=self.db(txn, b"meta"))
-        return int(_SEQ.unpack(data)[0]) if data else 0
+        return int(SEQ.unpack(data)[0]) if data else 0
 
     def set_spool_floor(self, kib: int) -> bool:
         """Keep ``[spool] floor`` for the mirror (which has no config); True if it
@@ -293,7 +293,7 @@ class Store(Env):
         def body(txn: lmdb.Transaction) -> bool:
             if self.spool_floor_in(txn) == kib:
                 return False
-            txn.put(b"spool-floor", _SEQ.pack(kib), db=self.db(txn, b"meta"))
+            txn.put(b"spool-floor", SEQ.pack(kib), db=self.db(txn, b"meta"))
             self._bump(txn)
             return True
         if self.read(self.spool_floor_in) == kib:  # the common case: a read, no write lock
@@ -351,65 +351,15 @@ class Store(Env):
             return True
         return self.update(body)
 
-    # -- several relays, one Redis (serve.shared) --------------------------------------
-
-    def mark_shared(self, ns: str, key: str | None, node: str, *, pattern: str | None = None) -> bool:
-        """Note on this store's block of the subject (or exemption of ``pattern``) that
-        Redis holds it too, made or pushed by ``node``: from then on, its absence from
-        Redis means another relay lifted it. False if it is gone."""
-        import json
-
-        if pattern is None:
-            assert key is not None
-            db, k = b"blocks", subject_key(ns, key)
-        else:
-            db, k = b"exempt", ns.encode() + b"\0" + pattern.encode("utf-8", "surrogateescape")
-
-        def body(txn: lmdb.Transaction) -> bool:
-            data = txn.get(k, db=self.db(txn, db))
-            if data is None:
-                return False
-            record = json.loads(bytes(data))
-            if record.get("node") != node:
-                txn.put(k, json.dumps(dict(record, node=node)).encode(), db=self.db(txn, db))
-            return True
-        return self.update(body)
-
-    def alone(self, since: float | None) -> None:
-        """The daemon counts alone (Redis failed) since ``since``; None: on Redis again.
-        For ``eximhook status``, which cannot ask Redis as the daemon does."""
-        def body(txn: lmdb.Transaction) -> None:
-            if since is None:
-                txn.delete(b"redis-alone", db=self.db(txn, b"meta"))
-            else:
-                txn.put(b"redis-alone", struct.pack(">d", since), db=self.db(txn, b"meta"))
-        if (self.alone_since() is None) != (since is None):  # a read when nothing changes
-            self.update(body)
-
-    def alone_since(self) -> float | None:
-        data = self.read(lambda txn: txn.get(b"redis-alone", db=self.db(txn, b"meta")))
-        return None if data is None else float(struct.unpack(">d", data)[0])
-
-    def journal(self, item: dict[str, Any]) -> int:
-        """Keep a count made on this relay alone while Redis was down, to send it later."""
-        return self.update(lambda txn: self.append_in(txn, b"journal", dict(item)))
-
-    def journaled(self) -> list[dict[str, Any]]:
-        return self._items(b"journal")
-
-    def sent(self, seq: int) -> None:
-        """The journaled count ``seq`` is in Redis."""
-        self.update(lambda txn: txn.delete(_SEQ.pack(seq), db=self.db(txn, b"journal")))
-
     # -- outbox and audit log ------------------------------------------------------
 
     def append_in(self, txn: lmdb.Transaction, db: bytes, item: dict[str, Any]) -> int:
         import json
 
         cur = txn.cursor(db=self.db(txn, db))
-        seq = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
+        seq = SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
         item["seq"] = seq
-        txn.put(_SEQ.pack(seq), json.dumps(item).encode(), db=self.db(txn, db), append=True)
+        txn.put(SEQ.pack(seq), json.dumps(item).encode(), db=self.db(txn, db), append=True)
         return seq
 
     def audit(self, event: dict[str, Any]) -> int:

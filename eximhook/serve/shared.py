@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import core, owner
+from ..backends import local
 from ..backends.base import Event
 from ..backends.lmdb import LmdbBackend
 from ..errors import BadSubject, NotBlocked
@@ -91,7 +92,7 @@ class Shared:
                    if isinstance(exc, redis.AuthenticationError) else "did not answer")
             self.server.log.log("err", f"{self._where()} {why} ({type(exc).__name__}: {exc}): "
                                        "counting on this relay alone until it answers")
-            self.server.store.alone(time.time())
+            local.counting_alone(self.server.store, time.time())
 
     def _where(self) -> str:
         from ..backends.connect import describe
@@ -155,7 +156,7 @@ class Shared:
         for event in events:
             tally, outcome = self.local.record(event, now, hold=hold, notify_shadow=cfg.notify_shadow,
                                                exempt=cfg.exempt)
-            store.journal({"ts": now, "ns": event.ns, "key": event.key, "counter": event.policy.name,
+            local.journal(store, {"ts": now, "ns": event.ns, "key": event.key, "counter": event.policy.name,
                            "weight": event.weight, "evidence": event.evidence, "ip": event.ip, "hold": hold,
                            "once": event.once})
             self._made(tally, outcome, frozen)
@@ -315,10 +316,10 @@ class Shared:
         for record in store.blocks():
             if record.get("node") is None:  # made here alone: the ${run} hooks, or while Redis was down
                 self.backend.block_queued(dict(record, node=node), now, notify=False)  # mailed here already
-                store.mark_shared(record["ns"], record["key"], node)
+                local.mark_shared(store, record["ns"], record["key"], node)
                 pushed += 1
         replayed = self._replay()
-        store.alone(None)
+        local.counting_alone(store, None)
         if not self.up:
             self.up = True
             replayed += self._replay()  # counted here while the first pass ran
@@ -334,7 +335,7 @@ class Shared:
         from ..backends.redis import Replayed
 
         cfg, store, sent = self.server.cfg, self.server.store, 0
-        for item in store.journaled():
+        for item in local.journaled(store):
             policy = cfg.policy(item["ns"], item["counter"], item["key"])
             if policy is not None and policy.windows:
                 event = Event(item["ns"], item["key"], policy, weight=item["weight"], evidence=item["evidence"],
@@ -349,7 +350,7 @@ class Shared:
                 else:
                     self._keep(tally, outcome, item["ts"], item["hold"], "")
                     sent += 1
-            store.sent(item["seq"])
+            local.sent(store, item["seq"])
         return sent
 
     def _compare(self, now: float) -> None:
@@ -384,7 +385,7 @@ class Shared:
             k = (record["ns"], record["pattern"])
             if record.get("node") is None:
                 self.backend.exempt(dict(record, node=node))
-                store.mark_shared(record["ns"], None, node, pattern=record["pattern"])
+                local.mark_shared(store, record["ns"], None, node, pattern=record["pattern"])
             elif k not in theirs and store.unexempt(record["ns"], record["pattern"], time.time(), "another relay"):
                 self.server.log.log("notice", f"exempt {k[0]} {k[1]}: removed in Redis, so here too")
         for k, record in theirs.items():
