@@ -69,6 +69,13 @@ def decode_subject_key(sk: bytes) -> tuple[str, str | None]:
     return sk.partition(b"\1")[0].decode(), None
 
 
+def queued(now: float, kind: str, *, hold_until: float | None = None, **fields: Any) -> dict[str, Any]:
+    """A new outbox item (``outbox`` sends it): queued, never tried, due at ``hold_until``
+    (at once by default); ``fields`` such as ``block``, the record the mail is about."""
+    return {"ts": now, "kind": kind, **fields, "state": "queued", "attempts": 0,
+            "hold_until": now if hold_until is None else hold_until}
+
+
 class Outcome:
     """What counting an event did: is the subject blocked now, did this event trip it
     (or, in shadow mode, make the record that it would have)."""
@@ -177,11 +184,9 @@ class Store(Env):
 
     def _notify_in(self, txn: lmdb.Transaction, record: dict[str, Any], now: float, hold: float,
                    owner: str | None) -> None:
-        self.append_in(txn, b"outbox", {"ts": now, "kind": "blocked", "block": record,
-                                      "state": "queued", "attempts": 0, "hold_until": now + hold})
+        self.append_in(txn, b"outbox", queued(now, "blocked", block=record, hold_until=now + hold))
         if owner:  # names no message: not held
-            self.append_in(txn, b"outbox", {"ts": now, "kind": "owner", "to": owner, "block": record,
-                                          "state": "queued", "attempts": 0, "hold_until": now})
+            self.append_in(txn, b"outbox", queued(now, "owner", to=owner, block=record))
         elif owner is not None:
             self.append_in(txn, b"audit", {"ts": now, "event": "owner-unknown", "ns": record["ns"],
                                            "key": record["key"], "by": record["by"]})
@@ -212,8 +217,7 @@ class Store(Env):
                                            "limit": record["limit"], "period": record["period"],
                                            "count": record["count"], "exempt": record.get("exempt")})
             if notify:
-                self.append_in(txn, b"outbox", {"ts": now, "kind": "would-block", "block": record,
-                                              "state": "queued", "attempts": 0, "hold_until": now})
+                self.append_in(txn, b"outbox", queued(now, "would-block", block=record))
             return True
         return self.update(body)
 
@@ -278,8 +282,7 @@ class Store(Env):
                 blocked = [(b["ns"], b["key"]) for b in self.blocks_in(txn) if b["ns"] in FREEZING]
                 notice = {"ns": "spool", "key": "", "since": now, "free": free, "threshold": limit,
                           "blocked": blocked[:50], "blocked_total": len(blocked)}
-                self.append_in(txn, b"outbox", {"ts": now, "kind": "spool-low", "block": notice, "state": "queued",
-                                              "attempts": 0, "hold_until": now})
+                self.append_in(txn, b"outbox", queued(now, "spool-low", block=notice))
             return True
         return self.update(body)
 

@@ -45,7 +45,7 @@ import json
 
 from ..counters import Counter, Tally, Window
 from ..periods import format_period
-from ..store import Outcome, subject_key
+from ..store import Outcome, queued, subject_key
 from .base import Backend, Event
 from .redis_lua import BLOCK, CLAIM, COUNTER, RECORD, UNBLOCK
 
@@ -125,8 +125,8 @@ class RedisBackend(Backend):
             why_not = None if found is None else f"{found[0]}: {found[1]}"
         enforce = policy.enforced and why_not is None
         kind = "blocked" if enforce else "would-block"
-        outbox = _prefix({"ts": now, "kind": kind, "state": "queued", "attempts": 0, "node": self.node,
-                          "hold_until": now + hold if enforce else now})
+        # the script adds the block record and the entry's number
+        outbox = _prefix(queued(now, kind, node=self.node, hold_until=now + hold if enforce else None))
         args: list[Any] = [repr(now), event.weight, json.dumps(event.evidence) if event.evidence else "",
                            json.dumps(event.ip) if event.ip else "", event.keep_evidence, event.keep_ips,
                            "enforce" if enforce else "shadow", int(notify_shadow and why_not is None),
@@ -153,7 +153,7 @@ class RedisBackend(Backend):
         result = self._record(keys=keys, args=args)
         if result[0] == -2:
             raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
-        over, blocked, tripped, shadowed, count, state, queued = result
+        over, blocked, tripped, shadowed, count, state, number = result
         total, counts, windows, recent, ips = state
         counter = Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
                           [json.loads(x) for x in ips])
@@ -161,7 +161,7 @@ class RedisBackend(Backend):
         if over < 0:
             count = max(tally.counts, default=0)
         return tally, Outcome(bool(blocked), bool(tripped), int(count), int(total), shadowed=bool(shadowed),
-                              exempt=why_not if over >= 0 else None, queued=int(queued))
+                              exempt=why_not if over >= 0 else None, queued=int(number))
 
     def is_blocked(self, ns: str, key: str) -> bool:
         return bool(self.client.exists(self._key(subject_key(ns, key), b"block")))
@@ -190,8 +190,7 @@ class RedisBackend(Backend):
         audit = _prefix({"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"], "by": record["by"],
                          "reason": record["reason"], "note": record.get("note"), "counter": record.get("counter"),
                          "node": self.node})
-        outbox = _prefix({"ts": now, "kind": "blocked", "state": "queued", "attempts": 0, "node": self.node,
-                          "hold_until": now + hold}) if notify else ""
+        outbox = _prefix(queued(now, "blocked", node=self.node, hold_until=now + hold)) if notify else ""
         keys = self._keys(record["ns"], record["key"], b"block", b"audit", b"outbox", b"seq")
         message = f'{{"op": "block", "node": {json.dumps(self.node)}, "record": '
         return int(self._block(keys=keys, args=[json.dumps(record), audit, outbox, self.channel, message]))

@@ -16,6 +16,8 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
+from ..store import queued
+
 if TYPE_CHECKING:
     import lmdb
 
@@ -123,8 +125,7 @@ def returned(store: Store, token_ip: str, probe_id: str, probe_time: int, now: f
         record.update(status=BLOCK, probe_id=None, blocked_at=now, returned_probe=probe_id)
         _put(store, txn, record, now, "blocked", "eximhook", probe_id=probe_id)
         notice = {"ns": NS, "key": token_ip, "since": now, "probe_id": probe_id, "probe_time": record["probe_time"]}
-        store.append_in(txn, b"outbox", {"ts": now, "kind": "relaytest", "block": notice, "to": postmaster,
-                                         "cc": abuse, "state": "queued", "attempts": 0, "hold_until": now})
+        store.append_in(txn, b"outbox", queued(now, "relaytest", block=notice, to=postmaster, cc=abuse))
         if postmaster is None:
             store.append_in(txn, b"audit", {"ts": now, "event": "relaytest-contact-unknown", "ns": NS,
                                             "key": token_ip, "by": "eximhook"})
