@@ -272,13 +272,13 @@ def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, 
         store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too
     queued = 0
     if shared is not None:
-        queued = shared.block_queued(dict(record, node=shared.node), now, notify=notify)
+        record["node"] = shared.node
+        queued = shared.block_queued(record, now, notify=notify)
         if queued < 0:
             made = shared.get_block(ns, key)
             if made is not None and store.block(made, now, False):
                 _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
             return False
-        record["node"] = shared.node
     to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
     created = store.block(record, now, notify, owner=to, expiry=expiry)
     if shared is not None and queued > 0:  # this store has it: this relay mails it
