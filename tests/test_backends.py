@@ -282,8 +282,14 @@ def test_32_processes_on_two_nodes_make_one_block_and_one_notification(make: Mak
         p.join(timeout=30)
         assert p.exitcode == 0
     assert sum(tripped for _, tripped in results) == 1
-    assert sum(blocked for blocked, _ in results) == 32 - 5
     backend = make(0)
+    blocked = sum(blocked for blocked, _ in results)
+    if backend.name == "lmdb":
+        # counting and settling are two transactions (lmdb.py): a count among the first 5
+        # may find the block another process made in between, and answer blocked
+        assert 32 - 5 <= blocked <= 32 - 1
+    else:  # one script counts and answers
+        assert blocked == 32 - 5
     assert len(backend.blocks()) == 1 and len(backend.outbox()) == 1
     assert [e["event"] for e in backend.history("auth", "bot")] == ["blocked"]
     assert backend.counter("auth", "bot").total == 32
