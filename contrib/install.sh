@@ -4,8 +4,9 @@
 #     while installing (policy-rc.d), so a test machine stays quiet
 #   - a venv at /opt/eximhook built from Debian's /usr/bin/python3: the Exim user runs
 #     the hooks, so the interpreter must not live under /root
-#   - eximhook into that venv (pip as Debian ships it: no self-upgrade from the
-#     network); --dev adds the test and lint tools
+#   - eximhook into that venv, with the exact versions and hashes of requirements/*.lock
+#     (pip as Debian ships it: no self-upgrade from the network); --dev adds the test
+#     and lint tools (requirements/dev.lock)
 #   - /usr/local/sbin/eximhook (a link into the venv: on root's PATH), the snippets in
 #     /usr/share/eximhook/exim-snippets (replaced whole on every run: an upgrade brings
 #     the new ones), /etc/logrotate.d/eximhook
@@ -33,8 +34,12 @@ case "${1:-}" in
         tmp=$(mktemp -d)
         trap 'rm -rf "$tmp"' EXIT
         /usr/bin/python3 -m venv "$tmp/venv"
-        "$tmp/venv/bin/pip" wheel -q -w "$out" "$here"
-        echo "install: wheels for eximhook and its dependencies in $out; install with --offline $out"
+        # the locked files themselves (checked against their hashes), then eximhook's
+        # own wheel, built with the locked setuptools
+        "$tmp/venv/bin/pip" download -q --require-hashes -r "$here/requirements/runtime.lock" -d "$out"
+        "$tmp/venv/bin/pip" install -q --require-hashes -r "$here/requirements/runtime.lock"
+        "$tmp/venv/bin/pip" wheel -q --no-deps --no-build-isolation -w "$out" "$here"
+        echo "install: the locked dependencies and eximhook's wheel in $out; install with --offline $out"
         exit 0 ;;
     "") ;;
     *) echo "usage: install.sh [--dev | --download DIR | --offline DIR]" >&2; exit 64 ;;
@@ -68,12 +73,17 @@ else
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
+# Exactly the versions in the lock, each checked against its hash (requirements/README.md
+# says how the lock is made and refreshed), then eximhook itself without dependencies,
+# built with the locked setuptools: nothing is resolved on the day of the install.
+lock="$here/requirements/runtime.lock"
+$dev && lock="$here/requirements/dev.lock"
 if [ -n "$wheels" ]; then
-    "$venv/bin/pip" install -q --no-index --find-links "$wheels" --force-reinstall eximhook
-elif $dev; then
-    "$venv/bin/pip" install -q "$here[test,lint]"
+    "$venv/bin/pip" install -q --no-index --find-links "$wheels" --require-hashes -r "$lock"
+    "$venv/bin/pip" install -q --no-index --no-deps --force-reinstall "$wheels"/eximhook-*.whl
 else
-    "$venv/bin/pip" install -q "$here"
+    "$venv/bin/pip" install -q --require-hashes -r "$lock"
+    "$venv/bin/pip" install -q --no-deps --no-build-isolation --force-reinstall "$here"
 fi
 chmod -R go+rX "$venv"
 echo "install: eximhook $("$venv/bin/python3" -I -c 'import eximhook; print(eximhook.__version__)') in $venv"

@@ -53,9 +53,9 @@ def _sentinel(store: StoreConfig, timeouts: dict[str, Any]) -> redis.Redis:
     # redis_url names no host here (config._check_redis): the master's password, db, TLS
     options: dict[str, Any] = parse_url(store.redis_url) if store.redis_url else {}  # type: ignore[no-untyped-call]
     ssl = options.pop("connection_class", None) is SSLConnection
-    sentinels = Sentinel(list(store.redis_sentinels), sentinel_kwargs=dict(timeouts),  # type: ignore[no-untyped-call]
+    sentinels = Sentinel(list(store.redis_sentinels), sentinel_kwargs=dict(timeouts),
                          **timeouts)
-    master: redis.Redis = sentinels.master_for(store.redis_service, ssl=ssl, **options)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinels.master_for(store.redis_service, ssl=ssl, **options)
     return master
 
 

@@ -262,7 +262,7 @@ class Shared:
 
     def _sync_loop(self) -> None:
         while not self.stopping.is_set():
-            pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.backend.channel)
                 synced = -float("inf")
