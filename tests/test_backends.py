@@ -23,6 +23,7 @@ from eximhook.backends.base import Backend, Event
 from eximhook.backends.lmdb import LmdbBackend
 from eximhook.backends.redis import RedisBackend
 from eximhook.config import StoreConfig
+from eximhook.evidence import cut
 from eximhook.policy import Policy
 
 from .conftest import needs_redis
@@ -51,6 +52,16 @@ def opener(kind: str, tmp_path: Path, redis_url: str | None) -> Make:
 
 @pytest.fixture(params=BACKENDS)
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+    yield from _opened(request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS[1:])
+def make_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
+    """``make`` of the Redis backends only (what only a shared store does: claim, lift, publish)."""
+    yield from _opened(request, tmp_path)
+
+
+def _opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Make]:
     url = {"lmdb": None, "redis": "redis_url", "redis-cluster": "redis_cluster_url"}[request.param]
     url = request.getfixturevalue(url) if url else None
     opened: list[Backend] = []
@@ -246,10 +257,147 @@ def test_hostile_keys_are_kept_whole_and_apart(backend: Backend, key: str, other
     backend.record(Event(ns, other, policy), NOW)
     assert backend.is_blocked(ns, key) and not backend.is_blocked(ns, other)
     block = backend.get_block(ns, key)
-    assert block is not None and block["key"] == key and block["rcpts"] == [evidence] * 2
-    assert block["ips"] == [evidence]
+    assert block is not None and block["key"] == key and block["rcpts"] == [cut(evidence)] * 2, "kept cut"
+    assert block["ips"] == [cut(evidence)]
     assert backend.counter(ns, other).total == 1
     assert backend.unblock(ns, key, NOW + 5, "root") and not backend.is_blocked(ns, key)
+
+
+# -- any byte through Redis: every script, on Redis and on a one-node cluster --------------------
+
+
+@pytest.fixture
+def relays(make_redis: Make) -> tuple[RedisBackend, RedisBackend]:
+    """Two relays' backends on one Redis (or cluster), for every example of a test."""
+    a, b = make_redis(0), make_redis(1)
+    assert isinstance(a, RedisBackend) and isinstance(b, RedisBackend)
+    return a, b
+
+
+def published(pubsub: Any, n: int) -> list[dict[str, Any]]:
+    """The next ``n`` messages on the channel (published already: each comes at once)."""
+    return [json.loads(pubsub.get_message(timeout=5.0)["data"]) for _ in range(n)]
+
+
+# Keys as Exim hands them over (base64 of raw bytes: any byte, surrogate-escaped when it
+# is not UTF-8), NUL, CR/LF, kilobytes (past store._MAX_RAW_KEY: digested in key names)
+_odd_bytes = [b"bad\xff@example.com", b"\0", b"a\r\n.\r\nb", b"\xed\xb3\xbf", b"\xf0\x9f\x98\x80", b"}:block{",
+              b"\\udcff", b'"\\']
+any_bytes = st.one_of(
+    st.binary(min_size=1, max_size=64), st.binary(min_size=1000, max_size=3000),
+    st.sampled_from([*_odd_bytes, bytes(range(256))]),
+).map(lambda b: b.decode("utf-8", "surrogateescape"))
+# Evidence of any byte, short enough to be kept whole (evidence.py cuts a long one)
+short_bytes = st.one_of(st.binary(min_size=1, max_size=64), st.sampled_from(_odd_bytes)).map(
+    lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=any_bytes, evidence=short_bytes)
+def test_any_byte_through_every_script(relays: tuple[RedisBackend, RedisBackend], key: str, evidence: str) -> None:
+    """The count that trips, a would-block, a block by hand, the claim of their queued
+    notifications, the lift and what each publishes: the key and evidence come back as
+    they went in, whatever bytes they hold (Lua's cjson refused the escape of a byte
+    that is not UTF-8, and the claim of every notification beside it failed)."""
+    a, b = relays
+    a.client.flushall()  # the backends outlive the examples
+    pubsub = a.client.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(a.channel)
+        assert pubsub.get_message(timeout=1.0) is None
+        policy = enforce((1, 3600.0))
+        outcomes = [a.record(Event("auth", key, policy, evidence=evidence, ip=evidence), NOW + i)[1] for i in range(2)]
+        assert [o.tripped for o in outcomes] == [False, True] and outcomes[1].queued > 0
+        assert a.counter("auth", key).recent == [cut(evidence)] * 2 and a.counter("auth", key).ips == [cut(evidence)]
+        shadow = Policy("recipients", ((0, 3600.0),), "shadow")
+        assert a.record(Event("auth", key, shadow, evidence=evidence), NOW, notify_shadow=True)[1].shadowed
+        assert [(r["key"], r["rcpts"]) for r in a.shadows("auth", key)] == [(key, [cut(evidence)])]
+        assert a.block_queued(dict(manual("relay", key), note=evidence), NOW) > 0
+        block = a.get_block("auth", key)
+        assert block is not None and (block["key"], block["rcpts"], block["ips"]) == (key, [cut(evidence)] * 2,
+                                                                                      [cut(evidence)])
+        # relay a stopped before taking them: relay b claims all three
+        claimed = b.claim(NOW + 61, mine_after=10, orphan_after=60)
+        assert sorted((i["kind"], i["block"]["ns"], i["block"]["key"]) for i in claimed) == [
+            ("blocked", "auth", key), ("blocked", "relay", key), ("would-block", "auth", key)]
+        assert a.outbox() == [] and b.claim(NOW + 62, mine_after=10, orphan_after=60) == []
+        assert b.lift("auth", key, NOW + 70, "root") == 1 and b.lift("relay", key, NOW + 70, "root") == 1
+        lifted = b.lifted("relay", key)
+        assert lifted is not None and (lifted["key"], lifted["note"]) == (key, evidence)
+        assert [(e["event"], e["key"]) for e in b.history("auth", key)] == [
+            ("would-block", key), ("blocked", key), ("unblocked", key)]
+        assert [(m["op"], m.get("record", m)["key"]) for m in published(pubsub, 4)] == [
+            ("block", key), ("block", key), ("unblock", key), ("unblock", key)]
+        assert not a.is_blocked("auth", key) and a.counter("auth", key).total == 0
+    finally:
+        pubsub.close()
+
+
+def test_a_bad_key_queued_beside_a_healthy_one_both_claimed(relays: tuple[RedisBackend, RedisBackend]) -> None:
+    """The proof of issue 21: a block keyed ``bad\\xff@…`` queued by a relay that went
+    down made every claim fail, the healthy notification's beside it too."""
+    dead, alive = relays
+    bad = b"bad\xff@example.com".decode("utf-8", "surrogateescape")
+    for key in (bad, "good@example.com"):
+        assert dead.record(Event("auth", key, enforce((0, 3600.0))), NOW)[1].queued > 0
+    claimed = alive.claim(NOW + 61, mine_after=10, orphan_after=60)
+    assert sorted(i["block"]["key"] for i in claimed) == [bad, "good@example.com"]
+    assert alive.outbox() == []
+
+
+def test_a_count_sent_late_is_counted_then_and_its_block_dated_now(relays: tuple[RedisBackend, RedisBackend]) -> None:
+    """A relay's journal (Redis was down) sends counts made seconds ago: each counts in
+    the windows at its own time, and the block it trips is made now, the event's time
+    kept as evidence; its notification is due from now, for the claim's ages too."""
+    backend = relays[0]
+    policy = enforce((1, 10.0))
+    backend.record(Event("auth", "late", policy), NOW - 30, made=NOW)
+    tally, outcome = backend.record(Event("auth", "late", policy), NOW - 14, made=NOW)
+    assert tally.counts == [1] and not outcome.tripped, "the first fell out of (NOW-24, NOW-14]"
+    tally, outcome = backend.record(Event("auth", "late", policy), NOW - 13, made=NOW)
+    assert outcome.tripped and tally.counter.windows[0].times == [NOW - 14, NOW - 13]
+    block = backend.get_block("auth", "late")
+    assert block is not None and (block["since"], block["event_at"]) == (NOW, NOW - 13)
+    assert [(e["event"], e["ts"]) for e in backend.history("auth", "late")] == [("blocked", NOW)]
+    (item,) = backend.outbox()
+    assert (item["ts"], item["hold_until"]) == (NOW, NOW)
+    assert backend.claim(NOW + 59, mine_after=60, orphan_after=60) == []
+    for _ in range(2):  # counted when it happened, as a request is: one time, nothing more to keep
+        backend.record(Event("auth", "now", policy), NOW, made=NOW)
+    block = backend.get_block("auth", "now")
+    assert block is not None and block["since"] == NOW and "event_at" not in block
+
+
+def test_an_undecodable_entry_is_reported_once_and_the_others_go_on(relays: tuple[RedisBackend, RedisBackend]) -> None:
+    """A value in Redis that eximhook did not write (corrupt, another program's): the
+    daemon reports it (``skip``) and goes on; a notification no relay can read is taken
+    off by the one relay that reports it. Without ``skip``, it is an error, not a crash
+    of some later step."""
+    from eximhook.backends.redis import Undecodable
+
+    a, b = relays
+    policy = enforce((0, 3600.0))
+    for key in ("first", "second"):
+        a.record(Event("auth", key, policy), NOW)
+    outbox = a._key(b"auth\0first", b"outbox")
+    a.client.hset(outbox, "99", b"\xff not JSON")
+    a.client.hset(outbox, "98", b'{"ts": 1}')  # JSON, but not a notification
+    a.client.set(a._key(b"auth\0broken", b"block"), b"{")
+    with pytest.raises(Undecodable, match="not JSON"):
+        a.blocks()
+    with pytest.raises(Undecodable):
+        a.claim(NOW + 61, mine_after=10, orphan_after=60)
+    assert a.client.hlen(outbox) == 3, "raised before anything was taken"
+    reported: list[Undecodable] = []
+    a.skip = b.skip = reported.append
+    assert [r["key"] for r in a.blocks()] == ["first", "second"]
+    assert [(r.key, r.field, r.raw) for r in reported] == [(a._key(b"auth\0broken", b"block"), None, b"{")]
+    assert "is not what eximhook writes there (not JSON: Expecting property name" in str(reported[0])
+    reported.clear()
+    claims = [r.claim(NOW + 61, mine_after=10, orphan_after=60) for r in (a, b)]
+    assert sorted(i["block"]["key"] for c in claims for i in c) == ["first", "second"]
+    assert sorted(r.field for r in reported) == [b"98", b"99"], "each reported by the one relay that took it off"
+    assert a.client.hlen(outbox) == 0
 
 
 # -- processes racing across two nodes ---------------------------------------------------------

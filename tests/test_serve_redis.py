@@ -3,20 +3,33 @@ real redis-server (``redis_server.py``), one store and mirror directory per rela
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
 
+from eximhook import core
+from eximhook.backends import local
+from eximhook.backends.base import Event
 from eximhook.backends.redis import RedisBackend
+from eximhook.config import load
+from eximhook.counters import Counters
+from eximhook.policy import Policy
 from eximhook.serve.protocol import encode
+from eximhook.serve.server import Server
+from eximhook.store import Store
 
 from .conftest import Daemon, Run, Serve, messages, needs_redis, write_config
 from .e2e.harness import wait_for
+from .test_backends import any_bytes, published, short_bytes
 
 pytestmark = needs_redis
 
@@ -222,6 +235,32 @@ def test_redis_down_the_relay_counts_alone_then_reconciles(tmp_path: Path, mailb
         redis.close()
 
 
+def test_a_dead_relays_notifications_are_mailed_whatever_their_keys_hold(
+        tmp_path: Path, redis_url: str, shared: RedisBackend, mailbox: Path, serve: Serve) -> None:
+    """The proof of issue 21: a relay went down with two notifications queued, one for a
+    user name that is not UTF-8 (failed AUTH). Before, the daemon's claim failed on it,
+    every comparison after it too: neither was mailed, and published lifts waited for a
+    comparison that never came. Now both are mailed, and a lift is applied at once."""
+    bad = b"bad\xff@example.com".decode("utf-8", "surrogateescape")
+    dead = RedisBackend.open(redis_url, node="dead")
+    try:
+        for key in (bad, "good@example.com"):
+            assert dead.record(Event("auth", key, Policy("invalid", ((0, 3600.0),), "enforce")),
+                               time.time() - 120)[1].queued
+        config = node(tmp_path, "a", redis_url, mailbox, **{"serve.check_interval": 3600})
+        serve(config)
+        wait_for("both notifications", lambda: len(messages(mailbox)) == 2, 10)
+        assert sorted(str(m["Subject"]) for m in messages(mailbox)) == [
+            "user bad\\xff@example.com blocked", "user good@example.com blocked"]
+        assert shared.outbox() == []
+        assert dead.lift("auth", bad, time.time(), "admin:root") == 1
+        lifted = "unblocked auth bad\\xff@example.com: lifted in Redis"
+        wait_for("the lift, published", lambda: lifted in log_of(config), 5)
+        assert "not what eximhook writes" not in log_of(config) and "could not follow" not in log_of(config)
+    finally:
+        dead.close()
+
+
 def test_a_call_that_timed_out_is_counted_once(tmp_path: Path, serve: Serve) -> None:
     """Redis stopped (SIGSTOP) with a count on its way: the relay counts it alone and
     journals it; Redis runs the late call when it resumes, and the journal sends the
@@ -299,3 +338,121 @@ def test_a_hung_redis_never_stops_the_loop(tmp_path: Path, serve: Serve) -> None
         for s in held:
             s.close()
         listener.close()
+
+
+# -- in-process: the sync's own steps, on Redis and on a one-node Redis Cluster ------------------
+
+
+@pytest.fixture(params=[pytest.param("redis_url", id="redis"), pytest.param("redis_cluster_url", id="redis-cluster")])
+def any_redis(request: pytest.FixtureRequest) -> tuple[str, bool]:
+    """The session's Redis, or its one-node cluster: its URL, and whether it is the cluster."""
+    return request.getfixturevalue(request.param), request.param == "redis_cluster_url"
+
+
+@contextlib.contextmanager
+def in_process(config: Path) -> Iterator[Server]:
+    """A relay's daemon, not started: its sync steps called by the test (``Shared``)."""
+    cfg = load(str(config))
+    store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    counters = Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    backend = RedisBackend.from_config(cfg.store)
+    try:
+        yield Server(cfg, store, counters, backend)
+    finally:
+        backend.close()
+        counters.close()
+        store.close()
+
+
+def journal(server: Server, key: str, times: list[float], evidence: str | None = None) -> None:
+    """Counts of ``key`` made on this relay alone (Redis down), as ``Shared._serve_alone`` keeps them."""
+    for i, ts in enumerate(times):
+        local.journal(server.store, {"ts": ts, "ns": "auth", "key": key, "counter": "invalid", "weight": 1,
+                                     "evidence": evidence, "ip": None, "hold": 0.0, "once": f"test:{ts!r}:{i}"})
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=any_bytes, evidence=short_bytes)
+@example(key=b"bad\xff@example.com".decode("utf-8", "surrogateescape"), evidence="\udcfe")
+def test_any_byte_through_reconcile(tmp_path: Path, any_redis: tuple[str, bool], key: str, evidence: str) -> None:
+    """What the sync does when Redis is back, with keys and evidence of any bytes: the
+    blocks made alone pushed, the journaled counts sent (the 6th trips), a dead relay's
+    notification claimed, a published lift applied. (A key that is not UTF-8 made every
+    reconcile fail: issue 21.)"""
+    url, cluster = any_redis
+    config = node(tmp_path, uuid.uuid4().hex[:8], url, **{"store.redis_cluster": cluster, "store.node": "a"})
+    with in_process(config) as server:
+        shared, store = server.shared, server.store
+        assert shared is not None
+        shared.backend.client.flushall()  # the Redis outlives the examples
+        dead = RedisBackend.from_config(dataclasses.replace(server.cfg.store, node="dead"))
+        pubsub = shared.backend.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(shared.backend.channel)
+            assert pubsub.get_message(timeout=1.0) is None
+            now = time.time()
+            assert dead.record(Event("relay", key, Policy("invalid", ((0, 3600.0),), "enforce")), now - 120)[1].queued
+            assert store.block(core.block_record("sender", key, now - 30, by="root", reason="manual", note=evidence),
+                               now - 30, False)
+            journal(server, key, [now - 60 + i for i in range(6)], evidence)
+            shared.up = False  # as after a failed call
+            shared.reconcile(now)
+            assert shared.up and local.journaled(store) == []
+            block = dead.get_block("auth", key)
+            assert block is not None and (block["key"], block["rcpts"], block["node"]) == (key, [evidence] * 6, "a")
+            assert store.get_block("auth", key) == block
+            assert dead.get_block("sender", key) == dict(store.get_block("sender", key) or {}, node="a")
+            assert (store.get_block("relay", key) or {}).get("node") == "dead", "claimed, copied here"
+            assert sorted((i["block"]["ns"], i["block"]["key"]) for i in store.outbox()) == [
+                ("auth", key), ("relay", key)], "both mailed from here"
+            assert dead.outbox() == []
+            assert dead.lift("auth", key, now + 1, "admin:root") == 1
+            (message,) = [m for m in published(pubsub, 4) if m["op"] == "unblock"]  # dead, pushed, tripped, lifted
+            shared._apply(json.dumps(message).encode(), now + 1)
+            assert not store.is_blocked("auth", key) and store.is_blocked("relay", key)
+        finally:
+            pubsub.close()
+            dead.close()
+
+
+def test_a_block_tripped_by_a_journaled_count_is_dated_when_made(tmp_path: Path, redis_url: str, cli: Run) -> None:
+    """Counted at the event's time (its windows), dated when Redis made the block, the
+    event's time kept (``event_at``) and shown."""
+    from eximhook.periods import format_time
+
+    config = node(tmp_path, "a", redis_url)
+    now = time.time()
+    with in_process(config) as server:
+        assert server.shared is not None
+        journal(server, "kim", [now - 100 + i for i in range(6)])
+        server.shared.reconcile(now)
+        backend = server.shared.backend
+        block = backend.get_block("auth", "kim")
+        assert block is not None and (block["since"], block["event_at"], block["count"]) == (now, now - 95, 6)
+        assert server.store.get_block("auth", "kim") == block
+        assert [(e["event"], e["ts"]) for e in backend.history("auth", "kim")] == [("blocked", now)]
+        (item,) = server.store.outbox()
+        assert (item["ts"], item["block"]["since"]) == (now, now)
+    out = cli("show", "auth", "kim", config_path=config)[1]
+    assert f"  blocked at {format_time(now)} by eximhook\n" in out
+    assert f"  tripped by an event at {format_time(now - 95)}, counted when Redis answered again\n" in out
+
+
+def test_a_bad_message_or_value_in_redis_is_logged_once_and_passed_over(tmp_path: Path, redis_url: str) -> None:
+    """Not eximhook's (corrupt, another program's): the sync logs it and goes on, each
+    value once however often the comparison meets it."""
+    config = node(tmp_path, "a", redis_url, **{"store.node": "a"})
+    with in_process(config) as server:
+        shared = server.shared
+        assert shared is not None
+        now = time.time()
+        shared.backend.client.set(shared.backend._key(b"auth\0broken", b"block"), b"\xff{")
+        shared.backend.block(core.block_record("auth", "eve", now, by="admin", reason="manual"), now)
+        for _ in range(3):
+            shared.reconcile(now)
+        shared._apply(b'{"op": "unblock"}', now)
+        shared._apply(b"\xff", now)
+        assert server.store.is_blocked("auth", "eve")
+    log = log_of(config)
+    assert log.count("eximhook:{auth\\x00broken}:block in Redis is not what eximhook writes there (not JSON") == 1
+    assert "that is not eximhook's (KeyError: 'ns'): b'{\"op\": \"unblock\"}': passed over" in log

@@ -34,7 +34,12 @@ Notifications: the script that blocks queues one in the subject's outbox, naming
 relay ("node") whose request made it. That relay copies it into its own store's outbox
 (which mails it, as for a local block) and then ``take``s it off; one that stopped in
 between claims its own at restart, and any relay claims one nobody took in a minute
-(``claim``): each is deleted by exactly one relay's script.
+(``claim``): each is deleted by exactly one relay's call.
+
+Keys and evidence may hold any byte: they travel as ASCII JSON, which no script decodes
+(``redis_lua``). A value eximhook did not write (corrupt, or another program's) is an
+``Undecodable`` error, or, for the daemon, which sets ``skip``, reported and passed
+over: one bad value never stops the others.
 
 The scripts are in ``redis_lua``.
 """
@@ -44,6 +49,7 @@ from __future__ import annotations
 import json
 
 from ..counters import Counter, Tally, Window
+from ..errors import EximhookError, Exit
 from ..periods import format_period
 from ..store import Outcome, queued, subject_key
 from .base import Backend, Event
@@ -51,6 +57,7 @@ from .redis_lua import BLOCK, CLAIM, COUNTER, RECORD, UNBLOCK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..config import StoreConfig
@@ -70,6 +77,40 @@ def _prefix(obj: dict[str, Any]) -> str:
     return json.dumps(obj)[:-1]
 
 
+def _decoded(raw: bytes | str, valid: Callable[[dict[str, Any]], bool], what: str) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object ``raw`` if ``valid``, or None and why not."""
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), or not JSON
+        return None, f"not JSON: {exc}"
+    if isinstance(value, dict) and valid(value):
+        return value, ""
+    return None, f"not {what}"
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _subject(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("ns"), str) and isinstance(record.get("key"), str)
+
+
+def _notification(entry: dict[str, Any]) -> bool:
+    """What ``claim`` and the relay that sends it read of an outbox entry."""
+    block = entry.get("block")
+    return (_number(entry.get("ts")) and isinstance(entry.get("node"), str) and isinstance(entry.get("kind"), str)
+            and isinstance(block, dict) and _subject(block))
+
+
+def _exemption(record: dict[str, Any]) -> bool:
+    return isinstance(record.get("ns"), str) and isinstance(record.get("pattern"), str) and _number(record.get("since"))
+
+
+def _lifted(record: dict[str, Any]) -> bool:
+    return _subject(record) and _number(record.get("since"))
+
+
 class RedisBackend(Backend):
     name = "redis"
 
@@ -83,6 +124,9 @@ class RedisBackend(Backend):
         self._counter = client.register_script(COUNTER)
         self.channel = self.prefix + b":changes"
         self.k_exempt = self.prefix + b":exempt"
+        # a value that is not what eximhook writes: raised (None), or handed to this and
+        # passed over (the daemon's sync: it logs it and goes on)
+        self.skip: Callable[[Undecodable], None] | None = None
 
     @classmethod
     def open(cls, url: str, prefix: str = "eximhook", timeout: float = 2.0, node: str = "eximhook") -> RedisBackend:
@@ -114,9 +158,28 @@ class RedisBackend(Backend):
         """Every subject's key ``what`` (SCAN: on every node of a Redis Cluster)."""
         return sorted(self.client.scan_iter(match=self.prefix + b":{*}:" + what, count=1000))
 
+    def _load(self, raw: bytes | str, key: bytes, field: bytes | str | None = None, *,
+              valid: Callable[[dict[str, Any]], bool] = _subject, what: str = "a record") -> dict[str, Any] | None:
+        """The JSON object ``raw`` (read from ``key``, ``field``) if ``valid``, else
+        ``Undecodable``: raised, or, with ``skip``, handed to it (None)."""
+        value, why = _decoded(raw, valid, what)
+        if value is None:
+            self._bad(Undecodable(key, field, raw, why))
+        return value
+
+    def _bad(self, bad: Undecodable) -> None:
+        if self.skip is None:
+            raise bad
+        self.skip(bad)
+
     def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
-               exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
+               exempt: Exempt | None = None, made: float | None = None) -> tuple[Tally, Outcome]:
+        """``Backend.record``; ``made``: when a block this count makes is made, if not at
+        ``now``, the event's time (a count sent late, from a relay's journal: counted in
+        the windows when it happened; its block dated when Redis made it, with the
+        event's time as evidence, ``event_at``)."""
         ns, key, policy = event.ns, event.key, event.policy
+        made = now if made is None else made
         why_not = None
         if exempt and exempt.get(ns):
             from ..exempt import first
@@ -126,21 +189,21 @@ class RedisBackend(Backend):
         enforce = policy.enforced and why_not is None
         kind = "blocked" if enforce else "would-block"
         # the script adds the block record and the entry's number
-        outbox = _prefix(queued(now, kind, node=self.node, hold_until=now + hold if enforce else None))
+        outbox = _prefix(queued(made, kind, node=self.node, hold_until=made + hold if enforce else None))
         args: list[Any] = [repr(now), event.weight, json.dumps(event.evidence) if event.evidence else "",
                            json.dumps(event.ip) if event.ip else "", event.keep_evidence, event.keep_ips,
                            "enforce" if enforce else "shadow", int(notify_shadow and why_not is None),
                            json.dumps(self.node), outbox, len(policy.windows)]
         for limit, period in policy.windows:
-            record = {"ns": ns, "key": key, "since": now, "by": "eximhook", "reason": "limit", "note": None,
+            record = {"ns": ns, "key": key, "since": made, "by": "eximhook", "reason": "limit", "note": None,
                       "counter": policy.name, "limit": limit, "period": period, "period_text": format_period(period),
-                      "node": self.node}
+                      "node": self.node, **({"event_at": now} if made != now else {})}
             if enforce:
-                audit = {"ts": now, "event": "blocked", "ns": ns, "key": key, "by": "eximhook", "reason": "limit",
+                audit = {"ts": made, "event": "blocked", "ns": ns, "key": key, "by": "eximhook", "reason": "limit",
                          "note": None, "counter": policy.name, "node": self.node}
             else:
                 record["exempt"] = why_not
-                audit = {"ts": now, "event": "would-block", "ns": ns, "key": key, "by": "eximhook",
+                audit = {"ts": made, "event": "would-block", "ns": ns, "key": key, "by": "eximhook",
                          "counter": policy.name, "limit": limit, "period": period, "exempt": why_not,
                          "node": self.node}
             field = f"{policy.name}\0{limit}\0{period!r}".encode()
@@ -167,16 +230,17 @@ class RedisBackend(Backend):
         return bool(self.client.exists(self._key(subject_key(ns, key), b"block")))
 
     def get_block(self, ns: str, key: str) -> dict[str, Any] | None:
-        data = self.client.get(self._key(subject_key(ns, key), b"block"))
-        return None if data is None else dict(json.loads(data))
+        k = self._key(subject_key(ns, key), b"block")
+        data = self.client.get(k)
+        return None if data is None else self._load(data, k)
 
     def blocks(self, ns: str | None = None) -> list[dict[str, Any]]:
         out = []
         for k in self._scan(b"block"):
             data = self.client.get(k)
             if data is not None:  # else lifted since the scan
-                record = json.loads(data)
-                if ns is None or record["ns"] == ns:
+                record = self._load(data, k)
+                if record is not None and (ns is None or record["ns"] == ns):
                     out.append(record)
         return out
 
@@ -213,8 +277,9 @@ class RedisBackend(Backend):
 
     def lifted(self, ns: str, key: str) -> dict[str, Any] | None:
         """The subject's block record last lifted here (for ``TOMBSTONE`` seconds)."""
-        data = self.client.get(self._key(subject_key(ns, key), b"lifted"))
-        return None if data is None else dict(json.loads(data))
+        k = self._key(subject_key(ns, key), b"lifted")
+        data = self.client.get(k)
+        return None if data is None else self._load(data, k, valid=_lifted)
 
     def take(self, ns: str, key: str, queued: int) -> bool:
         """The notification ``queued`` is this relay's to send (its own store has it): off
@@ -229,9 +294,25 @@ class RedisBackend(Backend):
 
     def claim(self, now: float, *, mine_after: float, orphan_after: float) -> list[dict[str, Any]]:
         """The notifications this relay now sends: its own not taken after ``mine_after``
-        seconds, and any no relay took in ``orphan_after``; each claimed by one relay."""
-        return [json.loads(item) for k in self._scan(b"outbox")
-                for item in self._claim(keys=[k], args=[self.node, repr(now), repr(mine_after), repr(orphan_after)])]
+        seconds, and any no relay took in ``orphan_after``; each claimed by one relay
+        (``CLAIM`` deletes it if it is still the entry read here). One that no relay
+        can send (``Undecodable``) is, with ``skip``, taken off by the one relay that
+        reports it; without, raised before anything is taken."""
+        read = [(k, field, raw, *_decoded(raw, _notification, "a notification"))
+                for k in self._scan(b"outbox") for field, raw in self.client.hgetall(k).items()]
+        if self.skip is None:
+            for k, field, raw, entry, why in read:
+                if entry is None:
+                    raise Undecodable(k, field, raw, why)
+        out = []
+        for k, field, raw, entry, why in read:
+            if entry is None:
+                if self._claim(keys=[k], args=[field, raw]):
+                    self._bad(Undecodable(k, field, raw, why))
+            elif ((entry["node"] == self.node and now - entry["ts"] >= mine_after)
+                  or now - entry["ts"] >= orphan_after) and self._claim(keys=[k], args=[field, raw]):
+                out.append(entry)
+        return out
 
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
         total, windows, recent, ips = self._counter(keys=[self._key(subject_key(ns, key), b"c:" + name.encode())])
@@ -268,7 +349,9 @@ class RedisBackend(Backend):
 
     def exemptions(self) -> list[dict[str, Any]]:
         """The admin's exemptions (``eximhook exempt add``), every relay's."""
-        return sorted((json.loads(v) for v in self.client.hvals(self.k_exempt)), key=lambda r: r["since"])
+        found = (self._load(v, self.k_exempt, f, valid=_exemption, what="an exemption")
+                 for f, v in self.client.hgetall(self.k_exempt).items())
+        return sorted((r for r in found if r is not None), key=lambda r: r["since"])
 
     def exempt(self, record: dict[str, Any]) -> bool:
         """Add the exemption ``record`` (as ``Store.exempt``); False if that pattern is
@@ -292,6 +375,19 @@ class RedisBackend(Backend):
 
 class Replayed(Exception):
     """A count sent again (the same ``Event.once``) that Redis has counted already."""
+
+
+class Undecodable(EximhookError):
+    """A value in Redis that is not what eximhook writes there (corrupt, or another
+    program's): ``key`` (and hash ``field``) holds ``raw``."""
+
+    exit_code = Exit.UNAVAILABLE
+
+    def __init__(self, key: bytes, field: bytes | str | None, raw: bytes | str, why: str) -> None:
+        self.key, self.field, self.raw = key, field, raw
+        where = key.decode("utf-8", "surrogateescape") + ("" if field is None else f" field {field!r}")
+        super().__init__(f"{where} in Redis is not what eximhook writes there ({why}): {raw[:200]!r}"
+                         + (f" ({len(raw)} bytes)" if len(raw) > 200 else ""))
 
 
 def _window(exported: list[Any]) -> Window:

@@ -4,6 +4,16 @@ one step, and touches only the keys it is given, all of one subject (one slot).
 JSON and evidence: Python encodes every string (``json.dumps``, ASCII only, so any
 bytes survive as escapes) and a script only joins those pieces; numbers it writes are
 integers. Times travel as ``repr`` strings (``%.17g`` back), exact both ways.
+
+No script decodes JSON. A key or evidence may hold any byte (a failed AUTH's user name
+is raw bytes); Python keeps a byte that is not UTF-8 as a lone surrogate, which
+``json.dumps`` writes as ``\\udcXX``, and Lua's cjson refuses that escape ("invalid
+unicode escape code"): one such entry made a script fail for every entry beside it
+(issue 21). Escaping such bytes some other way would change what every reader of these
+values (admin commands, other relays, older versions) finds in them, and msgpack would
+change their format; so they stay JSON as LMDB stores them, which Lua only carries as
+ASCII bytes, and what a script would decide from an entry's fields Python decides
+(``RedisBackend.claim``), leaving the script the one step that must be atomic.
 """
 
 _COMMON = r"""
@@ -169,21 +179,13 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
 
-# The notifications of one subject that a relay takes over: those its own requests
-# queued more than ARGV[3] seconds ago (it stopped before taking them), and any older
-# than ARGV[4] (the relay that queued them is down). Each goes to the one relay whose
-# call deletes it.
+# RedisBackend.claim: one notification off the subject's outbox (KEYS[1]) if it is still
+# the entry the relay read there (ARGV[2], compared as bytes): the relay whose call
+# deletes it sends it. Which ones to claim (their age, their relay) Python decides: see
+# the docstring above for why no script decodes an entry.
 CLAIM = r"""
-local out, items, now = {}, redis.call('HGETALL', KEYS[1]), tonumber(ARGV[2])
-for i = 1, #items, 2 do
-  local entry = cjson.decode(items[i + 1])
-  local age = now - entry.ts
-  if (entry.node == ARGV[1] and age >= tonumber(ARGV[3])) or age >= tonumber(ARGV[4]) then
-    redis.call('HDEL', KEYS[1], items[i])
-    out[#out + 1] = items[i + 1]
-  end
-end
-return out
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
 COUNTER = _COMMON + r"""

@@ -158,6 +158,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"{ns} {escape(key)}: " + (notify_mod.describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
+        if block.get("event_at") not in (None, block["since"]):  # a journaled count (serve.shared)
+            print(f"  tripped by an event at {format_time(block['event_at'])}, counted when Redis answered again")
         if block.get("spool_free") is not None:
             print(f"  spool: {block['spool_free']} KiB free then; its mail is refused, not frozen, below "
                   f"{block['spool_low']} KiB or [spool] floor ({cfg.spool.floor} KiB)")

@@ -19,7 +19,13 @@ answer from its own store, and counting goes to its own counters, each count kep
 the store's journal. The sync thread tries Redis every second; when it answers, it
 reconciles before the relay counts there again: the blocks made alone are pushed to
 Redis (their notification went out already), then the journaled counts are sent, once
-each (``replay``), so a bot that went on while Redis was down is counted in full.
+each (``replay``), so a bot that went on while Redis was down is counted in full; a
+block one of them trips is dated when Redis makes it, the count's own time kept as
+``event_at``.
+
+A value in Redis that is not what eximhook writes (``RedisBackend.skip``) is logged
+once and passed over, as is a published message that is not eximhook's: one bad
+entry never stops the sync.
 
 The event loop never calls Redis: each request is a job for a small thread pool, and
 the connection's own deadline answers the fallback token when Redis is slow.
@@ -46,7 +52,7 @@ from . import protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..backends.redis import RedisBackend
+    from ..backends.redis import RedisBackend, Undecodable
     from ..counters import Tally
     from ..store import Outcome
     from .connection import Connection
@@ -56,6 +62,7 @@ _WORKERS = 4  # Redis calls at once; each waits at most [store] redis_timeout
 _RECONNECT = 1.0  # seconds between two tries of the sync thread to reach Redis again
 _MINE_AFTER = 10.0  # a notification this relay queued and did not take: it stopped in between
 _ORPHAN_AFTER = 60.0  # one no relay took: the relay that queued it is down
+_SKIPPED = 1000  # bad values in Redis each logged once; past that many, once a minute at most
 
 
 class Shared:
@@ -73,6 +80,8 @@ class Shared:
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="eximhook-redis")
         self.stopping = threading.Event()
         self.sync_thread = threading.Thread(target=self._sync_loop, name="eximhook-sync", daemon=True)
+        self.skipped: set[tuple[bytes, bytes | str | None]] = set()
+        backend.skip = self._skip
 
     def start(self) -> None:
         self.sync_thread.start()
@@ -98,6 +107,18 @@ class Shared:
         from ..backends.connect import describe
 
         return describe(self.server.cfg.store)
+
+    def _skip(self, bad: Undecodable) -> None:
+        """A value in Redis that is not eximhook's: logged once (the sync meets it at each
+        comparison), passed over."""
+        where = (bad.key, bad.field)
+        if where in self.skipped:
+            return
+        if len(self.skipped) < _SKIPPED:
+            self.skipped.add(where)
+            self.server.log.log("err", f"{bad}: passed over")
+        else:
+            self.server.failure("skip", f"{bad}: passed over")
 
     # -- requests ------------------------------------------------------------------
 
@@ -135,13 +156,17 @@ class Shared:
         blocked? Each block it finds or makes is in this relay's store and mirror first."""
         cfg, hold = self.server.cfg, self._hold(req)
         frozen = req.fields.get("id", "") if req.op == "message" else ""
-        blocked, seen = False, set()
+        blocked, seen, covered = False, set(), set()
         for event in events:
+            if cfg.wider(event.ns, event.key) in covered:  # a blocked network stands for its addresses
+                continue
             tally, outcome = self.backend.record(event, now, hold=hold, notify_shadow=cfg.notify_shadow,
                                                  exempt=self._exempt(event.ns))
             self._keep(tally, outcome, now, hold, frozen)
             seen.add((event.ns, event.key))
-            blocked = blocked or outcome.blocked
+            if outcome.blocked:
+                blocked = True
+                covered.add((event.ns, event.key))
         if (req.ns, req.key) not in seen and self.backend.is_blocked(req.ns, req.key):
             self._copy(req.ns, req.key, now)
             blocked = True
@@ -152,8 +177,10 @@ class Shared:
         journaled, for Redis when it is back; the checks against the blocks copied so far."""
         cfg, store, hold = self.server.cfg, self.server.store, self._hold(req)
         frozen = req.fields.get("id", "") if req.op == "message" else ""
-        blocked, seen = False, set()
+        blocked, seen, covered = False, set(), set()
         for event in events:
+            if cfg.wider(event.ns, event.key) in covered:  # as _serve
+                continue
             tally, outcome = self.local.record(event, now, hold=hold, notify_shadow=cfg.notify_shadow,
                                                exempt=cfg.exempt)
             local.journal(store, {"ts": now, "ns": event.ns, "key": event.key, "counter": event.policy.name,
@@ -161,7 +188,9 @@ class Shared:
                            "once": event.once})
             self._made(tally, outcome, frozen)
             seen.add((event.ns, event.key))
-            blocked = blocked or outcome.blocked
+            if outcome.blocked:
+                blocked = True
+                covered.add((event.ns, event.key))
         return blocked or ((req.ns, req.key) not in seen and store.is_blocked(req.ns, req.key))
 
     def _events(self, req: protocol.Request, now: float) -> list[Event]:
@@ -186,32 +215,31 @@ class Shared:
             if sender and mid and req.ns != "sender":
                 counters.update(lambda txn: counters.remember_in(txn, sender, mid, req.ns, req.key, now, n))
             evidence = f"{f.get('id') or '-'} ({n} rcpt)"
-            subjects = [(req.ns, req.key), *([("sender", sender)] if sender and req.ns != "sender" else [])]
-            return [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, **keep)
-                    for ns, key in subjects if (p := cfg.policy(ns, "recipients", key)) and p.windows]
+            return [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, **keep) for ns, key, p in
+                    core.counted(cfg.policy, "recipients", core.message_subjects(req.ns, req.key, sender))]
         if req.op == "bounce":
             mid, remember = core.message_ref(f.get("mid", "")), cfg.bounces.remember
             subjects = counters.update(lambda txn: core.bounce_subjects_in(
                 counters, txn, now, req.key, message_id=mid, remember=remember, remote=f.get("remote") == "1", ip=ip))
             failed = core.unfold(f.get("failed") or None)
             return [Event(ns, key, p, evidence=failed, keep_evidence=cfg.evidence.rcpts)
-                    for ns, key in subjects if (p := cfg.policy(ns, "bounces", key)) and p.windows]
-        policy = cfg.policy(req.ns, req.kind, req.key)
-        if policy is None or not policy.windows:
-            return []
-        return [Event(req.ns, req.key, policy, weight=int(f.get("n") or 1),
-                      evidence=f.get("rcpt") or f.get("evidence") or None, ip=ip, **keep)]
+                    for ns, key, p in core.counted(cfg.policy, "bounces", subjects)]
+        subjects = core.record_subjects(req.ns, req.key, cfg.wider(req.ns, req.key))
+        return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=f.get("rcpt") or f.get("evidence") or None,
+                      ip=ip, **keep) for ns, key, p in core.counted(cfg.policy, req.kind, subjects)]
 
     def _exempt(self, ns: str) -> dict[str, tuple[tuple[str, str], ...]]:
-        """``[exempt]`` and the admin's ``eximhook exempt add`` (copied from Redis)."""
+        """``[exempt]`` and the admin's ``eximhook exempt add`` (copied from Redis); for a
+        network, those of the addresses in it too (``exempt.spaces``)."""
         store = self.server.store
-        added = store.read(lambda txn: store.exemptions_in(txn, ns))
-        return {ns: (*self.server.cfg.exempt.get(ns, ()), *added)}
+        return {ns: tuple(store.read(core.exemptions_in(store, self.server.cfg.exempt, ns)))}
 
-    def _keep(self, tally: Tally, outcome: Outcome, now: float, hold: float, frozen: str) -> None:
+    def _keep(self, tally: Tally, outcome: Outcome, now: float, hold: float, frozen: str,
+              at: float | None = None) -> None:
         """What Redis decided, into this relay's store before anyone hears it (as
         ``Server._settle``): a block it made with its notification, a would-block record,
-        or a block another relay made; then the log line, the flush and the mirror."""
+        or a block another relay made; then the log line, the flush and the mirror.
+        ``at``: the event's time, if before ``now`` (a journaled count)."""
         cfg, store, log = self.server.cfg, self.server.store, self.server.log
         ns, key = tally.ns, tally.key
         if outcome.tripped:
@@ -227,6 +255,8 @@ class Shared:
             record = core.block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name,
                                        limit=limit, period=period, count=tally.count, counter=tally.counter)
             record["exempt"] = outcome.exempt
+            if at is not None and at != now:
+                record["event_at"] = at  # as RedisBackend.record's
             store.shadow(record, now, cfg.notify_shadow and outcome.exempt is None)
         elif outcome.blocked:
             self._copy(ns, key, now)
@@ -274,7 +304,7 @@ class Shared:
                         synced = time.monotonic()
                     message = pubsub.get_message(timeout=min(1.0, self.server.cfg.serve.check_interval))
                     if message is not None:
-                        self._apply(json.loads(message["data"]), time.time())
+                        self._apply(message["data"], time.time())
             except self.unreachable as exc:
                 self._down(exc)
                 self.stopping.wait(_RECONNECT)
@@ -285,13 +315,22 @@ class Shared:
             finally:
                 pubsub.close()
 
-    def _apply(self, message: dict[str, Any], now: float) -> None:
-        """One change another relay, or an admin command, published."""
-        op = message.get("op")
+    def _apply(self, data: bytes, now: float) -> None:
+        """One change another relay, or an admin command, published (``data``: JSON)."""
+        try:
+            message = json.loads(data)
+            op = message["op"]
+            subject = message["record"] if op == "block" else message
+            ns, key = (subject["ns"], subject["key"]) if op in ("block", "unblock") else ("", "")
+            lift = (f"{message['by']} on {message['node']}", message["event"]) if op == "unblock" else None
+        except (ValueError, LookupError, TypeError) as exc:
+            self.server.failure("skip", f"a message on {self.backend.channel.decode()} that is not eximhook's "
+                                        f"({type(exc).__name__}: {exc}): {data[:200]!r}: passed over")
+            return
         if op == "block":
-            self._copy(message["record"]["ns"], message["record"]["key"], now)
-        elif op == "unblock":
-            self._lift(message["ns"], message["key"], now, f"{message['by']} on {message['node']}", message["event"])
+            self._copy(ns, key, now)
+        elif lift is not None:
+            self._lift(ns, key, now, *lift)
         elif op == "exempt":
             self._exemptions()
 
@@ -318,20 +357,21 @@ class Shared:
                 self.backend.block_queued(dict(record, node=node), now, notify=False)  # mailed here already
                 local.mark_shared(store, record["ns"], record["key"], node)
                 pushed += 1
-        replayed = self._replay()
+        replayed = self._replay(now)
         local.counting_alone(store, None)
         if not self.up:
             self.up = True
-            replayed += self._replay()  # counted here while the first pass ran
+            replayed += self._replay(time.time())  # counted here while the first pass ran
             self.server.log.log("notice", f"{self._where()} answers again: {pushed} block(s) made here "
                                           f"and {replayed} count(s) sent to it; counting there again")
         self._exemptions()
         self._compare(now)
         self._claim(now)
 
-    def _replay(self) -> int:
+    def _replay(self, now: float) -> int:
         """The journaled counts, into Redis once each (a count already there: a crash
-        between sending it and forgetting it)."""
+        between sending it and forgetting it), each at its own time; a block one makes
+        is made ``now``."""
         from ..backends.redis import Replayed
 
         cfg, store, sent = self.server.cfg, self.server.store, 0
@@ -344,11 +384,11 @@ class Shared:
                 try:
                     tally, outcome = self.backend.record(event, item["ts"], hold=item["hold"],
                                                          notify_shadow=cfg.notify_shadow,
-                                                         exempt=self._exempt(event.ns))
+                                                         exempt=self._exempt(event.ns), made=now)
                 except Replayed:
                     pass
                 else:
-                    self._keep(tally, outcome, item["ts"], item["hold"], "")
+                    self._keep(tally, outcome, now, item["hold"], "", at=item["ts"])
                     sent += 1
             local.sent(store, item["seq"])
         return sent
