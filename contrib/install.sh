@@ -101,7 +101,8 @@ echo "install: /usr/local/sbin/eximhook, snippets in $share/exim-snippets"
 
 if ! $dev; then
     install -d -m 0755 /etc/eximhook
-    [ -e /etc/eximhook/eximhook.toml ] || install -m 0644 "$here/contrib/eximhook.toml" /etc/eximhook/eximhook.toml
+    # 0640 root:Debian-exim: it may hold the Redis password (redis_url); the daemon and the hooks read it
+    [ -e /etc/eximhook/eximhook.toml ] || install -m 0640 -o root -g Debian-exim "$here/contrib/eximhook.toml" /etc/eximhook/eximhook.toml
     "$venv/bin/eximhook" check-config
     "$venv/bin/eximhook" export
     if [ -d /etc/systemd/system ]; then

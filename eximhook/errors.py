@@ -59,6 +59,11 @@ class FileError(EximhookError):
     exit_code = Exit.IOERR
 
 
+class UnsafePath(FileError):
+    """A path that would make root (or whoever runs eximhook) follow a symlink, or write
+    a file that is not what it should be, in a directory another user can write."""
+
+
 class BadMessageId(EximhookError):
     """Not an Exim message id."""
 

@@ -2,10 +2,12 @@
 (``store.Store``) and the unsynced counters (``counters.Counters``).
 
 What both need: a directory the Exim user can write when root created it, a lock file
-allocated before LMDB maps it, a retry loop that grows a full map, and errors that say
-what failed without repeating the path. Work is a *body*, a function of one
-transaction, run by ``update`` (one), ``update_many`` (a batch in one transaction,
-each body in a nested one) or ``read``.
+allocated before LMDB maps it, a retry loop for a full map, and errors that say what
+failed without repeating the path. A full map doubles (the store: records are never
+dropped), or, for an environment with a ``budget`` (the counters), never grows past it:
+the environment makes room (``make_room``) and the transaction is tried again.
+Work is a *body*, a function of one transaction, run by ``update`` (one),
+``update_many`` (a batch in one transaction, each body in a nested one) or ``read``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import os
 
 import lmdb
 
-from ._perms import hand_over, resolve_owner
-from .errors import StoreUnavailable
+from ._perms import Dir, resolve_owner
+from .errors import StoreUnavailable, UnsafePath
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
 if TYPE_CHECKING:
@@ -34,24 +36,78 @@ MAX_READERS = 1024
 # full is a SIGBUS, not an error: a hook would die without its token, the daemon would
 # crash. So the file is allocated in full before LMDB maps it.
 _LOCK_BYTES = 80 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")  # LMDB's page size: the OS's
 
 
-def reason(exc: BaseException, path: str) -> str:
-    """The error without the path the caller names already."""
+def reason(exc: BaseException, path: str, d: Dir | None = None) -> str:
+    """The error without the path the caller names already (or LMDB was given: ``d``)."""
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}/")
+    text = str(exc)
+    for given in (path, *((d.proc,) if d is not None else ())):
+        text = text.removeprefix(f"{given}: ").removeprefix(f"{given}/")
+    return text
 
 
-def _allocate_lock_file(path: str) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+def _allocate_lock_file(fd: int) -> None:
+    st = os.fstat(fd)
+    size = max(st.st_size, _LOCK_BYTES)
+    if st.st_blocks * 512 < size:  # new, or sparse: once per environment
+        os.posix_fallocate(fd, 0, size)
+
+
+def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, list[int]]:
+    """lmdb.open() of the directory ``d``, never through a symlink another user planted
+    (issue 21); the environment, and descriptors to close once it is closed.
+
+    LMDB opens ``data.mdb`` and ``lock.mdb`` by name, following symlinks and creating
+    what is missing, and py-lmdb takes no descriptors. So it gets a path that leaves it
+    nothing to follow: in a directory only root or we can change (the hooks, as the
+    Exim user, in the spool), the directory's own descriptor (``Dir.proc``). In one
+    another user can change (root in the Exim user's spool), where that user could swap a
+    file for a symlink between any check and LMDB's open, the two files are opened here
+    first (``Dir.open``: no symlink, a regular file with one link, owned as it should
+    be) and LMDB is given a private directory of root's whose two entries are
+    ``/proc/self/fd/N`` of those descriptors: the kernel resolves them to exactly the
+    files checked, whatever has been renamed since. Those descriptors stay open as long
+    as the environment: closing a descriptor of ``lock.mdb`` would drop every POSIX lock
+    this process holds on it, LMDB's own included.
+    """
+    readonly = bool(options.get("readonly"))
+    files = []
     try:
-        st = os.fstat(fd)
-        size = max(st.st_size, _LOCK_BYTES)
-        if st.st_blocks * 512 < size:  # new, or sparse: once per environment
-            os.posix_fallocate(fd, 0, size)
-    finally:
-        os.close(fd)
+        if not d.trusted or (not readonly and os.geteuid() == 0):  # checked, or to be handed to owner
+            # readonly (eximhook status) makes no data file, as LMDB would not
+            files.append(d.open("data.mdb", os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT, 0o640,
+                                None if readonly else owner))
+        if not d.trusted or not readonly:
+            files.append(d.open("lock.mdb", os.O_RDWR | os.O_CREAT, 0o640, None if readonly else owner))
+        if not readonly:
+            _allocate_lock_file(files[-1])
+        if d.trusted:
+            for fd in files:  # done with (before LMDB takes its locks: see above)
+                os.close(fd)
+            return lmdb.open(d.proc, **options), []
+        import tempfile
+
+        # root's own 0700 directory, held by descriptor too: nobody else can change its entries
+        private = tempfile.mkdtemp(prefix="eximhook-lmdb.")
+        with Dir(private) as p:
+            try:
+                for name, fd in zip(("data.mdb", "lock.mdb"), files, strict=True):
+                    os.symlink(f"/proc/self/fd/{fd}", name, dir_fd=p.fd)
+                return lmdb.open(p.proc, **options), files
+            finally:
+                for name in ("data.mdb", "lock.mdb"):
+                    p.unlink(name)
+                os.rmdir(private)
+    except BaseException:
+        for fd in files:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
 
 
 class _ResizeGuard:
@@ -87,42 +143,55 @@ class Env:
     what = "store"  # for messages: which of the two environments failed
 
     def __init__(self, path: str, dbs: tuple[bytes, ...], *, map_size: int, owner: str | None,
-                 sync: bool, config_key: str, readonly: bool = False) -> None:
+                 sync: bool, config_key: str, readonly: bool = False, budget: int | None = None) -> None:
         self.path, self.dbs, self.config_key = path, dbs, config_key
+        # LMDB maps whole pages: a budget is a number of them, and the map starts there
+        self.budget = None if budget is None else max(budget - budget % PAGE, PAGE)
+        map_size = map_size if self.budget is None else self.budget
         self._guard = _ResizeGuard()
         self._handles: dict[bytes, Any] = {}
-        if readonly:  # to look, changing nothing (eximhook status): no directory, file or database made
-            try:
-                self.owner = resolve_owner(owner, path)
-                self.env = lmdb.open(path, map_size=map_size, max_dbs=len(dbs), max_readers=MAX_READERS,
-                                     subdir=True, readonly=True, create=False)
-                self.read(lambda txn: [self.env.open_db(name, txn=txn, create=False) for name in dbs])
-            except (lmdb.Error, OSError, KeyError) as exc:
-                raise StoreUnavailable(f"cannot read {self.what} {path} ({config_key}): {reason(exc, path)}") from exc
-            return
+        self._files: list[int] = []  # descriptors _open_lmdb keeps for the environment
+        d: Dir | None = None
+        verb = "read" if readonly else "open"
         try:
-            self.owner = resolve_owner(owner, path)  # before makedirs: root must not own the new dir
-            os.makedirs(path, mode=0o750, exist_ok=True)
-            self.prepare()
-            _allocate_lock_file(os.path.join(path, "lock.mdb"))
+            # before the directory is made: root must not own it
+            self.owner = resolve_owner(owner, path)
+            d = Dir(path, create=not readonly)
+            options: dict[str, Any] = {"map_size": map_size, "max_dbs": len(dbs), "max_readers": MAX_READERS,
+                                       "subdir": True}
+            if readonly:  # to look, changing nothing (eximhook status): no directory, file or database made
+                self.env, self._files = _open_lmdb(d, self.owner, readonly=True, create=False, **options)
+                self.read(lambda txn: [self.env.open_db(name, txn=txn, create=False) for name in dbs])
+                return
+            d.hand_over(self.owner)
+            self.prepare(d)
             # mode: the files get 0640 (LMDB takes away the x bits): keys and evidence are
             # user names and addresses, not for every local user to read
-            self.env = lmdb.open(path, map_size=map_size, max_dbs=len(dbs), max_readers=MAX_READERS, mode=0o750,
-                                 subdir=True, readahead=False, meminit=False, metasync=False, sync=sync)
-        except (lmdb.Error, OSError, KeyError) as exc:
-            raise StoreUnavailable(f"cannot open {self.what} {path} ({config_key}): {reason(exc, path)}") from exc
-        try:
+            self.env, self._files = _open_lmdb(d, self.owner, mode=0o750, readahead=False, meminit=False,
+                                               metasync=False, sync=sync, **options)
             self._create_dbs()
-            hand_over([path, *(os.path.join(path, f) for f in ("data.mdb", "lock.mdb"))], self.owner)
-        except OSError as exc:
-            self.env.close()
-            raise StoreUnavailable(f"cannot open {self.what} {path} ({config_key}): {reason(exc, path)}") from exc
-        except StoreUnavailable:
-            self.env.close()
+        except UnsafePath as exc:
+            self._close_env()
+            raise UnsafePath(f"cannot {verb} {self.what} {path} ({config_key}): {exc}") from None
+        except (lmdb.Error, OSError, KeyError) as exc:
+            self._close_env()
+            raise StoreUnavailable(f"cannot {verb} {self.what} {path} ({config_key}): "
+                                   f"{reason(exc, path, d)}") from exc
+        except BaseException:
+            self._close_env()
             raise
+        finally:
+            if d is not None:
+                d.close()
 
-    def prepare(self) -> None:
-        """Before LMDB opens the directory (the counters check their boot here)."""
+    def prepare(self, directory: Dir) -> None:
+        """Before LMDB opens the directory (the counters check their boot here); work in
+        it through ``directory`` (``_perms``: no link followed that another user made)."""
+
+    def make_room(self) -> bool:
+        """The map is full at its ``budget``: drop what may go, in transactions of its
+        own (the caller's locks are held); True if anything went. Nothing may go here."""
+        return False
 
     def _create_dbs(self) -> None:
         def missing(txn: lmdb.Transaction) -> bool:
@@ -154,9 +223,17 @@ class Env:
     def close(self) -> None:
         self._guard.idle.acquire()
         try:
-            self.env.close()
+            self._close_env()
         finally:
             self._guard.idle.release()
+
+    def _close_env(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+        for fd in self._files:  # after LMDB's: see _open_lmdb
+            os.close(fd)
+        self._files = []
 
     def __enter__(self) -> Any:
         return self
@@ -216,6 +293,7 @@ class Env:
 
     def _transact(self, body: Callable[[lmdb.Transaction], T], write: bool, wait: bool = True) -> T:
         for _ in range(_TRIES):
+            at_budget = False
             self._guard.enter()
             try:
                 with self.env.begin(write=write) as txn:
@@ -232,12 +310,18 @@ class Env:
                                        f"a map resize ({type(problem).__name__}); try again")
             try:
                 if isinstance(problem, lmdb.MapFullError):
-                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                    size = self.env.info()["map_size"]
+                    at_budget = self.budget is not None and size >= self.budget
+                    if not at_budget:
+                        self.env.set_mapsize(size * 2 if self.budget is None else min(size * 2, self.budget))
                 elif isinstance(problem, lmdb.MapResizedError):
                     self.env.set_mapsize(0)  # another process grew the map: adopt its size
                 else:
                     self.env.reader_check()  # slots of processes that died (watchdog, kill -9)
             finally:
                 self._guard.idle.release()
+            if at_budget and not self.make_room():
+                raise StoreUnavailable(f"{self.what} {self.path}: full at its budget of {self.budget} bytes, and "
+                                       "no room could be made")
         raise StoreUnavailable(f"{self.what} {self.path}: gave up after {_TRIES} tries: the map "
                                f"([store] map_size) could not grow enough, or the reader table stayed full")

@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 
 from . import spool
-from ._perms import TMP, hand_over, replace_files
-from .errors import FileError
+from ._perms import TMP, Dir, Locked, read_file, replace_files
+from .errors import FileError, UnsafePath
 from .store import Store
 from .subjects import LSEARCH_FILES, lsearch_line
 
@@ -47,9 +47,8 @@ def mirror_paths(mirror_dir: str) -> list[str]:
 def mirrored_generation(store: Store) -> int:
     """The generation the mirror files were last completely written from (-1: never)."""
     try:
-        with open(os.path.join(store.path, STAMP_FILE), "rb") as f:
-            return int(f.read(32))
-    except (OSError, ValueError):
+        return int(read_file(os.path.join(store.path, STAMP_FILE), 32))
+    except (OSError, ValueError, UnsafePath):
         return -1
 
 
@@ -64,12 +63,10 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
     import io
 
     import cdblib
-    from filelock import FileLock, Timeout  # ~40 ms to import: only the rare paths get here
 
     lock_path = os.path.join(store.path, LOCK_FILE)
     try:
-        with FileLock(lock_path, timeout=timeout, mode=0o660):
-            hand_over([lock_path], store.owner)
+        with Locked(lock_path, timeout, store.owner):
             # only a lock holder writes temp files: any found now were left by a killed rewrite
             remove_stale_temp_files(mirror_dir, store.path)
             generation, blocks, floor = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn),
@@ -100,7 +97,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             replace_files(files, store.owner)
             # last: a rewrite killed before this line is seen as behind, and done again
             replace_files([(os.path.join(store.path, STAMP_FILE), b"%d\n" % generation)], store.owner)
-    except Timeout as exc:
+    except TimeoutError as exc:
         raise LockBusy(f"could not lock {lock_path} within {timeout:g}s: another rewrite holds it") from exc
     except OSError as exc:
         where = exc.filename or f"the mirror files in {mirror_dir}"
@@ -121,13 +118,12 @@ def state(store: Store, mirror_dir: str) -> dict[str, Any]:
     for path in mirror_paths(mirror_dir):
         name = os.path.basename(path)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read_file(path)
             if name == CDB_FILE:
                 files[name] = int(cdblib.Reader(data).get(GENERATION_KEY))
             else:
                 files[name] = int(data.split(b"\n", 2)[1].removeprefix(b"# generation "))
-        except (OSError, ValueError, TypeError, IndexError):
+        except (OSError, ValueError, TypeError, IndexError, UnsafePath):
             files[name] = None
     return {"stamp": mirrored_generation(store), "files": files,
             "temp_files": temp_files(mirror_dir, store.path)}
@@ -150,8 +146,9 @@ def temp_files(*directories: str) -> list[str]:
 
 
 def remove_stale_temp_files(*directories: str) -> None:
-    for path in temp_files(*directories):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    for directory in directories:
+        found = temp_files(directory)
+        if found:
+            with Dir(directory) as d:
+                for path in found:
+                    d.unlink(os.path.basename(path))

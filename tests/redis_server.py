@@ -25,11 +25,13 @@ _MAX_SOCKET_PATH = 100
 class RedisServer:
     """``redis-server`` on ``DIR/redis.sock`` (no TCP port), until ``stop``; as ``user``
     if given (the e2e tests: their daemons run as the Exim user, and the socket is
-    0700), who must own ``DIR``."""
+    0700), who must own ``DIR``; with ``requirepass password`` if given (not in ``url``)."""
 
-    def __init__(self, where: Path, user: str | None = None, *, persist: bool = False) -> None:
+    def __init__(self, where: Path, user: str | None = None, *, persist: bool = False,
+                 password: str | None = None) -> None:
         self.dir = where
         self.user = user
+        self.password = password
         # persist: every write on disk at once (appendfsync always), so a restart keeps it
         self.persist = ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
         self._short: str | None = None
@@ -54,6 +56,8 @@ class RedisServer:
         argv = [REDIS_SERVER, "--port", "0", "--unixsocket", self.socket, "--unixsocketperm", "700",
                 "--dir", str(self.dir), "--save", "", *self.persist, "--daemonize", "no",
                 "--logfile", str(self.dir / "redis.log")]
+        if self.password:
+            argv += ["--requirepass", self.password]
         if self.user:  # setpriv execs redis-server: the pid stays the one stop() signals
             argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
         self.proc = subprocess.Popen(
@@ -74,8 +78,12 @@ class RedisServer:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(1)
                 s.connect(self.socket)
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                auth = f"AUTH {self.password}\r\n".encode() if self.password else b""
+                s.sendall(auth + b"PING\r\n")
+                answer = b""
+                while b"PONG" not in answer and (chunk := s.recv(64)):  # +OK (to AUTH) first
+                    answer += chunk
+                return answer.startswith(b"+OK\r\n+PONG" if auth else b"+PONG")
         except OSError:
             return False
 

@@ -62,9 +62,10 @@ def test_trip_while_the_mirror_lock_is_held(tmp_path: Path, cli: Run) -> None:
     config = write_config(tmp_path, limit=1)
     assert hook(config, "record-invalid", "auth", "early").stdout == b"0"  # creates the store
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time\n"
-         f"with filelock.FileLock({str(tmp_path / 'store' / 'mirror.lock')!r}):\n"
-         "    print('held', flush=True); time.sleep(10)"], stdout=subprocess.PIPE)
+        [sys.executable, "-c", "import fcntl, os, signal\n"
+         f"fd = os.open({str(tmp_path / 'store' / 'mirror.lock')!r}, os.O_RDWR | os.O_CREAT, 0o640)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"  # as eximhook (and filelock) take it
+         "print('held', flush=True); signal.pause()"], stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
         proc = hook(config, "record-invalid", "auth", "early")

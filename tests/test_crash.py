@@ -59,15 +59,16 @@ def mirror_matches_store(tmp_path: Path) -> list[str]:
 # goes to the counters, which never sync. Then the block: LMDB flushes the data pages
 # (fdatasync 1) and only then writes the meta page that commits; the hook flushes the
 # meta page too (fdatasync 2); the mirror rewrite writes and fsyncs three temp files,
-# renames them one after another, then writes and renames the stamp.
+# renames them one after another, then writes and renames the stamp (renameat: relative
+# to a descriptor of the directory, _perms.replace_files).
 STAGES = [
     pytest.param("fdatasync", 1, id="before-the-commit"),
     pytest.param("fdatasync", 2, id="after-the-commit"),
     pytest.param("fsync", 2, id="writing-the-temp-files"),
-    pytest.param("rename", 1, id="before-the-first-rename"),
-    pytest.param("rename", 2, id="after-the-auth-list"),
-    pytest.param("rename", 3, id="after-both-lists"),
-    pytest.param("rename", 4, id="before-the-stamp"),
+    pytest.param("renameat", 1, id="before-the-first-rename"),
+    pytest.param("renameat", 2, id="after-the-auth-list"),
+    pytest.param("renameat", 3, id="after-both-lists"),
+    pytest.param("renameat", 4, id="before-the-stamp"),
 ]
 
 

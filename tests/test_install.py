@@ -50,7 +50,7 @@ for d in /etc /var/spool/exim4 /usr/local/sbin /usr/share/eximhook /opt/eximhook
 done
 bash "$1/contrib/install.sh" --offline "$2"
 /opt/eximhook/bin/python3 -I -c \
-  'import eximhook, lmdb, uvloop, cdblib, filelock, prometheus_client; print("imports ok")'
+  'import eximhook, lmdb, uvloop, cdblib, prometheus_client; print("imports ok")'
 /usr/local/sbin/eximhook check-config | head -1
 """
 

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import needs_root, write_config
+from eximhook.errors import ConfigError
+
+from .conftest import Run, needs_redis, needs_root, write_config
 from .e2e.harness import EXIM_USER, EXIMHOOK
+from .redis_server import RedisServer
 
 pytestmark = needs_root
 
@@ -91,3 +94,93 @@ def test_a_hook_makes_the_log_file_readable_by_its_group(spool: Path) -> None:
     assert as_exim(config, "record-invalid", "auth", "--bad-key-is-fine", "--nonsense").stdout == b"0"
     assert log.exists() and oct(log.stat().st_mode & 0o777) == oct(0o640)
     assert log.stat().st_uid == pwd.getpwnam(EXIM_USER).pw_uid
+
+
+# -- the Redis password (issue 21) ------------------------------------------------
+
+
+def test_a_password_every_local_user_can_read_is_warned(tmp_path: Path, cli: Run) -> None:
+    """A config that holds the Redis password (redis_url), or a password file, that the
+    "other" bits let every local user read: check-config and status say so, once each."""
+    secret = tmp_path / "redis.pass"
+    secret.write_text("s3cret\n")
+    config = write_config(tmp_path, settings={"store.backend": "redis",
+                                              "store.redis_url": "unix://:s3cret@/nonexistent/redis.sock"})
+    for mode, warned in ((0o644, True), (0o640, False)):
+        config.chmod(mode)
+        code, out, _ = cli("check-config", config_path=config)
+        assert code == 0 and (f"warning: {config} holds the Redis password" in out) == warned, out
+        _, out, _ = cli("status", config_path=config)
+        assert (f"secrets {config} holds the Redis password" in out) == warned, out
+        assert "s3cret" not in out
+    config = write_config(tmp_path, settings={"store.backend": "redis", "store.redis_url": "unix:///nonexistent/r.sock",
+                                              "store.redis_password_file": str(secret)})
+    config.chmod(0o644)  # holds no secret now: fine
+    for mode, warned in ((0o644, True), (0o640, False)):
+        secret.chmod(mode)
+        code, out, _ = cli("check-config", config_path=config)
+        warning = f"warning: {secret} (store.redis_password_file): every local user can read"
+        assert code == 0 and (warning in out) == warned, out
+        assert str(config) not in out.split("ok\n", 1)[1]
+
+
+def test_a_password_file_that_is_missing_or_unreadable_for_exim(tmp_path: Path, cli: Run) -> None:
+    secret = tmp_path / "redis.pass"
+    config = write_config(tmp_path, settings={"store.backend": "redis", "store.redis_url": "unix:///nonexistent/r.sock",
+                                              "store.redis_password_file": str(secret),
+                                              "exim.user": EXIM_USER})
+    code, _, err = cli("check-config", config_path=config)
+    assert code == 78 and f"{secret}: cannot read store.redis_password_file: No such file" in err, err
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)  # root's alone: the daemon, as the Exim user, could not log in
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and f"note: {secret} (store.redis_password_file) is not readable by [exim] user" in out, out
+    os.chown(secret, 0, pwd.getpwnam(EXIM_USER).pw_gid)
+    secret.chmod(0o640)
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and "redis_password_file" not in out.replace(f"(password in {secret})", ""), out
+
+
+def test_a_password_in_the_url_and_a_password_file_exclude_each_other(tmp_path: Path) -> None:
+    from eximhook.config import load
+
+    for url in ("redis://:s3cret@127.0.0.1:6379/0", "unix:///run/redis/redis.sock?password=s3cret"):
+        config = write_config(tmp_path, settings={"store.backend": "redis", "store.redis_url": url,
+                                                  "store.redis_password_file": str(tmp_path / "redis.pass")})
+        with pytest.raises(ConfigError, match=r"holds a password and store\.redis_password_file names a file"):
+            load(str(config))
+
+
+@needs_redis
+def test_the_password_file_is_read_at_each_connect(tmp_path: Path) -> None:
+    """A real redis-server with requirepass: the client logs in with the file's password
+    (its trailing newline stripped), and a new password in the file reaches a new
+    connection without a restart; an unreadable file is a connection error naming it."""
+    import redis
+
+    from eximhook.backends.connect import client
+    from eximhook.config import load
+
+    server = RedisServer(tmp_path / "r", password="first-s3cret").start()
+    try:
+        secret = tmp_path / "redis.pass"
+        secret.write_text("first-s3cret\n")
+        config = write_config(tmp_path, settings={"store.backend": "redis", "store.redis_url": server.url,
+                                                  "store.redis_password_file": str(secret)})
+        with redis.Redis.from_url(server.url) as anonymous, pytest.raises(redis.AuthenticationError):
+            anonymous.ping()  # the server does want the password
+        store = load(str(config)).store
+        conn = client(store)
+        conn.set(b"k", b"v")
+        conn.config_set("requirepass", "second-s3cret")
+        secret.write_text("second-s3cret\r\n")
+        conn.connection_pool.disconnect()  # as after a Redis restart: the next call connects anew
+        assert conn.get(b"k") == b"v"
+        conn.close()
+        secret.unlink()
+        conn = client(store)
+        with pytest.raises(redis.ConnectionError, match=f"cannot read \\[store\\] redis_password_file {secret}"):
+            conn.ping()
+        conn.close()
+    finally:
+        server.close()

@@ -13,6 +13,11 @@ times with backoff, so a Redis that is down costs a request two timeouts at most
 Through Sentinel, a connection that finds its Redis gone or turned replica
 (READONLY: a failover happened) asks the Sentinels again on its next try; the Sentinels
 get the timeouts, not the password (a Sentinel with ``requirepass`` is not supported).
+
+The password is in ``redis_url``, or in ``redis_password_file`` (issue 21: not in a
+config file that more users may read than the password's own file), read at each new
+connection, so a changed password reaches the daemon without a restart; the URL may
+still name the ACL user then.
 """
 
 from __future__ import annotations
@@ -36,37 +41,71 @@ def client(store: StoreConfig) -> Client:
     from redis.retry import Retry
 
     timeouts: dict[str, Any] = {"socket_timeout": store.redis_timeout, "socket_connect_timeout": store.redis_timeout}
+    url, auth = store.redis_url, {}
+    if store.redis_password_file:
+        url, auth["credential_provider"] = _password_file(store)
     if store.redis_cluster:
         from redis.cluster import RedisCluster
 
-        return RedisCluster.from_url(store.redis_url, **timeouts)
+        return RedisCluster.from_url(url, **timeouts, **auth)
     timeouts["retry"] = Retry(NoBackoff(), 1)
     if store.redis_sentinels:
-        return _sentinel(store, timeouts)
-    return redis.Redis.from_url(store.redis_url, **timeouts)
+        return _sentinel(store, url, timeouts, auth)
+    return redis.Redis.from_url(url, **timeouts, **auth)
 
 
-def _sentinel(store: StoreConfig, timeouts: dict[str, Any]) -> redis.Redis:
+def _sentinel(store: StoreConfig, url: str, timeouts: dict[str, Any], auth: dict[str, Any]) -> redis.Redis:
     from redis.connection import SSLConnection, parse_url
     from redis.sentinel import Sentinel
 
     # redis_url names no host here (config._check_redis): the master's password, db, TLS
-    options: dict[str, Any] = parse_url(store.redis_url) if store.redis_url else {}  # type: ignore[no-untyped-call]
+    options: dict[str, Any] = parse_url(url) if url else {}  # type: ignore[no-untyped-call]
     ssl = options.pop("connection_class", None) is SSLConnection
     sentinels = Sentinel(list(store.redis_sentinels), sentinel_kwargs=dict(timeouts),
                          **timeouts)
-    master: redis.Redis = sentinels.master_for(store.redis_service, ssl=ssl, **options)
+    master: redis.Redis = sentinels.master_for(store.redis_service, ssl=ssl, **options, **auth)
     return master
+
+
+def _password_file(store: StoreConfig) -> tuple[str, Any]:
+    """``redis_url`` without its user, and a credential provider that names that user
+    (if any) and reads the password from ``redis_password_file`` at each connect (the
+    URL holds no password then: config._check_redis). redis-py takes a provider or a
+    user and password, never both."""
+    from urllib.parse import unquote
+
+    import redis
+    from redis.credentials import CredentialProvider
+
+    scheme, sep, rest = store.redis_url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    user, at, host = netloc.rpartition("@")
+    path = store.redis_password_file
+
+    class PasswordFile(CredentialProvider):
+        def get_credentials(self) -> tuple[str] | tuple[str, str]:
+            try:
+                with open(path, "rb") as f:
+                    password = f.read().decode("utf-8").rstrip("\r\n")  # as `echo s3cret > FILE` leaves it
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+                raise redis.ConnectionError(f"cannot read [store] redis_password_file {path}: {why}") from None
+            if not password:
+                raise redis.ConnectionError(f"[store] redis_password_file {path} is empty")
+            return (unquote(user), password) if user else (password,)
+
+    return scheme + sep + (host if at else netloc) + slash + tail, PasswordFile()
 
 
 def describe(store: StoreConfig) -> str:
     """Where the daemon counts, for check-config and the log (never a password)."""
     from .._values import shown_url
 
+    secret = f" (password in {store.redis_password_file})" if store.redis_password_file else ""
     if store.redis_sentinels:
         sentinels = ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in store.redis_sentinels)
         how = f" ({shown_url(store.redis_url)})" if store.redis_url else ""
-        return f"the Redis master {store.redis_service!r}{how} that the Sentinels {sentinels} name"
+        return f"the Redis master {store.redis_service!r}{how}{secret} that the Sentinels {sentinels} name"
     if store.redis_cluster:
-        return f"the Redis Cluster of {shown_url(store.redis_url)}"
-    return f"Redis at {shown_url(store.redis_url)}"
+        return f"the Redis Cluster of {shown_url(store.redis_url)}{secret}"
+    return f"Redis at {shown_url(store.redis_url)}{secret}"

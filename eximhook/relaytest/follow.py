@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 
 from .._log import Logger
-from .._perms import replace_files
+from .._perms import read_file, replace_files
+from ..errors import UnsafePath
 
 _CHUNK = 65536
 _BATCH = 16 * _CHUNK
@@ -191,12 +192,11 @@ class Follower:
 
     def _load(self) -> tuple[FileId, int] | None:
         try:
-            with open(self.state_path, "rb") as f:
-                state = json.loads(f.read())
+            state = json.loads(read_file(self.state_path))  # beside the store: the Exim user's directory
             position = (int(state["dev"]), int(state["ino"])), int(state["offset"])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, UnsafePath) as exc:
             self.log.log("warning", f"relaytest watch: ignoring unreadable state {self.state_path}: {exc}")
             return None
         self.saved = position

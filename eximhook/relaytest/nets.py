@@ -17,8 +17,8 @@ import ipaddress
 import os
 import time
 
-from .._perms import replace_files
-from ..errors import FileError
+from .._perms import Locked, read_file, replace_files
+from ..errors import FileError, UnsafePath
 from ..store import Store
 from . import table
 
@@ -58,18 +58,14 @@ def _last_line(data: bytes, line: bytes) -> int:
 def sync(store: Store, path: str, timeout: float = 10.0) -> bool:
     """Make eximhook's section show the table's BLOCK hosts; True if the file changed.
     The table is read inside the lock, so the last writer also read the newest state."""
-    from filelock import FileLock, Timeout
-
-    from .._perms import hand_over
-
     lock_path = os.path.join(store.path, LOCK_FILE)
     try:
-        with FileLock(lock_path, timeout=timeout, mode=0o660):
-            hand_over([lock_path], store.owner)
+        with Locked(lock_path, timeout, store.owner):
             blocked = [r for r in table.records(store) if r["status"] == table.BLOCK]
             try:
-                with open(path, "rb") as f:
-                    current: bytes | None = f.read()
+                # not through a link the Exim user put in the spool: root would copy
+                # the file it points at into this 0644 one (Dir.open refuses it)
+                current: bytes | None = read_file(path)
             except FileNotFoundError:
                 current = None
             data = merge(current, section(blocked))
@@ -78,7 +74,7 @@ def sync(store: Store, path: str, timeout: float = 10.0) -> bool:
             # 0644: Exim reads it as its own user, support staff as theirs
             replace_files([(path, data)], store.owner, mode=0o644)
             return True
-    except Timeout as exc:
+    except TimeoutError as exc:
         raise FileError(f"could not lock {lock_path} within {timeout:g}s: another rewrite of {path} holds it") from exc
     except OSError as exc:
         raise FileError(f"cannot write {exc.filename or path} ([relaytest] blocked_nets): {exc.strerror}") from exc
@@ -91,9 +87,8 @@ def listed(path: str, ip: str) -> list[str]:
     addr = ipaddress.ip_address(ip)
     found = []
     try:
-        with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
+        lines = read_file(path).decode("utf-8", "replace").splitlines()
+    except (OSError, UnsafePath):
         return []
     for line in lines:
         item = line.partition("#")[0].strip()
