@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_FORMAT = 6  # bump when hook_settings() changes shape
+_FORMAT = 7  # bump when hook_settings() changes shape
 DEFAULT_PATH = "/etc/eximhook/eximhook.toml"
 ENV_VAR = "EXIMHOOK_CONFIG"
 

@@ -1,40 +1,45 @@
 """The counters that decide blocks: soft state, as Exim's own hints databases are.
 
-The sliding windows, totals and recent evidence live in their own LMDB environment,
-``[store] path``/counters, never fsync'd: counting an event is a memory write, not a disk
-flush (one synced commit per invalid recipient cost more than Exim's whole native
-ratelimit; see README, Performance). What that gives up is only what a power cut or an
-OS crash can take: the counts the kernel had not written back, and, as LMDB without
-sync depends on an order of writes that ext4 does not promise, possibly the
-environment itself. So the environment notes the boot it was written in and is wiped
-the first time it is opened after a reboot: counting starts afresh, as after
+The sliding windows, totals and recent evidence (``counter.Counter``) live in their own
+LMDB environment, ``[store] path``/counters, never fsync'd: counting an event is a memory
+write, not a disk flush (one synced commit per invalid recipient cost more than Exim's
+whole native ratelimit; see README, Performance). What that gives up is only what a
+power cut or an OS crash can take: the counts the kernel had not written back, and, as
+LMDB without sync depends on an order of writes that ext4 does not promise, possibly
+the environment itself. So the environment notes the boot it was written in and is
+wiped the first time it is opened after a reboot: counting starts afresh, as after
 ``unblock``. A process that is killed loses nothing (the page cache survives it). The
 blocks these counts trip are records, synced before anyone hears of them (``store``).
 
-Writers take ``write.lock`` (flock) before LMDB's own writer lock. Hooks and admin
-commands wait for it; the daemon's event loop only tries it, so a writer in another
-process never stalls the loop, which tries again on its next turn.
+Writers take ``write.lock`` (flock) before LMDB's own writer lock, and the threads of
+one process a lock of their own first (flock does not keep them apart: they share the
+descriptor). Hooks and admin commands wait for them; the daemon's event loop only tries
+them, so a writer in another process, or another thread, never stalls the loop, which
+tries again on its next turn.
+
+Bounded whatever clients send (issue 21): each counter by ``counter.max_bytes`` (its
+evidence cut here, ``evidence.cut``); the quiet ones by ``sweep``; all of them by
+``[store] counters_budget`` (``budget``). Never a block: those are records in the store.
 
 Key layout (``S``: ``store.subject_key``):
   counters  COUNTER NUL S          -> packed ``Counter``: its windows, evidence
-  refs      HOUR(4) DIGEST(16)     -> the subject that sent a message: LEFT(4) NS NUL KEY
-Counters are packed with ``struct``, not JSON: ``import json`` alone costs ~10 ms on the
-hooks' path. ``refs`` remembers, per hour, which subject sent the message with a given
-Message-ID and envelope sender (the digest), so a bounce that names the message counts
-against that subject too (README, "Which subject a bounce counts against"). LEFT is how
-many more bounces the message can still cause: one per recipient it had. Anyone who got
-the message knows its Message-ID and sender, and could forge reports naming it; they
-can never make it count for more bounces than it could really cause.
+            NUL NAME               -> this environment's own marks (heartbeat, budget, swept)
+  touched, refs                    -> see ``budget``, ``refs``
 """
 
 from __future__ import annotations
 
+import _thread
 import fcntl
 import os
 import struct
 
-from ._perms import hand_over, replace_files
-from .lmdbenv import Env
+from ._perms import Dir, replace_files
+from .budget import COUNTERS, DROP, TOUCHED, Budgeted, touch_key
+from .counter import PEAK_DAYS, Counter, Tally, Window, touched_of
+from .errors import EximhookError
+from .evidence import cut, newest
+from .refs import REFS, ref_digest
 from .store import subject_key
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
@@ -48,187 +53,50 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-_DBS = (b"counters", b"refs")
-_HEAD = struct.Struct("<QB")  # total events, number of windows
-_WINDOW = struct.Struct("<dIII")  # period, number of events; the count at the last crossing (0: none), its limit
-_PEAK = struct.Struct("<II")  # day (since the epoch), the highest count seen in the window that day
+__all__ = ["PEAK_DAYS", "Counter", "Counters", "Tally", "Window", "ref_digest"]
+
+_DBS = (COUNTERS, REFS, TOUCHED)
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
-_FORMAT = "3"  # counters with named windows; a stamp of another format wipes them, as a reboot does
+_FORMAT = "4"  # counters that know when they last counted; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
-PEAK_DAYS = 8  # daily peaks kept per window, for eximhook top --since (up to 7d)
-_HOUR = struct.Struct(">I")
-_LEFT = struct.Struct("<I")
-
-
-class Window:
-    """One window of a counter: the events in its period (see ``ratelimit``), the
-    highest count it reached on each of the last PEAK_DAYS days, and the count at the
-    event that last took it over its limit (``crossed``).
-
-    ``crossed`` is what a block record reports. Processes count in one order (the
-    counters' write lock) but settle trips in another: a hook that counted the 51st
-    event may be overtaken by the daemon settling the 56th. Whoever makes the block, it
-    names the event that crossed the limit, as it would without the race. The limit is
-    kept with it: after an admin changes the limit, an old crossing names nothing."""
-
-    __slots__ = ("crossed", "crossed_limit", "peaks", "period", "times", "weights")
-
-    def __init__(self, period: float, times: list[float] | None = None, weights: list[int] | None = None,
-                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0, crossed_limit: int = 0) -> None:
-        self.period = period
-        self.times = times or []
-        self.weights = weights or []
-        self.peaks = peaks or []
-        self.crossed, self.crossed_limit = crossed, crossed_limit
-
-    def count(self, now: float) -> int:
-        from .ratelimit import in_window
-
-        return in_window(self.times, self.weights, now, self.period)
-
-    def peak(self, since: float) -> tuple[int, int]:
-        """The highest count from the day of ``since`` on, and its day (0, 0 if none)."""
-        day = int(since // 86400)
-        return max(((c, d) for d, c in self.peaks if d >= day), default=(0, 0))
-
-
-class Counter:
-    """Events of one kind for one subject: total, windows, evidence."""
-
-    __slots__ = ("ips", "recent", "total", "windows")
-
-    def __init__(self, total: int = 0, windows: list[Window] | None = None,
-                 recent: list[str] | None = None, ips: list[str] | None = None) -> None:
-        self.total = total
-        self.windows = windows or []
-        self.recent = recent or []
-        self.ips = ips or []
-
-    def window(self, period: float) -> Window:
-        """The window of ``period`` (an empty one if there is none yet)."""
-        for w in self.windows:
-            if w.period == period:
-                return w
-        return Window(period)
-
-    def encode(self) -> bytes:
-        parts = [_HEAD.pack(self.total, len(self.windows))]
-        for w in self.windows:
-            n = len(w.times)
-            parts += [_WINDOW.pack(w.period, n, min(w.crossed, 0xFFFFFFFF), min(w.crossed_limit, 0xFFFFFFFF)),
-                      struct.pack(f"<{n}d{n}I", *w.times, *w.weights),
-                      struct.pack("<B", len(w.peaks)), *(_PEAK.pack(*p) for p in w.peaks)]
-        for strings in (self.recent, self.ips):
-            parts.append(struct.pack("<H", len(strings)))
-            for text in strings:
-                data = text.encode("utf-8", "surrogateescape")
-                parts.append(struct.pack("<I", len(data)) + data)
-        return b"".join(parts)
-
-    @classmethod
-    def decode(cls, data: bytes | memoryview | None) -> Counter:
-        if not data:
-            return cls()
-        data = bytes(data)
-        total, nwin = _HEAD.unpack_from(data)
-        pos = _HEAD.size
-        windows = []
-        for _ in range(nwin):
-            period, n, crossed, crossed_limit = _WINDOW.unpack_from(data, pos)
-            pos += _WINDOW.size
-            values = struct.unpack_from(f"<{n}d{n}I", data, pos)
-            pos += 12 * n
-            (npeaks,) = struct.unpack_from("<B", data, pos)
-            pos += 1
-            peaks = [_PEAK.unpack_from(data, pos + i * _PEAK.size) for i in range(npeaks)]
-            pos += npeaks * _PEAK.size
-            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed, crossed_limit))
-        lists: list[list[str]] = []
-        for _ in range(2):
-            (count,) = struct.unpack_from("<H", data, pos)
-            pos += 2
-            items = []
-            for _ in range(count):
-                (size,) = struct.unpack_from("<I", data, pos)
-                pos += 4
-                items.append(data[pos : pos + size].decode("utf-8", "surrogateescape"))
-                pos += size
-            lists.append(items)
-        return cls(total, windows, lists[0], lists[1])
-
-
-class Tally:
-    """One event counted for one subject: the counter after it, the count in each of
-    the policy's windows, and the first window it is over (-1: none)."""
-
-    __slots__ = ("counter", "counts", "key", "ns", "over", "policy")
-
-    def __init__(self, ns: str, key: str, policy: Policy, counter: Counter, counts: list[int], over: int) -> None:
-        self.ns, self.key, self.policy, self.counter, self.counts, self.over = ns, key, policy, counter, counts, over
-
-    @property
-    def name(self) -> str:
-        return self.policy.name
-
-    @property
-    def window(self) -> tuple[int, float]:
-        return self.policy.windows[self.over]
-
-    @property
-    def count(self) -> int:
-        """The count in the window it is over, at the event that crossed its limit (the
-        count now if it crossed under another limit, or not while counted here)."""
-        limit, period = self.window
-        w, now = self.counter.window(period), self.counts[self.over]
-        return w.crossed if w.crossed_limit == limit and limit < w.crossed <= now else now
+_BATCH = 256  # counters per sweeping transaction: hooks wait for the lock meanwhile
+_SWEPT, _HEARTBEAT = b"\0swept", b"\0heartbeat"
 
 
 def _boot() -> str:
     return (_read(_BOOT_ID) or "") + " " + _FORMAT  # not Linux: no boot to tell apart, only the format
 
 
-def ref_digest(sender: str, message_id: str) -> bytes:
-    """Which message a bounce is about: its Message-ID and the address it bounces to.
-    Both: a report must name the message and the sender it went back to."""
-    import hashlib
-
-    text = f"{sender.lower()}\0{message_id.strip()}"
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:16]
-
-
-class Counters(Env):
-    """The unsynced environment of counters, beside the store."""
+class Counters(Budgeted):
+    """The unsynced environment of counters, beside the store, within ``budget`` bytes."""
 
     what = "counters"
 
-    def __init__(self, store_path: str, map_size: int = 1 << 32, owner: str | None = None) -> None:
+    def __init__(self, store_path: str, budget: int = 1 << 32, owner: str | None = None,
+                 readonly: bool = False) -> None:
         self._lock_fd = -1
+        self._writing = _thread.allocate_lock()  # this process's writer, between its threads
         try:
-            super().__init__(os.path.join(store_path, "counters"), _DBS, map_size=map_size, owner=owner,
-                             sync=False, config_key="[store] path")
+            super().__init__(os.path.join(store_path, "counters"), _DBS, map_size=budget, owner=owner,
+                             sync=False, config_key="[store] path", readonly=readonly, budget=budget)
         except BaseException:
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)
             raise
 
-    def prepare(self) -> None:
+    def prepare(self, directory: Dir) -> None:
         """Wipe counts written before the last reboot (see the module's docstring)."""
-        lock = os.path.join(self.path, LOCK_FILE)
-        self._lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
-        stamp, boot = os.path.join(self.path, BOOT_FILE), _boot()
-        hand_over([lock], self.owner)
-        if _read(stamp) == boot:
+        self._lock_fd = directory.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640, self.owner)
+        boot = _boot()
+        if _stamp(directory) == boot:
             return
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            if _read(stamp) != boot:  # the first opener since the boot; the others wait here
+            if _stamp(directory) != boot:  # the first opener since the boot; the others wait here
                 for name in ("data.mdb", "lock.mdb"):
-                    try:
-                        os.unlink(os.path.join(self.path, name))
-                    except FileNotFoundError:
-                        pass
-                replace_files([(stamp, boot.encode())], self.owner)
+                    directory.unlink(name)
+                replace_files([(os.path.join(self.path, BOOT_FILE), boot.encode())], self.owner)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -238,38 +106,85 @@ class Counters(Env):
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def update(self, body: Callable[[lmdb.Transaction], T]) -> T:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    # -- writing -------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        """This process's writer lock, then ``write.lock`` (waiting for both)."""
+        self._writing.acquire()
         try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._writing.release()
+            raise
+
+    def _unlock(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._writing.release()
+
+    def _room_first(self, most: int) -> None:
+        """Past the high-water mark (``marks``), drop up to ``most`` of the least recently
+        touched before writing: the write, and the drop after it, find pages free (on a
+        map full to its last page, even deleting is refused). A few at a time, so no
+        writer waits long; the daemon's upkeep, or the next writer, goes on."""
+        high, low = self.marks()
+        if self._making_room or not self.over(high):
+            return
+        try:
+            self._drop(low, most)
+        except EximhookError:  # no room made: the write tries all the same (make_room)
+            pass
+        self.pressed = self.over(high)
+
+    def update(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """One write transaction, waiting for the locks (a hook: no upkeep runs beside
+        it, so it makes room itself)."""
+        self._lock()
+        try:
+            self._room_first(8 * DROP)
             return super().update(body)
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._unlock()
 
     def try_update_many(self, bodies: Sequence[Callable[[lmdb.Transaction], Any]]) -> list[Any] | None:
-        """``update_many`` if no other process is writing right now, else None at once."""
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        """``update_many`` if no other process or thread is writing right now, else None
+        at once. Past the high-water mark afterwards, ``pressed`` says so: the daemon's
+        upkeep makes room, off the event loop (which drops a few itself only when the
+        upkeep falls behind)."""
+        if not self._writing.acquire(False):
             return None
         try:
-            return super().update_many(bodies)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            try:
+                self._room_first(DROP)
+                out = super().update_many(bodies)
+                self.pressed = self.over(self.marks()[0])
+                return out
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._writing.release()
 
     def heartbeat(self, now: float) -> None:
         """A real write, to prove the counters take writes (a NUL first: no counter's key)."""
-        self.update(lambda txn: txn.put(b"\0heartbeat", struct.pack(">d", now), db=self.db(txn, b"counters")))
+        self.update(lambda txn: txn.put(_HEARTBEAT, struct.pack(">d", now), db=self.db(txn, COUNTERS)))
+
+    # -- counting ------------------------------------------------------------------
 
     def get(self, ns: str, key: str, name: str = "invalid") -> Counter:
         ck = name.encode() + b"\0" + subject_key(ns, key)
-        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self.db(txn, b"counters"))))
+        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self.db(txn, COUNTERS))))
 
     def all_of(self, name: str) -> list[tuple[bytes, Counter]]:
         """Every subject's counter ``name``: (subject key, counter), for eximhook top."""
         prefix = name.encode() + b"\0"
 
         def body(txn: lmdb.Transaction) -> list[tuple[bytes, Counter]]:
-            cur = txn.cursor(db=self.db(txn, b"counters"))
+            cur = txn.cursor(db=self.db(txn, COUNTERS))
             out, found = [], cur.set_range(prefix)
             while found and bytes(cur.key()).startswith(prefix):
                 out.append((bytes(cur.key())[len(prefix):], Counter.decode(cur.value())))
@@ -277,28 +192,40 @@ class Counters(Env):
             return out
         return self.read(body)
 
+    def _drop_in(self, txn: lmdb.Transaction, ck: bytes, touched: float) -> None:
+        """Delete the counter ``ck`` and its place in ``touched`` (when it last counted)."""
+        txn.delete(touch_key(touched, ck), db=self.db(txn, TOUCHED))
+        txn.delete(ck, db=self.db(txn, COUNTERS))
+
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         """Start the subject's counters (all of them, or ``names``) from zero."""
-        from .policy import COUNTERS
+        from . import policy
 
         sk = subject_key(ns, key)
 
         def body(txn: lmdb.Transaction) -> None:
-            for name in names or COUNTERS:
-                txn.delete(name.encode() + b"\0" + sk, db=self.db(txn, b"counters"))
+            for name in names or policy.COUNTERS:
+                ck = name.encode() + b"\0" + sk
+                old = txn.get(ck, db=self.db(txn, COUNTERS))
+                if old is not None:
+                    self._drop_in(txn, ck, touched_of(old))
         self.update(body)
 
     def event(self, ns: str, key: str, now: float, policy: Policy, *, weight: int = 1, evidence: str | None = None,
               ip: str | None = None, keep_evidence: int = 10,
               keep_ips: int = 5) -> Callable[[lmdb.Transaction], Tally]:
         """The body that counts one event of ``weight`` for the subject in each of the
-        policy's windows (windows no longer configured are dropped)."""
+        policy's windows (windows no longer configured are dropped). The evidence and
+        the address are kept cut (``evidence.cut``), the last ``keep_evidence`` and
+        ``keep_ips`` of them, within ``evidence.EVIDENCE_KEPT`` bytes each (``newest``)."""
         ck = policy.name.encode() + b"\0" + subject_key(ns, key)
+        evidence, ip = evidence and cut(evidence), ip and cut(ip)
 
         from . import ratelimit  # here, not at the top: check-blocked never needs it
 
         def body(txn: lmdb.Transaction) -> Tally:
-            c = Counter.decode(txn.get(ck, db=self.db(txn, b"counters")))
+            db, touched = self.db(txn, COUNTERS), self.db(txn, TOUCHED)
+            c = Counter.decode(txn.get(ck, db=db))
             windows, counts, over = [], [], -1
             day = int(now // 86400)
             for i, (limit, period) in enumerate(policy.windows):
@@ -318,82 +245,82 @@ class Counters(Env):
             c.windows = windows
             c.total += weight
             if evidence:
-                c.recent = [*c.recent, evidence][-keep_evidence:]
+                c.recent = newest([*c.recent, evidence], keep_evidence)
             if ip:
-                c.ips = [*(x for x in c.ips if x != ip), ip][-keep_ips:]
-            txn.put(ck, c.encode(), db=self.db(txn, b"counters"))
+                c.ips = newest([*(x for x in c.ips if x != ip), ip], keep_ips)
+            if c.touched:
+                txn.delete(touch_key(c.touched, ck), db=touched)
+            c.touched = now
+            txn.put(touch_key(now, ck), b"", db=touched)
+            txn.put(ck, c.encode(), db=db)
             return Tally(ns, key, policy, c, counts, over)
         return body
 
-    # -- which subject sent a message (for bounces) ------------------------------------
+    # -- bounds: the sweep, and room made with the locks (see ``budget``) --------------
 
-    def remember_in(self, txn: lmdb.Transaction, sender: str, message_id: str, ns: str, key: str,
-                    now: float, recipients: int) -> None:
-        """Remember a message; one sent again with the same Message-ID and sender (a bot
-        that reuses both) adds its recipients to the bounces the first may cause."""
-        k, db = _HOUR.pack(int(now // 3600)) + ref_digest(sender, message_id), self.db(txn, b"refs")
-        old = txn.get(k, db=db)
-        left = recipients + (_LEFT.unpack_from(old)[0] if old is not None else 0)
-        value = _LEFT.pack(min(left, 0xFFFFFFFF)) + ns.encode() + b"\0" + key.encode("utf-8", "surrogateescape")
-        txn.put(k, value, db=db)
-
-    def first_report_in(self, txn: lmdb.Transaction, sender: str, message_id: str, source: str, now: float,
-                        remember: float) -> bool:
-        """True the first time ``source`` (a reporting MTA's network) reports on the
-        message, and remembers that it has: one forger reports each message once."""
-        digest = ref_digest(sender, f"{message_id}\0{source}")
-        if self._ref_in(txn, digest, now, remember) is not None:
-            return False
-        txn.put(_HOUR.pack(int(now // 3600)) + digest, b"", db=self.db(txn, b"refs"))
-        return True
-
-    def _ref_in(self, txn: lmdb.Transaction, digest: bytes, now: float,
-                remember: float) -> tuple[bytes, bytes] | None:
-        """The reference ``digest`` in the hour buckets of the last ``remember`` seconds,
-        newest first: (its key, its value), or None."""
-        db, hour = self.db(txn, b"refs"), int(now // 3600)
-        for h in range(hour, hour - int(remember // 3600) - 2, -1):
-            k = _HOUR.pack(max(h, 0)) + digest
-            data = txn.get(k, db=db)
-            if data is not None:
-                return k, bytes(data)
-        return None
-
-    def recall_in(self, txn: lmdb.Transaction, sender: str, message_id: str, now: float,
-                  remember: float, take: bool = True, spent: bool = False) -> tuple[str, str] | None:
-        """The subject that sent the message, if it was within ``remember`` seconds and
-        has bounces left (a recall that ``take``s takes one); with ``spent``, also once
-        it has none left (purge still finds the frozen bounces of the subject's spam)."""
-        found = self._ref_in(txn, ref_digest(sender, message_id), now, remember)
-        if found is None:
-            return None
-        k, data = found
-        (left,), rest = _LEFT.unpack_from(data), data[_LEFT.size:]
-        if left == 0 and not spent:
-            return None
-        if take and left > 0:
-            txn.put(k, _LEFT.pack(left - 1) + rest, db=self.db(txn, b"refs"))
-        ns, _, key = rest.partition(b"\0")
-        return ns.decode(), key.decode("utf-8", "surrogateescape")
-
-    def forget(self, now: float, remember: float, batch: int = 1000) -> int:
-        """Drop message references older than ``remember``, ``batch`` at a time (each
-        batch a short transaction: hooks wait for this lock); returns how many."""
-        cutoff = _HOUR.pack(max(int((now - remember) // 3600) - 1, 0))
-
-        def body(txn: lmdb.Transaction) -> int:
-            cur = txn.cursor(db=self.db(txn, b"refs"))
-            n = 0
-            while n < batch and cur.first() and bytes(cur.key()) < cutoff:
-                cur.delete()
-                n += 1
-            return n
+    def trim(self) -> int:
+        """For the upkeep: past the high-water mark, drop the least recently touched
+        down to the low one (the locks taken for every few transactions)."""
+        high, low = self.marks()
         dropped = 0
-        while (n := self.update(body)) > 0:
-            dropped += n
-            if n < batch:
+        while self.over(high if not dropped else low):
+            self._lock()
+            try:
+                n = self._drop(low, 8 * DROP)
+            finally:
+                self._unlock()
+            if n == 0:
                 break
+            dropped += n
+        self.pressed = False
         return dropped
+
+    def sweep_due(self, now: float, every: float) -> bool:
+        """True, once per ``every`` seconds across processes, for the one that sweeps."""
+        def body(txn: lmdb.Transaction) -> bool:
+            db = self.db(txn, COUNTERS)
+            last = txn.get(_SWEPT, db=db)
+            if last is not None and now - struct.unpack(">d", last)[0] < every:
+                return False
+            txn.put(_SWEPT, struct.pack(">d", now), db=db)
+            return True
+        return self.update(body)
+
+    def sweep(self, now: float, keep: set[bytes]) -> tuple[int, int]:
+        """Forget the counters whose windows hold no event: drop those whose daily
+        peaks are past ``top --since`` (PEAK_DAYS), keep only the total and the peaks of
+        the others (``Counter.quiet``). Subjects in ``keep`` (blocked, or with a
+        would-block record: ``show`` tells their story) keep theirs whole. A batch per
+        transaction; returns (dropped, made quiet)."""
+        first_day = int(now // 86400) - (PEAK_DAYS - 1)
+        start: bytes | None = b"\x01"  # after this environment's own marks (NUL NAME)
+        dropped = quieted = 0
+        while start is not None:
+            start, n, q = self.update(self._sweep_body(start, now, first_day, keep))
+            dropped, quieted = dropped + n, quieted + q
+        return dropped, quieted
+
+    def _sweep_body(self, start: bytes, now: float, first_day: int,
+                    keep: set[bytes]) -> Callable[[lmdb.Transaction], tuple[bytes | None, int, int]]:
+        def body(txn: lmdb.Transaction) -> tuple[bytes | None, int, int]:
+            db = self.db(txn, COUNTERS)
+            cur, seen, last = txn.cursor(db=db), 0, start
+            found, gone, quiet = cur.set_range(start), [], []
+            while found and seen < _BATCH:
+                last, seen = bytes(cur.key()), seen + 1
+                c = Counter.decode(cur.value())
+                if not c.active(now) and last.partition(b"\0")[2] not in keep:
+                    if not c.peaked_since(first_day):
+                        gone.append((last, c.touched))
+                    elif not c.is_quiet():
+                        quiet.append((last, c.quiet()))
+                found = cur.next()
+            for ck, when in gone:
+                self._drop_in(txn, ck, when)
+            for ck, c in quiet:
+                txn.put(ck, c.encode(), db=db)
+            return (last + b"\0" if found else None), len(gone), len(quiet)
+        return body
 
 
 def _read(path: str) -> str | None:
@@ -401,4 +328,15 @@ def _read(path: str) -> str | None:
         with open(path) as f:
             return f.read().strip()
     except OSError:
+        return None
+
+
+def _stamp(directory: Dir) -> str | None:
+    """The boot the counters were written in; None: none, or not a file to trust (the
+    counters are wiped, and the stamp renamed over)."""
+    from .errors import UnsafePath
+
+    try:
+        return directory.read(BOOT_FILE).decode("utf-8", "replace").strip()
+    except (OSError, UnsafePath):
         return None

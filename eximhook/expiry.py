@@ -114,7 +114,7 @@ def _lift(cfg: Config, store: Store, log: Logger, blocks: list[dict[str, Any]], 
     from .cluster import shared as cluster
 
     problems = []
-    with Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner) as counters, cluster(cfg) as shared:
+    with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters, cluster(cfg) as shared:
         for block in blocks:
             ns, key = block["ns"], block["key"]
             try:

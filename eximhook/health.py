@@ -17,12 +17,12 @@ import shutil
 import time
 from typing import Any
 
-from . import core, expiry, mirror, notify, outbox, spool
+from . import core, expiry, mirror, notify, outbox, spool, upkeep
 from ._log import Logger
-from ._perms import replace_files
+from ._perms import Dir, read_file, remove, replace_files
 from .config import Config
 from .counters import Counters
-from .errors import EximhookError, Exit, ServeError
+from .errors import EximhookError, Exit, ServeError, UnsafePath
 from .hooks import FALLBACK_STAMP
 from .periods import format_time
 from .store import Store
@@ -61,7 +61,7 @@ def _probe(cfg: Config, now: float) -> str | None:
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
             store.heartbeat(now)
-        with Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner) as counters:
+        with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
             counters.heartbeat(now)
     except EximhookError as exc:
         return str(exc)
@@ -124,29 +124,27 @@ def _state_path(cfg: Config) -> str:
 
 def read_state(cfg: Config) -> dict[str, Any] | None:
     try:
-        with open(_state_path(cfg), "rb") as f:
-            return dict(json.load(f))
-    except (OSError, ValueError):
+        return dict(json.loads(read_file(_state_path(cfg))))
+    except (OSError, ValueError, UnsafePath):
         return None
 
 
 def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
+    # /run/eximhook is the Exim user's (systemd's RuntimeDirectory=): by descriptor, not by path
     path = _state_path(cfg)
     if state is None:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        remove(path)
         return
-    os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+    Dir(os.path.dirname(path), create=True).close()
     replace_files([(path, json.dumps(state).encode())])
 
 
 def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:
     """The timer's run: probe the store (alert when it has failed long enough), bring
     the mirror up to date, lift the blocks whose time has come (``[expiry]``), send the
-    notifications due. Returns (sent, problems, exit code: UNAVAILABLE while the store
-    refuses writes, TEMPFAIL for anything else left to do, else OK)."""
+    notifications due, tend the counters (``upkeep``: swept hourly, within their
+    budget). Returns (sent, problems, exit code: UNAVAILABLE while the store refuses
+    writes, TEMPFAIL for anything else left to do, else OK)."""
     problems: list[str] = []
     try:
         error = probe_store(cfg, now)
@@ -171,6 +169,8 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         _write_state(cfg, state)
     except OSError as exc:
         problems.append(f"cannot record the health state in {_state_path(cfg)}: {exc.strerror}")
+    except UnsafePath as exc:
+        problems.append(f"cannot record the health state: {exc}")
     if error is not None:
         return 0, problems, Exit.UNAVAILABLE
     with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
@@ -184,6 +184,11 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         spool.check(store, cfg.spool.guard(), now, log)
         problems += expiry.lift_due(cfg, store, log, now)
         sent, errors = notify.deliver(cfg, store, log, command)
+        try:
+            with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
+                upkeep.upkeep(store, counters, log, now, cfg.bounces.remember)
+        except EximhookError as exc:
+            problems.append(f"could not tend the counters: {exc}")
     problems += [f"notification left queued: {e}" for e in errors]
     return sent, problems, Exit.TEMPFAIL if problems else Exit.OK
 
@@ -201,8 +206,32 @@ def status(cfg: Config, now: float) -> list[Check]:
                 checks.append(_redis_check(cfg, store))
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
+    checks.append(_counters_check(cfg))
     checks.append(_serve_check(cfg, now))
     return checks
+
+
+def _counters_check(cfg: Config) -> Check:
+    """The counters against ``[store] counters_budget`` (``upkeep``): near it, or at it,
+    forgetting the least recently counted."""
+    if not os.path.exists(os.path.join(cfg.store.path, "counters", "data.mdb")):
+        return Check("counters", OK, "none yet")
+    try:
+        with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner, readonly=True) as counters:
+            used, episode, budget = counters.read(counters.used_in), counters.episode(), counters.budget or 0
+            high = counters.marks()[0]
+    except EximhookError as exc:
+        return Check("counters", WARNING, f"cannot be read: {exc}")
+    text = f"{_mib(used)} of their budget of {_mib(budget)} ([store] counters_budget)"
+    data = {"used_bytes": used, "budget_bytes": budget, "making_room": episode}
+    if episode is not None:
+        return Check("counters", WARNING, f"{text}: full since {format_time(episode['since'])}, the least recently "
+                                          f"counted forgotten ({episode['dropped']:.0f} so far, the last at "
+                                          f"{format_time(episode['last'])}); a flood of new subjects?", **data)
+    if used > high:
+        return Check("counters", WARNING, f"{text}: nearly full; the least recently counted go past "
+                                          f"{_mib(high)}", **data)
+    return Check("counters", OK, text, **data)
 
 
 def _redis_check(cfg: Config, store: Store) -> Check:

@@ -161,7 +161,7 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
         else:
             from .counters import Counters
 
-            counters = Counters(settings["store"], settings["map_size"], settings["owner"])
+            counters = Counters(settings["store"], settings["counters_budget"], settings["owner"])
             out.emit("1" if _record(name, store, counters, settings, ns, key, opts, log) else "0")
             code = Exit.OK
     except EximhookError as exc:

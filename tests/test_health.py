@@ -37,7 +37,7 @@ def test_all_well(tmp_path: Path, cli: Run) -> None:
     assert "mirror at generation 0" in out and "outbox empty" in out and "serve not running" in out
     report = json.loads(cli("status", "--json", config_path=config)[1])
     assert report["level"] == "OK"
-    assert [c["name"] for c in report["checks"]] == ["store", "mirror", "outbox", "spool", "serve"]
+    assert [c["name"] for c in report["checks"]] == ["store", "mirror", "outbox", "spool", "counters", "serve"]
 
 
 def test_mirror_behind_is_critical_and_temp_files_a_warning(tmp_path: Path, cli: Run) -> None:

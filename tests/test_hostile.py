@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook.errors import Exit
+from eximhook.evidence import cut
 from eximhook.subjects import lsearch_line, normalize
 
 from .conftest import EXIMHOOK, write_config
@@ -61,3 +62,17 @@ def test_any_bytes(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> None
     assert run_hook(config, b"record-invalid", b"relay", raw, b"--ip", raw) == (0, b"1")
     code, out = run_hook(config, b"list", b"--json")
     assert code == 0 and len(json.loads(out)) == 1
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(min_size=300, max_size=20000).filter(lambda b: b"\0" not in b))
+def test_the_hook_keeps_evidence_cut(tmp_path_factory: pytest.TempPathFactory, raw: bytes) -> None:
+    """Through the ${run} hook as through the daemon: a recipient of any length and
+    bytes is kept as its first EVIDENCE_BYTES, marked (issue 21); so is the block."""
+    config = write_config(tmp_path_factory.mktemp("h"), limit=1)
+    for answer in (b"0", b"1"):
+        assert run_hook(config, b"record-invalid", b"auth", b"bob", b"--rcpt", raw, b"--ip", raw) == (0, answer)
+    code, out = run_hook(config, b"show", b"--json", b"auth", b"bob")
+    shown, text = json.loads(out), raw.decode("utf-8", "surrogateescape")
+    assert code == 0 and shown["counter"]["rcpts"] == [cut(text)] * 2 and shown["counter"]["ips"] == [cut(text)]
+    assert shown["block"]["rcpts"] == [cut(text)] * 2 and len(cut(text).encode("utf-8", "surrogateescape")) <= 256

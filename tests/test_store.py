@@ -180,10 +180,10 @@ def test_claim_of_a_dead_sender_is_taken_over_at_once(store: Store, counters: Co
 
 
 def test_a_map_too_small_for_the_first_write_grows(tmp_path: Path) -> None:
-    """Creating the databases is a write too, inside the grow-and-retry loop."""
+    """Creating the databases is a write too, inside the grow-and-retry loop. (The
+    counters' map is their budget, never grown: tests/test_bounds.py.)"""
     store = Store(str(tmp_path / "tiny"), map_size=8192)
-    counters = Counters(store.path, map_size=8192)
-    assert count(store, counters, "bob", 1.0).count == 1 and counters.env.info()["map_size"] > 8192
+    assert count(store, Counters(store.path), "bob", 1.0).count == 1 and store.env.info()["map_size"] > 8192
 
 
 def test_a_full_disk_is_an_error_not_a_crash(tmp_path: Path) -> None:

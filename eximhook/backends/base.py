@@ -25,6 +25,8 @@ store needs: exemptions, publishing changes, claiming notifications.
 
 from __future__ import annotations
 
+from ..evidence import cut
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -39,7 +41,8 @@ if TYPE_CHECKING:
 
 class Event:
     """One event to count against a subject: ``weight`` of them (a message counts its
-    recipients), with its evidence (the recipient, the failure) and the client's IP.
+    recipients), with its evidence (the recipient, the failure) and the client's IP,
+    both cut here (``evidence.cut``), before any backend stores them.
     ``once``: an id that makes the count happen once however often it is sent (Redis:
     a relay sends again what it counted alone after a call that timed out)."""
 
@@ -48,7 +51,8 @@ class Event:
     def __init__(self, ns: str, key: str, policy: Policy, *, weight: int = 1, evidence: str | None = None,
                  ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "") -> None:
         self.ns, self.key, self.policy, self.weight = ns, key, policy, weight
-        self.evidence, self.ip, self.keep_evidence, self.keep_ips = evidence, ip, keep_evidence, keep_ips
+        self.evidence, self.ip = evidence and cut(evidence), ip and cut(ip)
+        self.keep_evidence, self.keep_ips = keep_evidence, keep_ips
         self.once = once
 
 

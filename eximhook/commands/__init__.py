@@ -19,7 +19,7 @@ from ..subjects import normalize
 
 
 def open_counters(cfg: Config) -> Counters:
-    return Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    return Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner)
 
 def open_store(cfg: Config) -> Store:
     """The store, with the mirror brought up to it if a killed process left it behind
