@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .counters import Counter, Counters, Tally
 from .errors import EximhookError, FileError, NotBlocked
+from .evidence import cut, newest
 from .periods import format_period
 from .policy import UNITS
 from .store import Outcome, Store
@@ -35,12 +36,15 @@ def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter
                  limit: int | None = None, period: float | None = None, count: int | None = None,
                  counter: Counter | None = None, note: str | None = None) -> dict[str, Any]:
     """The block as stored, mirrored, mailed and shown: when, why (which counter over
-    which window), and the evidence."""
+    which window), and the evidence: the counter's, each piece cut (``evidence.cut``),
+    the newest within ``EVIDENCE_KEPT`` bytes a list (``evidence.newest``), so a record
+    holds at most 2 KiB of evidence besides its key and note."""
     counter = counter or Counter()
     return {
         "ns": ns, "key": key, "since": now, "by": by, "reason": reason, "note": note, "counter": counter_name,
         "limit": limit, "period": period, "period_text": None if period is None else format_period(period),
-        "count": count, "total": counter.total, "ips": counter.ips, "rcpts": counter.recent,
+        "count": count, "total": counter.total, "ips": newest([cut(x) for x in counter.ips], len(counter.ips)),
+        "rcpts": newest([cut(x) for x in counter.recent], len(counter.recent)),
     }
 
 
@@ -55,26 +59,52 @@ def count(store: Store, counters: Counters, ns: str, key: str, now: float, polic
     return tally, settle(store, tally, now, hold=hold, notify_shadow=notify_shadow)
 
 
+def counted(policies: Policies, counter: str, subjects: Sequence[tuple[str, str]]) -> list[tuple[str, str, Policy]]:
+    """The subjects one event counts against, each with the policy of ``counter`` it
+    counts under; those whose counter is off are left out. The daemon's two paths (its
+    own counters, Redis: ``serve.shared``) and the hooks ask this, so they count alike."""
+    return [(ns, key, p) for ns, key in subjects if (p := policies(ns, counter, key)) is not None and p.windows]
+
+
+def message_subjects(ns: str, key: str, sender: str) -> list[tuple[str, str]]:
+    """A message counts against the subject that sent it and its envelope sender."""
+    return [(ns, key), *([("sender", sender)] if sender and ns != "sender" else [])]
+
+
+def record_subjects(ns: str, key: str, wider: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """A generic ``record`` counts against its subject and the wider network that holds
+    it (``subjects.WIDER``: a failed AUTH against the client's /24 or /48 too). The
+    network first: when one event trips both, the network's block is made first and
+    supersedes the address's (``settle``'s ``within``)."""
+    return [*([wider] if wider is not None else []), (ns, key)]
+
+
 def message_event(counters: Counters, policies: Policies, now: float, ns: str, key: str, *, recipients: int,
                   sender: str, message_id: str, ip: str | None, msg: str | None, keep_evidence: int,
                   keep_ips: int) -> Callable[[lmdb.Transaction], list[Tally]]:
     """The body for one message a subject sent: count its recipients against the
     subject (and its envelope sender, where ``[limits.sender.recipients]`` is set), and
     remember the message, so a bounce of it counts against the subject too."""
-    bodies = []
-    evidence = f"{msg or '-'} ({recipients} rcpt)"
-    for subject in [(ns, key), *([("sender", sender)] if sender and ns != "sender" else [])]:
-        policy = policies(subject[0], "recipients", subject[1])
-        if policy is not None and policy.windows:
-            bodies.append(counters.event(*subject, now, policy, weight=recipients, evidence=evidence, ip=ip,
-                                         keep_evidence=keep_evidence, keep_ips=keep_ips))
+    count_all = events(counters, now, counted(policies, "recipients", message_subjects(ns, key, sender)),
+                       weight=recipients, evidence=f"{msg or '-'} ({recipients} rcpt)", ip=ip,
+                       keep_evidence=keep_evidence, keep_ips=keep_ips)
 
     def body(txn: lmdb.Transaction) -> list[Tally]:
-        tallies = [b(txn) for b in bodies]
+        tallies = count_all(txn)
         if sender and message_id and ns != "sender":
             counters.remember_in(txn, sender, message_id, ns, key, now, recipients)
         return tallies
     return body
+
+
+def events(counters: Counters, now: float, subjects: Sequence[tuple[str, str, Policy]], *, weight: int,
+           evidence: str | None, ip: str | None, keep_evidence: int,
+           keep_ips: int) -> Callable[[lmdb.Transaction], list[Tally]]:
+    """One body that counts the same event against each of ``subjects`` (``counted``),
+    in one transaction."""
+    bodies = [counters.event(ns, key, now, policy, weight=weight, evidence=evidence, ip=ip,
+                             keep_evidence=keep_evidence, keep_ips=keep_ips) for ns, key, policy in subjects]
+    return lambda txn: [b(txn) for b in bodies]
 
 
 def bounce_event(counters: Counters, policies: Policies, now: float, sender: str, *, message_id: str,
@@ -143,23 +173,37 @@ def message_ref(text: str) -> str:
     return text[start + 1 : end].strip() if start >= 0 else text.strip()
 
 
+def exemptions_in(store: Store, configured: Exempt, ns: str) -> Callable[[lmdb.Transaction], list[tuple[str, str]]]:
+    """The body that lists what may exempt a subject of ``ns``, (pattern, reason) in
+    order: ``[exempt]`` in the config, then the admin's ``eximhook exempt add`` in the
+    store; for a network, then those of the addresses in it (``exempt.spaces``)."""
+    from .exempt import spaces
+
+    return lambda txn: [e for space in spaces(ns) for e in (*configured.get(space, ()),
+                                                             *store.exemptions_in(txn, space))]
+
+
 def exempt_in(store: Store, configured: Exempt, ns: str, key: str) -> Callable[[lmdb.Transaction], str | None]:
-    """The body that says why the subject is exempt (``PATTERN: REASON``), or None:
-    ``[exempt]`` in the config, then the admin's ``eximhook exempt add`` in the store."""
+    """The body that says why the subject is exempt (``PATTERN: REASON``), or None."""
     from .exempt import first
 
+    entries = exemptions_in(store, configured, ns)
+
     def body(txn: lmdb.Transaction) -> str | None:
-        found = first(ns, key, [*configured.get(ns, ()), *store.exemptions_in(txn, ns)])
+        found = first(ns, key, entries(txn))
         return None if found is None else f"{found[0]}: {found[1]}"
     return body
 
 
 def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
            exempt: Exempt | None = None, spool: Guard | None = None,
-           owner: Owner | None = None, expiry: Schedule | None = None) -> Outcome:
+           owner: Owner | None = None, expiry: Schedule | None = None,
+           within: tuple[str, str] | None = None) -> Outcome:
     """Answer for a counted event: over a window, and not blocked yet, makes the block
     (in shadow mode, or for an exempt subject: the record that it would have; ``exempt``
-    holds the config's exemptions, the store the admin's).
+    holds the config's exemptions, the store the admin's). ``within``: the wider network
+    that holds the subject (``Config.wider``); while it is blocked, its block stands for
+    the subject's, and none is made (no record, no mail: a /48's 65,536 /64s are one block).
 
     However many processes settle an over-limit count for one subject at once, the
     store creates one block (``put`` without overwrite, in one write transaction) and
@@ -174,6 +218,8 @@ def settle(store: Store, tally: Tally, now: float, *, hold: float = 0.0, notify_
     if tally.policy.enforced and store.is_blocked(ns, key):
         # the common case once blocked: a read, no write lock, no exemption lookup (as
         # the daemon, which settles no count of a subject blocked already)
+        return Outcome(True, False, tally.count, total)
+    if within is not None and store.is_blocked(*within):
         return Outcome(True, False, tally.count, total)
     limit, period = tally.window
     record = block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
@@ -320,14 +366,17 @@ def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str
     _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
 
 
-def freeze_queued(store: Store, exim: Exim, ns: str, key: str, now: float) -> list[str]:
-    """Freeze the subject's mail still waiting in the queue, so the spam accepted just
-    before the block does not leave; returns the ids frozen (audited)."""
-    ids = exim.message_ids(ns, key, frozen=False)
+def freeze_queued(store: Store, exim: Exim, subjects: Sequence[tuple[str, str]], now: float) -> None:
+    """Freeze the subjects' mail still waiting in the queue, so the spam accepted just
+    before their blocks does not leave (audited per subject); one look at the queue."""
+    found = exim.messages_of(subjects, frozen=False)
+    ids = [m.id for messages in found.values() for m in messages]
     if ids:
-        exim.act("-Mf", ids)
-        store.audit({"ts": now, "event": "froze-queued", "ns": ns, "key": key, "by": "eximhook", "ids": ids})
-    return ids
+        exim.act("-Mf", list(dict.fromkeys(ids)))
+    for (ns, key), messages in found.items():
+        if messages:
+            store.audit({"ts": now, "event": "froze-queued", "ns": ns, "key": key, "by": "eximhook",
+                         "ids": [m.id for m in messages]})
 
 
 def bounces_of(exim: Exim, counters: Counters, messages: list[Message], ns: str, key: str, now: float,

@@ -3,7 +3,8 @@
 A pattern is a key as ``eximhook show`` prints it (exact), a glob (``*@lists.example.com``,
 ``fnmatch`` rules), or, where subjects are client addresses (``relay``, ``ip``), a network
 in CIDR notation (``192.0.2.0/24``, ``2001:db8::/48``) that holds the subject's address,
-or its whole IPv6 group (keys there are /64 groups, written as Exim's ``${mask:}`` does).
+or its whole IPv6 group (keys there are /64 groups, written as Exim's ``${mask:}`` does);
+for the wider networks of ``ip`` (``net``), one that overlaps the network.
 Keys are lower case (``subjects.normalize``), so patterns are too.
 
 An exact key wins over a pattern, then patterns in the order given (the config's,
@@ -14,17 +15,17 @@ subject's limits only when overrides exist for that counter.
 
 from __future__ import annotations
 
+from .subjects import GLOB, family, network
+
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
-    import ipaddress
     from collections.abc import Iterable
     from typing import TypeVar
 
     T = TypeVar("T")
 
-# namespaces whose keys are client addresses (IPv6 grouped): CIDR patterns make sense there
-ADDRESS_NAMESPACES = ("relay", "ip")
-_GLOB = frozenset("*?[")
+# namespaces whose keys are client addresses (IPv6 grouped) or networks: CIDR patterns make sense there
+ADDRESS_NAMESPACES = ("relay", "ip", "net")
 MAX_PATTERN_BYTES = 400  # a store key: LMDB keys hold 511 bytes
 
 
@@ -36,24 +37,35 @@ def check(ns: str, pattern: str, ipv6_prefix: int = 64) -> str:
         raise ValueError("is empty")
     if "\0" in text or len(text.encode("utf-8", "surrogateescape")) > MAX_PATTERN_BYTES:
         raise ValueError(f"must be at most {MAX_PATTERN_BYTES} bytes, without NUL")
-    net = _network(text) if ns in ADDRESS_NAMESPACES else None
+    net = network(text) if ns in ADDRESS_NAMESPACES else None
     if net is None:
-        if ns == "ip" and _GLOB.isdisjoint(text):  # its keys are addresses: anything else names nobody
+        if ns in ("ip", "net") and GLOB.isdisjoint(text):  # its keys are addresses: anything else names nobody
             raise ValueError("is not an IP address, a network (192.0.2.0/24, 2001:db8::/48) or a glob")
         return text
-    if net.version == 6 and net.prefixlen > ipv6_prefix:
+    if ns != "net" and net.version == 6 and net.prefixlen > ipv6_prefix:
         raise ValueError(f"is narrower than a /{ipv6_prefix}: {ns} subjects are IPv6 /{ipv6_prefix} groups "
                          f"([relay] ipv6_prefix), so name the group ({net.supernet(new_prefix=ipv6_prefix)})")
     return str(net) if "/" in text else str(net.network_address)
 
 
+def spaces(ns: str) -> tuple[str, ...]:
+    """Whose patterns exempt a subject of ``ns``: its own namespace's, and for a network
+    (``net``) also those of the addresses in it (``ip``): an office NAT exempt there must
+    not lose its logins to a block of its /24."""
+    return (ns,) if family(ns) == ns else (ns, family(ns))
+
+
 def matches(ns: str, pattern: str, key: str) -> bool:
+    """Does ``pattern`` name the subject? A network key (``net``) is named by a network
+    that overlaps it: one exempt address in it exempts the whole network."""
     if pattern == key:
         return True
-    if ns in ADDRESS_NAMESPACES and (net := _network(pattern)) is not None:
-        held = _network(key)
-        return held is not None and held.version == net.version and held.subnet_of(net)  # type: ignore[arg-type]
-    if _GLOB.isdisjoint(pattern):
+    if ns in ADDRESS_NAMESPACES and (net := network(pattern)) is not None:
+        held = network(key)
+        if held is None or held.version != net.version:
+            return False
+        return held.overlaps(net) if ns == "net" else held.subnet_of(net)  # type: ignore[arg-type]
+    if GLOB.isdisjoint(pattern):
         return False
     from fnmatch import fnmatchcase
 
@@ -71,20 +83,3 @@ def first(ns: str, key: str, entries: Iterable[tuple[str, T]]) -> tuple[str, T] 
         if matches(ns, entry[0], key):
             return entry
     return None
-
-
-def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The network a pattern or key names: an address, a CIDR network, or an IPv6
-    group in Exim's ``${mask:}`` form (``2001.0db8.0000.0001.0000.0000.0000.0000/64``);
-    None for anything else (a RADIUS id, a glob)."""
-    if not text or not (text[0].isdigit() or text[0] in "abcdef:") or _GLOB.intersection(text):
-        return None
-    import ipaddress
-
-    address, sep, prefix = text.partition("/")
-    if address.count(".") == 7:  # Exim writes IPv6 masks with dots between the groups
-        address = address.replace(".", ":")
-    try:
-        return ipaddress.ip_network(f"{address}/{prefix}" if sep else address, strict=False)
-    except ValueError:
-        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -24,11 +24,14 @@ from .store import Store
 from .subjects import FREEZING, escape, shell_quote
 from .templates import Template
 
+Subject = tuple[str, str]
+
 if TYPE_CHECKING:
     from ._log import Logger
-    from .config import Config
+    from .config import Config, EximConfig
 
-_LABEL = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user", "ip": "client"}
+LABELS = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user", "ip": "client",
+          "net": "network"}
 # what each counter's block says the subject did, as the seeds' sentence has it
 _DID = {"invalid": "has sent mail to {count} invalid recipients", "bounces": "has caused {count} bounces",
         "recipients": "has sent mail to {count} recipients", "authfail": "has failed SMTP AUTH {count} times"}
@@ -47,7 +50,7 @@ def command_line(cfg: Config) -> list[str]:
 
 def describe(block: dict[str, Any]) -> str:
     """The seeds' sentence: ``user bob blocked because has sent mail to ...``."""
-    who = f"{_LABEL.get(block['ns'], block['ns'])} {escape(block['key'])}"
+    who = f"{LABELS.get(block['ns'], block['ns'])} {escape(block['key'])}"
     if block["reason"] == "limit":
         verb = "would be blocked (shadow mode)" if block.get("shadow") else "blocked"
         return f"{who} {verb} because {_did(block)}."
@@ -66,12 +69,20 @@ def message_id(block: dict[str, Any], sender: str, part: str = "") -> str:
     (see ``outbox``) is recognisable as the same mail, and ticket systems fold it. The
     owner's mail is another message (``part`` "owner.")."""
     import hashlib
-    import os
 
     digest = hashlib.sha256(f"{block['ns']}\0{block['key']}\0{block['since']!r}".encode(
         "utf-8", "surrogateescape")).hexdigest()[:32]
+    return new_message_id(f"{part}{digest}", sender)
+
+
+def new_message_id(unique: str, sender: str) -> str:
+    """``<eximhook.UNIQUE@DOMAIN>``, the Message-ID of every mail eximhook writes: DOMAIN
+    is the sender's, or this machine's name when the sender is a bare local part
+    (``[notify] from`` is "root" by default)."""
+    import os
+
     domain = sender.rpartition("@")[2] if "@" in sender else os.uname().nodename
-    return f"<eximhook.{part}{digest}@{domain or 'localhost'}>"
+    return f"<eximhook.{unique}@{domain or 'localhost'}>"
 
 
 def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
@@ -98,7 +109,9 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
                      f"{prog} purge {args}            # spam: delete the frozen mail, keep the block"],
     }
     if block["ns"] not in FREEZING:  # an address guessing passwords: its AUTH is refused, nothing is frozen
-        values["consequence"] = ["From now on this address's SMTP AUTH is refused: the connection is dropped",
+        refused = ("SMTP AUTH from every address in this network is refused" if block["ns"] == "net" else
+                   "this address's SMTP AUTH is refused")
+        values["consequence"] = [f"From now on {refused}: the connection is dropped",
                                  "before the password is checked. Nothing is frozen. Decide:"]
         values["commands"] = [f"{prog} show {args}",
                               f"{prog} unblock {args}              # lift it (a customer's NAT, say)",
@@ -106,7 +119,7 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
     if "expires" in block and not block.get("shadow"):  # [expiry]
         values["consequence"] = [f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it", "",
                                  *values["consequence"]]
-    return _mail(template or templates.builtin(kind), values, block, to=to, sender=sender,
+    return mail(template or templates.builtin(kind), values, when=block["since"], to=to, sender=sender,
                  msgid=message_id(block, sender))
 
 
@@ -116,7 +129,7 @@ def compose_owner(block: dict[str, Any], *, to: str, sender: str, abuse: str,
     own account, and ``abuse`` (the abuse desk) to reply to."""
     why = _did(block) if block["reason"] == "limit" else "was blocked by an administrator"
     values: dict[str, str | list[str]] = {**_facts(block), "why": why, "abuse": escape(abuse)}
-    return _mail(template or templates.builtin("owner"), values, block, to=to, sender=sender,
+    return mail(template or templates.builtin("owner"), values, when=block["since"], to=to, sender=sender,
                  msgid=message_id(block, sender, "owner."))
 
 
@@ -128,7 +141,7 @@ def _facts(block: dict[str, Any]) -> dict[str, str]:
     def shown(value: Any) -> str:
         return "-" if value is None else str(value)
 
-    return {"label": _LABEL.get(block["ns"], block["ns"]), "ns": block["ns"], "key": escape(block["key"]),
+    return {"label": LABELS.get(block["ns"], block["ns"]), "ns": block["ns"], "key": escape(block["key"]),
             "counter": block.get("counter") or "invalid", "count": shown(block.get("count")),
             "limit": shown(block.get("limit")),
             "period": "-" if block.get("period") is None else format_period(block["period"]),
@@ -136,12 +149,13 @@ def _facts(block: dict[str, Any]) -> dict[str, str]:
             "host": os.uname().nodename}
 
 
-def _mail(template: Template, values: dict[str, str | list[str]], block: dict[str, Any], *, to: str, sender: str,
-          msgid: str) -> EmailMessage:
+def mail(template: Template, values: dict[str, str | list[str]], *, when: float, to: str, sender: str,
+         msgid: str) -> EmailMessage:
+    """The mail ``template`` makes of ``values``, dated ``when``."""
     headers, body = templates.render(template, values)
     # the template's Subject first, then what eximhook sets whatever the template says
     # (a template cannot drop Auto-Submitted), then the template's other headers
-    msg = _message(headers[0][1], sender=sender, to=to, when=block["since"], msgid=msgid)
+    msg = _message(headers[0][1], sender=sender, to=to, when=when, msgid=msgid)
     for name, value in headers[1:]:
         msg[name] = value
     _set_body(msg, body)
@@ -193,9 +207,8 @@ def send_alert(cfg: Config, since: float, error: str | None) -> str | None:
 
     state = "fails open" if error else "works again"
     host = os.uname().nodename
-    domain = cfg.notify.sender.rpartition("@")[2] if "@" in cfg.notify.sender else host
     msg = _message(f"eximhook on {host}: counting {state}", sender=cfg.notify.sender, to=cfg.notify.to, when=None,
-                   msgid=f"<eximhook.health.{int(since)}.{'down' if error else 'up'}@{domain}>")
+                   msgid=new_message_id(f"health.{int(since)}.{'down' if error else 'up'}", cfg.notify.sender))
     if error:
         lines = [f"Since {formatdate(since, localtime=True)} the eximhook store on {host} refuses writes:",
                  f"  {escape(error)}", "",
@@ -239,24 +252,47 @@ def send(msg: EmailMessage, sendmail: Sequence[str], to: str | list[str], timeou
 
 def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str], timeout: float,
                  stale_after: float, budget: float, command: Sequence[str], clock: Callable[[], float],
-                 frozen_ids: Callable[[str, str], list[str]] = lambda ns, key: [],
-                 release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
-                 template: Callable[[str], Template] = templates.builtin) -> tuple[int, list[str]]:
+                 frozen: Callable[[list[Subject]], Mapping[Subject, list[str]]] = lambda subjects: {},
+                 release: set[Subject] | frozenset[Subject] = frozenset(),
+                 template: Callable[[str], Template] = templates.builtin,
+                 exim: EximConfig | None = None, burst: outbox.Burst | None = None) -> tuple[int, list[str]]:
     """Send queued notifications, one claim at a time, until none is left or ``budget``
-    seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors).
-    Held notifications wait, unless their subject is in ``release``. The abuse desk
-    (``to``) gets the block and would-block mails; an owner mail goes to the address
-    its block looked up. ``template`` gives the template of each kind of mail."""
+    seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors):
+    the notifications sent, a digest counting all it names. Held notifications wait,
+    unless their subject is in ``release``. The abuse desk (``to``) gets the block and
+    would-block mails, bursts of blocks in digests (``burst``: [notify] digest_after,
+    digest_every; see ``outbox``); an owner mail goes to the address its block looked
+    up. ``frozen`` freezes what the subjects have queued, and lists their frozen mail.
+    ``template`` gives the template of each kind of mail; ``exim`` the Exim whose name
+    a customer's mail gives (None: the default [exim])."""
     sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
-    while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release)) is not None:
+    while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release,
+                                                             burst)) is not None:
         block = item["block"]
-        if item.get("kind") == "owner":
+        members = item["items"] if item.get("kind") == "digest" else [item]
+        if item.get("kind") == "digest" and len(members) > 1:
+            from .digest import compose_digest
+
+            subjects = list(dict.fromkeys((m["block"]["ns"], m["block"]["key"]) for m in members))
+            msg = compose_digest(members, to=to, sender=sender, command=command, burst=burst,
+                                 template=template("digest"), frozen=frozen(subjects))
+            item["to"] = to
+        elif item.get("kind") == "digest":  # a digest of one: the block's own mail
+            block = members[0]["block"]
+            msg = compose(block, to=to, sender=sender, command=command,
+                          frozen=frozen([(block["ns"], block["key"])]).get((block["ns"], block["key"]), ()),
+                          template=template("notify"))
+            item["to"] = to
+        elif item.get("kind") == "owner":
             msg = compose_owner(block, to=item["to"], sender=sender, abuse=to, template=template("owner"))
         elif item.get("kind") == "relaytest":  # an open relay: its postmaster (if known), Cc the abuse desk
+            from .config import EximConfig
+            from .exim import primary_hostname
             from .relaytest.message import blocked
 
-            msg = blocked(block, to=item["to"], cc=item["cc"], sender=sender)
+            msg = blocked(block, to=item["to"], cc=item["cc"], sender=sender,
+                          server=primary_hostname(exim or EximConfig()))
             item["to"] = [a for a in (item["to"], item["cc"]) if a]
         elif item.get("kind") == "spool-low":
             msg = compose_spool(block, to=to, sender=sender, command=command)
@@ -265,17 +301,18 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
             shadow = item.get("kind") == "would-block"  # nothing is frozen, so nothing to freeze or list
             if shadow:
                 block = dict(block, shadow=True)
+            subject = (block["ns"], block["key"])
             msg = compose(block, to=to, sender=sender, command=command,
-                          frozen=() if shadow else frozen_ids(block["ns"], block["key"]),
+                          frozen=() if shadow else frozen([subject]).get(subject, ()),
                           template=template("shadow" if shadow else "notify"))
             item["to"] = to
         error = send(msg, sendmail, item["to"], timeout)
         outbox.finish(store, item, clock(), error)
         if error is None:
-            sent += 1
+            sent += len(members)
         else:
             errors.append(error)
-            failed.add(item["seq"])  # retried by the next run, not in a tight loop now
+            failed.update(m["seq"] for m in members)  # retried by the next run, not in a tight loop now
     return sent, errors
 
 
@@ -294,18 +331,22 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
 
     exim = Exim.from_config(cfg.exim)
 
-    def frozen_ids(ns: str, key: str) -> list[str]:
-        if ns not in FREEZING:
-            return []
-        ids = list(reported(ns, key))
+    def frozen(subjects: list[Subject]) -> dict[Subject, list[str]]:
+        """One look at the queue for all of them (a digest names many)."""
+        mine = [s for s in subjects if s[0] in FREEZING]
+        if not mine:
+            return {}
+        ids = {s: list(reported(*s)) for s in mine}
         # a queue we cannot read must not hold the notification back: log, mail anyway
         try:
             if cfg.exim.freeze_queued:
-                freeze_queued(store, exim, ns, key, time.time())
-            ids += exim.message_ids(ns, key, frozen=True)
+                freeze_queued(store, exim, mine, time.time())
+            for s, messages in exim.messages_of(mine, frozen=True).items():
+                ids[s] += [m.id for m in messages]
         except (EximError, OSError, ValueError) as exc:
-            log.log("err", f"could not freeze or list the queue of {ns} {key}: {exc}")
-        return list(dict.fromkeys(ids))
+            names = ", ".join(f"{ns} {escape(key)}" for ns, key in mine[:3]) + (" ..." if len(mine) > 3 else "")
+            log.log("err", f"could not freeze or list the queue of {names}: {exc}")
+        return {s: list(dict.fromkeys(found)) for s, found in ids.items()}
 
     loaded: dict[str, Template] = {}
 
@@ -322,7 +363,7 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
     sent, errors = send_pending(
         store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
         stale_after=n.stale_after, budget=n.budget, command=command, clock=time.time,
-        frozen_ids=frozen_ids, release=release, template=template)
+        frozen=frozen, release=release, template=template, exim=cfg.exim, burst=n.digest())
     for error in errors:
         log.log("err", f"notification left queued: {error}")
     return sent, errors
@@ -330,4 +371,5 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
 
 def template_path(cfg: Config, kind: str) -> str | None:
     """The template file the config names for mail of ``kind``; None: the built-in one."""
-    return {"notify": cfg.notify.template, "shadow": cfg.notify.shadow_template, "owner": cfg.owner.template}[kind]
+    return {"notify": cfg.notify.template, "shadow": cfg.notify.shadow_template, "owner": cfg.owner.template,
+            "digest": cfg.notify.digest_template}[kind]

@@ -35,6 +35,10 @@ DEFAULT_WINDOWS: dict[tuple[str, str], tuple[tuple[int, float], ...]] = {
     # counted only where acl-auth.conf is wired in: far above a phone that retries an
     # old password every few minutes, far below a password guesser
     ("ip", "authfail"): ((30, HOUR),),
+    # the same guesses per network (IPv4 /24, IPv6 /48: [net]), so that the 65,536 /64s of
+    # one /48 do not each get 30: a handful of guessing addresses trips it, a NAT full of
+    # phones with a stale password rarely does (exempt or raise it for such a network)
+    ("net", "authfail"): ((100, HOUR),),
 }
 
 

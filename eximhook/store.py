@@ -21,6 +21,8 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
             b"heartbeat"             -> the time of the last health probe
             b"spool-low"             -> since when the spool is below the guard's threshold
             b"spool-floor"           -> [spool] floor, KiB, for the mirror
+            b"digest" NUL NS         -> JSON {"times", "next"}: the namespace's last mails about
+                                      blocks, and when its next digest is due (``outbox``)
 """
 
 from __future__ import annotations

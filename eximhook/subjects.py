@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from .errors import BadSubject
 
+TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
+if TYPE_CHECKING:
+    import ipaddress
+
 # auth: $authenticated_id; relay: a relay_from_hosts client (IP, IPv6 /64, RADIUS id);
 # sender: an envelope sender address (bounces, volume); local: a local user who
 # submits with sendmail (the login name Exim gives as $sender_ident); ip: a client
-# address that fails SMTP AUTH (IPv6 grouped as relay's)
-NAMESPACES = ("auth", "relay", "sender", "local", "ip")
+# address that fails SMTP AUTH (IPv6 grouped as relay's); net: the wider network of
+# such addresses ([net] prefixes: IPv4 /24, IPv6 /48), counted beside each of them
+NAMESPACES = ("auth", "relay", "sender", "local", "ip", "net")
+# A namespace whose events also count against the wider network that holds the key:
+# a /48 holds 65,536 /64s, each with a limit of its own (fail2ban's and CSF's answer)
+WIDER = {"ip": "net"}
+GLOB = frozenset("*?[")  # what makes a pattern a glob (``exempt``)
 # The header the snippets add to a blocked subject's frozen mail, and the ${lookup}
 # file the seeds' own ACLs read (sender and local subjects are in the cdb file only).
 HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From", "local": "X-Local-Sender"}
@@ -52,6 +61,8 @@ def normalize(ns: str, key: str, ipv6_prefix: int = 64) -> str:
     if len(raw) > MAX_KEY_BYTES:
         raise BadSubject(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
     raw = raw.lower()
+    if ns == "net":
+        return _network_key(raw)
     if ns in ("relay", "ip") and b":" in raw:
         raw = _group_ipv6(raw, ipv6_prefix)
     return raw.decode("utf-8", "surrogateescape")
@@ -70,6 +81,61 @@ def _group_ipv6(raw: bytes, prefix: int) -> bytes:
         return addr.compressed.encode()
     net = ipaddress.IPv6Network((addr, prefix), strict=False)
     return f"{net.network_address.exploded.replace(':', '.')}/{prefix}".encode()
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network a key or pattern names: an address, a CIDR network, or an IPv6 group
+    in Exim's ``${mask:}`` form (``2001.0db8.0001.0000.0000.0000.0000.0000/64``); None for
+    anything else (a RADIUS id, a user name, a glob)."""
+    if not text or not (text[0].isdigit() or text[0] in "abcdef:") or not GLOB.isdisjoint(text):
+        return None
+    import ipaddress
+
+    address, sep, prefix = text.partition("/")
+    if address.count(".") == 7:  # Exim writes IPv6 masks with dots between the groups
+        address = address.replace(".", ":")
+    try:
+        return ipaddress.ip_network(f"{address}/{prefix}" if sep else address, strict=False)
+    except ValueError:
+        return None
+
+
+def _network_key(raw: bytes) -> str:
+    """A ``net`` key as Exim's ``${mask:}`` writes it: ``192.0.2.0/24``,
+    ``2001.0db8.0001.0000.0000.0000.0000.0000/48``; an address given with its network's
+    prefix (``192.0.2.7/24``, ``2001:db8:1::/48``) is masked to it."""
+    text = raw.decode("utf-8", "surrogateescape")
+    net = network(text) if "/" in text else None
+    if net is None:
+        raise BadSubject(f"a net key is a network, such as 192.0.2.0/24 or 2001:db8:1::/48, not "
+                         f"{escape(text)[:80]!r}")
+    return _masked(net)
+
+
+def _masked(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    if net.version == 4:
+        return str(net)
+    return f"{net.network_address.exploded.replace(':', '.')}/{net.prefixlen}"
+
+
+def wider(ns: str, key: str, ipv4_prefix: int, ipv6_prefix: int) -> tuple[str, str] | None:
+    """The wider network that holds the subject, as the snippets compute it
+    (``EXIMHOOK_NET_KEY``: ``${mask:$sender_host_address/24}``, ``/48`` for IPv6), or
+    None: a namespace not grouped (``WIDER``), or a key that is no address."""
+    wide = WIDER.get(ns)
+    net = None if wide is None else network(key)
+    if wide is None or net is None:
+        return None
+    want = ipv4_prefix if net.version == 4 else ipv6_prefix
+    if want >= net.prefixlen:  # the key is as wide as its network already (or no grouping): none wider
+        return None
+    return wide, _masked(net.supernet(new_prefix=want))
+
+
+def family(ns: str) -> str:
+    """The namespace whose wider network ``ns`` holds (``net``: ``ip``), else ``ns``:
+    one kind of abuse (the exemptions of a network, the digest of a burst of blocks)."""
+    return next((narrow for narrow, wide in WIDER.items() if wide == ns), ns)
 
 
 def own_address(ns: str, key: str) -> bool:

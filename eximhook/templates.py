@@ -3,8 +3,8 @@
 A template is header lines (``Subject:`` at least), a blank line, and the body, with
 ``$name`` or ``${name}`` placeholders (Python's ``string.Template``: no code runs, and
 every name is known before a mail is sent; ``$$`` is a dollar sign). The built-in
-templates are the files ``notify.tmpl``, ``shadow.tmpl`` and ``owner.tmpl`` beside this
-module: the one text eximhook sends unless the config names another file.
+templates are the files ``notify.tmpl``, ``shadow.tmpl``, ``owner.tmpl`` and ``digest.tmpl``
+beside this module: the one text eximhook sends unless the config names another file.
 
 ``load`` checks a template whole (``eximhook check-config`` runs it), so a mail never
 meets an unknown placeholder. The sender logs a template that no longer loads (edited
@@ -21,15 +21,19 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 # notify: a block, to the abuse desk; shadow: a would-block, to the abuse desk (with
-# [limits] notify_shadow); owner: a block, to the subject's owner ([owner])
-KINDS = ("notify", "shadow", "owner")
+# [limits] notify_shadow); owner: a block, to the subject's owner ([owner]); digest: a
+# burst of one namespace's blocks, to the abuse desk ([notify] digest_after)
+KINDS = ("notify", "shadow", "owner", "digest")
 _FACTS = frozenset({"label", "ns", "key", "counter", "count", "limit", "period", "total", "date", "host"})
 _DESK = _FACTS | {"summary", "reason", "by", "note", "ips", "evidence_title", "evidence", "frozen", "frozen_count",
                   "command", "subject_args", "commands", "consequence"}
 # The owner is a customer: what the block says about their own account, never the admin
 # commands, the admin's note, or addresses and IPs that may be someone else's.
-PLACEHOLDERS = {"notify": _DESK, "shadow": _DESK, "owner": _FACTS | {"why", "abuse"}}
-LISTS = frozenset({"evidence", "commands", "consequence"})  # one line per item
+# A digest names many subjects: what they share, then a list with a few lines each
+_DIGEST = frozenset({"what", "ns", "count", "host", "first", "last", "after", "every", "command", "blocks",
+                     "commands", "consequence"})
+PLACEHOLDERS = {"notify": _DESK, "shadow": _DESK, "owner": _FACTS | {"why", "abuse"}, "digest": _DIGEST}
+LISTS = frozenset({"evidence", "commands", "consequence", "blocks"})  # one line per item
 # and X- headers; eximhook sets From, To, Date, Message-ID, Auto-Submitted and the MIME
 # headers itself, and the recipient is the command's argument, never a header's
 HEADERS = ("Subject", "Reply-To", "Organization", "Precedence")

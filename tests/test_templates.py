@@ -164,7 +164,8 @@ def test_a_custom_template_fills_every_placeholder(tmp_path: Path, utc: None) ->
         "evidence_title": "Last invalid recipients", "frozen": "1xVbMq-0004rw-1g", "frozen_count": "1",
         "command": "eximhook --config '/e/o t.toml'", "subject_args": "auth bob@example.com",
     }
-    assert set(single) | templates.LISTS == templates.PLACEHOLDERS["notify"], "every placeholder tested"
+    assert set(single) | (templates.LISTS & templates.PLACEHOLDERS["notify"]) == templates.PLACEHOLDERS["notify"], \
+        "every placeholder tested"
     lines = msg.get_content().splitlines()
     filled = [line for line in lines if line.partition("=")[0] in single]
     assert filled == [f"{k}={v}" for k, v in sorted(single.items())]

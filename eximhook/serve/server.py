@@ -1,6 +1,6 @@
 """``eximhook serve``: the hooks' operations on a Unix socket, for Exim's ``${readsocket}``.
 
-Three threads, each for a reason:
+Four threads, each for a reason:
 - the event loop accepts connections, reads one request each and answers one token.
   The requests of one turn of the loop are counted together, in one transaction of the
   unsynced counters (group commit: no fsync, no thread to hand over to; see
@@ -11,7 +11,9 @@ Three threads, each for a reason:
 - the store thread settles the rare count that is over the limit: it creates the block
   (once, however many race), flushes it to disk, rewrites the mirror files, and only
   then is 1 answered. It also checks the mirror every ``[serve] check_interval``;
-- the outbox thread (``worker.Outbox``) mails the abuse desk and freezes queued mail.
+- the outbox thread (``worker.Outbox``) mails the abuse desk and freezes queued mail;
+- the sweeper thread (``sweeper.Sweeper``) keeps the counters bounded: quiet ones swept,
+  the least recently counted dropped near their budget (``upkeep``).
 
 With ``[store] backend = "redis"`` the counting requests and checks go to Redis instead,
 from a small thread pool, and a sync thread copies the blocks other relays make: see
@@ -38,6 +40,7 @@ from ..store import Store
 from ..subjects import FREEZING, normalize
 from . import protocol, sockets
 from .connection import Connection, describe
+from .sweeper import Sweeper
 from .worker import Outbox
 
 TYPE_CHECKING = False
@@ -93,8 +96,8 @@ class Server:
         self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
         self.failure = _Throttle(lambda: self.log)
+        self.sweeper = Sweeper(store, counters, lambda: self.cfg, lambda: self.log, self.failure)
         self.served = 0
-        self.refs_forgotten = 0.0
         self.shared = None
         if backend is not None:
             from .shared import Shared
@@ -103,17 +106,21 @@ class Server:
 
     # -- the event loop ------------------------------------------------------------
 
-    def handle(self, conn: Connection, line: bytes) -> None:
-        """Answer at once, or count the request at the end of this turn of the loop."""
+    def handle(self, conn: Connection, line: bytes, cut: bool = False) -> None:
+        """Answer at once, or count the request at the end of this turn of the loop.
+        ``cut``: ``line`` is the first ``[serve] max_request`` bytes of the request."""
         self.served += 1
         try:
-            req = protocol.parse(line)
+            req = protocol.parse(line, cut)
             if req.ns:
                 req.key = normalize(req.ns, req.key, self.cfg.relay.ipv6_prefix)
         except (BadRequest, BadSubject) as exc:
             self.failure("bad", f"bad request: {exc}; answered E")
             conn.answer(protocol.ERROR)
             return
+        if cut:
+            self.failure("cut", f"{describe(req)}: a request longer than {self.cfg.serve.max_request} bytes "
+                                "([serve] max_request), counted with its evidence cut")
         if req.op == "ping":
             conn.answer(protocol.PONG)
             return
@@ -159,14 +166,13 @@ class Server:
                                      message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
                                      remember=cfg.bounces.remember, remote=f.get("remote") == "1",
                                      ip=f.get("ip") or None, **keep)
-        policy = cfg.policy(req.ns, req.kind, req.key)
-        if policy is None or not policy.windows:
+        subjects = core.counted(cfg.policy, req.kind, core.record_subjects(req.ns, req.key,
+                                                                          cfg.wider(req.ns, req.key)))
+        if not subjects:
             return None
-        one = self.counters.event(
-            req.ns, req.key, now, policy, weight=int(f.get("n") or 1),
-            evidence=f.get("rcpt") or f.get("evidence") or None, ip=f.get("ip") or None,
-            keep_ips=cfg.evidence.ips, **keep)
-        return lambda txn: [one(txn)]
+        return core.events(self.counters, now, subjects, weight=int(f.get("n") or 1),
+                           evidence=f.get("rcpt") or f.get("evidence") or None, ip=f.get("ip") or None,
+                           keep_ips=cfg.evidence.ips, **keep)
 
     def _answer_blocked(self, conn: Connection, req: protocol.Request) -> None:
         try:
@@ -194,12 +200,14 @@ class Server:
             self.flush_scheduled = True
             self.loop.call_later(_RETRY, self._flush)
             return
+        if self.counters.pressed:  # room is made off the loop
+            self.sweeper.wake.set()
         counted = [(job, r) for job, r in zip(jobs, results, strict=True) if not self._failed(job, r)]
         if not counted:
             return
         store = self.store
 
-        exempt = self.cfg.exempt
+        exempt, wider = self.cfg.exempt, self.cfg.wider
 
         def look(txn: Any) -> list[tuple[bool, list[Tally], bool]]:
             """Per job: is any of its subjects blocked; which over-limit counts need the
@@ -210,10 +218,11 @@ class Server:
                 subjects = {(job.request.ns, job.request.key), *((t.ns, t.key) for t in tallies)}
                 blocked = {s for s in subjects if store.blocked_in(*s)(txn)}
                 # a bounce counts against two subjects: one blocked already must not
-                # keep the other from tripping
+                # keep the other from tripping; but a blocked network stands for the
+                # addresses in it (core.settle's within)
                 over, enforced = [], False
                 for t in tallies:
-                    if t.over < 0 or (t.ns, t.key) in blocked:
+                    if t.over < 0 or (t.ns, t.key) in blocked or wider(t.ns, t.key) in blocked:
                         continue
                     blocks = t.policy.enforced and core.exempt_in(store, exempt, t.ns, t.key)(txn) is None
                     if blocks or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn):
@@ -277,7 +286,6 @@ class Server:
                 # here after the next blocked answer, and within check_interval anyway
                 core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
-                self._forget_refs()
                 self._check_spool()
 
     def _check_spool(self) -> None:
@@ -290,17 +298,6 @@ class Server:
                 self.outbox.tripped(set())
         except EximhookError as exc:
             self.failure("spool", f"could not check the spool's free space: {exc}")
-
-    def _forget_refs(self) -> None:
-        """Drop message references older than [bounces] remember, at most hourly."""
-        now = time.time()
-        if now - self.refs_forgotten < 3600:
-            return
-        self.refs_forgotten = now
-        try:
-            self.counters.forget(now, self.cfg.bounces.remember)
-        except EximhookError as exc:
-            self.failure("forget", f"could not drop old message references: {exc}")
 
     def _settle(self, job: _Job, tallies: list[Tally], answer: bool) -> None:
         cfg, req = self.cfg, job.request
@@ -315,7 +312,7 @@ class Server:
             for tally in tallies:
                 outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
                                       exempt=cfg.exempt, spool=cfg.spool.guard(), owner=find_owner,
-                                      expiry=cfg.expiry.schedule())
+                                      expiry=cfg.expiry.schedule(), within=cfg.wider(tally.ns, tally.key))
                 core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
                 if outcome.tripped or outcome.shadowed:
                     self.outbox.tripped({(tally.ns, tally.key)})
@@ -343,6 +340,7 @@ class Server:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.store_thread.start()
         self.outbox.start()
+        self.sweeper.start()
         where = f"store {self.cfg.store.path}"
         if self.shared is not None:
             from ..backends.connect import describe
@@ -362,6 +360,8 @@ class Server:
             await self.loop.run_in_executor(None, self.shared.stop)
         self.trips.put(_STOP)
         await self.loop.run_in_executor(None, self.store_thread.join)
+        self.sweeper.stop()
+        await self.loop.run_in_executor(None, self.sweeper.join)
         self.outbox.stop()
         await self.loop.run_in_executor(None, self.outbox.join, self.cfg.notify.timeout + 5)
         self.log.log("notice", f"eximhook serve: stopped after {self.served} requests")
@@ -380,6 +380,8 @@ class Server:
         kept = [name for name, old, now in (("[serve] socket", self.cfg.serve.socket, new.serve.socket),
                                             ("[store] path", self.cfg.store.path, new.store.path),
                                             ("[store] map_size", self.cfg.store.map_size, new.store.map_size),
+                                            ("[store] counters_budget", self.cfg.store.counters_budget,
+                                             new.store.counters_budget),
                                             ("[store] backend", self.cfg.store.backend, new.store.backend),
                                             ("[store] redis_url", self.cfg.store.redis_url, new.store.redis_url),
                                             ("[store] redis_timeout", self.cfg.store.redis_timeout,
@@ -409,7 +411,7 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         raise UsageError("refusing to run as root: run eximhook serve as the Exim user (the systemd unit "
                          "has User=Debian-exim), or pass --allow-root")
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
-    counters = Counters(cfg.store.path, cfg.store.map_size, cfg.store.owner)
+    counters = Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner)
     backend = None
     try:
         for env in (store, counters):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import notify
+from .. import notify, outbox
 from .._log import Logger
 from ..config import Config
 from ..store import Store
@@ -87,4 +87,6 @@ class Outbox(threading.Thread):
             for subject in gone:
                 self._reported.pop(subject, None)
         until = [float(i["hold_until"]) - now for i in held]
+        digest = outbox.next_digest(self.store) if cfg.notify.digest() else None  # a burst's next digest
+        until += [digest - now] if digest is not None and digest > now else []
         return max(0.05, min([cfg.serve.check_interval, *until]))

@@ -111,6 +111,35 @@ def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:
         smtp.login("bob", h.PASSWORD)
 
 
+def test_guessers_of_one_network_block_it_and_every_address_in_it_is_dropped_by_the_cdb() -> None:
+    """Failed AUTH counts against the client's /24 too (127.0.0.x are /24 siblings on
+    loopback): two guessing addresses trip the network's own (low) limit, each far
+    below its own. Then AUTH from a third address of the /24, never seen before and
+    with the right password, is dropped by acl-auth.conf's cdb lookup, with the daemon
+    stopped: no request is needed for it."""
+    server = h.make(["bob"], serve=True, settings={"limits.ip.authfail.limit": 5, "limits.net.authfail.limit": 3,
+                                                     "notify.hold": 0.1})
+    try:
+        server.setup().start()
+        assert guess(server, "127.0.0.5", 2) == [535, 535]
+        assert guess(server, "127.0.0.6", 2) == [535, 535]  # the 4th failure of the /24, counted at its QUIT
+        net: dict[str, Any] = h.wait_for("the network's block", lambda: json.loads(  # type: ignore[assignment]
+            server.eximhook("show", "--json", "net", "127.0.0.0/24").stdout)["block"])
+        assert (net["key"], net["counter"], net["count"], net["limit"]) == ("127.0.0.0/24", "authfail", 4, 3)
+        assert sorted(net["ips"]) == ["127.0.0.5", "127.0.0.6"]
+        assert [b["ns"] for b in json.loads(server.eximhook("list", "--json").stdout)] == ["net"]
+        h.wait_for("the notification", lambda: len(server.maildir("abuse")) == 1, 20)
+        [note] = server.maildir("abuse")
+        assert b"network 127.0.0.0/24 blocked because has failed SMTP AUTH 4 times during 1h (limit 3)" in note
+        server.stop_daemon()
+        assert guess(server, "127.0.0.7", 0, then_right=True) == [554]
+        h.wait_for("the log line", lambda: "AUTH from a blocked address (ip 127.0.0.7, net 127.0.0.0/24)"
+                   in server.log("reject"))
+        assert failures(server, "127.0.0.7") == 0, "never counted: the cdb file answered"
+    finally:
+        h.cleanup(server)
+
+
 def test_the_spool_guard_refuses_a_blocked_users_mail_and_tells_once() -> None:
     """A spool "below" the guard's floor (a floor far above any disk's free space stands
     in for a full spool: Exim reads its real $spool_space): a blocked user's message is
