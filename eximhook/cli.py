@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("view", queue.view, "show a queued message: headers and the start of the body")
     p.add_argument("id", metavar="ID", help="message id (16 or 23 characters)")
     p.add_argument("--lines", type=int, default=40, help="body lines to show (default 40)")
+    p.add_argument("--raw", action="store_true",
+                   help="print control characters as they are (by default escaped: \\x1b, \\r ...)")
     p = add("release", queue.release, "not spam: unblock, thaw and deliver the frozen mail", subject=True)
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
     p = add("purge", queue.purge, "spam: delete the subject's frozen mail, keep the block", subject=True)

@@ -10,6 +10,7 @@ its length (spec, "Format of spool files"); ids are checked before they reach
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 
 from .config import EximConfig
 from .errors import BadMessageId, EximError, NoSuchMessage
+from .subjects import escape
 
 # 4.96: 6-6-2 base-62 characters (16 in all); 4.97 and later: 6-11-4 (23)
-MESSAGE_ID = re.compile(rb"^[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{2}|[0-9A-Za-z]{11}-[0-9A-Za-z]{4})$")
+MESSAGE_ID = re.compile(rb"^[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{2}|[0-9A-Za-z]{11}-[0-9A-Za-z]{4})\Z")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,11 @@ class Exim:
             self._qualify = self._exim("-n", "-bP", "qualify_domain").decode().strip()
         return self._qualify
 
+    def option(self, name: str) -> str:
+        """What ``exim -bP`` says of the main option ``name`` (a boolean: ``name`` or
+        ``no_name``)."""
+        return self._exim("-n", "-bP", name).decode("utf-8", "replace").strip()
+
     def ids(self, frozen: bool) -> list[str]:
         """Message ids in the queue, frozen or not; exipick gets only fixed criteria."""
         argv = [self.exipick, *(["-C", self.config] if self.config else []), "-i", "-z" if frozen else "-x"]
@@ -230,12 +237,41 @@ class Exim:
         if bad:
             raise EximError(f"not message ids: {bad!r}")
 
-    def view(self, msg_id: str, body_lines: int = 40) -> str:
+    def view(self, msg_id: str, body_lines: int = 40, raw: bool = False) -> str:
+        """The message's headers and the start of its body, for a terminal: what a
+        spammer wrote is shown with ``printable`` (unless ``raw``), so an escape
+        sequence in it cannot drive the admin's terminal."""
         if not MESSAGE_ID.match(msg_id.encode("utf-8", "surrogateescape")):
             raise BadMessageId(f"{msg_id!r} is not an Exim message id (16 characters in 4.96, 23 from 4.97)")
         if self.message(msg_id) is None:
             raise NoSuchMessage(f"no message {msg_id} in the queue")
-        headers = self._exim("-Mvh", msg_id).decode("utf-8", "replace")
-        body = self._exim("-Mvb", msg_id).decode("utf-8", "replace").split("\n")
+
+        def shown(data: bytes) -> str:
+            return data.decode("utf-8", "replace") if raw else printable(data.decode("utf-8", "surrogateescape"))
+
+        headers = shown(self._exim("-Mvh", msg_id))
+        body = shown(self._exim("-Mvb", msg_id)).split("\n")
         more = f"\n[... {len(body) - body_lines} more lines]" if len(body) > body_lines else ""
         return f"{headers}\n{chr(10).join(body[:body_lines])}{more}\n"
+
+
+def printable(text: str) -> str:
+    """``text`` with its lines and tabs as they are and everything else ``escape``d:
+    control characters (ESC, CR, backspace...), bytes that are not UTF-8 and a
+    backslash (doubled, so no text can pass for an escape)."""
+    return "\n".join("\t".join(escape(part) for part in line.split("\t")) for line in text.split("\n"))
+
+
+@functools.cache
+def primary_hostname(cfg: EximConfig) -> str:
+    """Exim's ``primary_hostname`` (``exim -bP`` with the [exim] settings): the name this
+    server gives itself in SMTP and in its Received lines, so the one a customer knows
+    it by. Asked once per process: the watcher probes and the daemon mails all day."""
+    try:
+        words = Exim.from_config(cfg).option("primary_hostname").split()
+    except EximError:
+        words = []
+    # Exim's own default for the option is the machine's name, so it is the best guess
+    # when Exim cannot say (not installed, a config it refuses, slower than [exim]
+    # timeout): a mail to a customer must not fail for a name
+    return words[0] if words else os.uname().nodename

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eximhook.errors import EximError
-from eximhook.exim import MESSAGE_ID, Exim, parse_header_file
+from eximhook.exim import MESSAGE_ID, Exim, parse_header_file, printable
 
 HEADER_FILE = (
     b"1xVbMq-0004rw-1g-H\nDebian-exim 102 105\n<bob>\n1795468468 0\n-received_time_usec .522770\n"
@@ -52,10 +52,24 @@ def test_parse_rejects_a_foreign_file() -> None:
         pytest.param("1xVbMq-0004rw-1g; rm", False, id="suffix"),
         pytest.param("../../etc/passwd", False, id="path"),
         pytest.param("-Mrm", False, id="option"),
+        pytest.param("1xVbMq-0004rw-1g\n", False, id="trailing-newline"),
     ],
 )
 def test_message_ids(text: str, ok: bool) -> None:
     assert bool(MESSAGE_ID.match(text.encode())) is ok
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        pytest.param("Subject: \x1b]0;owned\x07\x1b[2J", "Subject: \\x1b]0;owned\\x07\\x1b[2J", id="escapes"),
+        pytest.param("a\tb\nc\r\n", "a\tb\nc\\r\n", id="tab-and-newline-stay"),
+        pytest.param("back\\slash", "back\\\\slash", id="backslash-doubled"),
+        pytest.param("\u202egnp.exe \udcff é", "\\u202egnp.exe \\xff é", id="bidi-and-bad-bytes"),
+    ],
+)
+def test_printable_shows_what_a_spammer_wrote_without_running_it(text: str, shown: str) -> None:
+    assert printable(text) == shown
 
 
 def test_missing_binaries_are_clear_errors() -> None:

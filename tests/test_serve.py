@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook.errors import Exit
+from eximhook.evidence import CUT_END, cut
 from eximhook.serve.protocol import encode
 
 from .conftest import EXIMHOOK, Daemon, Run, Serve, hook, messages, write_config
@@ -60,8 +61,9 @@ def test_generic_record_counts_the_same_counter(daemon: Daemon, cli: Run) -> Non
     [
         pytest.param(b"launch missiles\n", "unknown operation 'launch'", id="unknown-op"),
         pytest.param(b"check-blocked auth not-base64!\n", "KEY is not base64", id="bad-base64"),
-        pytest.param(b"check-blocked auth " + b"QQ==" * 20000 + b"\n", "longer than 65536 bytes", id="oversized"),
-        pytest.param(b"x" * 70000, "longer than 65536 bytes", id="oversized-no-newline"),
+        pytest.param(b"check-blocked auth " + b"QUFB" * 20000 + b"\n", "cut at [serve] max_request before its KEY",
+                     id="oversized-key"),
+        pytest.param(b"x" * 70000, "cut at [serve] max_request before its KEY", id="oversized-no-newline"),
         pytest.param(b"check-blocked auth AGI=\n", "key contains NUL", id="nul-in-key"),
         pytest.param(b"check-blocked auth \n", "empty key", id="empty-key"),
     ],
@@ -70,6 +72,22 @@ def test_bad_request_gets_E_and_a_log_line(daemon: Daemon, tmp_path: Path, data:
     assert daemon.request(data) == b"E"
     assert logged in log_of(tmp_path)
     assert daemon.request(b"ping\n") == b"pong", "and the daemon goes on"
+
+
+@pytest.mark.parametrize("shutdown", [True, False], ids=["eof", "newline"])
+def test_an_oversized_request_is_counted_with_its_evidence_cut(daemon: Daemon, tmp_path: Path, cli: Run,
+                                                               shutdown: bool) -> None:
+    """Over [serve] max_request (64 KiB): the first 64 KiB are read, the rest thrown
+    away up to the newline or EOF, and the event counted with its evidence cut."""
+    rcpt = "x" * 100_000 + "@example.com"
+    answers = [daemon.request(encode("record-invalid", "auth", "bob", ip="192.0.2.9", rcpt=rcpt + str(i)) +
+                              (b"ping\n" if not shutdown else b""), shutdown=shutdown) for i in range(7)]
+    assert answers == [b"0"] * 5 + [b"1", b"1"], "counted as any other: LIMIT=5, the 6th blocks"
+    shown = json.loads(cli("show", "--json", "auth", "bob")[1])
+    assert shown["counter"]["total"] == 7 and shown["block"]["ips"] == ["192.0.2.9"]
+    kept = shown["counter"]["rcpts"][-1]
+    assert kept.endswith(CUT_END) and rcpt.startswith(kept.removesuffix(CUT_END)), "cut, and marked"
+    assert "longer than 65536 bytes ([serve] max_request), counted with its evidence cut" in log_of(tmp_path)
 
 
 def test_request_ends_at_newline_or_at_eof(daemon: Daemon) -> None:
@@ -98,7 +116,7 @@ def test_any_key_over_the_socket(daemon: Daemon, cli: Run, raw: bytes) -> None:
     key = raw.decode("utf-8", "surrogateescape")
     assert record(daemon, key, rcpt=key, ip=key) in (b"0", b"1")
     shown = json.loads(cli("show", "--json", "auth", "--", key)[1])
-    assert shown["counter"]["rcpts"][-1] == key, "the evidence arrives byte for byte"
+    assert shown["counter"]["rcpts"][-1] == cut(key), "the evidence arrives byte for byte, cut past its length"
 
 
 def hold_lock(code: str) -> subprocess.Popen[bytes]:

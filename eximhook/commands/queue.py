@@ -33,7 +33,7 @@ def frozen(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 def view(cfg: Config, opts: argparse.Namespace) -> int:
-    print(Exim.from_config(cfg.exim).view(opts.id, opts.lines), end="")
+    print(Exim.from_config(cfg.exim).view(opts.id, opts.lines, raw=opts.raw), end="")
     return Exit.OK
 
 def _report(verb: str, ns: str, key: str, ids: list[str], lifted: bool, dry_run: bool) -> None:

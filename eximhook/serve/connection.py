@@ -1,6 +1,8 @@
 """One ``${readsocket}`` call, as the daemon's event loop sees it: a connection that
 brings one request (ended by a newline, or by Exim shutting down its side), gets one
-token back and is closed; or that sends nothing, or too much, and is dropped."""
+token back and is closed; or that sends nothing and is dropped. Of a request longer
+than ``[serve] max_request`` the first that many bytes are kept and the rest is read
+and thrown away: it is counted with its evidence cut (``protocol.parse``)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.buf = bytearray()
+        self.cut = False  # past [serve] max_request: buf holds the request's start
         self.transport: asyncio.Transport | None = None
         self.state = "reading"  # then "waiting" (on the store thread), then "done"
         self.fallback = protocol.NO
@@ -34,18 +37,19 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state != "reading":
             return
-        self.buf += data
-        end = self.buf.find(b"\n")
-        limit = self.server.cfg.serve.max_request
-        if end > limit or (end < 0 and len(self.buf) > limit):
-            self.server.failure("bad", f"a request longer than {limit} bytes ([serve] max_request); answered E")
-            self.answer(protocol.ERROR)
-        elif end >= 0:
-            self.server.handle(self, bytes(self.buf[:end]))
+        end = data.find(b"\n")
+        if not self.cut:
+            self.buf += data if end < 0 else data[:end]
+            limit = self.server.cfg.serve.max_request
+            if len(self.buf) > limit:  # bounded: the rest is only looked through for its end
+                del self.buf[limit:]
+                self.cut = True
+        if end >= 0:
+            self.server.handle(self, bytes(self.buf), cut=self.cut)
 
     def eof_received(self) -> bool:
         if self.state == "reading":  # Exim shuts down its side once the request is sent
-            self.server.handle(self, bytes(self.buf))
+            self.server.handle(self, bytes(self.buf), cut=self.cut)
         return True  # keep our side open for the answer
 
     def connection_lost(self, exc: Exception | None) -> None:

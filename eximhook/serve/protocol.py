@@ -21,10 +21,21 @@ OP, NS and KIND are words from fixed lists. KEY and every V are base64 (the snip
 write ``${base64:$acl_m_user}``): they come from the SMTP client and may hold any byte,
 and Exim puts the request on the socket as it is, unquoted. Base64 is reversible and
 has no space or newline, so no value can end a field or the request. An empty V means
-"not given". Decoding is strict: a stray character is an error, never skipped.
+"not given". Decoding is strict: only base64 as ``${base64:}`` writes it (canonical,
+padded to a multiple of 4), never a stray character skipped.
+
+A request longer than ``[serve] max_request`` is still counted: a count is never lost
+to the size of its evidence. The daemon keeps the request's first ``max_request``
+bytes (``parse(..., cut=True)``). OP, NS and KEY must be whole in them, else the answer
+is ``E``. The evidence value the limit falls in (``rcpt``, ``evidence``, ``mid``,
+``failed``) is kept as far as it goes and marked ``evidence.CUT_END``; any other value cut
+there, and every field after it, is left out (so the snippets send the evidence last).
+The snippets cut every value before they encode it (macros.conf,
+``EXIMHOOK_EVIDENCE_MAX``), so only a hand-made request ever gets here.
 
 The answer is one token without a newline: ``1`` or ``0``, as the hooks print; ``pong``;
-or ``E`` for a request that breaks these rules (the daemon logs why).
+or ``E`` for a request that breaks these rules (the daemon logs why; the snippets then
+count through their ``${run}`` hook).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import binascii
 
 from ..errors import BadRequest
+from ..evidence import CUT_END
 from ..exim import MESSAGE_ID
 from ..policy import COUNTERS
 from ..subjects import NAMESPACES, escape
@@ -49,6 +61,9 @@ _FIELDS = {
 }
 _REQUIRED = {"message": ("n",), "frozen": ("id",)}
 MAX_WEIGHT = 1 << 31  # "n" must fit the window's 32-bit weights
+# Evidence that may be cut: text kept for the admin, or a header whose tail names a
+# message. The others name a subject or a number, and are whole or left out.
+EVIDENCE = ("rcpt", "evidence", "mid", "failed")
 
 
 class Request:
@@ -67,16 +82,35 @@ class Request:
 def _decode(name: str, value: bytes) -> str:
     try:
         raw = binascii.a2b_base64(value, strict_mode=True) if value else b""
+        # strict_mode still takes padding past the end ("Ym9i=") and non-zero spare
+        # bits ("Ym9="): only the one spelling ${base64:} writes is base64 here
+        if _b64_raw(raw) != value:
+            raise binascii.Error("not as ${base64:} writes it")
     except binascii.Error as exc:
         shown = escape(value[:40].decode("latin-1"))
         raise BadRequest(f"{name} is not base64 ({exc}): {shown!r}") from None
     return raw.decode("utf-8", "surrogateescape")
 
 
-def parse(line: bytes) -> Request:
-    """Decode one request (without its line ending); raises ``BadRequest``."""
+def _cut(words: list[bytes], start: int) -> None:
+    """The last of ``words`` was cut by ``[serve] max_request``: keep the start of an
+    evidence value, marked; drop anything else (a subject, a number, half a name)."""
+    if len(words) <= start:
+        raise BadRequest("request cut at [serve] max_request before its KEY ended")
+    name, sep, value = words.pop().partition(b"=")
+    field = name.decode("latin-1")
+    if sep and field in EVIDENCE:
+        text = _decode(field, value[: len(value) - len(value) % 4])  # the whole base64 quads
+        words.append(name + b"=" + _b64(text + CUT_END))
+
+
+def parse(line: bytes, cut: bool = False) -> Request:
+    """Decode one request (without its line ending); raises ``BadRequest``. ``cut``:
+    the line is the first ``[serve] max_request`` bytes of a longer request."""
     words = line.removesuffix(b"\r").split(b" ")
     op = words[0].decode("latin-1")
+    if cut:  # the words up to KEY (record has KIND, bounce has no NS) must be whole
+        _cut(words, {"record": 4, "bounce": 2}.get(op, 3))
     if op == "ping" and len(words) == 1:
         return Request(op)
     if op not in _FIELDS:
@@ -124,4 +158,8 @@ def encode(op: str, ns: str = "", key: str = "", *, kind: str = "", **fields: st
 
 
 def _b64(text: str) -> bytes:
-    return binascii.b2a_base64(text.encode("utf-8", "surrogateescape"), newline=False)
+    return _b64_raw(text.encode("utf-8", "surrogateescape"))
+
+
+def _b64_raw(raw: bytes) -> bytes:
+    return binascii.b2a_base64(raw, newline=False)
