@@ -24,11 +24,18 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import SetupError
 from .subjects import own_address
 
+if TYPE_CHECKING:
+    from .config import Config
+
 CONFDIR = "/etc/exim4"
+# Debian builds Exim with TRUSTED_CONFIG_LIST set to this file (NEWS.Debian, 4.72-1):
+# the configs the Exim user may name with -C and keep root
+TRUSTED_CONFIGS = os.path.join(CONFDIR, "trusted_configs")
 SNIPPETS = "/usr/share/eximhook/exim-snippets"
 BEGIN = "# BEGIN eximhook setup-exim4: `eximhook setup-exim4 remove` takes this out"
 END = "# END eximhook setup-exim4"
@@ -38,7 +45,7 @@ _JOINED = "# (the file did not end with a newline: add put one before this block
 # WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE (deprecated) is included after the hook
 # debian-acls.conf comes in by, so its rules would end up in an ACL nothing uses.
 TAKEN = ("MAIN_ACL_CHECK_RCPT", "CHECK_DATA_LOCAL_ACL_FILE", "LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE",
-         "WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE", "EXIMHOOK_SOCKET")
+         "WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE", "EXIMHOOK_SOCKET", "EXIMHOOK_NETS_FILE")
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,18 @@ def layout(confdir: str = CONFDIR) -> Layout:
     return Layout(confdir, bool(found) and found[-1] == "true")
 
 
-def block(socket: str, config: str, cdb: str, snippets: str = SNIPPETS) -> str:
-    """eximhook's main-section lines, between the markers."""
+def block(cfg: Config, snippets: str = SNIPPETS) -> str:
+    """eximhook's main-section lines for ``cfg``, between the markers: its socket, its
+    config, and the files it writes for Exim where it writes them (the cdb file in
+    ``[store] mirror_dir``, ``[relaytest] blocked_nets``)."""
+    from .mirror import CDB_FILE
+
     return "\n".join([
         BEGIN,
-        f"EXIMHOOK_SOCKET = {socket}",
-        f"EXIMHOOK_CMD = /opt/eximhook/bin/python3 -IS /opt/eximhook/bin/eximhook --config {config}",
-        f"EXIMHOOK_CDB = {cdb}",
+        f"EXIMHOOK_SOCKET = {cfg.serve.socket}",
+        f"EXIMHOOK_CMD = /opt/eximhook/bin/python3 -IS /opt/eximhook/bin/eximhook --config {cfg.path}",
+        f"EXIMHOOK_CDB = {os.path.join(cfg.store.mirror_dir, CDB_FILE)}",
+        f"EXIMHOOK_NETS_FILE = {cfg.relaytest.blocked_nets}",
         f"EXIMHOOK_SNIPPETS = {snippets}",
         f".include {snippets}/macros.conf",
         "MAIN_ACL_CHECK_RCPT = acl_eximhook_rcpt",
@@ -160,6 +172,22 @@ def remove(lay: Layout) -> list[str]:
         return [path]
     _write(path, before + after, keep_mode_of=path)
     return [path]
+
+
+def trusted(config: str, listing: str = TRUSTED_CONFIGS) -> bool:
+    """Whether Exim keeps root when the Exim user runs ``exim -C config``: ``listing``
+    is root's, writable by no one else (by its group only if that is root), and holds
+    ``config`` as a line. Read as Exim 4.96 reads it (exim.c): blanks before the path
+    skipped, lines that do not start with "/" ignored, the first 32 paths only."""
+    try:
+        with open(listing, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != 0 or (st.st_gid != 0 and st.st_mode & 0o020) or st.st_mode & 0o002:
+                return False
+            paths = [line.lstrip().partition(b"\n")[0] for line in f if line.lstrip().startswith(b"/")][:32]
+    except OSError:
+        return False
+    return os.fsencode(config) in paths
 
 
 def update(timeout: float = 60) -> None:

@@ -4,10 +4,16 @@ customer's mail. The whole cycle against a real Exim is in e2e/test_relaytest.py
 
 from __future__ import annotations
 
+import email
+import email.policy
+import functools
 import grp
 import json
 import multiprocessing
 import os
+import socket
+import threading
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -15,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook._log import Logger
-from eximhook.config import Config, load
+from eximhook.config import Config, EximConfig, load
 from eximhook.errors import ConfigError
+from eximhook.exim import primary_hostname
 from eximhook.relaytest import hosts, nets, receive, signing, table
 from eximhook.relaytest.probe import NotACustomer, NotClaimed, send_probe
 from eximhook.store import Store
 
-from .conftest import Run, write_config
+from .conftest import EXIM, Run, needs_exim, write_config
 
 KEY = b"k" * 32
 NOW = 1_700_000_000.0
@@ -215,6 +222,67 @@ def test_an_unreachable_host_stays_unknown_without_a_probe(cfg: Config, store: S
     assert record and (record["status"], record["probe_id"], record["outcome"]) == ("UNKNOWN", None, "unreachable")
 
 
+class Customer:
+    """A customer host on loopback, in a thread, that answers one connection as ``how``
+    says: "silent" never greets; "greeting" and "ehlo" send a "220-" greeting line, or
+    after the greeting a "250-" EHLO line, every 50 ms without end: each in time for a
+    socket timeout, never complete. It stops when the client hangs up, or at ``stop``."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.stop = how, threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            try:
+                if self.how == "ehlo":
+                    conn.sendall(b"220 customer.example ESMTP\r\n")
+                    conn.recv(1000)
+                line = {"silent": b"", "greeting": b"220-still greeting\r\n", "ehlo": b"250-still answering\r\n"}
+                while not self.stop.wait(0.05):
+                    conn.sendall(line[self.how])
+            except OSError:  # the client hung up: what a cut-off probe does
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.server.close()
+
+
+@pytest.mark.parametrize(("how", "connect_timeout", "timeout", "detail"), [
+    pytest.param("silent", 0.5, 60, "no connection and greeting within [relaytest] connect_timeout 0.5s",
+                 id="silent-greeting"),
+    pytest.param("greeting", 0.5, 60, "no connection and greeting within [relaytest] connect_timeout 0.5s",
+                 id="endless-greeting"),
+    pytest.param("ehlo", 0.5, 1, "EHLO: no answer within [relaytest] timeout 1s", id="endless-ehlo-answer"),
+])
+def test_a_probe_ends_at_its_deadlines(how: str, connect_timeout: float, timeout: float, detail: str) -> None:
+    """The connection and the greeting get connect_timeout together, the whole probe
+    gets timeout, also against a host that sends an unfinished answer a line at a time
+    (each line within the socket's timeout: before, such a host held a probe, and a
+    watcher thread, for as long as it liked)."""
+    from eximhook.relaytest.probe import connect_smtp, converse
+
+    customer = Customer(how)
+    result: list[tuple[str, str]] = []
+    connect = functools.partial(connect_smtp, helo="mx.example.net")
+    probing = threading.Thread(target=lambda: result.append(converse(
+        connect, "127.0.0.1", customer.port, connect_timeout, timeout, "relaytest@mx.example",
+        "relaytest@mx.example", b"Subject: test\r\n\r\ntest\r\n")), daemon=True)
+    try:
+        probing.start()
+        probing.join(60)  # a signal, not a measurement: the probe ends long before, or never
+        assert not probing.is_alive(), "the probe still waits for the host"
+    finally:
+        customer.close()
+    assert result == [(table.UNREACHABLE, detail)]
+
+
 # -- config, commands, the customer's mail ----------------------------------------------
 
 def test_config_defaults_and_errors(tmp_path: Path) -> None:
@@ -264,22 +332,97 @@ def test_commands(tmp_path: Path, cli: Run) -> None:
     assert code == 78 and "readable by every local user" in err
 
 
-def test_the_customers_mail_goes_to_postmaster_and_abuse(tmp_path: Path, mailbox: Path) -> None:
+def exim_named(tmp_path: Path, name: str) -> EximConfig:
+    """An [exim] whose config gives Exim the primary_hostname ``name``."""
+    conf = tmp_path / "exim.conf"
+    conf.write_text(f"primary_hostname = {name}\nspool_directory = {tmp_path}/spool\n"
+                    f"log_file_path = {tmp_path}/%slog\n")
+    return EximConfig(binary=EXIM, config=str(conf))
+
+
+def headers_of(raw: bytes) -> list[bytes]:
+    """The header lines as they were written, folds included."""
+    return raw.partition(b"\n\n")[0].split(b"\n")
+
+
+@needs_exim
+@pytest.mark.parametrize("ip", ["192.0.2.7", "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"])
+def test_the_customers_mail_goes_to_postmaster_and_abuse(tmp_path: Path, mailbox: Path, ip: str) -> None:
+    """To the postmaster, Cc the abuse desk; it names the server as Exim does (its
+    primary_hostname, not the machine's name), its Subject's first line holds text and
+    no line is longer than 78, and its Message-ID has the abuse desk's mails' domain
+    (the machine's name for a bare "root", not "root")."""
     from eximhook import notify
 
     cfg = load(str(relaytest_config(tmp_path)))
+    server = "mx-out.relay-provider.example.net"
     with Store(cfg.store.path) as store:
-        probe_id = table.claim(store, "192.0.2.7", NOW, 0, 0)
-        assert probe_id and table.returned(store, "192.0.2.7", probe_id, int(NOW), NOW, False, "pm@customer",
+        probe_id = table.claim(store, ip, NOW, 0, 0)
+        assert probe_id and table.returned(store, ip, probe_id, int(NOW), NOW, False, "pm@customer",
                                            "abuse@example.net") == "blocked"
         sent, errors = notify.send_pending(store, to="desk@example.net", sender="root", sendmail=[
             str(mailbox / "sendmail.sh"), "-f", "root"], timeout=10, stale_after=300, budget=10, command=["eximhook"],
-            clock=lambda: NOW)
+            clock=lambda: NOW, exim=exim_named(tmp_path, server))
         assert (sent, errors, store.outbox()) == (1, [], [])
     [out] = (mailbox / "out").glob("*.eml")
-    argv, _, text = out.read_bytes().partition(b"\n")
+    argv, _, raw = out.read_bytes().partition(b"\n")
     assert argv == b"ARGV: -f root pm@customer abuse@example.net"
-    assert b"To: pm@customer\n" in text and b"Cc: abuse@example.net\n" in text and os.path.getsize(out) > 0
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert (msg["To"], msg["Cc"]) == ("pm@customer", "abuse@example.net")
+    assert msg["Subject"] == f"Your host {ip} is an open relay: it may no longer send mail through {server}"
+    [first] = [line for line in headers_of(raw) if line.startswith(b"Subject:")]
+    assert first.startswith(b"Subject: Your host "), first
+    assert all(len(line) <= 78 for line in headers_of(raw)), headers_of(raw)
+    assert f"So {server} now refuses mail from {ip}" in msg.get_content()
+    assert os.uname().nodename not in msg.get_content()
+    assert msg["Message-ID"] == f"<eximhook.relaytest.blocked.{probe_id}@{os.uname().nodename}>"
+
+
+@needs_exim
+def test_the_probe_names_the_server_as_exim_does(tmp_path: Path) -> None:
+    """The probe's From, Subject and text name the server by Exim's primary_hostname, its
+    Subject is folded where a line would pass 78 characters, and its Message-ID is built
+    as every mail of eximhook's."""
+    from eximhook.notify import new_message_id
+    from eximhook.relaytest import message
+
+    server = primary_hostname(exim_named(tmp_path, "mx.relay-provider.example.net"))
+    assert server == "mx.relay-provider.example.net"
+    msg = message.probe(ip="2001:db8::25", probe_id="0123456789abcdef", probe_time=NOW, token="ehp1-x",
+                        sender="relaytest@mx.example", mailbox="relaytest@mx.example",
+                        abuse="abuse-desk@relay-provider.example.net", server=server)
+    raw = msg.as_bytes()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["Subject"] == ("Open relay test of 2001:db8::25 by the abuse desk of mx.relay-provider.example.net "
+                                 "- questions: abuse-desk@relay-provider.example.net")
+    assert parsed["From"].addresses[0].display_name == "Open relay test, abuse desk of " + server
+    [first] = [line for line in headers_of(raw) if line.startswith(b"Subject:")]
+    assert first == b"Subject: Open relay test of 2001:db8::25 by the abuse desk of"
+    assert all(len(line) <= 78 for line in headers_of(raw)), headers_of(raw)
+    assert parsed["Message-ID"] == new_message_id("relaytest.0123456789abcdef", "relaytest@mx.example")
+    assert parsed["Message-ID"].endswith("@mx.example>")
+
+
+def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
+    """Folded as RFC 5322 has it: the first line holds text, a fold comes at a space and
+    only where the line would pass 78 characters, a word longer than that is not cut
+    (the email package folds a Subject with a colon right after "Subject:"); unfolded,
+    it reads as it was."""
+    from eximhook.relaytest.message import _POLICY, _fold
+
+    for text, lines in [
+        ("short: one line", ["Subject: short: one line"]),
+        ("a: " + "word " * 30, ["Subject: a: " + " ".join(["word"] * 13), " " + " ".join(["word"] * 15),
+                                " word word"]),
+        ("long: " + "x" * 100 + " tail", ["Subject: long:", " " + "x" * 100, " tail"]),
+    ]:
+        msg = EmailMessage(policy=_POLICY)
+        _fold(msg, "Subject", text)
+        msg.set_content("x")
+        assert headers_of(msg.as_bytes())[:len(lines) + 1] == [line.encode() for line in lines] + [
+            b"Content-Type: text/plain; charset=\"utf-8\""]
+        parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+        assert parsed["Subject"] == " ".join(text.split())
 
 
 def test_check_config_reads_as_the_exim_user(tmp_path: Path, cli: Run) -> None:

@@ -4,14 +4,21 @@ its own lines, remove restores every byte, and a hook already in use is refused.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from eximhook import debian
+from eximhook.config import Config, load
 from eximhook.errors import SetupError
+from eximhook.relaytest import nets
+from eximhook.store import Store
 
-TEXT = debian.block("/run/eximhook/eximhook.sock", "/etc/eximhook/eximhook.toml", "/var/spool/exim4/b.cdb")
+from .conftest import EXIM, needs_exim, write_config
+from .e2e.harness import SNIPPETS
+
+TEXT = debian.block(Config())
 
 
 def confdir(tmp_path: Path, split: bool, localmacros: bytes | None = None) -> Path:
@@ -65,3 +72,38 @@ def test_a_hook_in_use_is_refused(tmp_path: Path, split: bool, macro: str) -> No
 def test_not_debian(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="Debian's exim4-config"):
         debian.layout(str(tmp_path))
+
+
+def expand(conf: Path, *macros: str) -> list[str]:
+    """What Exim makes of ``macros`` with the config ``conf``."""
+    out = subprocess.run([EXIM, "-C", str(conf), "-be"], input="\n".join(macros) + "\n", capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return [line.removeprefix("> ") for line in out.splitlines() if line.startswith("> ")][:len(macros)]
+
+
+@needs_exim
+@pytest.mark.parametrize("how", ["by-hand", "setup-exim4"])
+def test_exim_reads_blocked_nets_where_eximhook_writes_it(tmp_path: Path, how: str) -> None:
+    """With [store] mirror_dir moved and neither [relaytest] blocked_nets nor
+    EXIMHOOK_NETS_FILE set, the snippets' lookup reads the file the relay-test writer
+    writes: by hand, beside EXIMHOOK_CDB, which README has the admin point at the mirror
+    directory; with setup-exim4, from the lines it writes. Also with blocked_nets set."""
+    for name in ("eximhook", "other", "mirror"):
+        (tmp_path / name).mkdir()
+    config = write_config(tmp_path / "eximhook", settings={"store.mirror_dir": str(tmp_path / "mirror")})
+    cfg = load(str(config))
+    assert cfg.relaytest.blocked_nets == f"{tmp_path}/mirror/blocked.nets"
+    head = (f"EXIMHOOK_CDB = {tmp_path}/mirror/blocked_subjects.cdb\n" if how == "by-hand" else
+            debian.block(cfg, snippets=SNIPPETS))
+    conf = tmp_path / "exim.conf"
+    conf.write_text(f"{head}\n.include {SNIPPETS}/macros.conf\nspool_directory = {tmp_path}/spool\n"
+                    if how == "by-hand" else f"{head}\nspool_directory = {tmp_path}/spool\n")
+    with Store(cfg.store.path) as store:
+        nets.sync(store, cfg.relaytest.blocked_nets)
+    assert expand(conf, "EXIMHOOK_NETS_FILE", "${if exists{EXIMHOOK_NETS_FILE}{there}{missing}}") == [
+        cfg.relaytest.blocked_nets, "there"]
+    if how == "setup-exim4":
+        elsewhere = write_config(tmp_path / "other", settings={"relaytest.blocked_nets": f"{tmp_path}/b.nets"})
+        head = debian.block(load(str(elsewhere)), snippets=SNIPPETS)
+        conf.write_text(f"{head}\nspool_directory = {tmp_path}/spool\n")
+        assert expand(conf, "EXIMHOOK_NETS_FILE") == [f"{tmp_path}/b.nets"]

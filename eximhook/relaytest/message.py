@@ -5,35 +5,59 @@ The probe says plainly what it is and whom to ask, in its From, Subject and firs
 lines: it lands in a stranger's mailbox whenever a host relays it somewhere else. It
 carries the token twice, in ``X-Eximhook-Probe:`` and in the body, because relays may
 strip headers.
+
+Both name this server as Exim does (``server``: its ``primary_hostname``), and get their
+Message-ID where every mail of eximhook's does (``notify.new_message_id``).
 """
 
 from __future__ import annotations
 
-import os
+from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Any
 
+from ..notify import new_message_id
+
 HEADER = "X-Eximhook-Probe"
+# a header folded here (``_fold``) goes out as folded, whatever its length: refolded,
+# the email package would start it with a fold again, or cut a long word into encoded words
+_POLICY = policy.default.clone(refold_source="none")
 
 
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2] or os.uname().nodename
+def _fold(msg: EmailMessage, name: str, text: str, width: int = 78) -> None:
+    """Set header ``name`` to ``text`` folded as RFC 5322 asks: at spaces, and only
+    where the line would pass ``width`` characters, so the first line holds text; a
+    word longer than a line gets one of its own, uncut. (The email package folds a
+    Subject with a colon in it right after "Subject:".) Text that is not ASCII goes to
+    the email package, which encodes it."""
+    if not text.isascii():
+        msg[name] = text
+        return
+    lines, room = [""], width - len(name) - 2  # "Subject: " on the first line, " " on the others
+    for word in text.split():
+        if not lines[-1]:
+            lines[-1] = word
+        elif len(lines[-1]) + 1 + len(word) <= room:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+            room = width - 1
+    msg.set_raw(name, "\n ".join(lines))
 
 
 def probe(*, ip: str, probe_id: str, probe_time: float, token: str, sender: str, mailbox: str,
-          abuse: str) -> EmailMessage:
-    host = os.uname().nodename
-    msg = EmailMessage()
-    msg["From"] = formataddr((f"Open relay test, abuse desk of {host}", sender))
+          abuse: str, server: str) -> EmailMessage:
+    msg = EmailMessage(policy=_POLICY)
+    msg["From"] = formataddr((f"Open relay test, abuse desk of {server}", sender))
     msg["To"] = mailbox
-    msg["Subject"] = f"Open relay test of {ip} by the abuse desk of {host} - questions: {abuse}"
+    _fold(msg, "Subject", f"Open relay test of {ip} by the abuse desk of {server} - questions: {abuse}")
     msg["Date"] = formatdate(probe_time, localtime=True)
-    msg["Message-ID"] = f"<eximhook.relaytest.{probe_id}@{_domain(sender)}>"
+    msg["Message-ID"] = new_message_id(f"relaytest.{probe_id}", sender)
     msg["Auto-Submitted"] = "auto-generated"
     msg[HEADER] = token
     msg.set_content("\n".join([
-        f"This is an automatic open relay test by the abuse desk of {host} ({abuse}).",
+        f"This is an automatic open relay test by the abuse desk of {server} ({abuse}).",
         "",
         f"The host {ip} sends mail through our server, so we asked it to relay this",
         f"message back to us, to {mailbox}. A host that relays mail for anyone is",
@@ -50,20 +74,19 @@ def probe(*, ip: str, probe_id: str, probe_time: float, token: str, sender: str,
     return msg
 
 
-def blocked(notice: dict[str, Any], *, to: str | None, cc: str, sender: str) -> EmailMessage:
+def blocked(notice: dict[str, Any], *, to: str | None, cc: str, sender: str, server: str) -> EmailMessage:
     """The customer's postmaster (``to``; None: unknown, the abuse desk alone) about
     ``notice``, the host that relayed a probe (``table.returned``)."""
-    host = os.uname().nodename
     ip = notice["key"]
-    msg = EmailMessage()
-    msg["Subject"] = f"Your host {ip} is an open relay: it may no longer send mail through {host}"
+    msg = EmailMessage(policy=_POLICY)
+    _fold(msg, "Subject", f"Your host {ip} is an open relay: it may no longer send mail through {server}")
     msg["From"] = sender
     msg["To"] = to or cc
     if to:
         msg["Cc"] = cc
     msg["Reply-To"] = cc
     msg["Date"] = formatdate(notice["since"], localtime=True)
-    msg["Message-ID"] = f"<eximhook.relaytest.blocked.{notice['probe_id']}@{_domain(sender)}>"
+    msg["Message-ID"] = new_message_id(f"relaytest.blocked.{notice['probe_id']}", sender)
     msg["Auto-Submitted"] = "auto-generated"
     lines = [
         f"On {formatdate(notice['probe_time'], localtime=True)} our server asked the host {ip} to relay a",
@@ -71,7 +94,7 @@ def blocked(notice: dict[str, Any], *, to: str | None, cc: str, sender: str) -> 
         f"{formatdate(notice['since'], localtime=True)} the host did: it relays mail for anyone. Spammers",
         "find such hosts within hours and send through them, through us.",
         "",
-        f"So {host} now refuses mail from {ip} (SMTP error 550, naming this reason).",
+        f"So {server} now refuses mail from {ip} (SMTP error 550, naming this reason).",
         "Please close the relay: the host should relay only for your own users and",
         f"networks. Then write to {cc} to have it tested again and unblocked.",
         "",

@@ -56,10 +56,12 @@ class OpenRelay:
     def __init__(self, exim: h.Exim) -> None:
         self.exim = exim
         self.relayed: list[bytes] = []
+        self.helo: list[str] = []  # the name each prober gave in EHLO
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         data = bytes(envelope.original_content)
         self.relayed.append(data)
+        self.helo.append(session.host_name)
         await asyncio.get_running_loop().run_in_executor(
             None, forward, self.exim, OPEN, envelope.mail_from, list(envelope.rcpt_tos), data)
         return "250 2.0.0 relayed"
@@ -112,12 +114,12 @@ def world(tmp_path: Path) -> Iterator[tuple[h.Exim, OpenRelay]]:
     os.chown(key, 0, exim_user.pw_gid)
     key.chmod(0o640)
     (work / "contacts").write_text(f"# customer networks and their postmasters\n{OPEN} {CUSTOMER_POSTMASTER}\n")
-    nets = work / "spool" / "blocked.nets"
+    # neither [relaytest] blocked_nets nor EXIMHOOK_NETS_FILE: with [store] mirror_dir in
+    # the test's spool, eximhook writes and Exim reads its blocked.nets there
     rt = {"networks": ["127.0.0.0/29"], "key_file": str(key), "mailbox": MAILBOX, "port": probe_port,
-          "contacts": str(work / "contacts"), "blocked_nets": str(nets), "connect_timeout": 5, "timeout": 20}
+          "contacts": str(work / "contacts"), "connect_timeout": 5, "timeout": 20}
     s = h.SNIPPETS
     server = h.Exim(work, users=["bob"], settings={f"relaytest.{k}": v for k, v in rt.items()},
-                    macros={"EXIMHOOK_NETS_FILE": str(nets)},
                     relay_hosts=(h.RELAY_CLIENT, OPEN, CLOSED, SILENT, BOUNCER),
                     rcpt_acl=f".include {s}/acl-rcpt-relaytest.conf\n" + h.Exim.snippet_acl(),
                     routers=f".include {s}/relaytest-router.conf", transports=f".include {s}/relaytest-transport.conf")
@@ -161,6 +163,14 @@ def mails(exim: h.Exim, box: str) -> list[EmailMessage]:
     return [email.message_from_bytes(m, policy=email.policy.default) for m in exim.maildir(box)]  # type: ignore[misc]
 
 
+def subject_lines(raw: bytes) -> list[bytes]:
+    """The Subject header as it was written: its first line and the folds after it."""
+    lines = raw.partition(b"\n\n")[0].split(b"\n")
+    start = next(i for i, line in enumerate(lines) if line.lower().startswith(b"subject:"))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith((b" ", b"\t"))), len(lines))
+    return lines[start:end]
+
+
 def test_open_relay_is_blocked_and_cut_off_mid_session(world: tuple[h.Exim, OpenRelay]) -> None:
     exim, open_relay = world
     (exim.spool / "blocked.nets").write_text("# support: hand-made entries\n192.0.2.0/24  # a customer we know\n")
@@ -187,13 +197,26 @@ def test_open_relay_is_blocked_and_cut_off_mid_session(world: tuple[h.Exim, Open
     h.wait_for("the customer's mail", lambda: mails(exim, "carol") and mails(exim, "abuse"))
     [to_customer], [to_abuse] = mails(exim, "carol"), mails(exim, "abuse")
     assert to_customer["To"] == CUSTOMER_POSTMASTER and to_customer["Cc"] == ABUSE
-    assert f"Your host {OPEN} is an open relay" in to_customer["Subject"]
+    # it names our Exim by its primary_hostname, folds its Subject after text, at a space,
+    # within 78 characters, and its Message-ID ends as the abuse desk's mails' do
+    server = f"mx.{h.DOMAIN}"
+    assert to_customer["Subject"] == f"Your host {OPEN} is an open relay: it may no longer send mail through {server}"
+    [raw] = exim.maildir("carol")
+    first, *folds = subject_lines(raw)
+    assert first.startswith(b"Subject: Your host ") and all(len(line) <= 78 for line in [first, *folds]), folds
+    assert f"So {server} now refuses mail from {OPEN}" in to_customer.get_content()
     assert to_customer["Message-ID"] == to_abuse["Message-ID"]
+    assert to_customer["Message-ID"].endswith(f"@{os.uname().nodename}>")
     history = json.loads(exim.eximhook("history", "--json").stdout)
     assert [(e["event"], e["key"]) for e in history].count(("relaytest-blocked", OPEN)) == 1
 
-    # the probe as the relay sent it is a replay now: nothing changes, nothing is mailed
+    # the probe named our Exim as it names itself too, in EHLO and in its text
     relayed = open_relay.relayed[0]
+    probe_mail = email.message_from_bytes(relayed, policy=email.policy.default)
+    assert open_relay.helo == [server] and f"abuse desk of {server}" in probe_mail["Subject"]
+    assert subject_lines(relayed.replace(b"\r\n", b"\n"))[0].startswith(b"Subject: Open relay test of ")
+
+    # the probe as the relay sent it is a replay now: nothing changes, nothing is mailed
     forward(exim, "127.0.0.1", MAILBOX, [MAILBOX], relayed)
     h.wait_for("the replay to be logged", lambda: "not the host's outstanding probe" in exim.hook_log())
     assert len(mails(exim, "carol")) == 1 and status(exim, OPEN) == "BLOCK"
