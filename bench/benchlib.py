@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # for tests.e2e.harness; last, so that eximhook is the installed one
     sys.path.append(str(ROOT))
+
+
+def readsocket(path: str, request: bytes, timeout: float = 10) -> bytes:
+    """One call as Exim's ${readsocket} makes it: the request, our side shut, the answer
+    read until the daemon closes."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(64):
+            reply += chunk
+    return reply
 
 
 def installed_eximhook() -> str:

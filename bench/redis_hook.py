@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import benchlib
-from benchlib import median, percentile, table
+from benchlib import median, percentile, readsocket, table
 from servelib import BenchDaemon
 
 # What a counting call would run: the window of one subject as a sorted set, trimmed,
@@ -101,18 +101,6 @@ def import_times(python: str, lib: str, runs: int) -> tuple[float, list[tuple[st
     top = sorted(((name, statistics.median(v)) for name, v in cumulatives.items() if name != "redis"),
                  key=lambda x: -x[1])[:6]
     return statistics.median(totals), top
-
-
-def readsocket(path: str, request: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        s.connect(path)
-        s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := s.recv(64):
-            reply += chunk
-    return reply
 
 
 def in_process(calls: int, call: Callable[[], object]) -> list[float]:
