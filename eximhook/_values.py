@@ -72,6 +72,22 @@ def map_size(value: Any) -> int:
     return size
 
 
+def budget(value: Any) -> int:
+    """A size in bytes, or with a unit: ``"256M"``, ``"1G"`` (binary units); at least 1 MiB."""
+    size = value
+    if isinstance(value, str):
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        text = value.strip().lower().removesuffix("b").removesuffix("i")
+        try:
+            size = int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+        except ValueError:
+            size = -1
+    if isinstance(size, bool) or not isinstance(size, int) or size < MIN_MAP_SIZE:
+        raise ValueError(f'must be a size of at least {MIN_MAP_SIZE} bytes (1 MiB), in bytes or with a unit: '
+                         '"256M", "1G"')
+    return size
+
+
 def seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError("must be a number of seconds above 0")
@@ -126,6 +142,19 @@ def socket_path(value: Any) -> str:
 def ipv6_prefix(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
         raise ValueError("must be a prefix length from 1 to 128 (128: no grouping)")
+    return value
+
+
+def ipv4_prefix(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 32:
+        raise ValueError("must be a prefix length from 1 to 32 (32: no grouping)")
+    return value
+
+
+def count(value: Any) -> int:
+    """A whole number, 0 included (0: off)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number (0: off)")
     return value
 
 
@@ -286,6 +315,14 @@ def sentinels(value: Any) -> tuple[tuple[str, int], ...]:
                 continue
         raise ValueError(f"has {addr!r}, which is no \"host:port\" (an IPv6 address in brackets), {example}")
     return tuple(out)
+
+
+def has_password(url: str) -> bool:
+    """Does ``url`` hold a password, in its user part or a ``password=`` parameter?"""
+    from urllib.parse import parse_qsl, urlsplit
+
+    query = url.partition("?")[2]
+    return urlsplit(url).password is not None or any(n == "password" for n, _ in parse_qsl(query))
 
 
 def shown_url(url: str) -> str:

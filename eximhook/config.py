@@ -20,6 +20,7 @@ from ._fastconfig import DEFAULT_PATH
 from .errors import ConfigError
 from .policy import Overrides, Policy, pick
 from .spool import Guard
+from .subjects import wider
 
 if TYPE_CHECKING:
     from .expiry import Schedule
@@ -34,11 +35,17 @@ class StoreConfig:
     path: str = _opt("/var/spool/exim4/eximhook", v.abs_path)
     mirror_dir: str = _opt("/var/spool/exim4", v.abs_path)
     map_size: int = _opt(1 << 32, v.map_size)  # grows by doubling when full
+    # the counters' environment (soft state) never grows past this; from 7/8 of it on,
+    # the least recently counted go first, never a block (README, "Bounded state")
+    counters_budget: int = _opt(256 << 20, v.budget)
     owner: str | None = _opt(None, v.owner)  # "user[:group]"; default: the store dir's owner
     # "redis": the daemon counts and blocks in the Redis at redis_url, shared by several
     # relays, and mirrors its blocks into this store (issue 13); the hooks stay on it
     backend: str = _opt("lmdb", v.backend)
     redis_url: str = _opt("", v.redis_url)  # redis://host:port/db, rediss://..., unix:///path
+    # the password in a file of its own instead of in redis_url (so that the config may be
+    # read by more than the daemon), read at each connect; not both
+    redis_password_file: str = _opt("", v.opt_path)
     redis_timeout: float = _opt(0.5, v.seconds)  # one call to Redis; below [serve] timeout
     # more than one Redis (issue 13): the Sentinels ("host:port") that name the master
     # of redis_service (redis_url then names no host: it carries the password, the db,
@@ -77,6 +84,16 @@ class NotifyConfig:
     # the text of the mail about a block and a would-block (see templates); unset: the built-in
     template: str | None = _opt(None, v.opt_abs_path)
     shadow_template: str | None = _opt(None, v.opt_abs_path)
+    # a burst of blocks is one mail: once digest_after mails about one namespace's blocks
+    # went out within digest_every, its next blocks wait and go together, in one digest
+    # mail per digest_every (0: every block its own mail)
+    digest_after: int = _opt(20, v.count)
+    digest_every: float = _opt(60.0, v.period)
+    digest_template: str | None = _opt(None, v.opt_abs_path)  # unset: the built-in digest.tmpl
+
+    def digest(self) -> tuple[int, float] | None:
+        """(digest_after, digest_every) for the outbox; None: off."""
+        return (self.digest_after, self.digest_every) if self.digest_after else None
 
 
 @dataclass(frozen=True)
@@ -132,6 +149,14 @@ class EvidenceConfig:
 @dataclass(frozen=True)
 class RelayConfig:
     ipv6_prefix: int = _opt(64, v.ipv6_prefix)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    # the ip subjects' wider network ([limits.net.authfail]): an IPv4 client's /24, an
+    # IPv6 client's /48; must match EXIMHOOK_NET_KEY (32 and 128: none)
+    ipv4_prefix: int = _opt(24, v.ipv4_prefix)
+    ipv6_prefix: int = _opt(48, v.ipv6_prefix)
 
 
 @dataclass(frozen=True)
@@ -195,7 +220,7 @@ class RelaytestConfig:
 
 _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
-    "evidence": EvidenceConfig, "relay": RelayConfig, "log": LogConfig, "exim": EximConfig,
+    "evidence": EvidenceConfig, "relay": RelayConfig, "net": NetConfig, "log": LogConfig, "exim": EximConfig,
     "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig, "expiry": ExpiryConfig,
     "relaytest": RelaytestConfig,
 }
@@ -218,6 +243,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    net: NetConfig = field(default_factory=NetConfig)
     log: LogConfig = field(default_factory=LogConfig)
     exim: EximConfig = field(default_factory=EximConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
@@ -230,11 +256,16 @@ class Config:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""
         return pick(self.policies, self.overrides, ns, counter, key)
 
+    def wider(self, ns: str, key: str) -> tuple[str, str] | None:
+        """The ``net`` subject of an ``ip`` key: the network it counts in too (``[net]``)."""
+        return wider(ns, key, self.net.ipv4_prefix, self.net.ipv6_prefix)
+
     def hook_settings(self) -> dict[str, Any]:
         """The plain values the hooks need, for the marshal cache in ``_fastconfig``."""
         return {
             "config": self.path,
             "store": self.store.path, "map_size": self.store.map_size, "owner": self.store.owner,
+            "counters_budget": self.store.counters_budget,
             "mirror_dir": self.store.mirror_dir,
             "policies": {ns: {name: (p.windows, p.mode) for name, p in table.items()}
                          for ns, table in self.policies.items()},
@@ -275,6 +306,9 @@ def load(path: str) -> Config:
     )
     if cfg.store.backend == "redis":
         _check_redis(path, cfg.store, cfg.serve)
+    if cfg.net.ipv6_prefix > cfg.relay.ipv6_prefix:
+        raise ConfigError(f"{path}: net.ipv6_prefix {cfg.net.ipv6_prefix} is narrower than relay.ipv6_prefix "
+                          f"{cfg.relay.ipv6_prefix}, the groups ip subjects count in: a network holds groups")
     window = send_window(cfg)
     if cfg.notify.stale_after < 2 * window:
         raise ConfigError(
@@ -286,9 +320,11 @@ def load(path: str) -> Config:
 
 def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: NotifyConfig) -> RelaytestConfig:
     """With probing on: the mailbox must be set, and the defaults given as "" are derived
-    (off, the section stays as written)."""
+    (off, the section stays as written, but for blocked_nets: setup-exim4 writes it for
+    the snippets either way)."""
     from dataclasses import replace
 
+    rt = replace(rt, blocked_nets=rt.blocked_nets or os.path.join(store.mirror_dir, "blocked.nets"))
     if not rt.enabled:
         return rt
     if not rt.mailbox:
@@ -298,7 +334,6 @@ def _relaytest(path: str, rt: RelaytestConfig, store: StoreConfig, notify: Notif
         raise ConfigError(f"{path}: relaytest.connect_timeout {rt.connect_timeout:g}s is longer than relaytest.timeout "
                           f"{rt.timeout:g}s, the limit of a whole probe")
     return replace(rt, sender=rt.sender or rt.mailbox, abuse=rt.abuse or notify.to,
-                   blocked_nets=rt.blocked_nets or os.path.join(store.mirror_dir, "blocked.nets"),
                    state=rt.state or os.path.join(store.path, "relaytest-watch.state"))
 
 
@@ -327,6 +362,9 @@ def _check_redis(path: str, store: StoreConfig, serve: ServeConfig) -> None:
             raise ConfigError(f"{path}: store.redis_url {store.redis_url!r}: with store.redis_cluster = true it "
                               "names one node of the cluster by TCP, in database 0 (a cluster has no other), such "
                               "as redis://192.0.2.5:6379 or rediss://redis-1.example.net:6379")
+    if store.redis_password_file and v.has_password(store.redis_url):
+        raise ConfigError(f"{path}: store.redis_url holds a password and store.redis_password_file names a file "
+                          "for it: keep one (the file, and the URL without the password)")
     if store.redis_timeout >= serve.timeout:
         raise ConfigError(f"{path}: store.redis_timeout {store.redis_timeout:g}s must be below serve.timeout "
                           f"{serve.timeout:g}s: the daemon answers within serve.timeout, so a slower Redis "

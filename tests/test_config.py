@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 
 from eximhook import _fastconfig
+from eximhook.commands.system import _check_exim_config
 from eximhook.config import _SECTIONS, Config, load
 from eximhook.errors import ConfigError
 from eximhook.policy import Policy
+
+from .conftest import Run, needs_exim, write_config
 
 MINIMAL = """
 [store]
@@ -129,10 +132,12 @@ def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
     assert not cached and settings["store"] == "/var/spool/exim4/eximhook"
 
 
-def test_example_config_shows_every_default() -> None:
+def test_example_config_shows_every_default(tmp_path: Path) -> None:
     path = Path(__file__).resolve().parent.parent / "contrib" / "eximhook.toml"
     example, text = load(str(path)), path.read_text()
-    defaults = Config()
+    # as loading an empty file resolves them (defaults derived from others, such as
+    # [relaytest] blocked_nets from [store] mirror_dir, included)
+    defaults = load(write(tmp_path, ""))
     assert example.policies == defaults.policies and example.notify_shadow == defaults.notify_shadow
     for section, cls in _SECTIONS.items():
         assert getattr(example, section) == getattr(defaults, section), section
@@ -256,3 +261,30 @@ def test_redis_backend_urls(tmp_path: Path, url: str, shown: str) -> None:
     cfg = load(write(tmp_path, f"[store]\nbackend = 'redis'\nredis_url = '{url}'\n"))
     assert (cfg.store.backend, cfg.store.redis_url, cfg.store.redis_timeout) == ("redis", url, 0.5)
     assert shown_url(url) == shown and "s3cret" not in shown
+
+
+@needs_exim
+def test_check_config_warns_of_an_exim_config_that_drops_root(tmp_path: Path, cli: Run) -> None:
+    """An [exim] config that is not in Debian's trusted_configs (nor sets
+    deliver_drop_privilege) makes every `exim -C` the Exim user runs for eximhook write
+    "exim user lost privilege for using -C option" to the paniclog: check-config says
+    so, naming the file and the fixes, and is quiet once either fix is in."""
+    conf = tmp_path / "exim.conf"
+    conf.write_text(f"spool_directory = {tmp_path}/spool\n")
+    config = write_config(tmp_path, settings={"exim.config": str(conf)})
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and f"warning: [exim] config {conf} is not listed in /etc/exim4/trusted_configs" in out
+    assert "exim user lost privilege" in out and "deliver_drop_privilege = true" in out
+    cfg = load(str(config))
+    listing = tmp_path / "trusted_configs"
+    listing.write_text(f"# configs the Exim user may name\n/etc/exim4/other.conf\n   {conf}\n")
+    listing.chmod(0o644)
+    assert _check_exim_config(cfg, str(listing)) == []
+    for mode, text in ((0o646, f"{conf}\n"), (0o644, f"{conf}.old\n"), (0o644, f"# {conf}\n")):
+        listing.write_text(text)
+        listing.chmod(mode)  # writable by others, or the file is not named: not trusted
+        [warning] = _check_exim_config(cfg, str(listing))
+        assert warning.startswith(f"warning: [exim] config {conf} is not listed in {listing}")
+    conf.write_text(f"spool_directory = {tmp_path}/spool\ndeliver_drop_privilege = true\n")
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and "warning:" not in out and str(conf) not in out

@@ -21,6 +21,7 @@ from . import dump, open_store, table
 
 def status(cfg: Config, opts: argparse.Namespace) -> int:
     checks = health.status(cfg, time.time())
+    checks += [health.Check("secrets", health.WARNING, text) for text in _exposed_secrets(cfg)]
     level = max(c.level for c in checks)
     if opts.json:
         dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
@@ -87,8 +88,7 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
             print(line)
         return Exit.OK
     if opts.action == "add":
-        cdb = os.path.join(cfg.store.mirror_dir, "blocked_subjects.cdb")
-        changed = debian.add(lay, debian.block(cfg.serve.socket, cfg.path, cdb, opts.snippets))
+        changed = debian.add(lay, debian.block(cfg, opts.snippets))
         try:
             debian.update()
         except SetupError:
@@ -122,6 +122,7 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
 
     mail = _check_mail(cfg)
     mail += check_relaytest(cfg)
+    secrets = _check_password_file(cfg) + [f"warning: {text}" for text in _exposed_secrets(cfg)]
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     if cfg.store.backend == "redis":
@@ -130,6 +131,8 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out after "
               f"{cfg.store.redis_timeout:g}s) as relay {cfg.store.node!r}, and mirrors its blocks into the store; "
               "the hooks count there")
+    for line in secrets:
+        print(f"  {line}")
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():
             if policy.windows:
@@ -143,6 +146,7 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"  overrides.{ns}.{pattern!r}.{name}: {windows} ({policy.mode})")
     for ns, exempt in cfg.exempt.items():
         print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
+    print(f"  {_bounds(cfg)}")
     sp = cfg.spool
     print(f"  spool guard: a blocked subject's mail is refused, not frozen, below {sp.floor} KiB free in "
           f"{sp.directory} or below {sp.fraction:g} x the free space when its block started")
@@ -167,7 +171,44 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     except KeyError:
         print(f"  note: [exim] user {cfg.exim.user!r} does not exist here: set it to the user Exim runs as "
               "(eximhook status and maintain check as that user)")
+    for line in _check_exim_config(cfg):
+        print(f"  {line}")
     return Exit.OK
+
+
+def _check_exim_config(cfg: Config, listing: str | None = None) -> list[str]:
+    """A warning when the Exim user's ``exim -C [exim] config`` (the hooks', the
+    daemon's, relaytest's) makes Exim drop root and write a paniclog line each time: the
+    config is not in Debian's trusted list (``listing``), nor sets deliver_drop_privilege."""
+    from .. import debian
+    from ..errors import EximError
+    from ..exim import Exim
+
+    listing = listing or debian.TRUSTED_CONFIGS
+    if not cfg.exim.config or debian.trusted(cfg.exim.config, listing):
+        return []
+    try:
+        if Exim.from_config(cfg.exim).option("deliver_drop_privilege") == "deliver_drop_privilege":
+            return []  # Exim drops root for it anyway, and says nothing
+    except EximError:
+        pass
+    return [f"warning: [exim] config {cfg.exim.config} is not listed in {listing}: each time the Exim user (the "
+            "hooks, eximhook serve, relaytest) runs exim -C with it, Exim drops root and writes \"exim user lost "
+            f"privilege for using -C option\" to its paniclog. Add the path as a line of {listing} (owned by root, "
+            "not writable by others), or set deliver_drop_privilege = true in that config"]
+
+
+def _bounds(cfg: Config) -> str:
+    """What the counters may hold (issue 21): per subject and counter, and in all."""
+    from ..counter import max_bytes
+    from ..evidence import EVIDENCE_BYTES, EVIDENCE_KEPT
+
+    policies = [p for t in cfg.policies.values() for p in t.values()]
+    policies += [p for entries in cfg.overrides.values() for _, p in entries]
+    windows = max((len(p.windows) for p in policies), default=1)
+    return (f"counters: at most {max_bytes(windows, cfg.evidence.rcpts, cfg.evidence.ips):,} bytes per subject and "
+            f"counter (evidence cut to {EVIDENCE_BYTES} bytes, {EVIDENCE_KEPT} a list), "
+            f"{cfg.store.counters_budget / (1 << 20):g} MiB in all ([store] counters_budget)")
 
 
 def _check_mail(cfg: Config) -> list[str]:
@@ -200,6 +241,42 @@ def _check_mail(cfg: Config) -> list[str]:
     lines += [f"note: {path} is not readable by [exim] user {cfg.exim.user}: the hooks and the daemon "
               "cannot read it" for path in files if not _readable_by(path, cfg.exim.user)]
     return lines
+
+
+def _check_password_file(cfg: Config) -> list[str]:
+    """``[store] redis_password_file``, as the daemon will read it: what to print."""
+    path = cfg.store.redis_password_file
+    if not path or cfg.store.backend != "redis":
+        return []
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read store.redis_password_file: {exc.strerror}") from exc
+    if not _readable_by(path, cfg.exim.user):
+        return [f"note: {path} (store.redis_password_file) is not readable by [exim] user {cfg.exim.user}: "
+                f"eximhook serve cannot log in to Redis (chown root:{cfg.exim.user}, chmod 0640)"]
+    return []
+
+
+def _exposed_secrets(cfg: Config) -> list[str]:
+    """The Redis password where every local user can read it (the "other" bits): in the
+    config (redis_url), or in its own file."""
+    from .._values import has_password
+
+    files = [(cfg.path, "holds the Redis password (store.redis_url), and")] if has_password(cfg.store.redis_url) else []
+    files += [(cfg.store.redis_password_file, "(store.redis_password_file):")] if cfg.store.redis_password_file else []
+    found = []
+    for path, what in files:
+        try:
+            exposed = os.stat(path).st_mode & 0o004
+        except OSError:
+            continue  # a missing password file is check-config's error
+        if exposed:
+            found.append(f"{path} {what} every local user can read it: chown root:{cfg.exim.user} and "
+                         "chmod 0640 it" + (", or move the password to store.redis_password_file"
+                                            if path == cfg.path else ""))
+    return found
 
 
 def _readable_by(path: str, user: str) -> bool:
