@@ -118,8 +118,8 @@ def _note_fallback(store_dir: str, log: Logger) -> None:
             return
     except OSError:
         pass
-    log.log("warning", "eximhook serve did not answer Exim's ${readsocket}: the ${run} hook counts instead "
-                       "(slower, still exact); logged at most once a minute")
+    log.log("warning", "eximhook serve did not answer Exim's ${readsocket} (or answered E: its log says why): "
+                       "the ${run} hook counts instead (slower, still exact); logged at most once a minute")
     try:
         os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT, 0o640))
         os.utime(stamp)

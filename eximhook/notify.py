@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
@@ -162,10 +163,39 @@ def mail(template: Template, values: dict[str, str | list[str]], *, when: float,
     return msg
 
 
+# a header folded here (``fold``) goes out as folded, whatever its length: refolded,
+# the email package would start it with a fold again, or cut a long word into encoded words
+MAIL_POLICY = policy.default.clone(refold_source="none")
+_LONGEST_WORD = 900
+
+
+def fold(msg: EmailMessage, name: str, text: str, width: int = 78) -> None:
+    """Set header ``name`` to ``text`` folded as RFC 5322 asks: at spaces, and only
+    where the line would pass ``width`` characters, so the first line holds text; a
+    word longer than a line gets one of its own, uncut. (The email package folds a
+    Subject with a colon in it right after "Subject:".) Text that is not ASCII goes to
+    the email package, which encodes it."""
+    if not text.isascii() or any(len(word) > _LONGEST_WORD for word in text.split()):
+        # a word past SMTP's 998-character line (a kilobyte key) must be cut into
+        # encoded words, as the email package does; so must text that is not ASCII
+        msg[name] = text
+        return
+    lines, room = [""], width - len(name) - 2  # "Subject: " on the first line, " " on the others
+    for word in text.split():
+        if not lines[-1]:
+            lines[-1] = word
+        elif len(lines[-1]) + 1 + len(word) <= room:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+            room = width - 1
+    msg.set_raw(name, "\n ".join(lines))
+
+
 def _message(subject: str, *, sender: str, to: str, when: float | None, msgid: str) -> EmailMessage:
     """A mail of eximhook's with the headers it always sets (``when`` None: now)."""
-    msg = EmailMessage()
-    msg["Subject"] = subject
+    msg = EmailMessage(policy=MAIL_POLICY)
+    fold(msg, "Subject", subject)
     msg["From"] = sender
     msg["To"] = to
     msg["Date"] = formatdate(when, localtime=True)
@@ -325,7 +355,7 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
     in the spool yet) first. Each failure is logged, and returned. The templates are
     read when the first mail needs them: one that no longer loads is logged, and the
     built-in one sent instead."""
-    from .core import freeze_queued
+    from .actions import freeze_queued
     from .errors import ConfigError, EximError
     from .exim import Exim
 

@@ -48,7 +48,9 @@ for d in /etc /var/spool/exim4 /usr/local/sbin /usr/share/eximhook /opt/eximhook
   mount -t tmpfs -o mode=0755 eximhook-offline "$d"
   cp -a "$copy/." "$d/"; rm -rf "$copy"
 done
+rm -f /etc/eximhook/eximhook.toml  # a first install: the config is written, with its mode
 bash "$1/contrib/install.sh" --offline "$2"
+echo "config mode $(stat -c '%a %U %G' /etc/eximhook/eximhook.toml)"
 /opt/eximhook/bin/python3 -I -c \
   'import eximhook, lmdb, uvloop, cdblib, prometheus_client; print("imports ok")'
 /usr/local/sbin/eximhook check-config | head -1
@@ -58,7 +60,7 @@ bash "$1/contrib/install.sh" --offline "$2"
 def test_install_from_a_wheelhouse_without_network(tmp_path: Path) -> None:
     """--download fills a wheelhouse (here, with the package index); --offline installs
     from it in a network namespace with no network at all: no pip self-upgrade, no
-    index, nothing fetched."""
+    index, nothing fetched; the config it writes is 0640 root:Debian-exim."""
     import subprocess
 
     wheels = tmp_path / "wheels"
@@ -70,3 +72,5 @@ def test_install_from_a_wheelhouse_without_network(tmp_path: Path) -> None:
                           "bash", str(ROOT), str(wheels)], capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "imports ok" in out.stdout and "config /etc/eximhook/eximhook.toml: ok" in out.stdout
+    # it may hold a Redis password: the Exim user reads it, other users do not
+    assert "config mode 640 root Debian-exim" in out.stdout

@@ -3,6 +3,9 @@ demand: nothing lost, nothing sent twice, nothing injected."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,47 @@ def test_manual_block_notifies(cli: Run, mailbox: Path) -> None:
     assert code == 0 and out == "blocked auth carol\nnotification sent to abuse@example.net\n"
     [msg] = messages(mailbox)
     assert "user carol blocked by hand (admin:" in msg.get_content() and "phished" in msg.get_content()
+
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("eximhook on mx1.example.net: user somebody.with.a.long.name@customer.example.com blocked",
+                 id="colon"),
+    pytest.param("user " + "x" * 1500 + "@example.com blocked", id="kilobyte-word"),
+])
+def test_a_subject_starts_on_its_own_line_and_no_line_passes_smtps_limit(text: str) -> None:
+    """Every mail eximhook writes folds its Subject in one place (``notify.fold``): at
+    spaces, the first line holding text; a word too long for one SMTP line (998) is
+    cut into encoded words rather than sent as one line Exim would refuse."""
+    from eximhook.notify import MAIL_POLICY, fold
+
+    msg = EmailMessage(policy=MAIL_POLICY)
+    fold(msg, "Subject", text)
+    msg.set_content("body")
+    raw = msg.as_bytes()
+    first = raw.decode("ascii").splitlines()[0]
+    assert first.startswith("Subject: ") and first.strip() != "Subject:", first
+    assert max(len(line) for line in raw.splitlines()) <= 998
+    assert str(email.message_from_bytes(raw, policy=email.policy.default)["Subject"]) == text
+
+
+def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
+    """Folded as RFC 5322 has it: the first line holds text, a fold comes at a space and
+    only where the line would pass 78 characters, a word longer than that is not cut
+    (the email package folds a Subject with a colon right after "Subject:"); unfolded,
+    it reads as it was."""
+    from eximhook.notify import MAIL_POLICY, fold
+
+    for text, lines in [
+        ("short: one line", ["Subject: short: one line"]),
+        ("a: " + "word " * 30, ["Subject: a: " + " ".join(["word"] * 13), " " + " ".join(["word"] * 15),
+                                " word word"]),
+        ("long: " + "x" * 100 + " tail", ["Subject: long:", " " + "x" * 100, " tail"]),
+    ]:
+        msg = EmailMessage(policy=MAIL_POLICY)
+        fold(msg, "Subject", text)
+        msg.set_content("x")
+        assert msg.as_bytes().split(b"\n\n")[0].splitlines()[:len(lines) + 1] == [line.encode() for line in lines] + [
+            b"Content-Type: text/plain; charset=\"utf-8\""]
+        parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
+        assert parsed["Subject"] == " ".join(text.split())

@@ -13,7 +13,6 @@ import multiprocessing
 import os
 import socket
 import threading
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -401,28 +400,6 @@ def test_the_probe_names_the_server_as_exim_does(tmp_path: Path) -> None:
     assert all(len(line) <= 78 for line in headers_of(raw)), headers_of(raw)
     assert parsed["Message-ID"] == new_message_id("relaytest.0123456789abcdef", "relaytest@mx.example")
     assert parsed["Message-ID"].endswith("@mx.example>")
-
-
-def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
-    """Folded as RFC 5322 has it: the first line holds text, a fold comes at a space and
-    only where the line would pass 78 characters, a word longer than that is not cut
-    (the email package folds a Subject with a colon right after "Subject:"); unfolded,
-    it reads as it was."""
-    from eximhook.relaytest.message import _POLICY, _fold
-
-    for text, lines in [
-        ("short: one line", ["Subject: short: one line"]),
-        ("a: " + "word " * 30, ["Subject: a: " + " ".join(["word"] * 13), " " + " ".join(["word"] * 15),
-                                " word word"]),
-        ("long: " + "x" * 100 + " tail", ["Subject: long:", " " + "x" * 100, " tail"]),
-    ]:
-        msg = EmailMessage(policy=_POLICY)
-        _fold(msg, "Subject", text)
-        msg.set_content("x")
-        assert headers_of(msg.as_bytes())[:len(lines) + 1] == [line.encode() for line in lines] + [
-            b"Content-Type: text/plain; charset=\"utf-8\""]
-        parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
-        assert parsed["Subject"] == " ".join(text.split())
 
 
 def test_check_config_reads_as_the_exim_user(tmp_path: Path, cli: Run) -> None:

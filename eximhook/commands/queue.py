@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .. import core
+from .. import actions
 from ..cluster import shared as cluster
 from ..config import Config
 from ..errors import Exit
@@ -45,7 +45,7 @@ def _report(verb: str, ns: str, key: str, ids: list[str], lifted: bool, dry_run:
 def release(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
     with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
-        ids, lifted = core.release(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
+        ids, lifted = actions.release(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
                                    time.time(), by=actor(), dry_run=opts.dry_run, shared=shared)
     _report("released (thawed, delivery started)", ns, key, ids, lifted, opts.dry_run)
     return Exit.OK
@@ -53,7 +53,7 @@ def release(cfg: Config, opts: argparse.Namespace) -> int:
 def purge(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
     with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
-        ids, lifted = core.purge(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
+        ids, lifted = actions.purge(store, counters, Exim.from_config(cfg.exim), cfg.store.mirror_dir, ns, key,
                                  time.time(), by=actor(), dry_run=opts.dry_run, lift=opts.unblock,
                                  remember=cfg.bounces.remember, shared=shared)
     _report("removed from the queue", ns, key, ids, lifted, opts.dry_run)

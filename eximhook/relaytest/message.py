@@ -12,46 +12,19 @@ Message-ID where every mail of eximhook's does (``notify.new_message_id``).
 
 from __future__ import annotations
 
-from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Any
 
-from ..notify import new_message_id
+from ..notify import MAIL_POLICY, fold, new_message_id
 
 HEADER = "X-Eximhook-Probe"
-# a header folded here (``_fold``) goes out as folded, whatever its length: refolded,
-# the email package would start it with a fold again, or cut a long word into encoded words
-_POLICY = policy.default.clone(refold_source="none")
-
-
-def _fold(msg: EmailMessage, name: str, text: str, width: int = 78) -> None:
-    """Set header ``name`` to ``text`` folded as RFC 5322 asks: at spaces, and only
-    where the line would pass ``width`` characters, so the first line holds text; a
-    word longer than a line gets one of its own, uncut. (The email package folds a
-    Subject with a colon in it right after "Subject:".) Text that is not ASCII goes to
-    the email package, which encodes it."""
-    if not text.isascii():
-        msg[name] = text
-        return
-    lines, room = [""], width - len(name) - 2  # "Subject: " on the first line, " " on the others
-    for word in text.split():
-        if not lines[-1]:
-            lines[-1] = word
-        elif len(lines[-1]) + 1 + len(word) <= room:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-            room = width - 1
-    msg.set_raw(name, "\n ".join(lines))
-
-
 def probe(*, ip: str, probe_id: str, probe_time: float, token: str, sender: str, mailbox: str,
           abuse: str, server: str) -> EmailMessage:
-    msg = EmailMessage(policy=_POLICY)
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = formataddr((f"Open relay test, abuse desk of {server}", sender))
     msg["To"] = mailbox
-    _fold(msg, "Subject", f"Open relay test of {ip} by the abuse desk of {server} - questions: {abuse}")
+    fold(msg, "Subject", f"Open relay test of {ip} by the abuse desk of {server} - questions: {abuse}")
     msg["Date"] = formatdate(probe_time, localtime=True)
     msg["Message-ID"] = new_message_id(f"relaytest.{probe_id}", sender)
     msg["Auto-Submitted"] = "auto-generated"
@@ -78,8 +51,8 @@ def blocked(notice: dict[str, Any], *, to: str | None, cc: str, sender: str, ser
     """The customer's postmaster (``to``; None: unknown, the abuse desk alone) about
     ``notice``, the host that relayed a probe (``table.returned``)."""
     ip = notice["key"]
-    msg = EmailMessage(policy=_POLICY)
-    _fold(msg, "Subject", f"Your host {ip} is an open relay: it may no longer send mail through {server}")
+    msg = EmailMessage(policy=MAIL_POLICY)
+    fold(msg, "Subject", f"Your host {ip} is an open relay: it may no longer send mail through {server}")
     msg["From"] = sender
     msg["To"] = to or cc
     if to:
