@@ -89,8 +89,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     probe = [sys.executable, "-I", "-c", "import eximhook, os; print(os.path.dirname(eximhook.__file__))"]
     installed = Path(subprocess.run(probe, capture_output=True, text=True, cwd="/", check=False).stdout.strip())
     here = Path(__file__).resolve().parent.parent / "eximhook"
-    stale = [p.name for p in [*here.glob("*.py"), *here.glob("*.tmpl")] if not (installed / p.name).is_file()
-             or (installed / p.name).read_bytes() != p.read_bytes()]
+    ours = [p.relative_to(here) for p in [*here.rglob("*.py"), *here.glob("*.tmpl")]]  # the subpackages too
+    stale = [str(p) for p in ours
+             if not (installed / p).is_file() or (installed / p).read_bytes() != (here / p).read_bytes()]
     if stale or not os.path.exists(EXIMHOOK):
         pytest.exit(f"the eximhook installed for {sys.executable} is not this checkout ({', '.join(stale) or EXIMHOOK}"
                     " differs): run `bash contrib/install.sh --dev` (or pip install .)", returncode=4)

@@ -122,6 +122,10 @@ def test_export_and_check_config(cli: Run, config: Path) -> None:
     code, out, _ = cli("check-config")
     assert code == 0 and out.startswith(f"config {config}: ok")
     assert "Redis" not in out, "the LMDB backend, by default"
+    # what bounds a password-guessing botnet, as configured
+    assert "limits.net.authfail: more than 100 failed AUTH attempts in 1h from one IPv4 /24 or IPv6 /48 " \
+        "blocks" in out
+    assert "after 20 mails about one namespace's blocks within 1m, one digest per 1m" in out
 
 
 def test_check_config_names_redis_without_its_password(cli: Run, tmp_path: Path) -> None:

@@ -139,7 +139,8 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
                 windows = " or ".join(f"more than {lim} {UNITS[name]} in {format_period(per)}"
                                       for lim, per in policy.windows)
                 verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
-                print(f"  limits.{ns}.{name}: {windows} {verb}")
+                per = f" from one IPv4 /{cfg.net.ipv4_prefix} or IPv6 /{cfg.net.ipv6_prefix}" if ns == "net" else ""
+                print(f"  limits.{ns}.{name}: {windows}{per} {verb}")
     for (ns, name), entries in cfg.overrides.items():
         for pattern, policy in entries:
             windows = " or ".join(f"{lim} in {format_period(per)}" for lim, per in policy.windows) or "not counted"
@@ -156,7 +157,10 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
           f"{format_period(ex.after)}, x{ex.escalate:g} for each repeat within {format_period(ex.forget)}, "
           f"at most {format_period(ex.longest)}; " + ("even with frozen mail" if ex.lift_frozen else
                                                        "not while frozen mail waits for review"))
-    print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}")
+    print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}; " + (
+        f"after {cfg.notify.digest_after} mails about one namespace's blocks within "
+        f"{format_period(cfg.notify.digest_every)}, one digest per {format_period(cfg.notify.digest_every)}"
+        if cfg.notify.digest() else "every block its own mail (digests off)"))
     for line in mail:
         print(f"  {line}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
