@@ -73,7 +73,7 @@ else
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
-# Exactly the versions in the lock, each checked against its hash (requirements/README.md
+# Exactly the versions in the lock, each checked against its hash (README, Development,
 # says how the lock is made and refreshed), then eximhook itself without dependencies,
 # built with the locked setuptools: nothing is resolved on the day of the install.
 lock="$here/requirements/runtime.lock"

@@ -67,7 +67,8 @@ def _who(uid: int) -> str:
 
 def _symlink_refused(path: str, directory: os.stat_result) -> UnsafePath:
     return UnsafePath(f"{path} is a symlink in a directory that {_who(directory.st_uid)} can write: not followed "
-                      "(name the real path in the config)")
+                      "(one you made: name the real path in the config; one you did not: remove it, "
+                      "and find out who did)")
 
 
 def _walk(path: str, create: bool, start: Dir | None = None) -> tuple[int, str | None]:

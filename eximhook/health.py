@@ -19,7 +19,7 @@ from typing import Any
 
 from . import core, expiry, mirror, notify, outbox, spool, upkeep
 from ._log import Logger
-from ._perms import Dir, read_file, remove, replace_files
+from ._perms import Dir, read_file, remove, replace_files, resolve_owner
 from .config import Config
 from .counters import Counters
 from .errors import EximhookError, Exit, ServeError, UnsafePath
@@ -56,7 +56,7 @@ def _probe(cfg: Config, now: float) -> str | None:
     """Do, as the Exim user, what the hooks do: write the store and the counters (a
     heartbeat; the counters are made if missing, as the first hook would), write in the
     mirror directory, and read the mirror files Exim looks up."""
-    if not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
+    if not os.path.lexists(os.path.join(cfg.store.path, "data.mdb")):  # a link to nowhere is no missing store
         return f"there is no store in {cfg.store.path} ([store] path): eximhook export makes it"
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
@@ -136,7 +136,10 @@ def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
         remove(path)
         return
     Dir(os.path.dirname(path), create=True).close()
-    replace_files([(path, json.dumps(state).encode())])
+    # maintain runs as the Exim user (the timer) and as root (cron, by hand): written by
+    # root, it must stay the store owner's to read and replace, or the next run as the
+    # Exim user finds no state and alerts the abuse desk a second time
+    replace_files([(path, json.dumps(state).encode())], resolve_owner(cfg.store.owner, cfg.store.path))
 
 
 def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:
@@ -197,7 +200,7 @@ def status(cfg: Config, now: float) -> list[Check]:
     """Every check, for a person or a monitoring system. Nothing is repaired or made; the
     one write is the probe's heartbeat, as the Exim user."""
     checks = [_store_check(cfg, now)]
-    if not os.path.exists(os.path.join(cfg.store.path, "data.mdb")):
+    if not os.path.lexists(os.path.join(cfg.store.path, "data.mdb")):  # a link to nowhere is no missing store
         return checks
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:

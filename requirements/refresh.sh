@@ -14,12 +14,13 @@ trap 'rm -rf "$tmp"' EXIT
 "$tmp/venv/bin/pip" install -q "uv==0.13.9"
 compile() {  # OUT [--extra NAME ...]
     local out=$1; shift
-    # an existing lock is the starting point: only what pyproject forces (or
-    # --upgrade-package names) moves
     "$tmp/venv/bin/uv" pip compile --quiet --universal --python-version 3.11 --generate-hashes \
         --custom-compile-command "bash requirements/refresh.sh" \
         "$@" pyproject.toml requirements/build.in -o "requirements/$out"
 }
+# no argument: everything to the newest release that fits (--upgrade); with
+# --upgrade-package NAME, that package only, the other pins kept
+[ $# -gt 0 ] || set -- --upgrade
 compile runtime.lock "$@"
 compile dev.lock --extra test --extra lint "$@"
 echo "refresh: requirements/runtime.lock and requirements/dev.lock written"

@@ -176,3 +176,31 @@ def test_status_as_another_user_cannot_tell(tmp_path: Path) -> None:
         assert f"run eximhook status as root or as {EXIM_USER}" in proc.stdout
     finally:
         shutil.rmtree(top)
+
+
+@needs_root
+def test_the_health_state_root_writes_stays_the_exim_users(spool_config: Path, cli: Run) -> None:
+    """maintain runs as the Exim user (the timer) and as root (cron, by hand). A state
+    root left as root:root 0640 could not be read by the next run as the Exim user,
+    which started the episode over and alerted the abuse desk a second time."""
+    import subprocess
+    import sys
+
+    run = spool_config.parent / "run"
+    run.mkdir()
+    exim = pwd.getpwnam(EXIM_USER)
+    os.chown(run, exim.pw_uid, exim.pw_gid)
+    top = spool_config.parent
+    spool_config.write_text(spool_config.read_text().replace(f'"{top}/eximhook.sock"', f'"{run}/eximhook.sock"'))
+    assert cli("export", config_path=spool_config)[0] == 0
+    data = spool_config.parent / "spool" / "eximhook" / "data.mdb"
+    os.chown(data, 0, 0)  # the store refuses the Exim user's writes: maintain records since when
+    data.chmod(0o600)
+    cli("maintain", config_path=spool_config)
+    state = run / health.STATE_FILE
+    assert (state.stat().st_uid, state.stat().st_gid) == (exim.pw_uid, exim.pw_gid)
+    read = subprocess.run(["runuser", "-u", EXIM_USER, "--", sys.executable, "-I", "-c",
+                           "import sys; from eximhook import health; from eximhook.config import load; "
+                           "print(health.read_state(load(sys.argv[1])) is not None)", str(spool_config)],
+                          capture_output=True, text=True, check=False, cwd="/")
+    assert read.stdout.strip() == "True", read.stdout + read.stderr

@@ -184,3 +184,30 @@ def test_the_password_file_is_read_at_each_connect(tmp_path: Path) -> None:
         conn.close()
     finally:
         server.close()
+
+
+@needs_root
+def test_a_config_another_user_can_change_or_exim_cannot_read_is_warned(tmp_path: Path, cli: Run) -> None:
+    """Root runs the commands the config names ([notify] sendmail) for every admin
+    command: a config the Exim user can change (a group-writable one) hands it root, and
+    one it cannot read stops the hooks and the daemon."""
+    import grp
+
+    config = write_config(tmp_path, settings={"exim.user": EXIM_USER})
+    exim_gid = grp.getgrnam(EXIM_USER).gr_gid
+    changed = f"warning: {config} can be changed by another user than root"
+    unread = f"warning: [exim] user {EXIM_USER} cannot read {config}"
+    for mode, gid, warned, unreadable in ((0o640, exim_gid, False, False), (0o660, exim_gid, True, False),
+                                          (0o646, 0, True, False), (0o600, 0, False, True)):
+        os.chown(config, 0, gid)
+        config.chmod(mode)
+        code, out, _ = cli("check-config", config_path=config)
+        assert code == 0 and (changed in out, unread in out) == (warned, unreadable), (oct(mode), out)
+        code, out, _ = cli("status", config_path=config)
+        assert ("config " + changed.removeprefix("warning: ") in out) == warned, out
+    os.chown(config, 0, exim_gid)
+    config.chmod(0o640)
+    tmp_path.chmod(0o770)
+    _, out, _ = cli("check-config", config_path=config)
+    assert f"warning: {tmp_path} can be changed by another user than root" in out, "a rename in its directory"
+    tmp_path.chmod(0o700)

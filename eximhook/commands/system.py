@@ -22,6 +22,7 @@ from . import dump, open_store, table
 def status(cfg: Config, opts: argparse.Namespace) -> int:
     checks = health.status(cfg, time.time())
     checks += [health.Check("secrets", health.WARNING, text) for text in _exposed_secrets(cfg)]
+    checks += [health.Check("config", health.WARNING, text) for text in _unsafe_config(cfg)]
     level = max(c.level for c in checks)
     if opts.json:
         dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
@@ -122,7 +123,10 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
 
     mail = _check_mail(cfg)
     mail += check_relaytest(cfg)
-    secrets = _check_password_file(cfg) + [f"warning: {text}" for text in _exposed_secrets(cfg)]
+    secrets = _check_password_file(cfg) + [f"warning: {text}" for text in _exposed_secrets(cfg) + _unsafe_config(cfg)]
+    if not _readable_by(cfg.path, cfg.exim.user):
+        secrets.append(f"warning: [exim] user {cfg.exim.user} cannot read {cfg.path}: the hooks and eximhook serve "
+                       f"run as that user (chown root:{cfg.exim.user}, chmod 0640)")
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     if cfg.store.backend == "redis":
@@ -280,6 +284,24 @@ def _exposed_secrets(cfg: Config) -> list[str]:
             found.append(f"{path} {what} every local user can read it: chown root:{cfg.exim.user} and "
                          "chmod 0640 it" + (", or move the password to store.redis_password_file"
                                             if path == cfg.path else ""))
+    return found
+
+
+def _unsafe_config(cfg: Config) -> list[str]:
+    """The config, or the directory that holds it, where someone other than root can
+    change it: root runs the commands it names ([notify] sendmail, [owner] lookup) for
+    every admin command, so whoever can write it (the Exim user, given group write) can
+    run anything as root."""
+    found = []
+    for path in (cfg.path, os.path.dirname(os.path.abspath(cfg.path))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        sticky = os.path.isdir(path) and st.st_mode & 0o1000
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+            found.append(f"{path} can be changed by another user than root, who runs the commands the config names "
+                         "([notify] sendmail, [owner] lookup): chown root and chmod go-w it")
     return found
 
 
