@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from eximhook.subjects import lsearch_line
 
@@ -446,6 +447,12 @@ plain:
     def eximhook(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, EXIMHOOK, "--config", str(self.eximhook_conf), *args],
                               capture_output=True, text=True, check=False)
+
+    def show(self, ns: str, key: str) -> dict[str, Any]:
+        """``eximhook show --json``: what the admin sees of the subject."""
+        result = self.eximhook("show", "--json", ns, key)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
 
     def queue(self, frozen: bool | None = None) -> list[str]:
         flag = [] if frozen is None else ["-z" if frozen else "-x"]

@@ -39,10 +39,6 @@ def failures(exim: h.Exim, source: str) -> int:
     return int(json.loads(out.stdout)["counters"]["authfail"]["total"])
 
 
-def shown(exim: h.Exim, source: str) -> dict[str, Any]:
-    return json.loads(exim.eximhook("show", "--json", "ip", source).stdout)  # type: ignore[no-any-return]
-
-
 def attempt(smtp: smtplib.SMTP, password: str) -> int:
     try:
         return smtp.login("bob", password)[0]
@@ -78,11 +74,11 @@ def test_each_failed_auth_counts_once_and_the_guesser_is_blocked(exim: h.Exim) -
     # a guesser that hangs up after its failure is counted at the end of the connection
     assert guess(exim, GUESSER, 1, hang_up=True) == [535]
     h.wait_for("four", lambda: failures(exim, GUESSER) == 4)
-    assert shown(exim, GUESSER)["block"] is None
+    assert exim.show("ip", GUESSER)["block"] is None
     # the fifth and sixth on one connection: the sixth failure is over the limit (5), and
     # is counted at the next AUTH, which is dropped with a 554
     assert guess(exim, GUESSER, 3) == [535, 535, 554]
-    block = shown(exim, GUESSER)["block"]
+    block = exim.show("ip", GUESSER)["block"]
     assert (block["counter"], block["count"], block["limit"]) == ("authfail", 6, LIMIT)
     assert "bob" in block["rcpts"], "the user names tried are the evidence"
     # from now on even the right password gets nowhere: dropped before it is checked
@@ -104,7 +100,7 @@ def test_each_failed_auth_counts_once_and_the_guesser_is_blocked(exim: h.Exim) -
 def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:
     assert guess(exim, OFFICE, LIMIT + 3) == [535] * (LIMIT + 3)
     h.wait_for("every failure counted", lambda: failures(exim, OFFICE) == LIMIT + 3)
-    record = shown(exim, OFFICE)
+    record = exim.show("ip", OFFICE)
     assert record["block"] is None and record["exempt"] == "127.0.0.4: the office NAT"
     assert [w["count"] for w in record["would_block"]] == [LIMIT + 1]
     with exim.connect(OFFICE) as smtp:

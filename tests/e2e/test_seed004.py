@@ -9,7 +9,6 @@ import pwd
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -33,14 +32,8 @@ def exim(request: pytest.FixtureRequest) -> Iterator[h.Exim]:
         h.cleanup(server)
 
 
-def shown(exim: h.Exim, ns: str, key: str) -> dict[str, Any]:
-    result = exim.eximhook("show", "--json", ns, key)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
-
-
 def total(exim: h.Exim, ns: str, key: str, counter: str) -> int:
-    return int(shown(exim, ns, key)["counters"][counter]["total"])
+    return int(exim.show(ns, key)["counters"][counter]["total"])
 
 
 def top(exim: h.Exim, counter: str) -> list[tuple[str, str, int]]:
@@ -85,7 +78,7 @@ def test_each_bounce_counts_once_against_the_sender_and_the_user(exim: h.Exim) -
     time.sleep(0.5)
     assert top(exim, "bounces") == [("auth", "bob", 1), ("sender", f"bob@{h.DOMAIN}", 1)], \
         "one bounce (for three failed recipients), against the address and the user that sent it"
-    evidence = shown(exim, "auth", "bob")["counters"]["bounces"]["evidence"]
+    evidence = exim.show("auth", "bob")["counters"]["bounces"]["evidence"]
     assert any(DEAD[0] in e for e in evidence), "the failed recipients are the evidence"
     # mail that is not a bounce Exim generated: cron's, a vacation reply, a forward
     submit(exim, f"From: root\nTo: alice@{h.DOMAIN}\nSubject: cron output\n\nok\n")
@@ -132,12 +125,12 @@ def test_the_bounce_limit_blocks_once_and_the_block_stays(exim: h.Exim) -> None:
     for n in range(2):
         assert exim.send(DEAD[:1], user="bob", subject=f"spam {n}") == {}
         bounces_to(exim, "bob", n + 1)
-    block = h.wait_for("the block", lambda: shown(exim, "auth", "bob")["block"])
+    block = h.wait_for("the block", lambda: exim.show("auth", "bob")["block"])
     assert (block["counter"], block["count"], block["limit"], block["period"]) == ("bounces", 2, 1, 6)  # type: ignore[index]
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
     assert b"has caused 2 bounces during 6s (limit 1)" in note
     time.sleep(6.5)  # the window has passed: the bounce rate is back to zero, the block is not
-    now = shown(exim, "auth", "bob")
+    now = exim.show("auth", "bob")
     assert now["block"] is not None and now["counters"]["bounces"]["windows"][0]["count"] == 0
     assert exim.send([f"alice@{h.DOMAIN}"], user="bob", subject="after the window") == {}
     assert len(exim.queue(frozen=True)) == 1, "still frozen: only an admin lifts it"
@@ -155,13 +148,13 @@ def test_the_volume_limit_trips_at_the_right_message(exim: h.Exim) -> None:
     assert exim.send(everyone[:1], user="bob", subject="one, six in all") == {}
     [tripped] = exim.queue(frozen=True)
     assert "X-Authenticated-As: bob" in exim.headers(tripped)
-    block = shown(exim, "auth", "bob")["block"]
+    block = exim.show("auth", "bob")["block"]
     assert (block["counter"], block["count"], block["limit"], block["period"]) == ("recipients", 6, 5, 3600)
     assert exim.send(everyone[:1], user="bob", subject="after") == {}
     assert len(exim.queue(frozen=True)) == 2, "everything after it is frozen too"
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
     assert b"has sent mail to 6 recipients during 1h (limit 5)" in note and tripped.encode() in note
-    windows = shown(exim, "auth", "bob")["counters"]["recipients"]["windows"]
+    windows = exim.show("auth", "bob")["counters"]["recipients"]["windows"]
     assert [(w["period"], w["count"]) for w in windows] == [(3600, 6), (86400, 6)]
 
 
@@ -170,7 +163,7 @@ def test_shadow_mode_records_and_freezes_nothing(exim: h.Exim) -> None:
     for n in range(4):
         assert exim.send([f"alice@{h.DOMAIN}"], user="bob", subject=f"newsletter {n}") == {}
     h.wait_for("delivery", lambda: len(exim.maildir("alice")) == 4)
-    assert exim.queue(frozen=True) == [] and shown(exim, "auth", "bob")["block"] is None
+    assert exim.queue(frozen=True) == [] and exim.show("auth", "bob")["block"] is None
     listed = exim.eximhook("list", "--would-block")
     assert listed.returncode == 0 and "recipients>2/1h" in listed.stdout and "bob" in listed.stdout
     events = json.loads(exim.eximhook("history", "--json", "auth", "bob").stdout)
@@ -188,7 +181,7 @@ def test_a_local_user_is_counted_and_frozen(exim: h.Exim) -> None:
         submit(exim, f"To: alice@{h.DOMAIN}\nSubject: php mail {n}\n\nhello\n", user="nobody")
     [frozen] = h.wait_for("the frozen message", lambda: exim.queue(frozen=True))  # type: ignore[misc]
     assert "X-Local-Sender: nobody" in exim.headers(frozen)
-    block = shown(exim, "local", "nobody")["block"]
+    block = exim.show("local", "nobody")["block"]
     assert (block["counter"], block["count"]) == ("recipients", 3)
     listed = exim.eximhook("frozen", "--json", "local", "nobody")
     assert [m["id"] for m in json.loads(listed.stdout)] == [frozen]
