@@ -26,6 +26,7 @@ import asyncio
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -368,6 +369,13 @@ class Server:
 
     async def _listen(self, path: str) -> asyncio.AbstractServer:
         sock, self.socket_inode = sockets.listening(path)
+        # From Python 3.13, asyncio and uvloop (>= 0.21) remove the socket's file when the
+        # server closes, also one systemd handed over (eximhook-serve.socket): the next
+        # daemon would serve a socket nobody can reach. The daemon removes its own socket
+        # itself, and only that (sockets.unlink, by inode); before 3.13 there is no such
+        # parameter in asyncio, and uvloop defaults to keeping the file.
+        if sys.version_info >= (3, 13):
+            return await self.loop.create_unix_server(lambda: Connection(self), sock=sock, cleanup_socket=False)
         return await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
 
     def reload(self) -> None:
