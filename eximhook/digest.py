@@ -19,7 +19,8 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 
-from .notify import LABELS, describe, mail, new_message_id
+from .mails import mail, new_message_id
+from .notify import LABELS, describe
 from .periods import format_period
 from .subjects import FREEZING, shell_quote
 from .templates import Template

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from eximhook import notify, outbox, templates
+from eximhook import mails, notify, outbox, templates
 from eximhook.core import block_record
 from eximhook.errors import ConfigError, Exit
 from eximhook.store import Store
@@ -112,17 +112,17 @@ def test_a_digest_whose_sender_died_is_sent_again_whole(store: Store, mailbox: P
 
     first = compose_digest(claimed["items"], to="abuse@example.net", sender="root@example.net",
                            command=["eximhook"], burst=(1, 60.0), template=templates.builtin("digest"))
-    assert notify.send(first, [f"{mailbox}/sendmail.sh", "-f", "root"], "abuse@example.net", 10) is None
+    assert mails.send(first, [f"{mailbox}/sendmail.sh", "-f", "root"], "abuse@example.net", 10) is None
     # ... and the sender dies here. Another block comes meanwhile: not in that digest.
     block(store, "ip", "192.0.2.99", T0 + 61)
     assert send(store, mailbox, T0 + 100, burst=(1, 60.0)) == (0, []), "the claim is fresh: its sender may live"
     assert send(store, mailbox, T0 + 60 + 301, burst=later) == (4, [])
-    mails = messages(mailbox)
-    assert mails[2]["Message-ID"] == first["Message-ID"]
-    again = mails[2].get_content()
+    sent = messages(mailbox)
+    assert sent[2]["Message-ID"] == first["Message-ID"]
+    again = sent[2].get_content()
     assert [line for line in again.splitlines() if "192.0.2." in line] == [
         line for line in first.get_content().splitlines() if "192.0.2." in line]
-    assert "192.0.2.99" not in again and "192.0.2.99" in mails[3].get_content()
+    assert "192.0.2.99" not in again and "192.0.2.99" in sent[3].get_content()
     assert store.outbox() == []
     keys = notified(store)
     assert len(keys) == len(set(keys)) == 5, "marked sent once each"

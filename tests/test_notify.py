@@ -101,10 +101,10 @@ def test_manual_block_notifies(cli: Run, mailbox: Path) -> None:
     pytest.param("user " + "x" * 1500 + "@example.com blocked", id="kilobyte-word"),
 ])
 def test_a_subject_starts_on_its_own_line_and_no_line_passes_smtps_limit(text: str) -> None:
-    """Every mail eximhook writes folds its Subject in one place (``notify.fold``): at
+    """Every mail eximhook writes folds its Subject in one place (``mails.fold``): at
     spaces, the first line holding text; a word too long for one SMTP line (998) is
     cut into encoded words rather than sent as one line Exim would refuse."""
-    from eximhook.notify import MAIL_POLICY, fold
+    from eximhook.mails import MAIL_POLICY, fold
 
     msg = EmailMessage(policy=MAIL_POLICY)
     fold(msg, "Subject", text)
@@ -121,7 +121,7 @@ def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
     only where the line would pass 78 characters, a word longer than that is not cut
     (the email package folds a Subject with a colon right after "Subject:"); unfolded,
     it reads as it was."""
-    from eximhook.notify import MAIL_POLICY, fold
+    from eximhook.mails import MAIL_POLICY, fold
 
     for text, lines in [
         ("short: one line", ["Subject: short: one line"]),

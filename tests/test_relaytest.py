@@ -382,7 +382,7 @@ def test_the_probe_names_the_server_as_exim_does(tmp_path: Path) -> None:
     """The probe's From, Subject and text name the server by Exim's primary_hostname, its
     Subject is folded where a line would pass 78 characters, and its Message-ID is built
     as every mail of eximhook's."""
-    from eximhook.notify import new_message_id
+    from eximhook.mails import new_message_id
     from eximhook.relaytest import message
 
     server = primary_hostname(exim_named(tmp_path, "mx.relay-provider.example.net"))

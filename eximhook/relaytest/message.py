@@ -7,7 +7,7 @@ carries the token twice, in ``X-Eximhook-Probe:`` and in the body, because relay
 strip headers.
 
 Both name this server as Exim does (``server``: its ``primary_hostname``), and get their
-Message-ID where every mail of eximhook's does (``notify.new_message_id``).
+Message-ID where every mail of eximhook's does (``mails.new_message_id``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, formatdate
 from typing import Any
 
-from ..notify import MAIL_POLICY, fold, new_message_id
+from ..mails import MAIL_POLICY, fold, new_message_id
 
 HEADER = "X-Eximhook-Probe"
 def probe(*, ip: str, probe_id: str, probe_time: float, token: str, sender: str, mailbox: str,
