@@ -1,7 +1,7 @@
 """The counters' upkeep, so that soft state follows the rate of current abuse, not its
-history (issue 21). Run by the daemon's store thread every ``[serve] check_interval``
-and at once when counting took the counters past their high-water mark, and by
-``eximhook maintain`` every minute (installs without the daemon):
+history (issue 21). Run by the daemon's sweeper thread (``serve.sweeper``) every
+``[serve] check_interval`` and at once when counting took the counters past their
+high-water mark, and by ``eximhook maintain`` every minute (installs without the daemon):
 
 - hourly, by whichever process comes first (``Counters.sweep_due``): the message
   references older than ``[bounces] remember`` go (``forget``), and the counters whose
