@@ -62,7 +62,7 @@ LIM = 100  # the production default
 MAX_PER_SUBJECT = 90  # invalid recipients a subject gets in the whole run: below LIM, so nothing trips
 SUBJECTS = 254  # per side: users u1..u254, relay hosts 127.0.1.1..254
 VERIFY = "!verify = recipient/defer_ok/callout=10s,defer_ok,use_sender"
-ACCEPT = f".include {h.SNIPPETS}/acl-rcpt-accept.conf"
+ACCEPT = ".include EXIMHOOK_SNIPPETS/acl-rcpt-accept.conf"  # the server's copy of the snippets
 PLAIN_VERIFY = f"""  warn    authenticated = *
           {VERIFY}
   warn    !authenticated = *

@@ -70,7 +70,7 @@ def main() -> None:
             if size is not None:
                 nets.write_text(nets_file(size))
                 nets.chmod(0o644)
-                acl = f".include {h.SNIPPETS}/acl-rcpt-relaytest.conf\n{acl}"
+                acl = f".include EXIMHOOK_SNIPPETS/acl-rcpt-relaytest.conf\n{acl}"
             servers[name] = h.Exim(work, users=["alice"], rcpt_acl=acl, macros={"EXIMHOOK_NETS_FILE": str(nets)},
                                    settings={"limits.relay.recipients.windows": []})
             servers[name].setup().start()

@@ -49,7 +49,7 @@ def main() -> int:
     exim = h.make(["alice", "bob", "carol"], limit=LIMIT, serve=True, record_runs=True, settings=SEED_004)
     try:
         exim.setup().start()
-        say(f"Exim {h.EXIM} listening on 127.0.0.1:{exim.port}; snippets from {h.SNIPPETS}")
+        say(f"Exim {h.EXIM} listening on 127.0.0.1:{exim.port}; snippets from {h.SNIPPETS} (a copy in {exim.snippets})")
         run(exim, "serve", "--check")
         print(f"limit: more than {LIMIT} invalid recipients in 1h blocks a sender (production default: 100)")
         with exim.connect(tls=False) as smtp:

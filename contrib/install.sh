@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install eximhook on Debian 12 (as root), from this checkout:
-#   - exim4-daemon-heavy (Exim 4.96), python3-venv, openssl; no service is started
+# Install eximhook on Debian 12 or 13 (as root) from this checkout, into a venv: for
+# development and the tests (--dev), and for systems where the Debian package
+# (contrib/build-deb.sh, README "Install") is not wanted. Not beside the package.
+#   - exim4-daemon-heavy, python3-venv, openssl; no service is started
 #     while installing (policy-rc.d), so a test machine stays quiet
 #   - a venv at /opt/eximhook built from Debian's /usr/bin/python3: the Exim user runs
 #     the hooks, so the interpreter must not live under /root
@@ -9,11 +11,11 @@
 #     and lint tools (requirements/dev.lock)
 #   - /usr/local/sbin/eximhook (a link into the venv: on root's PATH), the snippets in
 #     /usr/share/eximhook/exim-snippets (replaced whole on every run: an upgrade brings
-#     the new ones), /etc/logrotate.d/eximhook
+#     the new ones; their EXIMHOOK_CMD names the venv), /etc/logrotate.d/eximhook
 #   - without --dev: /etc/eximhook/eximhook.toml (from contrib/eximhook.toml, if absent),
 #     the store and the mirror files (eximhook export), and the systemd units
-#     (eximhook-serve.socket/.service, eximhook-maintain.timer) in /etc/systemd/system,
-#     not enabled: README says when to enable them
+#     (eximhook-serve.socket/.service, eximhook-maintain.timer: the package's, from
+#     debian/, naming the venv) in /etc/systemd/system, not enabled: README says when
 # Uninstall: README, "Install".
 #
 # A mail server without access to PyPI: on a machine that has it (same Debian release
@@ -45,13 +47,19 @@ case "${1:-}" in
     *) echo "usage: install.sh [--dev | --download DIR | --offline DIR]" >&2; exit 64 ;;
 esac
 venv=/opt/eximhook
+if dpkg-query -W -f='${Status}\n' eximhook 2>/dev/null | grep -q 'ok installed'; then
+    echo "install: the Debian package eximhook is installed: use it, or remove it first (apt remove eximhook)" >&2
+    exit 1
+fi
 
 packages="exim4-daemon-heavy python3-venv openssl"
 # strace: the crash tests kill hooks at chosen system calls; redis-server: the Redis
-# backend's tests start their own (tests/redis_server.py), never the package's service
+# backend's tests start their own (tests/redis_server.py), never the package's service;
+# tinycdb: a cdb reader that is not eximhook's; groff-base: the man pages are checked;
+# debootstrap: the trixie and package tests make Debian systems (tests/packaging)
 had_redis=false
 dpkg-query -W -f='${Status}\n' redis-server 2>/dev/null | grep -q 'ok installed' && had_redis=true
-$dev && packages="$packages strace redis-server"
+$dev && packages="$packages strace redis-server tinycdb groff-base debootstrap"
 if [ "$(dpkg-query -W -f='${Status}\n' $packages 2>/dev/null | grep -c 'ok installed')" = "$(echo $packages | wc -w)" ]; then
     echo "install: Debian packages already there"
 else
@@ -93,10 +101,13 @@ share=/usr/share/eximhook
 install -d -m 0755 "$share"
 rm -rf "$share/exim-snippets.new"
 cp -R "$here/exim-snippets" "$share/exim-snippets.new"
+# the snippets' default EXIMHOOK_CMD is the package's interpreter and script: this venv's here
+sed -i "s|^EXIMHOOK_CMD = /usr/bin/python3 -IS /usr/sbin/eximhook |EXIMHOOK_CMD = $venv/bin/python3 -IS $venv/bin/eximhook |" \
+    "$share/exim-snippets.new/macros.conf"
 chmod -R go+rX,go-w "$share/exim-snippets.new"
 rm -rf "$share/exim-snippets"
 mv "$share/exim-snippets.new" "$share/exim-snippets"
-[ -d /etc/logrotate.d ] && install -m 0644 "$here/contrib/eximhook.logrotate" /etc/logrotate.d/eximhook
+[ -d /etc/logrotate.d ] && install -m 0644 "$here/debian/eximhook.logrotate" /etc/logrotate.d/eximhook
 echo "install: /usr/local/sbin/eximhook, snippets in $share/exim-snippets"
 
 if ! $dev; then
@@ -108,7 +119,9 @@ if ! $dev; then
     if [ -d /etc/systemd/system ]; then
         for unit in eximhook-serve.socket eximhook-serve.service eximhook-maintain.service eximhook-maintain.timer \
                 eximhook-relaytest.service; do
-            install -m 0644 "$here/contrib/$unit" /etc/systemd/system/
+            sed "s|^ExecStart=/usr/sbin/eximhook |ExecStart=$venv/bin/eximhook |" "$here/debian/eximhook.$unit" \
+                > "/etc/systemd/system/$unit"
+            chmod 0644 "/etc/systemd/system/$unit"
         done
         if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
         echo "install: systemd units in /etc/systemd/system: systemctl enable --now eximhook-serve.socket eximhook-serve.service eximhook-maintain.timer"

@@ -118,9 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Any, help: str, subject: bool = False, json: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if subject:
-            p.add_argument("ns", metavar="NS", help="namespace: auth, relay, sender, local or ip")
+            p.add_argument("ns", metavar="NS", help=f"namespace: {', '.join(NAMESPACES)}")
             p.add_argument("key", metavar="KEY",
-                           help="authenticated id, host IP or RADIUS id, sender address, or local user name")
+                           help="the subject in NS: an authenticated id (auth), a host IP or RADIUS id (relay), a "
+                                "sender address (sender), a local user name (local), a client IP (ip) or a network "
+                                "(net)")
         if json:
             p.add_argument("--json", action="store_true", help="print JSON for scripts")
         p.set_defaults(func=func)
@@ -183,8 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="only say what would be done")
     p.add_argument("--unblock", action="store_true", help="lift the block afterwards")
     p = add("history", blocks.history, "the audit log, all of it or one subject's", json=True)
-    p.add_argument("ns", nargs="?", metavar="NS")
-    p.add_argument("key", nargs="?", metavar="KEY")
+    p.add_argument("ns", nargs="?", metavar="NS", help="with KEY: only this subject's entries (relaytest IP: one "
+                                                       "tested host's)")
+    p.add_argument("key", nargs="?", metavar="KEY", help="the subject's key")
     p = add("exempt", None, "subjects that are counted but never blocked by a limit: add, remove, list")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="ACTION")
     for verb, func, help in (("add", exempt.add, "exempt the subjects PATTERN names (a key, a glob, a network)"),
@@ -221,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "transport sets)")
     q.set_defaults(func=relaytest.receive)
     q = verbs.add_parser("watch", help="follow Exim's mainlog and probe the customer hosts that send through us, "
-                                       "until SIGTERM (contrib/eximhook-relaytest.service)")
+                                       "until SIGTERM (eximhook-relaytest.service)")
     q.add_argument("--log", help="the main log to follow (default: [relaytest] log)")
     q.set_defaults(func=relaytest.watch)
     add("export", blocks.export, "rewrite the mirror files (lsearch lists and cdb) from the store")
@@ -238,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("setup-exim4", system.setup_exim4,
             "Debian: wire eximhook into exim4-config without editing a conffile (add), take it out (remove), "
             "or show what the generated config does (test)")
-    p.add_argument("action", choices=("add", "remove", "test"))
+    p.add_argument("action", choices=("add", "remove", "test"),
+                   help="add wires eximhook in, remove takes it out, test shows what the generated config does")
     p.add_argument("--snippets", default="/usr/share/eximhook/exim-snippets",
-                   help="where install.sh put the snippets (default /usr/share/eximhook/exim-snippets)")
+                   help="the directory of the Exim snippets the config includes (default: %(default)s, where "
+                        "the package installs them)")
     add("check-config", system.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

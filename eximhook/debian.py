@@ -37,6 +37,7 @@ CONFDIR = "/etc/exim4"
 # the configs the Exim user may name with -C and keep root
 TRUSTED_CONFIGS = os.path.join(CONFDIR, "trusted_configs")
 SNIPPETS = "/usr/share/eximhook/exim-snippets"
+PACKAGE_SCRIPT = "/usr/sbin/eximhook"  # the Debian package's (debian/eximhook.install)
 BEGIN = "# BEGIN eximhook setup-exim4: `eximhook setup-exim4 remove` takes this out"
 END = "# END eximhook setup-exim4"
 _CREATED = "# (this file did not exist before: remove deletes it)"
@@ -46,6 +47,16 @@ _JOINED = "# (the file did not end with a newline: add put one before this block
 # debian-acls.conf comes in by, so its rules would end up in an ACL nothing uses.
 TAKEN = ("MAIN_ACL_CHECK_RCPT", "CHECK_DATA_LOCAL_ACL_FILE", "LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE",
          "WHITELIST_LOCAL_DENY_LOCAL_ACL_FILE", "EXIMHOOK_SOCKET", "EXIMHOOK_NETS_FILE")
+# The main options block() sets, which Debian leaves unset: set a second time, Exim
+# refuses the whole config. block() sets event_action only where Exim is 4.97 or later
+# (AUTH_EVENT), so an event_action of the admin's own would build with it on 4.96 and
+# stop building on the upgrade: it is refused on 4.96 too.
+TAKEN_OPTIONS = ("acl_not_smtp", "acl_smtp_auth", "acl_smtp_quit", "acl_smtp_notquit", "event_action")
+# Exim's predefined macro for its $event_name variable: defined from 4.97 (the macros
+# for expansion variables came with the auth:fail event, NewStuff 4.97 items 2 and 4),
+# and only in a build with events. Where it is, each failed AUTH is counted by the
+# auth:fail event (event_action), else by acl-auth.conf's QUIT and not-QUIT ACLs.
+AUTH_EVENT = "_EXP_VAR_EVENT_NAME"
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ def block(cfg: Config, snippets: str = SNIPPETS) -> str:
     return "\n".join([
         BEGIN,
         f"EXIMHOOK_SOCKET = {cfg.serve.socket}",
-        f"EXIMHOOK_CMD = /opt/eximhook/bin/python3 -IS /opt/eximhook/bin/eximhook --config {cfg.path}",
+        f"EXIMHOOK_CMD = {hook_command()} --config {cfg.path}",
         f"EXIMHOOK_CDB = {os.path.join(cfg.store.mirror_dir, CDB_FILE)}",
         f"EXIMHOOK_NETS_FILE = {cfg.relaytest.blocked_nets}",
         f"EXIMHOOK_SNIPPETS = {snippets}",
@@ -99,9 +110,26 @@ def block(cfg: Config, snippets: str = SNIPPETS) -> str:
         "acl_not_smtp = acl_eximhook_not_smtp",
         # password guessing (acl-auth.conf, defined by debian-acls.conf); Debian sets none of these
         "acl_smtp_auth = acl_eximhook_auth",
+        f".ifdef {AUTH_EVENT}",
+        "event_action = EXIMHOOK_EVENT_ACTION",
+        ".else",
         "acl_smtp_quit = acl_eximhook_quit",
         "acl_smtp_notquit = acl_eximhook_notquit",
+        ".endif",
         END, ""])
+
+
+def hook_command() -> str:
+    """How Exim's ${run} starts this install's eximhook: the interpreter running now and
+    the script beside it (a venv's ``bin/eximhook``, contrib/install.sh), or the Debian
+    package's ``/usr/sbin/eximhook`` for Debian's ``/usr/bin/python3``."""
+    import sys
+
+    for script in (os.path.join(os.path.dirname(sys.executable), "eximhook"), PACKAGE_SCRIPT):
+        if os.path.isfile(script):
+            return f"{sys.executable} -IS {script}"
+    raise SetupError(f"no eximhook script beside {sys.executable} nor at {PACKAGE_SCRIPT}: "
+                     "define EXIMHOOK_CMD by hand (README, Exim integration)")
 
 
 def is_added(lay: Layout) -> bool:
@@ -127,6 +155,11 @@ def add(lay: Layout, text: str) -> list[str]:
             if _sets(body, macro):
                 raise SetupError(f"{path} sets {macro}, which eximhook's set-up cannot share: merge by hand "
                                  "(README, Exim integration)")
+        main = _main_section(lay, path, body)
+        for option in TAKEN_OPTIONS:
+            if _sets(main, option):
+                raise SetupError(f"{path} sets the main option {option}, which eximhook's set-up sets too: "
+                                 "merge by hand (README, Exim integration; for event_action, Password guessing)")
     path = lay.main_file
     if lay.split or not os.path.exists(path):
         _write(path, (text if lay.split else _CREATED + "\n" + text).encode())
@@ -137,6 +170,14 @@ def add(lay: Layout, text: str) -> list[str]:
             text = "\n" + text.replace(BEGIN + "\n", BEGIN + "\n" + _JOINED + "\n", 1)
         _write(path, old + text.encode(), keep_mode_of=path)
     return [path]
+
+
+def _main_section(lay: Layout, path: str, text: str) -> str:
+    """The part of ``text`` in Exim's main section: a file of conf.d/main (split), or
+    what comes before the first ``begin`` (unsplit; transports have an event_action too)."""
+    if lay.split:
+        return text if os.path.basename(os.path.dirname(path)) == "main" else ""
+    return re.split(r"^\s*begin\s", text, maxsplit=1, flags=re.M)[0]
 
 
 def _sets(text: str, macro: str) -> bool:
@@ -213,7 +254,8 @@ def _write(path: str, data: bytes, keep_mode_of: str | None = None) -> None:
 def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
     """What the generated config does, as Exim itself expands it: which ACLs it runs,
     and, for each sample subject, whether its mail would be accepted and frozen."""
-    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp", "acl_smtp_auth", "acl_smtp_quit", "acl_smtp_notquit"]
+    probe = ["acl_smtp_rcpt", "acl_smtp_data", "acl_not_smtp", "acl_smtp_auth", "acl_smtp_quit", "acl_smtp_notquit",
+             "event_action"]
     try:
         shown = subprocess.run(["exim4", "-bP", *probe], capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -1,11 +1,12 @@
 """The queue, through exim and exipick, without ever handing them a key.
 
 exipick criteria are Perl code, and ``--show-vars`` prints values raw between quotes,
-so a key with a quote or a newline could forge output. Hence: exipick lists message
-ids only, under fixed criteria (``-z`` frozen, ``-x`` not frozen); the subject of each
-message is read from its spool ``-H`` file, where Exim writes every ACL variable with
-its length (spec, "Format of spool files"); ids are checked before they reach
-``exim -Mt/-Mf/-Mrm``.
+so a key with a quote or a newline could forge output. Hence: the queue is listed as
+message ids only, by ``exim -bpri`` where Exim has it (4.97 and later: no Perl) or
+else by exipick under fixed criteria (``-z`` frozen, ``-x`` not frozen); whether a
+message is frozen, and its subject, are read from its spool ``-H`` file, where Exim
+writes every ACL variable with its length (spec, "Format of spool files"); ids are
+checked before they reach ``exim -Mt/-Mf/-Mrm``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .subjects import escape
 
 # 4.96: 6-6-2 base-62 characters (16 in all); 4.97 and later: 6-11-4 (23)
 MESSAGE_ID = re.compile(rb"^[0-9A-Za-z]{6}-(?:[0-9A-Za-z]{6}-[0-9A-Za-z]{2}|[0-9A-Za-z]{11}-[0-9A-Za-z]{4})\Z")
+# the first Exim whose -bpi lists message ids only (NewStuff 4.97, item 10)
+IDS_SINCE = (4, 97)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class Exim:
         self.binary, self.config, self.exipick, self.timeout = binary, config, exipick, timeout
         self._spool: str | None = None
         self._qualify: str | None = None
+        self._lists_ids: bool | None = None
 
     @classmethod
     def from_config(cls, cfg: EximConfig) -> Exim:
@@ -173,14 +177,28 @@ class Exim:
         ``no_name``)."""
         return self._exim("-n", "-bP", name).decode("utf-8", "replace").strip()
 
+    def lists_ids(self) -> bool:
+        """Whether this Exim lists the queue's ids itself (``-bpi``, from 4.97), as
+        ``exim -bV`` says its version; asked once. Where it does not (4.96, or a binary
+        that gives no version), exipick lists them."""
+        if self._lists_ids is None:
+            version = re.match(rb"Exim version (\d+)\.(\d+)", self._exim("-bV"))
+            self._lists_ids = version is not None and (int(version[1]), int(version[2])) >= IDS_SINCE
+        return self._lists_ids
+
     def ids(self, frozen: bool) -> list[str]:
         """Message ids in the queue, frozen or not; exipick gets only fixed criteria."""
-        argv = [self.exipick, *(["-C", self.config] if self.config else []), "-i", "-z" if frozen else "-x"]
-        out = []
-        for raw in self._run(argv).split(b"\n"):
-            if MESSAGE_ID.match(raw.strip()):
-                out.append(raw.strip().decode())
-        return out
+        if self.lists_ids():
+            return [m.id for m in self.queued(frozen)]
+        return message_ids(self._run([self.exipick, *(["-C", self.config] if self.config else []), "-i",
+                                      "-z" if frozen else "-x"]))
+
+    def queued(self, frozen: bool) -> list[Message]:
+        """The queue's messages, frozen or not, as their spool files say."""
+        # -bpri: every id, unsorted; frozen or not is in the -H file, read anyway
+        listed = message_ids(self._exim("-bpri")) if self.lists_ids() else self.ids(frozen)
+        found = (self.message(i) for i in listed)
+        return [m for m in found if m is not None and m.frozen == frozen]
 
     def message(self, msg_id: str) -> Message | None:
         """The message as its spool files say, or None if it has left the queue."""
@@ -200,9 +218,9 @@ class Exim:
 
     def messages_of(self, subjects: Sequence[tuple[str, str]],
                     frozen: bool) -> dict[tuple[str, str], list[Message]]:
-        """Each subject's messages, from one look at the queue (exipick reads every
-        message's spool file: ``eximhook maintain`` asks about many subjects at once)."""
-        found = [m for m in (self.message(i) for i in self.ids(frozen)) if m is not None]
+        """Each subject's messages, from one look at the queue (each message's spool file
+        is read: ``eximhook maintain`` asks about many subjects at once)."""
+        found = self.queued(frozen)
         qualify = self.qualify_domain() if any(ns == "sender" for ns, _ in subjects) else ""
         return {(ns, key): [m for m in found if m.of(ns, key, qualify)] for ns, key in subjects}
 
@@ -211,8 +229,7 @@ class Exim:
 
     def frozen_bounces(self) -> list[Message]:
         """Frozen bounces (empty sender): a bounce Exim could not deliver either."""
-        found = (self.message(i) for i in self.ids(True))
-        return [m for m in found if m is not None and m.sender == ""]
+        return [m for m in self.queued(True) if m.sender == ""]
 
     def act(self, option: str, ids: Sequence[str]) -> None:
         """``exim -Mt`` (thaw), ``-Mf`` (freeze) or ``-Mrm`` (remove) on checked ids."""
@@ -253,6 +270,12 @@ class Exim:
         body = shown(self._exim("-Mvb", msg_id)).split("\n")
         more = f"\n[... {len(body) - body_lines} more lines]" if len(body) > body_lines else ""
         return f"{headers}\n{chr(10).join(body[:body_lines])}{more}\n"
+
+
+def message_ids(listing: bytes) -> list[str]:
+    """The message ids in a listing of one a line (exipick -i, exim -bpi); any other
+    line is skipped."""
+    return [raw.strip().decode() for raw in listing.split(b"\n") if MESSAGE_ID.match(raw.strip())]
 
 
 def printable(text: str) -> str:

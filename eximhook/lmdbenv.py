@@ -13,6 +13,7 @@ Work is a *body*, a function of one transaction, run by ``update`` (one),
 from __future__ import annotations
 
 import _thread
+import fcntl
 import os
 
 import lmdb
@@ -56,9 +57,10 @@ def _allocate_lock_file(fd: int) -> None:
         os.posix_fallocate(fd, 0, size)
 
 
-def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, list[int]]:
+def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, list[int], int | None]:
     """lmdb.open() of the directory ``d``, never through a symlink another user planted
-    (issue 21); the environment, and descriptors to close once it is closed.
+    (issue 21); the environment, descriptors to close once it is closed, and among them
+    the one of ``lock.mdb`` that its open and close hold (``_one_at_a_time``).
 
     LMDB opens ``data.mdb`` and ``lock.mdb`` by name, following symlinks and creating
     what is missing, and py-lmdb takes no descriptors. So it gets a path that leaves it
@@ -75,19 +77,30 @@ def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, lis
     """
     readonly = bool(options.get("readonly"))
     files = []
+    lock: int | None = None
     try:
         if not d.trusted or (not readonly and os.geteuid() == 0):  # checked, or to be handed to owner
             # readonly (eximhook status) makes no data file, as LMDB would not
             files.append(d.open("data.mdb", os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT, 0o640,
                                 None if readonly else owner))
         if not d.trusted or not readonly:
-            files.append(d.open("lock.mdb", os.O_RDWR | os.O_CREAT, 0o640, None if readonly else owner))
+            lock = d.open("lock.mdb", os.O_RDWR | os.O_CREAT, 0o640, None if readonly else owner)
+        else:  # to look: no lock file means nobody has the environment open, nothing to wait for
+            try:
+                lock = d.open("lock.mdb", os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        if lock is not None:
+            files.append(lock)
         if not readonly:
             _allocate_lock_file(files[-1])
         if d.trusted:
-            for fd in files:  # done with (before LMDB takes its locks: see above)
-                os.close(fd)
-            return lmdb.open(d.proc, **options), []
+            for fd in files:  # data.mdb's is done with (before LMDB opens it: see above)
+                if fd != lock:
+                    os.close(fd)
+            path = d.proc
+            files = [] if lock is None else [lock]
+            return _one_at_a_time(lock, lambda: lmdb.open(path, **options)), files, lock
         import tempfile
 
         # root's own 0700 directory, held by descriptor too: nobody else can change its entries
@@ -96,7 +109,7 @@ def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, lis
             try:
                 for name, fd in zip(("data.mdb", "lock.mdb"), files, strict=True):
                     os.symlink(f"/proc/self/fd/{fd}", name, dir_fd=p.fd)
-                return lmdb.open(p.proc, **options), files
+                return _one_at_a_time(lock, lambda: lmdb.open(p.proc, **options)), files, lock
             finally:
                 for name in ("data.mdb", "lock.mdb"):
                     p.unlink(name)
@@ -108,6 +121,25 @@ def _open_lmdb(d: Dir, owner: tuple[int, int], **options: Any) -> tuple[Any, lis
             except OSError:
                 pass
         raise
+
+
+def _one_at_a_time(lock: int | None, step: Callable[[], T]) -> T:
+    """Run ``step`` (LMDB's open or close of an environment) while no other process of
+    ours opens or closes it: ``flock`` on ``lock.mdb``, apart from LMDB's own fcntl locks.
+
+    LMDB 0.9.26 to 0.9.31 (Debian 13's liblmdb0 is 0.9.31; PyPI's lmdb bundles them up to
+    1.6) destroy the lock file's mutexes when the last process closes the environment,
+    holding the file's exclusive lock; a process opening it meanwhile waits for a shared
+    lock, then takes the destroyed mutexes for live ones, and its every transaction fails
+    with EINVAL ("mdb_txn_begin: Invalid argument"). With a hook a process, that is the
+    lost counts of a burst of them. 0.9.32 dropped the destroy (ITS#10095)."""
+    if lock is None:
+        return step()
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        return step()
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _ResizeGuard:
@@ -151,6 +183,7 @@ class Env:
         self._guard = _ResizeGuard()
         self._handles: dict[bytes, Any] = {}
         self._files: list[int] = []  # descriptors _open_lmdb keeps for the environment
+        self._mdb_lock: int | None = None  # among them, lock.mdb's (_one_at_a_time)
         d: Dir | None = None
         verb = "read" if readonly else "open"
         try:
@@ -160,15 +193,16 @@ class Env:
             options: dict[str, Any] = {"map_size": map_size, "max_dbs": len(dbs), "max_readers": MAX_READERS,
                                        "subdir": True}
             if readonly:  # to look, changing nothing (eximhook status): no directory, file or database made
-                self.env, self._files = _open_lmdb(d, self.owner, readonly=True, create=False, **options)
+                self.env, self._files, self._mdb_lock = _open_lmdb(d, self.owner, readonly=True, create=False,
+                                                               **options)
                 self.read(lambda txn: [self.env.open_db(name, txn=txn, create=False) for name in dbs])
                 return
             d.hand_over(self.owner)
             self.prepare(d)
             # mode: the files get 0640 (LMDB takes away the x bits): keys and evidence are
             # user names and addresses, not for every local user to read
-            self.env, self._files = _open_lmdb(d, self.owner, mode=0o750, readahead=False, meminit=False,
-                                               metasync=False, sync=sync, **options)
+            self.env, self._files, self._mdb_lock = _open_lmdb(d, self.owner, mode=0o750, readahead=False,
+                                                           meminit=False, metasync=False, sync=sync, **options)
             self._create_dbs()
         except UnsafePath as exc:
             self._close_env()
@@ -230,10 +264,10 @@ class Env:
     def _close_env(self) -> None:
         env = getattr(self, "env", None)
         if env is not None:
-            env.close()
+            _one_at_a_time(self._mdb_lock, env.close)
         for fd in self._files:  # after LMDB's: see _open_lmdb
             os.close(fd)
-        self._files = []
+        self._files, self._mdb_lock = [], None
 
     def __enter__(self) -> Any:
         return self

@@ -60,9 +60,7 @@ def current(store: Store, generation: int | None = None) -> bool:
 def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: bool = False) -> dict[str, int]:
     """Rewrite every mirror file; returns the number of keys written per file name
     (nothing, with ``if_behind``, when another process brought it up to date first)."""
-    import io
-
-    import cdblib
+    from . import cdb
 
     lock_path = os.path.join(store.path, LOCK_FILE)
     try:
@@ -85,18 +83,18 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
                     header += b"# %d key(s) too long for lsearch are in %s only.\n" % (skipped, CDB_FILE.encode())
                 files.append((os.path.join(mirror_dir, name), header + b"".join(lines)))
                 written[name] = len(lines)
-            cdb = io.BytesIO()
-            writer = cdblib.Writer(cdb)
+            writer = cdb.Writer()
             writer.put(GENERATION_KEY, b"%d" % generation)
             writer.put(spool.LOW_KEY, b"%d" % spool.threshold(blocks, floor))
             for b in blocks:
                 writer.put(f"{b['ns']}:{b['key']}".encode("utf-8", "surrogateescape"), b"1")
-            writer.finalize()
-            files.append((os.path.join(mirror_dir, CDB_FILE), cdb.getvalue()))
+            files.append((os.path.join(mirror_dir, CDB_FILE), writer.finish()))
             written[CDB_FILE] = len(blocks)
             replace_files(files, store.owner)
             # last: a rewrite killed before this line is seen as behind, and done again
             replace_files([(os.path.join(store.path, STAMP_FILE), b"%d\n" % generation)], store.owner)
+    except cdb.TooLarge as exc:
+        raise cdb.TooLarge(f"cannot write {os.path.join(mirror_dir, CDB_FILE)}: {exc}") from exc
     except TimeoutError as exc:
         raise LockBusy(f"could not lock {lock_path} within {timeout:g}s: another rewrite holds it") from exc
     except OSError as exc:
@@ -112,7 +110,7 @@ class LockBusy(FileError):
 def state(store: Store, mirror_dir: str) -> dict[str, Any]:
     """What the mirror files say about themselves, for ``eximhook status``: the stamp,
     each file's generation (None: missing or unreadable) and leftover temp files."""
-    import cdblib
+    from . import cdb
 
     files: dict[str, int | None] = {}
     for path in mirror_paths(mirror_dir):
@@ -120,10 +118,10 @@ def state(store: Store, mirror_dir: str) -> dict[str, Any]:
         try:
             data = read_file(path)
             if name == CDB_FILE:
-                files[name] = int(cdblib.Reader(data).get(GENERATION_KEY))
+                files[name] = int(cdb.get(data, GENERATION_KEY) or b"")  # missing: ValueError
             else:
                 files[name] = int(data.split(b"\n", 2)[1].removeprefix(b"# generation "))
-        except (OSError, ValueError, TypeError, IndexError, UnsafePath):
+        except (OSError, ValueError, IndexError, UnsafePath, cdb.Corrupt):
             files[name] = None
     return {"stamp": mirrored_generation(store), "files": files,
             "temp_files": temp_files(mirror_dir, store.path)}

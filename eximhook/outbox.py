@@ -53,7 +53,24 @@ def process_start(pid: int) -> int | None:
 def claim_alive(item: dict[str, Any]) -> bool:
     """Is the process that claimed this notification still running?"""
     start = item.get("claimer_start")
-    return start is not None and process_start(item["claimer"]) == start
+    if start is None:
+        return False
+    seen = process_start(item["claimer"])
+    if seen is not None:
+        return bool(seen == start)
+    # No /proc entry: either no such process, or /proc hides it. Debian 13's
+    # exim4.service has ProtectProc=invisible, so a hook Exim runs (as the Exim user)
+    # sees none of root's processes, an admin's `eximhook block` sending its mail
+    # among them. The kernel still tells a live pid of another user (EPERM) from none;
+    # its start time it keeps to itself, so a reused pid is waited for until
+    # [notify] stale_after, like a hung sender: late rather than twice.
+    try:
+        os.kill(item["claimer"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process, alive
+    return True
 
 
 def stuck(item: dict[str, Any]) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import mirror
+from eximhook import cdb, mirror
 from eximhook.errors import Exit
 from eximhook.store import Store
 
@@ -41,14 +41,12 @@ def mirror_matches_store(tmp_path: Path) -> list[str]:
     if seen["stamp"] != generation:
         problems.append(f"stamp at {seen['stamp']}, store at {generation}")
     problems += [f"temp file {p}" for p in seen["temp_files"]]
-    import cdblib
-
     if problems:  # a file missing or behind: no use reading what it holds
         return problems
-    cdb = cdblib.Reader((tmp_path / "mirror" / mirror.CDB_FILE).read_bytes())
+    data = (tmp_path / "mirror" / mirror.CDB_FILE).read_bytes()
     listed = (tmp_path / "mirror" / "blocked_authenticated_users").read_bytes()
     for block in blocks:
-        if cdb.get(f"{block['ns']}:{block['key']}".encode()) != b"1":
+        if cdb.get(data, f"{block['ns']}:{block['key']}".encode()) != b"1":
             problems.append(f"{block['key']} not in the cdb")
         if block["ns"] == "auth" and f'"{block["key"]}"'.encode() not in listed:
             problems.append(f"{block['key']} not in the lsearch file")

@@ -1,11 +1,17 @@
-"""The spool -H parser on files as Exim 4.96 writes them (taken from the e2e Exim)."""
+"""The spool -H parser on files as Exim 4.96 writes them (taken from the e2e Exim), and
+the queue listed by the real Exim: ``exim -bpi`` where it has it, else exipick."""
 
 from __future__ import annotations
+
+import subprocess
 
 import pytest
 
 from eximhook.errors import EximError
 from eximhook.exim import MESSAGE_ID, Exim, parse_header_file, printable
+
+from .conftest import needs_exim, needs_root
+from .e2e import harness as h
 
 HEADER_FILE = (
     b"1xVbMq-0004rw-1g-H\nDebian-exim 102 105\n<bob>\n1795468468 0\n-received_time_usec .522770\n"
@@ -74,7 +80,36 @@ def test_printable_shows_what_a_spammer_wrote_without_running_it(text: str, show
 
 def test_missing_binaries_are_clear_errors() -> None:
     exim = Exim("/nonexistent/exim", None, "/nonexistent/exipick", 5)
-    with pytest.raises(EximError, match="/nonexistent/exipick not found"):
+    with pytest.raises(EximError, match="/nonexistent/exim not found"):
         exim.ids(frozen=True)
+    # a binary that names no version (it says nothing) is taken for one without -bpi
+    with pytest.raises(EximError, match="/nonexistent/exipick not found"):
+        Exim("/bin/true", None, "/nonexistent/exipick", 5).queued(frozen=True)
     with pytest.raises(EximError, match="not message ids"):
         exim.act("-Mrm", ["-Mrm", "x"])
+
+
+@pytest.mark.e2e
+@needs_exim
+@needs_root
+def test_the_queue_is_listed_by_exim_itself_where_it_can() -> None:
+    """Two messages held in a real Exim's queue, one frozen: listed frozen and not, the
+    same as exipick lists them. Where the binary takes -bpi (4.97 and later) exipick is
+    not run at all (here: not there); on 4.96 it is."""
+    server = h.make(["bob"])
+    try:
+        server.setup().start()
+        for subject in ("one", "two"):  # remote.example's port is closed: each stays queued
+            assert server.send([f"someone@{h.REMOTE}"], source=h.RELAY_CLIENT, subject=subject) == {}
+        h.wait_for("two queued", lambda: len(server.queue()) == 2)
+        frozen, other = server.queue()
+        server.exim("-Mf", frozen)
+        takes_bpi = subprocess.run([h.EXIM, "-C", str(server.conf), "-bpi"], capture_output=True).returncode == 0
+        exim = Exim(h.EXIM, str(server.conf), h.EXIPICK if not takes_bpi else "/nonexistent/exipick", 30)
+        assert exim.lists_ids() is takes_bpi
+        assert [m.id for m in exim.queued(frozen=True)] == exim.ids(True) == server.queue(frozen=True) == [frozen]
+        assert [m.id for m in exim.queued(frozen=False)] == exim.ids(False) == server.queue(frozen=False) == [other]
+        assert [m.subject for m in exim.queued(frozen=True)] == [m.subject for m in exim.messages_of(
+            [("sender", f"bob@{h.DOMAIN}")], frozen=True)["sender", f"bob@{h.DOMAIN}"]]
+    finally:
+        h.cleanup(server)

@@ -177,15 +177,17 @@ def test_concurrent_maintain_runs_lift_each_block_once(tmp_path: Path) -> None:
 
 def test_a_queue_it_cannot_read_lifts_nothing(tmp_path: Path) -> None:
     """Without lift_frozen, a due block lifts only once its frozen mail is known to be
-    gone: exipick failing is no answer, it is a problem (exit 75), logged."""
+    gone: a queue listing failing is no answer, it is a problem (exit 75), logged."""
     cfg = expiring(tmp_path, lift_frozen=False)
     trip(cfg, "bob", T0)
-    _sent, problems, code = maintain(replace(cfg, exim=replace(cfg.exim, exipick="/nonexistent/exipick")), T0 + HOUR)
+    unreadable = replace(cfg.exim, binary="/nonexistent/exim4", exipick="/nonexistent/exipick")
+    _sent, problems, code = maintain(replace(cfg, exim=unreadable), T0 + HOUR)
     assert code == 75 and problems == ["1 block(s) due to lift stay: cannot tell whether their frozen mail was "
-                                       "reviewed: /nonexistent/exipick not found: set [exim] in the config"]
+                                       "reviewed: /nonexistent/exim4 not found: set [exim] in the config"]
     assert block_of(cfg, "bob") is not None
     assert "maintain: 1 block(s) due to lift stay" in Path(cfg.log.file or "").read_text()
-    empty_queue = replace(cfg, exim=replace(cfg.exim, exipick="/bin/true"))  # lists no message
+    # an exim that names no version (so exipick lists the queue) and an exipick listing nothing
+    empty_queue = replace(cfg, exim=replace(cfg.exim, binary="/bin/true", exipick="/bin/true"))
     assert maintain(empty_queue, T0 + HOUR)[2] == 0 and block_of(cfg, "bob") is None
 
 

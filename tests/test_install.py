@@ -28,16 +28,25 @@ def test_eximhook_is_on_roots_path() -> None:
 
 
 def test_the_snippets_are_this_checkouts() -> None:
+    """The same files, but for the venv's EXIMHOOK_CMD in macros.conf (the checkout's
+    default is the Debian package's interpreter and script)."""
     installed = Path("/usr/share/eximhook/exim-snippets")
     ours = sorted(p.name for p in (ROOT / "exim-snippets").iterdir())
     assert sorted(p.name for p in installed.iterdir()) == ours, "no stale file, no nested copy"
-    _, mismatch, errors = filecmp.cmpfiles(ROOT / "exim-snippets", installed, ours, shallow=False)
+    others = [name for name in ours if name != "macros.conf"]
+    _, mismatch, errors = filecmp.cmpfiles(ROOT / "exim-snippets", installed, others, shallow=False)
     assert (mismatch, errors) == ([], []), "run contrib/install.sh again: the installed snippets are older"
+    package = "/usr/bin/python3 -IS /usr/sbin/eximhook "
+    venv = "/opt/eximhook/bin/python3 -IS /opt/eximhook/bin/eximhook "
+    macros = (ROOT / "exim-snippets" / "macros.conf").read_text()
+    assert f"\nEXIMHOOK_CMD = {package}" in macros
+    assert (installed / "macros.conf").read_text() == macros.replace(f"\nEXIMHOOK_CMD = {package}",
+                                                                     f"\nEXIMHOOK_CMD = {venv}")
 
 
 def test_logrotate_entry() -> None:
     entry = Path("/etc/logrotate.d/eximhook")
-    assert entry.read_text() == (ROOT / "contrib" / "eximhook.logrotate").read_text()
+    assert entry.read_text() == (ROOT / "debian" / "eximhook.logrotate").read_text()
 
 
 OFFLINE = r"""
@@ -52,7 +61,7 @@ rm -f /etc/eximhook/eximhook.toml  # a first install: the config is written, wit
 bash "$1/contrib/install.sh" --offline "$2"
 echo "config mode $(stat -c '%a %U %G' /etc/eximhook/eximhook.toml)"
 /opt/eximhook/bin/python3 -I -c \
-  'import eximhook, lmdb, uvloop, cdblib, prometheus_client; print("imports ok")'
+  'import eximhook, lmdb, uvloop, prometheus_client; print("imports ok")'
 /usr/local/sbin/eximhook check-config | head -1
 """
 

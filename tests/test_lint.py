@@ -17,7 +17,8 @@ BIN = os.path.dirname(sys.executable)
 @pytest.mark.parametrize(
     "argv",
     [
-        pytest.param(["ruff", "check", "eximhook", "bin/eximhook", "bench", "tests", "contrib"], id="ruff"),
+        pytest.param(["ruff", "check", "eximhook", "bin/eximhook", "bench", "tests", "contrib", "debian/tests/story"],
+                     id="ruff"),
         pytest.param(["mypy", "eximhook"], id="mypy"),
     ],
 )

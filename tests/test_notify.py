@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from eximhook import outbox
 from eximhook.errors import Exit
 
-from .conftest import Run, hook, messages, write_config
+from .conftest import Run, hook, messages, needs_root, write_config
 
 
 @pytest.fixture
@@ -136,3 +137,32 @@ def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
             b"Content-Type: text/plain; charset=\"utf-8\""]
         parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
         assert parsed["Subject"] == " ".join(text.split())
+
+
+# Debian 13's exim4.service mounts /proc with ProtectProc=invisible: a hook Exim runs, as
+# the Exim user, sees none of root's processes. In a namespace of its own, so is this one.
+HIDDEN_PROC = ('mount -t proc -o hidepid=invisible proc /proc && '
+               'exec setpriv --reuid=Debian-exim --regid=Debian-exim --init-groups "$@"')
+
+
+@needs_root
+def test_a_claim_held_by_a_process_proc_hides_is_alive() -> None:
+    """An admin's `eximhook block` (root) claimed the notification and is sending it:
+    a hook that cannot see root's processes must not take it for dead and send it too."""
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with subprocess.Popen(["cat"], stdin=subprocess.PIPE) as sender:  # root's, alive until its stdin closes
+        start = outbox.process_start(sender.pid)
+        probe = (f"import os; from eximhook.outbox import claim_alive; "
+                 f"print(os.path.exists('/proc/{sender.pid}'), "
+                 f"claim_alive({{'claimer': {sender.pid}, 'claimer_start': {start}}}), "
+                 f"claim_alive({{'claimer': {gone.pid}, 'claimer_start': {start}}}))")
+        seen = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", HIDDEN_PROC, "sh",
+                               sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert sender.stdin is not None
+        sender.stdin.close()
+    assert seen.stdout.split() == ["False", "True", "False"], seen.stdout + seen.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from eximhook.backends.connect import _older_than
 from eximhook.errors import ConfigError
 
 from .conftest import Run, needs_redis, needs_root, write_config
@@ -152,7 +153,14 @@ def test_a_password_in_the_url_and_a_password_file_exclude_each_other(tmp_path: 
 
 
 @needs_redis
-def test_the_password_file_is_read_at_each_connect(tmp_path: Path) -> None:
+@pytest.mark.parametrize("changed", [
+    pytest.param(False, id="read"),
+    # redis-py before 4.4 (Debian 12 ships 4.3.4) has no credential providers: there
+    # eximhook reads the file when it makes the client, and a new password takes a restart
+    pytest.param(True, id="read-at-each-connect", marks=pytest.mark.skipif(
+        _older_than(4, 4), reason="redis-py < 4.4 reads the password file once")),
+])
+def test_the_password_file_is_read_at_each_connect(tmp_path: Path, changed: bool) -> None:
     """A real redis-server with requirepass: the client logs in with the file's password
     (its trailing newline stripped), and a new password in the file reaches a new
     connection without a restart; an unreadable file is a connection error naming it."""
@@ -172,16 +180,15 @@ def test_the_password_file_is_read_at_each_connect(tmp_path: Path) -> None:
         store = load(str(config)).store
         conn = client(store)
         conn.set(b"k", b"v")
-        conn.config_set("requirepass", "second-s3cret")
-        secret.write_text("second-s3cret\r\n")
-        conn.connection_pool.disconnect()  # as after a Redis restart: the next call connects anew
+        if changed:
+            conn.config_set("requirepass", "second-s3cret")
+            secret.write_text("second-s3cret\r\n")
+            conn.connection_pool.disconnect()  # as after a Redis restart: the next call connects anew
         assert conn.get(b"k") == b"v"
         conn.close()
         secret.unlink()
-        conn = client(store)
         with pytest.raises(redis.ConnectionError, match=f"cannot read \\[store\\] redis_password_file {secret}"):
-            conn.ping()
-        conn.close()
+            client(store).ping()  # when it connects, or (redis-py < 4.4) when the client is made
     finally:
         server.close()
 

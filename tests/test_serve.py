@@ -365,7 +365,7 @@ def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: 
 
 
 def test_tells_systemd_when_ready_and_when_stopping(tmp_path: Path) -> None:
-    """Type=notify in contrib/eximhook-serve.service: READY=1 once the socket listens."""
+    """Type=notify in debian/eximhook.eximhook-serve.service: READY=1 once the socket listens."""
     config = write_config(tmp_path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(tmp_path / "notify"))

@@ -16,6 +16,7 @@ from eximhook.relaytest import nets
 from eximhook.store import Store
 
 from .conftest import EXIM, needs_exim, write_config
+from .e2e import harness as h
 from .e2e.harness import SNIPPETS
 
 TEXT = debian.block(Config())
@@ -69,6 +70,36 @@ def test_a_hook_in_use_is_refused(tmp_path: Path, split: bool, macro: str) -> No
     assert snapshot(top) == before
 
 
+@pytest.mark.parametrize("split", [True, False])
+@pytest.mark.parametrize("option", ["event_action", "acl_smtp_quit"])
+def test_a_main_option_in_use_is_refused(tmp_path: Path, split: bool, option: str) -> None:
+    """Set twice, Exim refuses the whole config; event_action too, though block() sets it
+    only on Exim 4.97 and later: the config would stop building on the upgrade."""
+    top = confdir(tmp_path, split)
+    line = f"{option} = ${{if eq{{$event_name}}{{msg:complete}}{{}}}}\n"
+    if split:
+        (top / "conf.d" / "main" / "00_local").write_text(line)
+    else:
+        (top / "exim4.conf.template").write_text(line + "begin acl\n")
+    before = snapshot(top)
+    with pytest.raises(SetupError, match=f"sets the main option {option}, "):
+        debian.add(debian.layout(str(top)), TEXT)
+    assert snapshot(top) == before
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_transports_event_action_is_not_the_main_one(tmp_path: Path, split: bool) -> None:
+    top = confdir(tmp_path, split)
+    transport = "remote_smtp:\n  driver = smtp\n  event_action = ${if eq{$event_name}{msg:delivery}{}}\n"
+    if split:
+        (top / "conf.d" / "transport").mkdir()
+        (top / "conf.d" / "transport" / "30_local").write_text(transport)
+    else:
+        (top / "exim4.conf.template").write_text("begin acl\nbegin transports\n" + transport)
+    lay = debian.layout(str(top))
+    assert debian.add(lay, TEXT) == [lay.main_file]
+
+
 def test_not_debian(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="Debian's exim4-config"):
         debian.layout(str(tmp_path))
@@ -107,3 +138,20 @@ def test_exim_reads_blocked_nets_where_eximhook_writes_it(tmp_path: Path, how: s
         head = debian.block(load(str(elsewhere)), snippets=SNIPPETS)
         conf.write_text(f"{head}\nspool_directory = {tmp_path}/spool\n")
         assert expand(conf, "EXIMHOOK_NETS_FILE") == [f"{tmp_path}/b.nets"]
+
+
+@needs_exim
+def test_the_block_counts_failed_auth_the_way_this_exim_can(tmp_path: Path) -> None:
+    """The lines setup-exim4 writes, as this Exim reads them: the auth:fail event where
+    Exim has it (4.97 and later), the QUIT and not-QUIT ACLs where not (4.96)."""
+    conf = tmp_path / "exim.conf"
+    conf.write_text(debian.block(load(str(write_config(tmp_path))), snippets=str(SNIPPETS)))
+    shown = subprocess.run([EXIM, "-C", str(conf), "-bP", "acl_smtp_auth", "event_action", "acl_smtp_quit",
+                            "acl_smtp_notquit"], capture_output=True, text=True, check=True).stdout.splitlines()
+    if h.auth_event():
+        assert shown == ["acl_smtp_auth = acl_eximhook_auth",
+                         "event_action = ${if eq{$event_name}{auth:fail}{${acl{acl_eximhook_authfail}}}}",
+                         "acl_smtp_quit = ", "acl_smtp_notquit = "]
+    else:
+        assert shown == ["acl_smtp_auth = acl_eximhook_auth", "event_action = ",
+                         "acl_smtp_quit = acl_eximhook_quit", "acl_smtp_notquit = acl_eximhook_notquit"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cdblib
 import pytest
 
+from eximhook import cdb
 from eximhook._log import Logger
 from eximhook.config import load
 from eximhook.errors import ConfigError
@@ -19,7 +19,7 @@ from .conftest import Run, write_config
 
 
 def low_key(tmp_path: Path) -> int:
-    return int(cdblib.Reader((tmp_path / "mirror" / "blocked_subjects.cdb").read_bytes()).get(LOW_KEY))
+    return int(cdb.get((tmp_path / "mirror" / "blocked_subjects.cdb").read_bytes(), LOW_KEY) or b"")
 
 
 def test_a_block_records_the_free_space_and_its_threshold(tmp_path: Path, cli: Run) -> None:

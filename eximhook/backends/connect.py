@@ -17,7 +17,8 @@ get the timeouts, not the password (a Sentinel with ``requirepass`` is not suppo
 The password is in ``redis_url``, or in ``redis_password_file`` (issue 21: not in a
 config file that more users may read than the password's own file), read at each new
 connection, so a changed password reaches the daemon without a restart; the URL may
-still name the ACL user then.
+still name the ACL user then. redis-py before 4.4 (Debian 12 ships 4.3.4) cannot ask
+for a password at each connect: there the file is read once, when the client is made.
 """
 
 from __future__ import annotations
@@ -40,10 +41,11 @@ def client(store: StoreConfig) -> Client:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    timeouts: dict[str, Any] = {"socket_timeout": store.redis_timeout, "socket_connect_timeout": store.redis_timeout}
-    url, auth = store.redis_url, {}
+    timeouts = socket_timeouts(store.redis_url, store.redis_timeout)
+    url = store.redis_url
+    auth: dict[str, Any] = {}
     if store.redis_password_file:
-        url, auth["credential_provider"] = _password_file(store)
+        url, auth = _password_file(store)
     if store.redis_cluster:
         from redis.cluster import RedisCluster
 
@@ -67,34 +69,60 @@ def _sentinel(store: StoreConfig, url: str, timeouts: dict[str, Any], auth: dict
     return master
 
 
-def _password_file(store: StoreConfig) -> tuple[str, Any]:
-    """``redis_url`` without its user, and a credential provider that names that user
-    (if any) and reads the password from ``redis_password_file`` at each connect (the
-    URL holds no password then: config._check_redis). redis-py takes a provider or a
-    user and password, never both."""
+def socket_timeouts(url: str, timeout: float) -> dict[str, Any]:
+    """redis-py's options for waiting at most ``timeout`` to connect and for each answer."""
+    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    # redis-py before 4.6 has no socket_connect_timeout for a Unix socket (before 4.5.2: a
+    # TypeError at the first call); its socket_timeout bounds the connect there
+    if url.partition(":")[0].lower() == "unix" and _older_than(4, 6):
+        del timeouts["socket_connect_timeout"]
+    return timeouts
+
+
+def _older_than(major: int, minor: int) -> bool:
+    """Is the redis-py installed older than ``major.minor``? (Debian 12 ships 4.3.4.)"""
+    import redis
+
+    return tuple(int(part) for part in redis.__version__.split(".")[:2]) < (major, minor)
+
+
+def _password_file(store: StoreConfig) -> tuple[str, dict[str, Any]]:
+    """``redis_url`` without its user, and the client's options for logging in: a
+    credential provider that names that user (if any) and reads the password from
+    ``redis_password_file`` at each connect (the URL holds no password then:
+    config._check_redis). redis-py takes a provider or a user and password, never both;
+    before 4.4 it has no providers, and gets the user and the password read now."""
     from urllib.parse import unquote
 
     import redis
-    from redis.credentials import CredentialProvider
 
     scheme, sep, rest = store.redis_url.partition("://")
     netloc, slash, tail = rest.partition("/")
     user, at, host = netloc.rpartition("@")
     path = store.redis_password_file
+    url = scheme + sep + (host if at else netloc) + slash + tail
+
+    def credentials() -> tuple[str] | tuple[str, str]:
+        try:
+            with open(path, "rb") as f:
+                password = f.read().decode("utf-8").rstrip("\r\n")  # as `echo s3cret > FILE` leaves it
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise redis.ConnectionError(f"cannot read [store] redis_password_file {path}: {why}") from None
+        if not password:
+            raise redis.ConnectionError(f"[store] redis_password_file {path} is empty")
+        return (unquote(user), password) if user else (password,)
+
+    if _older_than(4, 4):
+        read = credentials()
+        return url, {"username": read[0] if len(read) == 2 else None, "password": read[-1]}
+    from redis.credentials import CredentialProvider
 
     class PasswordFile(CredentialProvider):
         def get_credentials(self) -> tuple[str] | tuple[str, str]:
-            try:
-                with open(path, "rb") as f:
-                    password = f.read().decode("utf-8").rstrip("\r\n")  # as `echo s3cret > FILE` leaves it
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
-                raise redis.ConnectionError(f"cannot read [store] redis_password_file {path}: {why}") from None
-            if not password:
-                raise redis.ConnectionError(f"[store] redis_password_file {path} is empty")
-            return (unquote(user), password) if user else (password,)
+            return credentials()
 
-    return scheme + sep + (host if at else netloc) + slash + tail, PasswordFile()
+    return url, {"credential_provider": PasswordFile()}
 
 
 def describe(store: StoreConfig) -> str:

@@ -53,7 +53,7 @@ from ..errors import EximhookError, Exit
 from ..periods import format_period
 from ..store import Outcome, queued, subject_key
 from .base import Backend, Event
-from .redis_lua import BLOCK, CLAIM, COUNTER, RECORD, UNBLOCK
+from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTER, RECORD, UNBLOCK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class RedisBackend(Backend):
         self._block = client.register_script(BLOCK)
         self._unblock = client.register_script(UNBLOCK)
         self._claim = client.register_script(CLAIM)
+        self._clear = client.register_script(CLEAR)
         self._counter = client.register_script(COUNTER)
         self.channel = self.prefix + b":changes"
         self.k_exempt = self.prefix + b":exempt"
@@ -133,7 +134,9 @@ class RedisBackend(Backend):
         """``redis://host:port/db``, ``rediss://`` (TLS) or ``unix:///path/to/socket``."""
         import redis
 
-        return cls(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout), prefix, node)
+        from .connect import socket_timeouts
+
+        return cls(redis.Redis.from_url(url, **socket_timeouts(url, timeout)), prefix, node)
 
     @classmethod
     def from_config(cls, store: StoreConfig, prefix: str = "eximhook") -> RedisBackend:
@@ -330,11 +333,7 @@ class RedisBackend(Backend):
         return [r for r in out if (ns is None or r["ns"] == ns) and (key is None or r["key"] == key)]
 
     def clear_shadows(self, ns: str, key: str) -> int:
-        (h,) = self._keys(ns, key, b"shadow")
-        pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: the count is of what was deleted
-        pipe.hlen(h)
-        pipe.delete(h)
-        return int(pipe.execute()[0])
+        return int(self._clear(keys=self._keys(ns, key, b"shadow")))
 
     def history(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         """Oldest first; each subject numbers its own events (``seq``): a Redis Cluster

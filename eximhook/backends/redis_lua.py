@@ -188,6 +188,15 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
+# RedisBackend.clear_shadows: the subject's would-block records (KEYS[1]) deleted, and
+# how many there were. A script, not MULTI: redis-py's cluster client has MULTI only
+# from 6.1, and Debian 12 ships 4.3.4.
+CLEAR = r"""
+local n = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+"""
+
 COUNTER = _COMMON + r"""
 local c = load(KEYS[1])
 local windows = {}

@@ -152,7 +152,7 @@ def receive(cfg: Config, opts: argparse.Namespace) -> int:
 
 
 def watch(cfg: Config, opts: argparse.Namespace) -> int:
-    """The watcher (contrib/eximhook-relaytest.service, as the Exim user): follow the
+    """The watcher (debian/eximhook.eximhook-relaytest.service, as the Exim user): follow the
     mainlog and probe the customers who send, until SIGTERM (``relaytest.watch``)."""
     import signal
     import threading

@@ -97,10 +97,12 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
             debian.update()
             raise
     else:
-        before, mode = b"", 0o644
-        if debian.is_added(lay):
-            with open(lay.main_file, "rb") as f:
-                before, mode = f.read(), os.fstat(f.fileno()).st_mode & 0o7777
+        if not debian.is_added(lay):
+            # nothing changes, so Exim's config is not rebuilt (the package's prerm runs this)
+            print(f"eximhook is not set up in the {where}: nothing to remove")
+            return Exit.OK
+        with open(lay.main_file, "rb") as f:
+            before, mode = f.read(), os.fstat(f.fileno()).st_mode & 0o7777
         changed = debian.remove(lay)
         try:
             debian.update()
@@ -114,7 +116,7 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
             raise SetupError(f"{exc}; eximhook is left in ({lay.main_file} restored): take out what uses its "
                              "macros first, then remove") from None
     verb = "added to" if opts.action == "add" else "removed from"
-    print(f"eximhook {verb} the {where}: {', '.join(changed) or 'nothing to do'}")
+    print(f"eximhook {verb} the {where}: {', '.join(changed)}")
     print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")
     return Exit.OK
 

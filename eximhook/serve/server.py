@@ -436,7 +436,9 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
         except ImportError:
             asyncio.run(server.run())
         else:
-            uvloop.run(server.run())
+            # what uvloop.run does, which Debian 12's uvloop (0.17) does not have yet (0.18+)
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(server.run())
     finally:
         if backend is not None:
             backend.close()

@@ -4,7 +4,7 @@ Exim 4.96's ``${readsocket}`` mishandles a Unix socket it cannot connect to: it 
 the new socket but keeps the descriptor number, and closes that number again when it
 tidies its lookups up, by then another file's (``src/lookups/readsock.c``). The
 snippets therefore ask only while the socket exists, a stopped daemon removes it, and
-with socket activation (``contrib/eximhook-serve.socket``) systemd keeps it listening
+with socket activation (``debian/eximhook.eximhook-serve.socket``) systemd keeps it listening
 while a crashed daemon restarts, so Exim's connect never fails.
 """
 

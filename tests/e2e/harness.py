@@ -4,6 +4,11 @@ The generated config only adds scaffolding around the snippets: a local domain w
 list of valid users, a plaintext authenticator with test users (TLS only, through the
 snippet's macro), a throwaway self-signed certificate, local delivery to maildirs,
 127.0.0.2 as a relay customer. Used by the e2e tests and by contrib/demo.py.
+
+Exim reads the snippets from a copy in the test's own directory, through the macro
+EXIMHOOK_SNIPPETS (``.include EXIMHOOK_SNIPPETS/acl-rcpt-relaytest.conf`` in a config
+fragment a test passes): its delivery processes read the config again as the Exim
+user, who may not enter the checkout (a clone under /root, mode 0700).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from eximhook.debian import AUTH_EVENT
 from eximhook.subjects import lsearch_line
 
 ROOT = Path(__file__).resolve().parents[2]
-SNIPPETS = ROOT / "exim-snippets"
+SNIPPETS = ROOT / "exim-snippets"  # the checkout's; each Exim includes its own copy (Exim.snippets)
 EXIM = "/usr/sbin/exim4"
 EXIPICK = "/usr/sbin/exipick"
 EXIM_USER = "Debian-exim"
@@ -69,6 +75,13 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> o
             return result
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def auth_event() -> bool:
+    """Whether the Exim binary the tests run counts failed AUTH through the auth:fail
+    event (4.97 and later): it defines the macro the snippets' .ifdef asks for (an empty
+    config: the binary's own macros, whatever the machine's config says)."""
+    return subprocess.run([EXIM, "-C", "/dev/null", "-bP", "macro", AUTH_EVENT], capture_output=True).returncode == 0
 
 
 class Daemon:
@@ -165,6 +178,7 @@ class Exim:
         self.users = users
         self.limit = limit
         self.conf = work / "exim.conf"
+        self.snippets = work / "exim-snippets"  # SNIPPETS copied where the Exim user can read them
         self.eximhook_conf = work / "eximhook.toml"
         self.spool = work / "spool"
         self.mail = work / "mail"
@@ -193,6 +207,10 @@ class Exim:
     def setup(self) -> Exim:
         exim = pwd.getpwnam(EXIM_USER)
         self.work.chmod(0o755)  # mkdtemp makes 0700: the Exim user must get in
+        shutil.copytree(SNIPPETS, self.snippets, dirs_exist_ok=True)
+        self.snippets.chmod(0o755)  # whatever the checkout's umask made them
+        for snippet in self.snippets.iterdir():
+            snippet.chmod(0o644)
         for d in (self.spool, self.work / "log", self.mail, self.run_dir):
             d.mkdir(exist_ok=True)
             os.chown(d, exim.pw_uid, exim.pw_gid)
@@ -234,11 +252,13 @@ class Exim:
                        for name, table in sections.items()) + self.eximhook_extra
 
     def exim_conf(self) -> str:
-        s, w = SNIPPETS, self.work
+        s, w = "EXIMHOOK_SNIPPETS", self.work
         overrides = "".join(f"{name} = {value}\n" for name, value in self.macros.items())
+        auth = "" if self.auth_guard else "# "
         return f"""
 # scaffolding for eximhook's end-to-end tests; the snippets are included verbatim
-{overrides}EXIMHOOK_CMD = {self.hook_cmd}
+{overrides}EXIMHOOK_SNIPPETS = {self.snippets}
+EXIMHOOK_CMD = {self.hook_cmd}
 EXIMHOOK_CDB = {self.spool}/blocked_subjects.cdb
 .include {s}/macros.conf
 
@@ -267,9 +287,13 @@ tls_privatekey = {w}/key.pem
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
 acl_not_smtp = acl_check_not_smtp
-{"" if self.auth_guard else "# "}acl_smtp_auth = acl_eximhook_auth
-{"" if self.auth_guard else "# "}acl_smtp_quit = acl_eximhook_quit
-{"" if self.auth_guard else "# "}acl_smtp_notquit = acl_eximhook_notquit
+{auth}acl_smtp_auth = acl_eximhook_auth
+.ifdef {AUTH_EVENT}
+{auth}event_action = EXIMHOOK_EVENT_ACTION
+.else
+{auth}acl_smtp_quit = acl_eximhook_quit
+{auth}acl_smtp_notquit = acl_eximhook_notquit
+.endif
 
 begin acl
 .include {s}/acl-auth.conf
@@ -353,7 +377,7 @@ plain:
 
     @staticmethod
     def snippet_acl() -> str:
-        return "\n".join(f".include {SNIPPETS}/acl-rcpt-{part}.conf" for part in ("auth", "relay", "accept"))
+        return "\n".join(f".include EXIMHOOK_SNIPPETS/acl-rcpt-{part}.conf" for part in ("auth", "relay", "accept"))
 
     # -- running ---------------------------------------------------------------------
 

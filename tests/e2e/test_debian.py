@@ -6,13 +6,16 @@ if the test is killed). In there it runs `setup-exim4 add` (update-exim4.conf an
 exim4 -bV included), keeps the config Debian generated, runs `remove`, and compares
 both directories with what they were. Outside, an Exim runs the generated config on a
 loopback port (its spool and log in the test's directory, queue_only: nothing is
-delivered) and is driven over SMTP."""
+delivered) and is driven over SMTP. And tls-auth.conf, as README puts it into Debian's
+config, brings up SMTP on 25, 587 and 465, on either release, in a network namespace of
+the test's own (a loopback, nothing else)."""
 
 from __future__ import annotations
 
 import json
 import smtplib
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +60,60 @@ fi
 """
 
 
+# In a namespace of its own (network and mount): tls-auth.conf included after
+# MAIN_TLS_ENABLE in the admin's local file, as README says, and Exim started as
+# Debian's exim4.service (13) and init scripts start it: without -oX. Arguments:
+# snippets, split, out dir, python.
+PORTS = r"""
+set -eu
+"$4" -c 'import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the namespace loopback is down: up
+flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh22x", b"lo", 0))[:18])[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))'
+for d in /etc/exim4 /var/lib/exim4 /var/log/exim4 /var/spool/exim4; do
+  copy=$(mktemp -d); cp -a "$d/." "$copy/"
+  mount -t tmpfs -o mode=0755 eximhook-e2e "$d"
+  cp -a "$copy/." "$d/"; rm -rf "$copy"
+done
+sed -i "s/^dc_use_split_config=.*/dc_use_split_config='$2'/" /etc/exim4/update-exim4.conf.conf
+local=/etc/exim4/exim4.conf.localmacros
+[ "$2" = true ] && local=/etc/exim4/conf.d/main/000_localmacros
+printf 'MAIN_TLS_ENABLE = yes\n.include %s/tls-auth.conf\n' "$1" >> "$local"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout /etc/exim4/exim.key \
+  -out /etc/exim4/exim.crt 2>/dev/null
+chown root:Debian-exim /etc/exim4/exim.key; chmod 640 /etc/exim4/exim.key
+update-exim4.conf
+exim4 -bd -oP /var/spool/exim4/ports.pid
+trap 'kill "$(cat /var/spool/exim4/ports.pid)"' EXIT
+"$4" -c 'import smtplib, ssl, sys, time
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+for port in (25, 587, 465):
+    for _ in range(100):  # the daemon is listening once it has written its pid file
+        try:
+            smtp = smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=10) if port == 465 else \
+                smtplib.SMTP("127.0.0.1", port, timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    with smtp:
+        smtp.ehlo("client.example")
+        print(port, "tls" if port == 465 else "starttls" if smtp.has_extn("starttls") else "plain")' > "$3/ports.out"
+"""
+
+
+@pytest.mark.parametrize("split", ["false", "true"], ids=["unsplit", "split"])
+def test_tls_auth_conf_brings_up_465_and_587_on_debian(split: str) -> None:
+    server = h.make(["bob"])  # only for its copy of the snippets, readable by all
+    try:
+        server.setup()
+        subprocess.run(["unshare", "--net", "--mount", "--propagation", "private", "bash", "-c", PORTS, "bash",
+                        str(server.snippets), split, str(server.work), sys.executable], check=True,
+                       capture_output=True, timeout=120)
+        assert (server.work / "ports.out").read_text().split("\n") == ["25 starttls", "587 starttls", "465 tls", ""]
+    finally:
+        h.cleanup(server)
+
+
 @pytest.fixture(params=["false", "true"], ids=["unsplit", "split"])
 def debian(request: pytest.FixtureRequest) -> Iterator[tuple[h.Exim, Path]]:
     server = h.make(["bob"], limit=3)
@@ -65,7 +122,7 @@ def debian(request: pytest.FixtureRequest) -> Iterator[tuple[h.Exim, Path]]:
         out = server.work / "debian"
         out.mkdir()
         subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", SCRIPT, "bash",
-                          str(server.eximhook_conf), str(h.SNIPPETS), str(out), request.param], check=True,
+                          str(server.eximhook_conf), str(server.snippets), str(out), request.param], check=True,
                          capture_output=True, timeout=120)
         # a customer host: the snippets key relay hosts other than this machine (!@[])
         overrides = (f"SPOOLDIR = {server.spool}\nlog_file_path = {server.work}/log/%slog\nqueue_only = true\n"

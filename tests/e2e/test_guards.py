@@ -1,8 +1,9 @@
 """The guards against the real Exim. Password guessing: failed SMTP AUTH counted per
 client address through the daemon (acl-auth.conf), each attempt once, the address
 blocked past the limit with one notification, its next AUTH dropped before the password
-is checked; an exempt network is counted and never blocked. The spool-space guard: a
-blocked user's mail refused instead of frozen when the spool is short."""
+is checked; an exempt network is counted and never blocked; on Exim 4.97 and later by
+the auth:fail event, each failure when it fails. The spool-space guard: a blocked
+user's mail refused instead of frozen when the spool is short."""
 
 from __future__ import annotations
 
@@ -95,6 +96,57 @@ def test_each_failed_auth_counts_once_and_the_guesser_is_blocked(exim: h.Exim) -
     assert b"client 127.0.0.3 blocked because has failed SMTP AUTH 6 times during 1h (limit 5)" in note
     events = [e["event"] for e in json.loads(exim.eximhook("history", "--json").stdout)]
     assert events.count("blocked") == 1
+
+
+def test_each_failure_is_counted_once_on_the_path_this_exim_takes(exim: h.Exim) -> None:
+    """Exim 4.97 and later: the auth:fail event counts each failure when it fails (the
+    next command's answer comes after the count), with the user name it tried. Exim
+    4.96: the ACLs count it at the connection's next AUTH or at its end. Either way
+    each failure once, and Exim's own log line for each failure (fail2ban's) stays."""
+    event = h.auth_event()
+    shown = exim.exim("-bP", "event_action", "acl_smtp_quit", "acl_smtp_notquit").splitlines()
+    if event:
+        assert shown == ["event_action = ${if eq{$event_name}{auth:fail}{${acl{acl_eximhook_authfail}}}}",
+                         "acl_smtp_quit = ", "acl_smtp_notquit = "]
+    else:
+        assert shown == ["event_action = ", "acl_smtp_quit = acl_eximhook_quit",
+                         "acl_smtp_notquit = acl_eximhook_notquit"]
+    smtp = exim.connect(GUESSER)
+    for n, user in enumerate(["mallory", "trudy"], 1):
+        try:
+            smtp.login(user, "wrong")
+        except smtplib.SMTPAuthenticationError as exc:
+            assert exc.smtp_code == 535
+        assert smtp.noop()[0] == 250
+        # counted by now on the event path; on 4.96 at the next AUTH
+        assert failures(exim, GUESSER) == (n if event else n - 1)
+    assert smtp.quit()[0] == 221  # 4.96: the QUIT ACL counts the last one before it answers
+    counted = exim.show("ip", GUESSER)["counters"]["authfail"]
+    assert counted["total"] == 2 and sorted(counted["evidence"]) == ["mallory", "trudy"]
+    assert exim.show("net", "127.0.0.0/24")["counters"]["authfail"]["total"] == 2
+    lines = [ln for ln in exim.log().splitlines() if "authenticator failed for" in ln and f"[{GUESSER}]" in ln]
+    assert [ln.split("(set_id=")[-1] for ln in lines] == ["mallory)", "trudy)"], lines
+
+
+def test_a_config_written_for_4_96_is_told_on_4_97() -> None:
+    """A config that names the QUIT ACL and sets no event_action (written for 4.96, as
+    README said before): on 4.96 it counts as ever; on 4.97 and later it counts nothing
+    (the event is how), and the main log says what to change."""
+    server = h.make(["bob"], serve=True)
+    try:
+        server.setup()
+        server.conf.write_text(server.conf.read_text().replace("event_action = EXIMHOOK_EVENT_ACTION",
+                                                               "acl_smtp_quit = acl_eximhook_quit"))
+        server.start()
+        assert guess(server, GUESSER, 1) == [535]
+        told = "counted by the event_action eximhook's snippets give, not by acl_eximhook_quit"
+        if h.auth_event():
+            h.wait_for("the line", lambda: told in server.log())
+            assert failures(server, GUESSER) == 0
+        else:
+            assert failures(server, GUESSER) == 1 and told not in server.log()
+    finally:
+        h.cleanup(server)
 
 
 def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:

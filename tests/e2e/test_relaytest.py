@@ -118,7 +118,7 @@ def world(tmp_path: Path) -> Iterator[tuple[h.Exim, OpenRelay]]:
     # the test's spool, eximhook writes and Exim reads its blocked.nets there
     rt = {"networks": ["127.0.0.0/29"], "key_file": str(key), "mailbox": MAILBOX, "port": probe_port,
           "contacts": str(work / "contacts"), "connect_timeout": 5, "timeout": 20}
-    s = h.SNIPPETS
+    s = "EXIMHOOK_SNIPPETS"  # the server's copy of the snippets
     server = h.Exim(work, users=["bob"], settings={f"relaytest.{k}": v for k, v in rt.items()},
                     relay_hosts=(h.RELAY_CLIENT, OPEN, CLOSED, SILENT, BOUNCER),
                     rcpt_acl=f".include {s}/acl-rcpt-relaytest.conf\n" + h.Exim.snippet_acl(),
