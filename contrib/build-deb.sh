@@ -3,8 +3,8 @@
 #   bash contrib/build-deb.sh [OUTDIR]      # default: dist/
 # It installs the build dependencies debian/control names (from Debian's archive), builds
 # in a copy of this tree (so the checkout gets no build files and dpkg-buildpackage's
-# "../" is a temp dir), runs lintian, and leaves eximhook_VERSION_all.deb (one package
-# for bookworm and trixie: pure Python, Debian's own python3-* packages) in OUTDIR.
+# "../" is a temp dir), runs lintian, and leaves eximhook_VERSION_all.deb in OUTDIR (pure
+# Python on Debian's own python3-* packages; build it on the release it is for).
 # Install it with: apt install ./dist/eximhook_*_all.deb
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +32,6 @@ else
 fi
 (cd "$work/eximhook" && dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) || { tail -40 "$work/build.log"; exit 1; }
 version=$(dpkg-parsechangelog -l "$here/debian/changelog" -S Version)
-lintian --info --fail-on error "$work/eximhook_${version}_all.deb"
+lintian --display-info --fail-on error "$work/eximhook_${version}_all.deb"
 mv "$work/eximhook_${version}_all.deb" "$out/"
 echo "build-deb: $out/eximhook_${version}_all.deb"

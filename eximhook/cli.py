@@ -246,5 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snippets", default="/usr/share/eximhook/exim-snippets",
                    help="the directory of the Exim snippets the config includes (default: %(default)s, where "
                         "the package installs them)")
+    p.add_argument("--uninstall", action="store_true",
+                   help="with remove, as the package's prerm runs it: refuse while a file of Exim's configuration "
+                        "other than eximhook's own lines includes the snippets, which go with the package")
     add("check-config", system.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

@@ -193,6 +193,27 @@ def _sets(text: str, macro: str) -> bool:
     return False
 
 
+def includes_elsewhere(lay: Layout, snippets: str = SNIPPETS) -> list[str]:
+    """The files of Exim's configuration, other than eximhook's own lines, that name the
+    snippets directory outside a comment (an admin's ``.include`` of tls-auth.conf or of
+    the relay-test router): with the snippets gone, Exim's configuration stops building."""
+    candidates = [*lay.sources(), os.path.join(lay.confdir, "exim4.conf")]  # a hand-made one wins over Debian's
+    found = []
+    for path in candidates:
+        if lay.split and path == lay.main_file:
+            continue  # eximhook's own file
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if BEGIN in text and END in text:
+            text = text[:text.index(BEGIN)] + text[text.index(END):]
+        if any(snippets in line.split("#", 1)[0] for line in text.splitlines()):
+            found.append(path)
+    return found
+
+
 def remove(lay: Layout) -> list[str]:
     """Take eximhook out again: the file as it was before ``add``, byte for byte."""
     path = lay.main_file
@@ -211,6 +232,8 @@ def remove(lay: Layout) -> list[str]:
     if before == (_CREATED + "\n").encode() and not after:
         os.unlink(path)
         return [path]
+    # the admin added lines to the file add created: it stays, without add's remark
+    before = before.removeprefix((_CREATED + "\n").encode())
     _write(path, before + after, keep_mode_of=path)
     return [path]
 

@@ -418,3 +418,36 @@ def test_a_blocked_answer_repairs_a_lagging_mirror(tmp_path: Path, cli: Run, ser
     assert b'"yves"' not in listed.read_bytes()
     assert record(d, "yves") == b"1"
     wait_for("the repair", lambda: b'"yves"' in listed.read_bytes(), 10)
+
+
+def test_a_held_socket_outlives_daemons_that_stop(tmp_path: Path) -> None:
+    """eximhook-serve.socket hands the daemon its socket (fd 3, LISTEN_FDS, LISTEN_PID).
+    From Python 3.13, asyncio and uvloop remove a Unix server's file when it closes, one
+    handed over included: stopped cleanly twice, the daemon must leave the path, so that
+    the third, on the same socket, answers there (Debian 13; no restart of the unit)."""
+    config = write_config(tmp_path)
+    path = tmp_path / "eximhook.sock"
+    held = socket.socket(socket.AF_UNIX)
+    try:
+        held.bind(str(path))
+        held.listen(64)
+        for _ in range(2):
+            daemon = Daemon(config, held=held).start()  # up: it answered a ping through the path
+            assert daemon.stop() == 0
+            assert path.exists(), f"Python {sys.version.split()[0]} removed the socket a daemon was handed"
+        daemon = Daemon(config, held=held).start()
+        assert daemon.request(b"ping\n") == b"pong"
+        assert daemon.stop() == 0
+    finally:
+        held.close()
+
+
+def test_check_config_says_a_running_daemon_needs_a_reload(config: Path, cli: Run, serve: Serve) -> None:
+    """An admin who edits the config and runs check-config, as its header says, learns
+    that the daemon goes on with the config it read at its start until SIGHUP."""
+    reload = "systemctl reload eximhook-serve.service"
+    code, out, _ = cli("check-config")
+    assert code == Exit.OK and reload not in out, "no daemon: nothing to reload"
+    serve(config)
+    code, out, _ = cli("check-config")
+    assert code == Exit.OK and reload in out

@@ -155,3 +155,28 @@ def test_the_block_counts_failed_auth_the_way_this_exim_can(tmp_path: Path) -> N
     else:
         assert shown == ["acl_smtp_auth = acl_eximhook_auth", "event_action = ",
                          "acl_smtp_quit = acl_eximhook_quit", "acl_smtp_notquit = acl_eximhook_notquit"]
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_file_of_the_admins_that_includes_the_snippets_is_found(tmp_path: Path, split: bool) -> None:
+    """The package's prerm (setup-exim4 remove --uninstall) refuses while one does: with
+    the snippets deleted, Exim's configuration would stop building (README told admins
+    to include tls-auth.conf once). eximhook's own lines and comments do not count."""
+    top = confdir(tmp_path, split, b"# .include /usr/share/eximhook/exim-snippets/tls-auth.conf (commented out)\n")
+    lay = debian.layout(str(top))
+    debian.add(lay, TEXT)
+    assert debian.includes_elsewhere(lay) == [], "only eximhook's own block and a comment"
+    mine = top / ("conf.d/main/000_localmacros" if split else "exim4.conf.localmacros")
+    with mine.open("a") as f:
+        f.write("MAIN_TLS_ENABLE = yes\n.include /usr/share/eximhook/exim-snippets/tls-auth.conf\n")
+    assert debian.includes_elsewhere(lay) == [str(mine)]
+
+
+def test_remove_keeps_the_admins_lines_in_a_file_add_created(tmp_path: Path) -> None:
+    top = confdir(tmp_path, split=False)
+    lay = debian.layout(str(top))
+    debian.add(lay, TEXT)
+    with open(lay.main_file, "a") as f:
+        f.write("MAIN_TLS_ENABLE = yes\n")
+    debian.remove(lay)
+    assert Path(lay.main_file).read_text() == "MAIN_TLS_ENABLE = yes\n", "without add's remark that it deletes it"

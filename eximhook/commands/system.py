@@ -12,7 +12,7 @@ from .. import health
 from .. import notify as notify_mod
 from .._log import Logger
 from ..config import Config
-from ..errors import ConfigError, Exit, SetupError
+from ..errors import ConfigError, Exit, ServeError, SetupError
 from ..periods import format_period
 from ..policy import UNITS
 from ..subjects import escape
@@ -88,6 +88,7 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
         for line in debian.selftest([*blocked, ("auth", "eximhook-selftest")]):
             print(line)
         return Exit.OK
+    elsewhere: list[str] = []  # remove: files of the admin's that include the snippets too
     if opts.action == "add":
         changed = debian.add(lay, debian.block(cfg, opts.snippets))
         try:
@@ -97,6 +98,11 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
             debian.update()
             raise
     else:
+        elsewhere = debian.includes_elsewhere(lay, opts.snippets)
+        if elsewhere and opts.uninstall:
+            raise SetupError(f"{', '.join(elsewhere)} include(s) eximhook's snippets ({opts.snippets}), which go "
+                             "with the package: Exim's configuration would no longer build. Take those lines out "
+                             "(copy what they set into your own file), then remove the package again")
         if not debian.is_added(lay):
             # nothing changes, so Exim's config is not rebuilt (the package's prerm runs this)
             print(f"eximhook is not set up in the {where}: nothing to remove")
@@ -118,6 +124,8 @@ def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
     verb = "added to" if opts.action == "add" else "removed from"
     print(f"eximhook {verb} the {where}: {', '.join(changed)}")
     print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")
+    if elsewhere:
+        print(f"still including eximhook's snippets: {', '.join(elsewhere)}")
     return Exit.OK
 
 def check_config(cfg: Config, opts: argparse.Namespace) -> int:
@@ -171,6 +179,15 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
         print(f"  {line}")
     print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
     print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")
+    from ..serve.sockets import ping
+
+    try:
+        ping(cfg.serve.socket, min(cfg.serve.timeout, 1.0))
+        # it read its config when it started: an edit reaches it with SIGHUP, not by itself
+        print("  eximhook serve is running with the config it read when it started: for this one, "
+              "systemctl reload eximhook-serve.service (or kill -HUP its pid)")
+    except ServeError:
+        pass
     if cfg.serve.timeout >= 2:
         print(f"  note: [serve] timeout {cfg.serve.timeout:g}s: keep it below the snippets' EXIMHOOK_WAIT (2s unless "
               "you changed it), or Exim runs the ${run} hook while the daemon may still count the same event")

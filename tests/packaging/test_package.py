@@ -89,6 +89,16 @@ def test_install_story_upgrade_remove_purge(release: str, request: pytest.Fixtur
     assert "acl_smtp_rcpt = acl_eximhook_rcpt" in kept.stdout, "an upgrade leaves eximhook wired in"
     assert "block" in kept.stdout, "the store's history survives the upgrade"
 
+    # remove, while a file of the admin's includes a snippet: refused, or Exim's config
+    # would stop building when the snippets go
+    localmacros = system.root / "etc" / "exim4" / "exim4.conf.localmacros"
+    wired = localmacros.read_text()
+    localmacros.write_text(wired + ".include /usr/share/eximhook/exim-snippets/tls-auth.conf\n")
+    refused = system.run("apt-get remove -y -q eximhook 2>&1", check=False)
+    assert refused.returncode != 0 and "include(s) eximhook's snippets" in refused.stdout, refused.stdout[-3000:]
+    system.run("dpkg-query -W -f='${Status}' eximhook | grep -q 'install ok installed' && update-exim4.conf")
+    localmacros.write_text(wired)
+
     # remove: eximhook is taken out of Exim's config, which still builds; data stays
     removed = system.run("apt-get remove -y -q eximhook 2>&1")
     assert "eximhook removed from the" in removed.stdout, removed.stdout
