@@ -10,6 +10,7 @@ merged-/usr system."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -33,6 +34,18 @@ def test_the_bookworm_build_is_reproducible(host_debs: Debs, tmp_path: Path) -> 
     assert done.returncode == 0, done.stdout[-3000:]
     again = tmp_path / host_debs.first.name
     assert again.read_bytes() == host_debs.first.read_bytes() or contents(again) == contents(host_debs.first)
+
+
+def running_in(system: Chroot) -> list[str]:
+    """The processes whose root is the chroot's."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "root")) == system.root:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # gone, or a kernel thread
+    return found
 
 
 def contents(deb: Path) -> dict[str, bytes]:
@@ -77,6 +90,7 @@ def test_install_story_upgrade_remove_purge(release: str, request: pytest.Fixtur
 
     story = system.run("python3 /root/story", net=False, check=False, timeout=900)
     assert story.returncode == 0, story.stdout[-8000:]
+    assert running_in(system) == [], "the story stops what it started (Exim, the daemon)"
 
     # upgrade: the admin's edited config stays, the new default lands beside it
     system.run(f"{APT} ./root/{debs.upgrade.name} > /root/upgrade.log")
