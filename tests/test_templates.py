@@ -5,6 +5,7 @@ the mail."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -267,7 +268,11 @@ def test_a_template_broken_after_start_falls_back_and_the_mail_goes_once(tmp_pat
     custom.write_text("Subject: custom $user\n\nCustom text.\n")  # an edit nobody checked
     trip("carol")
     wait_for("the second notification", lambda: len(messages(mailbox)) == 2, 10)
-    time.sleep(1)  # a copy, if any, would have come by now
+
+    def drained() -> bool:  # the daemon's outbox: a copy, if any, has gone by then
+        return all(b["notification"] is None for b in json.loads(cli("list", "--json", config_path=config)[1]))
+
+    wait_for("the outbox drained", drained, 10)
     [_, second] = messages(mailbox)
     assert second["Subject"] == "user carol blocked", "the built-in text"
     assert f"--config {config} purge auth carol  " in second.get_content()

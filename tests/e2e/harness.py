@@ -478,6 +478,17 @@ plain:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
+    def settled(self, timeout: float = 30) -> None:
+        """Wait until nothing more can arrive: eximhook's outbox has no notification
+        queued, held or being sent, and Exim's queue no message that is not frozen
+        (everything sent so far is delivered). Then "exactly one" can be asserted."""
+
+        def done() -> bool:
+            n = json.loads(self.eximhook("stats", "--json").stdout)["notifications"]
+            return (n["queued"], n["held"], n["sending"]) == (0, 0, 0) and self.queue(frozen=False) == []
+
+        wait_for("eximhook's outbox drained and Exim's queue delivered", done, timeout)
+
     def queue(self, frozen: bool | None = None) -> list[str]:
         flag = [] if frozen is None else ["-z" if frozen else "-x"]
         out = subprocess.run([EXIPICK, "-C", str(self.conf), "-i", *flag], capture_output=True, text=True,

@@ -47,7 +47,7 @@ def test_limit_trips_once_and_freezes(exim: h.Exim) -> None:
     [headers] = frozen_headers(exim)
     assert "Subject: the trip" in headers and "X-Authenticated-As: bob" in headers
     h.wait_for("the notification", lambda: notifications(exim))
-    time.sleep(0.5)
+    exim.settled()
     [note] = notifications(exim)
     assert b"Subject: user bob blocked" in note
     assert exim.eximhook("check-blocked", "auth", "bob").stdout == "1"
@@ -68,7 +68,7 @@ def test_blocked_user_is_frozen_honest_user_is_not(exim: h.Exim) -> None:
 def test_bot_with_parallel_connections_trips_once(exim: h.Exim) -> None:
     h.parallel_bot(exim, "carol")
     h.wait_for("the notification", lambda: notifications(exim))
-    time.sleep(1)  # a second notification, if any, would have arrived by now
+    exim.settled()  # a second notification, if any, has arrived by now
     assert len(notifications(exim)) == 1
     history = json.loads(exim.eximhook("history", "--json", "auth", "carol").stdout)
     assert [e["event"] for e in history] == ["blocked", "notified"]

@@ -42,7 +42,7 @@ def test_trip_through_the_daemon_runs_nothing(exim: h.Exim) -> None:
     assert "X-Authenticated-As: bob" in exim.headers(msg_id)
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
     assert f"Frozen messages (1 when this was sent): {msg_id}" in body(note), "names the tripping message"
-    time.sleep(0.5)
+    exim.settled()
     assert len(exim.maildir("abuse")) == 1
     assert exim.hook_runs() == [], "no ${run} on the daemon's path"
     assert "blocked auth bob: 6 invalid recipients" in exim.hook_log()
@@ -52,7 +52,7 @@ def test_trip_through_the_daemon_runs_nothing(exim: h.Exim) -> None:
 def test_ten_connections_one_block_one_notification(exim: h.Exim) -> None:
     h.parallel_bot(exim, "carol")
     h.wait_for("the notification", lambda: exim.maildir("abuse"))
-    time.sleep(1.5)
+    exim.settled()
     assert len(exim.maildir("abuse")) == 1
     history = json.loads(exim.eximhook("history", "--json", "auth", "carol").stdout)
     assert [e["event"] for e in history] == ["blocked", "notified"]
@@ -143,7 +143,7 @@ def test_restart_with_a_held_notification_sends_it_once() -> None:
         server.start_daemon()
         assert server.eximhook("notify").stdout == "0", "the maintenance run respects the hold"
         h.wait_for("the notification", lambda: server.maildir("abuse"), 15)
-        time.sleep(1.5)
+        server.settled()
         assert len(server.maildir("abuse")) == 1
         assert server.eximhook("notify").stdout == "0"
     finally:
@@ -199,7 +199,7 @@ def test_the_owner_is_told_once_in_their_own_mailbox() -> None:
 
         [note] = h.wait_for("the owner's mail", to_owner)  # type: ignore[misc]
         h.wait_for("the abuse desk's", lambda: server.maildir("abuse"))
-        time.sleep(1.5)  # a copy of either, if any, would have come by now
+        server.settled()  # a copy of either, if any, has come by now
         assert len(to_owner()) == 1 and len(server.maildir("abuse")) == 1
         msg = email.message_from_bytes(note, policy=email.policy.default)
         assert (msg["Subject"], msg["To"]) == ("Outgoing mail stopped: user carol", f"carol@{h.DOMAIN}")

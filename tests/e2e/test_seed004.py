@@ -75,7 +75,7 @@ def test_each_bounce_counts_once_against_the_sender_and_the_user(exim: h.Exim) -
     assert exim.send(DEAD, user="bob", headers="Message-ID: <first@client.example>\r\n") == {}
     bounces_to(exim, "bob", 1)
     assert exim.sink.messages == 1
-    time.sleep(0.5)
+    exim.settled()
     assert top(exim, "bounces") == [("auth", "bob", 1), ("sender", f"bob@{h.DOMAIN}", 1)], \
         "one bounce (for three failed recipients), against the address and the user that sent it"
     evidence = exim.show("auth", "bob")["counters"]["bounces"]["evidence"]
@@ -87,7 +87,7 @@ def test_each_bounce_counts_once_against_the_sender_and_the_user(exim: h.Exim) -
     assert exim.send([f"{h.FORWARD}@{h.DOMAIN}"], user="bob", subject="forwarded") == {}
     h.wait_for("the forward", lambda: [m for m in exim.maildir("alice") if b"forwarded" in m])
     h.wait_for("the vacation reply", lambda: [m for m in exim.maildir("bob") if b"I am away" in m])
-    time.sleep(0.5)
+    exim.settled()
     assert top(exim, "bounces") == [("auth", "bob", 1), ("sender", f"bob@{h.DOMAIN}", 1)]
     assert [r for r in top(exim, "recipients") if r[0] == "local"] == [], "root's mail is exempt"
     assert exim.hook_runs() == [], "all through the daemon: no ${run}"
@@ -109,12 +109,12 @@ def test_a_delivery_report_over_smtp_counts(exim: h.Exim) -> None:
         assert smtp.sendmail("", [f"bob@{h.DOMAIN}"], backscatter.encode()) == {}
     h.wait_for("the reports", lambda: [m for m in exim.maildir("bob") if b"Undelivered" in m] and
                [m for m in exim.maildir("bob") if b"Backscatter" in m])
-    time.sleep(0.3)
+    exim.settled()
     assert top(exim, "bounces") == [("auth", "bob", 1), ("sender", f"bob@{h.DOMAIN}", 1)], \
         "the report of bob's message counts; one naming no message of ours (backscatter) does not"
     with exim.connect(tls=False) as smtp:  # a forger who knows the Message-ID, from the same host
         assert smtp.sendmail("", [f"bob@{h.DOMAIN}"], report.encode()) == {}
-    time.sleep(0.5)
+    exim.settled()
     assert top(exim, "bounces") == [("auth", "bob", 1), ("sender", f"bob@{h.DOMAIN}", 1)], \
         "one report per message from one network (and never more than its recipients)"
 
@@ -170,7 +170,7 @@ def test_shadow_mode_records_and_freezes_nothing(exim: h.Exim) -> None:
     assert [e["event"] for e in events] == ["would-block"], "recorded once, not per message over"
     out = exim.eximhook("top", "recipients").stdout
     assert "bob" in out and "200%" in out, "the peak against the limit: 4 of 2"
-    time.sleep(1)
+    exim.settled()
     assert exim.maildir("abuse") == [], "[limits] notify_shadow is off by default"
 
 
