@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import json
 import os
 import subprocess
 import sys
@@ -74,6 +75,14 @@ def hook(config: Path, *args: str, user: str | None = None, timeout: float = 30)
         argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
     return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={}, timeout=timeout,
                           cwd="/", check=False)
+
+
+def outbox_drained(config: Path) -> bool:
+    """No notification to the abuse desk is left in the outbox (queued, held or being
+    sent): another cannot come without a new event. Wait for this, then count the mail."""
+    listed = subprocess.run([sys.executable, "-IS", EXIMHOOK, "--config", str(config), "list", "--json"],
+                            capture_output=True, env={}, cwd="/", timeout=30, check=True)
+    return all(b["notification"] is None for b in json.loads(listed.stdout))
 
 
 def exim_expand(expression: str) -> str:

@@ -23,7 +23,7 @@ from eximhook.errors import Exit
 from eximhook.evidence import CUT_END, cut
 from eximhook.serve.protocol import encode
 
-from .conftest import EXIMHOOK, Daemon, Run, Serve, hook, messages, write_config
+from .conftest import EXIMHOOK, Daemon, Run, Serve, hook, messages, outbox_drained, write_config
 from .e2e.harness import wait_for
 
 
@@ -314,7 +314,9 @@ def test_notification_waits_for_the_tripping_message(tmp_path: Path, mailbox: Pa
     d = serve(config)
     for i in range(6):
         record(d, "gina", rcpt=f"n{i}@example.com")
-    time.sleep(0.5)
+    listed = json.loads(subprocess.run([sys.executable, "-IS", EXIMHOOK, "--config", str(config), "list", "--json"],
+                                       capture_output=True, check=True).stdout)
+    assert [b["notification"]["state"] for b in listed] == ["held"]
     assert messages(mailbox) == [], "held"
     assert d.request(encode("frozen", "auth", "gina", id="1xVbMq-0004rw-1g")) == b"1"
     [msg] = wait_for("the notification", lambda: messages(mailbox), 10)  # type: ignore[misc]
@@ -336,7 +338,7 @@ def test_notification_without_a_report_goes_after_the_hold(tmp_path: Path, mailb
         record(d, "ivan")
     wait_for("the notification", lambda: messages(mailbox), 10)
     assert time.monotonic() - start > 1.4
-    time.sleep(1)
+    wait_for("the outbox drained", lambda: outbox_drained(config), 10)
     assert len(messages(mailbox)) == 1
     d.stop()
 
@@ -356,7 +358,7 @@ def test_restart_sends_what_was_queued_once(tmp_path: Path, mailbox: Path, cli: 
     with ThreadPoolExecutor(4) as pool:  # the maintenance timer's notify, at the same moment
         sent = list(pool.map(lambda _: hook(config, "notify").stdout, range(4)))
     wait_for("both notifications", lambda: len(messages(mailbox)) == 2, 10)
-    time.sleep(1)
+    wait_for("the outbox drained", lambda: outbox_drained(config), 10)
     assert sorted(str(m["Subject"]) for m in messages(mailbox)) == ["user jack blocked", "user kate blocked"]
     assert sum(int(s or b"0") for s in sent) <= 2
     events = [e["event"] for e in json.loads(cli("history", "--json", config_path=config)[1])]

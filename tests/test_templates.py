@@ -5,7 +5,6 @@ the mail."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import pytest
 from eximhook import notify, templates
 from eximhook.errors import ConfigError, Exit
 
-from .conftest import Run, Serve, messages, write_config
+from .conftest import Run, Serve, messages, outbox_drained, write_config
 from .e2e.harness import wait_for
 
 BLOCK: dict[str, Any] = {
@@ -268,11 +267,7 @@ def test_a_template_broken_after_start_falls_back_and_the_mail_goes_once(tmp_pat
     custom.write_text("Subject: custom $user\n\nCustom text.\n")  # an edit nobody checked
     trip("carol")
     wait_for("the second notification", lambda: len(messages(mailbox)) == 2, 10)
-
-    def drained() -> bool:  # the daemon's outbox: a copy, if any, has gone by then
-        return all(b["notification"] is None for b in json.loads(cli("list", "--json", config_path=config)[1]))
-
-    wait_for("the outbox drained", drained, 10)
+    wait_for("the outbox drained", lambda: outbox_drained(config), 10)  # a copy, if any, has gone by then
     [_, second] = messages(mailbox)
     assert second["Subject"] == "user carol blocked", "the built-in text"
     assert f"--config {config} purge auth carol  " in second.get_content()

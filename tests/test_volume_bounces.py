@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from eximhook.serve.protocol import encode
 
-from .conftest import Daemon, Serve, hook, messages, write_config
+from .conftest import Daemon, Serve, hook, messages, outbox_drained, write_config
 from .e2e.harness import wait_for
 
 ENFORCED = {"limits.auth.recipients.windows": [{"limit": 5, "period": "1h"}, {"limit": 8, "period": "1d"}],
@@ -60,7 +59,7 @@ def test_volume_trips_at_the_message_that_crosses_and_the_mail_names_it(
     assert (block["counter"], block["count"], block["limit"]) == ("recipients", 6, 5)  # type: ignore[index]
     windows = shown(config, "auth", "vera")["counters"]["recipients"]["windows"]  # type: ignore[index]
     assert [(w["period"], w["count"]) for w in windows] == [(3600, 7), (86400, 7)]
-    time.sleep(0.5)
+    wait_for("the outbox drained", lambda: outbox_drained(config), 10)
     assert len(messages(mailbox)) == 1
 
 
