@@ -94,7 +94,7 @@ def main() -> None:
         daemon.terminate()
         daemon.wait()
     after = {name: size(path) for name, path in files.items()}
-    from eximhook.store import Store
+    from eximhook.storage.store import Store
 
     with Store(str(tmp / "store"), readonly=True) as store:
         records = [len(json.dumps(r)) for r in store.blocks("ip")]

@@ -299,7 +299,7 @@ def run(servers: dict[str, h.Exim], opts: argparse.Namespace, sent: Sent) -> tup
 
 def verify(servers: dict[str, h.Exim], sent: Sent) -> list[str]:
     """Did every variant do its work? Counters, ratelimit records, paniclogs, eximhook's logs."""
-    from eximhook.counters import Counters
+    from eximhook.storage.counters import Counters
 
     problems = []
     for v, ex in servers.items():

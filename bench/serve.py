@@ -71,8 +71,8 @@ def requests(op: str, keys: list[int]) -> list[bytes]:
 
 def fill(path: str, subjects: int, seed: int = 1) -> float:
     """Counters for ``subjects`` subjects, one invalid recipient each, written in batches of 10,000; seconds."""
-    from eximhook.counters import Counters
-    from eximhook.policy import Policy
+    from eximhook.model.policy import Policy
+    from eximhook.storage.counters import Counters
 
     order = list(range(subjects))
     random.Random(seed).shuffle(order)  # subjects arrive in no particular key order
@@ -181,7 +181,7 @@ def compare_backends(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def counted_lmdb(store: str, keys: list[int]) -> int:
-    from eximhook.counters import Counters
+    from eximhook.storage.counters import Counters
 
     with Counters(store) as counters:
         return sum(counters.get("auth", KEY.format(i)).total for i in keys)

@@ -22,17 +22,17 @@ import os
 import sys
 import time
 
-from . import _fastconfig
-from ._log import Logger
+from .config import hookcache
 from .errors import EximhookError, Exit, UsageError
-from .store import Store
-from .subjects import normalize
+from .log import Logger
+from .model.subjects import normalize
+from .storage.store import Store
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on this path
 if TYPE_CHECKING:
     from typing import Any
 
-    from .counters import Counters
+    from .storage.counters import Counters
 
 HOOKS = ("check-blocked", "record-invalid", "record-message", "record-bounce")
 _POLICY = {"check-blocked": "check", "record-invalid": "record", "record-message": "record",
@@ -138,7 +138,7 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
     store: Store | None = None
     counters: Counters | None = None
     try:
-        settings, cached = _fastconfig.hook_settings(config_path)
+        settings, cached = hookcache.hook_settings(config_path)
         log = Logger(settings["log"])
         out.fallback = "1" if settings[_POLICY[name]] == "closed" else "0"
         if standalone:
@@ -154,12 +154,12 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
             blocked = store.is_blocked(ns, key)
             out.emit("1" if blocked else "0")
             if blocked:  # a block a killed process may not have mirrored yet
-                from . import core
+                from .engine import core
 
                 core.refresh_mirror(store, settings["mirror_dir"], log)
             code = Exit.OK
         else:
-            from .counters import Counters
+            from .storage.counters import Counters
 
             counters = Counters(settings["store"], settings["counters_budget"], settings["owner"])
             out.emit("1" if _record(name, store, counters, settings, ns, key, opts, log) else "0")
@@ -188,9 +188,9 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
 def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any], ns: str, key: str,
             opts: dict[str, str], log: Logger) -> bool:
     """Count the event as the daemon would (the same core bodies); True if blocked."""
-    from . import core
-    from .policy import Policy, pick
-    from .spool import Guard
+    from .engine import core
+    from .model.policy import Policy, pick
+    from .model.spool import Guard
 
     def policy(ns: str, counter: str, key: str) -> Policy | None:
         found = settings["policies"].get(ns, {}).get(counter)
@@ -222,7 +222,7 @@ def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any
             remote="remote" in opts, ip=opts.get("ip") or None))
 
     def owner(ns: str, key: str) -> str | None:
-        from .owner import resolve  # only a block pays for it
+        from .engine.owner import resolve  # only a block pays for it
 
         return resolve(ns, key, lookup=settings["owner_lookup"], patterns=settings["owner_pattern"],
                        ipv6_prefix=settings["ipv6_prefix"], log=log)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eximhook.cli import main
+from eximhook.cli.main import main
 
 from .e2e.harness import EXIM, EXIMHOOK, Daemon, toml_value
 from .redis_ha import ClusterNode

@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook import core
 from eximhook.backends.base import Backend, Event
 from eximhook.backends.lmdb import LmdbBackend
 from eximhook.backends.redis import RedisBackend
-from eximhook.config import StoreConfig
-from eximhook.evidence import cut
-from eximhook.policy import Policy
+from eximhook.config.load import StoreConfig
+from eximhook.engine import core
+from eximhook.model.evidence import cut
+from eximhook.model.policy import Policy
 
 from .conftest import needs_redis
 
@@ -194,7 +194,7 @@ def test_an_exempt_subject_is_recorded_not_blocked_nor_mailed(backend: Backend) 
 
 
 def manual(ns: str, key: str) -> dict[str, Any]:
-    from eximhook.core import block_record
+    from eximhook.engine.core import block_record
 
     return block_record(ns, key, NOW, by="root", reason="manual", note="seen in the logs")
 

@@ -13,15 +13,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook import core, report, upkeep
-from eximhook._log import Logger
-from eximhook.config import load
-from eximhook.counter import Counter, max_bytes
-from eximhook.counters import Counters
-from eximhook.evidence import CUT_END, EVIDENCE_BYTES, EVIDENCE_KEPT, cut
-from eximhook.policy import Policy
+from eximhook.config.load import load
+from eximhook.engine import core
+from eximhook.log import Logger
+from eximhook.model.counter import Counter, max_bytes
+from eximhook.model.evidence import CUT_END, EVIDENCE_BYTES, EVIDENCE_KEPT, cut
+from eximhook.model.policy import Policy
+from eximhook.ops import report
 from eximhook.serve.protocol import encode
-from eximhook.store import Store, subject_key
+from eximhook.storage import upkeep
+from eximhook.storage.counters import Counters
+from eximhook.storage.store import Store, subject_key
 
 from .conftest import Run, Serve, write_config
 from .e2e.harness import wait_for

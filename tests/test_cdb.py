@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook import cdb
+from eximhook.storage import cdb
 
 from .conftest import EXIM, needs_exim
 

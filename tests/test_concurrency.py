@@ -44,7 +44,7 @@ def test_many_processes_open_and_close_the_store_at_once(tmp_path: Path) -> None
     lock file's mutexes at the last close, and a process opening meanwhile then fails
     every transaction with EINVAL (lmdbenv._one_at_a_time); there, without it, 4 rounds
     in 5 had such a failure."""
-    code = ("import sys\nfrom eximhook.counters import Counters\n"
+    code = ("import sys\nfrom eximhook.storage.counters import Counters\n"
             "for _ in range(10):\n    Counters(sys.argv[1], owner='root').close()\n")
     for n in range(5):
         procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / f"store{n}")], stderr=subprocess.PIPE)

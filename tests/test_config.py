@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import _fastconfig
-from eximhook.commands.system import _check_exim_config
-from eximhook.config import _SECTIONS, Config, load
+from eximhook.cli.system import _check_exim_config
+from eximhook.config import hookcache, paths
+from eximhook.config.load import _SECTIONS, Config, load
 from eximhook.errors import ConfigError
-from eximhook.policy import Policy
+from eximhook.model.policy import Policy
 
 from .conftest import Run, needs_exim, write_config
 
@@ -108,27 +108,27 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(_fastconfig.ENV_VAR, raising=False)
-    assert _fastconfig.resolve_path(None) == "/etc/eximhook/eximhook.toml"
-    monkeypatch.setenv(_fastconfig.ENV_VAR, "/x/env.toml")
-    assert _fastconfig.resolve_path(None) == "/x/env.toml"
-    assert _fastconfig.resolve_path("/x/opt.toml") == "/x/opt.toml"
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    assert paths.resolve_path(None) == "/etc/eximhook/eximhook.toml"
+    monkeypatch.setenv(paths.ENV_VAR, "/x/env.toml")
+    assert paths.resolve_path(None) == "/x/env.toml"
+    assert paths.resolve_path("/x/opt.toml") == "/x/opt.toml"
 
 
 def test_hook_cache_follows_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    settings, cached = _fastconfig.hook_settings(path)
+    settings, cached = hookcache.hook_settings(path)
     assert not cached and settings["policies"]["auth"]["invalid"] == (((100, 3600.0),), "enforce")
-    assert _fastconfig.hook_settings(path) == (settings, True)
+    assert hookcache.hook_settings(path) == (settings, True)
     write(tmp_path, MINIMAL.replace("limit = 100", "limit = 7"))  # the stamp changes: no stale read
-    settings, cached = _fastconfig.hook_settings(path)
+    settings, cached = hookcache.hook_settings(path)
     assert not cached and settings["policies"]["auth"]["invalid"] == (((7, 3600.0),), "enforce")
 
 
 def test_hook_cache_garbage_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    Path(_fastconfig.cache_path(path)).write_bytes(b"\x00garbage")
-    settings, cached = _fastconfig.hook_settings(path)
+    Path(hookcache.cache_path(path)).write_bytes(b"\x00garbage")
+    settings, cached = hookcache.hook_settings(path)
     assert not cached and settings["store"] == "/var/spool/exim4/eximhook"
 
 
@@ -240,7 +240,7 @@ def test_bad_counter_config(tmp_path: Path, text: str, message: str) -> None:
 def test_expiry_schedule_reaches_the_hooks(tmp_path: Path, text: str, schedule: tuple[object, ...] | None) -> None:
     path = write(tmp_path, f"[expiry]\n{text}\n")
     assert load(path).expiry.schedule() == schedule
-    assert _fastconfig.hook_settings(path)[0]["expiry"] == schedule
+    assert hookcache.hook_settings(path)[0]["expiry"] == schedule
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,7 @@ def test_expiry_schedule_reaches_the_hooks(tmp_path: Path, text: str, schedule: 
     ],
 )
 def test_redis_backend_urls(tmp_path: Path, url: str, shown: str) -> None:
-    from eximhook._values import shown_url
+    from eximhook.config.values import shown_url
 
     cfg = load(write(tmp_path, f"[store]\nbackend = 'redis'\nredis_url = '{url}'\n"))
     assert (cfg.store.backend, cfg.store.redis_url, cfg.store.redis_timeout) == ("redis", url, 0.5)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import cdb, mirror
 from eximhook.errors import Exit
-from eximhook.store import Store
+from eximhook.storage import cdb, mirror
+from eximhook.storage.store import Store
 
 from .conftest import EXIMHOOK, Run, hook, messages, needs_root, write_config
 

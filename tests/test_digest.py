@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from eximhook import mails, notify, outbox, templates
-from eximhook.core import block_record
+from eximhook.engine.core import block_record
 from eximhook.errors import ConfigError, Exit
-from eximhook.store import Store
+from eximhook.model import placeholders
+from eximhook.notify import mails, templates
+from eximhook.notify import send as notify
+from eximhook.storage import outbox
+from eximhook.storage.store import Store
 
 from .conftest import Run, messages, sent, write_config
 
@@ -108,7 +111,7 @@ def test_a_digest_whose_sender_died_is_sent_again_whole(store: Store, mailbox: P
     assert send(store, mailbox, T0, burst=(1, 60.0)) == (1, [])
     claimed = outbox.claim_next(store, T0 + 60, 300, burst=(1, 60.0))
     assert claimed is not None and claimed["kind"] == "digest" and len(claimed["items"]) == 3
-    from eximhook.digest import compose_digest
+    from eximhook.notify.digest import compose_digest
 
     first = compose_digest(claimed["items"], to="abuse@example.net", sender="root@example.net",
                            command=["eximhook"], burst=(1, 60.0), template=templates.builtin("digest"))
@@ -181,7 +184,7 @@ def test_a_custom_digest_template_is_checked_and_used(tmp_path: Path, mailbox: P
     path = tmp_path / "digest.tmpl"
     names = sorted(templates.PLACEHOLDERS["digest"])
     path.write_text("Subject: [burst] $count $what\nX-Queue: abuse\n\n" +
-                    "".join(f"{n}=${n}\n" for n in names if n not in templates.LISTS) + "  * $blocks\n")
+                    "".join(f"{n}=${n}\n" for n in names if n not in placeholders.LISTS) + "  * $blocks\n")
     config = write_config(tmp_path, sendmail=f'"{mailbox}/sendmail.sh", "-f", "root"',
                           settings={"notify.digest_template": str(path), "notify.digest_after": 1})
     code, out, _ = cli("check-config", config_path=config)
@@ -219,7 +222,7 @@ def test_the_burst_state_is_bounded(store: Store, mailbox: Path) -> None:
 
 
 def test_a_config_check_refuses_a_negative_digest_after(tmp_path: Path) -> None:
-    from eximhook.config import load
+    from eximhook.config.load import load
 
     with pytest.raises(ConfigError, match=r"notify\.digest_after must be a whole number"):
         load(str(write_config(tmp_path, settings={"notify.digest_after": -1})))

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximhook.config import load
+from eximhook.config.load import load
 from eximhook.errors import ConfigError
-from eximhook.exempt import check, first, matches
+from eximhook.model.patterns import check, first, matches
+from eximhook.model.subjects import normalize
 from eximhook.serve.protocol import encode
-from eximhook.subjects import normalize
 
 from .conftest import Run, Serve, hook, messages, write_config
 

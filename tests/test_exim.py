@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from eximhook.errors import EximError
-from eximhook.exim import MESSAGE_ID, Exim, parse_header_file, printable
+from eximhook.exim.queue import MESSAGE_ID, Exim, parse_header_file, printable
 
 from .conftest import needs_exim, needs_root
 from .e2e import harness as h

@@ -13,13 +13,15 @@ from typing import Any
 
 import pytest
 
-from eximhook import core, expiry, health
-from eximhook._log import Logger
-from eximhook.config import Config, load
-from eximhook.counters import Counters
+from eximhook.config.load import Config, load
+from eximhook.engine import core, expiry
 from eximhook.errors import NotBlocked
+from eximhook.log import Logger
+from eximhook.model import schedule
+from eximhook.ops import health
 from eximhook.serve.protocol import encode
-from eximhook.store import Store
+from eximhook.storage.counters import Counters
+from eximhook.storage.store import Store
 
 from .conftest import Run, Serve, hook, messages, write_config
 
@@ -154,7 +156,7 @@ def test_a_lift_leaves_a_block_made_since_alone(tmp_path: Path) -> None:
     trip(cfg, "bob", T0 + HOUR)
     with Store(cfg.store.path) as store, Counters(cfg.store.path) as counters, pytest.raises(NotBlocked):
         core.unblock(store, counters, cfg.store.mirror_dir, "auth", "bob", T0 + HOUR, by=expiry.LIFTER,
-                     event="expired", only=lambda block: expiry.due(block, T0 + HOUR))
+                     event="expired", only=lambda block: schedule.due(block, T0 + HOUR))
     assert block_of(cfg, "bob") is not None and mirrored(cfg, "bob")
 
 
@@ -238,4 +240,4 @@ def test_show_list_and_the_notification_say_when(tmp_path: Path, cli: Run, mailb
      pytest.param(8, 720, id="capped"), pytest.param(100_000, 720, id="no-overflow")],
 )
 def test_duration(offence: int, hours: float) -> None:
-    assert expiry.duration(6 * HOUR, 2.0, 30 * DAY, offence) == hours * HOUR
+    assert schedule.duration(6 * HOUR, 2.0, 30 * DAY, offence) == hours * HOUR

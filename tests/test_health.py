@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import core, health
-from eximhook.config import load
+from eximhook.config.load import load
+from eximhook.engine import core
 from eximhook.hooks import FALLBACK_STAMP
-from eximhook.store import Store
+from eximhook.ops import health
+from eximhook.storage.store import Store
 
 from .conftest import Run, Serve, hook, needs_root, write_config
 from .e2e.harness import EXIM_USER
@@ -200,7 +201,7 @@ def test_the_health_state_root_writes_stays_the_exim_users(spool_config: Path, c
     state = run / health.STATE_FILE
     assert (state.stat().st_uid, state.stat().st_gid) == (exim.pw_uid, exim.pw_gid)
     read = subprocess.run(["runuser", "-u", EXIM_USER, "--", sys.executable, "-I", "-c",
-                           "import sys; from eximhook import health; from eximhook.config import load; "
+                           "import sys; from eximhook.ops import health; from eximhook.config.load import load; "
                            "print(health.read_state(load(sys.argv[1])) is not None)", str(spool_config)],
                           capture_output=True, text=True, check=False, cwd="/")
     assert read.stdout.strip() == "True", read.stdout + read.stderr

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook.errors import Exit
-from eximhook.evidence import cut
-from eximhook.subjects import lsearch_line, normalize
+from eximhook.model.evidence import cut
+from eximhook.model.subjects import lsearch_line, normalize
 
 from .conftest import EXIMHOOK, write_config
 
@@ -46,7 +46,7 @@ def test_attack_keys(tmp_path: Path, raw: bytes) -> None:
 
 
 def test_nul_key_is_a_clear_error(cli: object, tmp_path: Path) -> None:
-    from eximhook.cli import main
+    from eximhook.cli.main import main
 
     config = write_config(tmp_path)
     assert main(["--config", str(config), "record-invalid", "auth", "a\0b"]) == Exit.DATAERR

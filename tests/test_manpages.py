@@ -20,13 +20,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eximhook import _fastconfig, _limits, debian, example, manpages, mirror, roff, tomlpage
-from eximhook import _values as v
-from eximhook.cli import build_parser
-from eximhook.config import _SECTIONS, Config, load
+from eximhook.cli.main import build_parser
+from eximhook.config import hookcache, paths
+from eximhook.config import limits as _limits
+from eximhook.config import values as v
+from eximhook.config.load import _SECTIONS, Config, load
 from eximhook.errors import Exit
-from eximhook.health import LEVELS
-from eximhook.subjects import LSEARCH_FILES
+from eximhook.exim import debian
+from eximhook.model.subjects import LSEARCH_FILES
+from eximhook.ops.health import LEVELS
+from eximhook.reference import example, manpages, roff, tomlpage
+from eximhook.storage import mirror
 
 ROOT = Path(__file__).resolve().parent.parent
 GROFF, LEXGROG, MAN = shutil.which("groff"), shutil.which("lexgrog"), shutil.which("man")
@@ -199,7 +203,7 @@ def variables_read() -> list[str]:
             text = path.read_text()
             names |= set(re.findall(read + r"""["']([A-Za-z_][A-Za-z0-9_]*)["']""", text))
             if re.search(read + "ENV_VAR", text):
-                names.add(_fastconfig.ENV_VAR)
+                names.add(paths.ENV_VAR)
     return sorted(names)
 
 
@@ -214,10 +218,10 @@ def test_every_environment_variable_is_in_eximhook_8(page8: dict[str, list[str]]
 
 
 def default_files() -> list[str]:
-    from eximhook.config import RelaytestConfig, ServeConfig, StoreConfig
+    from eximhook.config.load import RelaytestConfig, ServeConfig, StoreConfig
 
     store = StoreConfig()
-    return [_fastconfig.DEFAULT_PATH, _fastconfig.cache_path(_fastconfig.DEFAULT_PATH), store.path,
+    return [paths.DEFAULT_PATH, hookcache.cache_path(paths.DEFAULT_PATH), store.path,
             os.path.join(store.mirror_dir, mirror.CDB_FILE), *(os.path.join(store.mirror_dir, n)
                                                                 for n in LSEARCH_FILES.values()),
             ServeConfig().socket, debian.SNIPPETS, RelaytestConfig().key_file]
@@ -352,7 +356,7 @@ def test_two_builds_give_the_same_bytes_and_no_clock(tmp_path: Path) -> None:
     """Reproducible builds: the date is SOURCE_DATE_EPOCH's, else none; nothing else
     (time zone, locale, terminal width) changes a byte."""
     def build(out: Path, **env: str) -> dict[str, bytes]:
-        subprocess.run([sys.executable, "-m", "eximhook.manpages", str(out)], cwd=ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "eximhook.reference.manpages", str(out)], cwd=ROOT, check=True,
                        env={**PLAIN, **env})
         return {name: (out / name).read_bytes() for name in manpages.PAGES}
 

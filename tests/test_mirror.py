@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook import core, mirror
-from eximhook.counters import Counters
-from eximhook.store import Store
-from eximhook.subjects import key_bytes, normalize
+from eximhook.engine import core
+from eximhook.model.subjects import key_bytes, normalize
+from eximhook.storage import mirror
+from eximhook.storage.counters import Counters
+from eximhook.storage.store import Store
 
 from .conftest import exim_expand, needs_exim
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import outbox
 from eximhook.errors import Exit
+from eximhook.storage import outbox
 
 from .conftest import Run, hook, messages, needs_root, write_config
 
@@ -105,7 +105,7 @@ def test_a_subject_starts_on_its_own_line_and_no_line_passes_smtps_limit(text: s
     """Every mail eximhook writes folds its Subject in one place (``mails.fold``): at
     spaces, the first line holding text; a word too long for one SMTP line (998) is
     cut into encoded words rather than sent as one line Exim would refuse."""
-    from eximhook.mails import MAIL_POLICY, fold
+    from eximhook.notify.mails import MAIL_POLICY, fold
 
     msg = EmailMessage(policy=MAIL_POLICY)
     fold(msg, "Subject", text)
@@ -122,7 +122,7 @@ def test_a_subject_is_folded_at_spaces_only_where_needed() -> None:
     only where the line would pass 78 characters, a word longer than that is not cut
     (the email package folds a Subject with a colon right after "Subject:"); unfolded,
     it reads as it was."""
-    from eximhook.mails import MAIL_POLICY, fold
+    from eximhook.notify.mails import MAIL_POLICY, fold
 
     for text, lines in [
         ("short: one line", ["Subject: short: one line"]),
@@ -156,7 +156,7 @@ def test_a_claim_held_by_a_process_proc_hides_is_alive() -> None:
     gone.wait()
     with subprocess.Popen(["cat"], stdin=subprocess.PIPE) as sender:  # root's, alive until its stdin closes
         start = outbox.process_start(sender.pid)
-        probe = (f"import os; from eximhook.outbox import claim_alive; "
+        probe = (f"import os; from eximhook.storage.outbox import claim_alive; "
                  f"print(os.path.exists('/proc/{sender.pid}'), "
                  f"claim_alive({{'claimer': {sender.pid}, 'claimer_start': {start}}}), "
                  f"claim_alive({{'claimer': {gone.pid}, 'claimer_start': {start}}}))")

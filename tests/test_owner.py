@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook import notify, owner
+from eximhook.engine import owner
 from eximhook.errors import BadSubject, Exit
+from eximhook.model.subjects import normalize, quote
+from eximhook.notify import send as notify
 from eximhook.serve.protocol import encode
-from eximhook.subjects import normalize, quote
 
 from .conftest import Run, Serve, needs_exim, sent, write_config
 from .e2e.harness import EXIM_USER, wait_for
@@ -177,9 +178,9 @@ def test_a_broken_lookup_file_is_logged_and_the_rest_still_counts(cli: Run, mail
     assert "cannot read it: No such file or directory" in (tmp_path / "eximhook.log").read_text()
 
 
-def test_the_readme_example_lookup_parses(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    [example] = re.findall(r"```\n(# /etc/eximhook/owners.*?)```", readme, re.S)
+def test_the_documented_example_lookup_parses(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    [example] = re.findall(r"```\n(# /etc/eximhook/owners.*?)```", docs, re.S)
     (tmp_path / "owners").write_text(example)
     entries, problems = owner.read(str(tmp_path / "owners"), 64)
     assert problems == [] and len(entries) == 4
@@ -239,7 +240,7 @@ def test_a_key_from_a_client_adds_no_header(raw: bytes, evidence: list[str]) -> 
     ],
 )
 def test_a_bad_pattern_is_a_config_error(tmp_path: Path, pattern: str, message: str) -> None:
-    from eximhook.config import load
+    from eximhook.config.load import load
     from eximhook.errors import ConfigError
 
     path = tmp_path / "eximhook.toml"

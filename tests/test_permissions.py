@@ -71,7 +71,7 @@ def test_hooks_use_what_root_created(spool: Path) -> None:
 
 
 def test_log_file_root_creates_stays_writable_for_hooks(spool: Path) -> None:
-    from eximhook._log import Logger
+    from eximhook.log import Logger
 
     log = spool / "spool" / "eximhook.log"
     Logger(str(log)).log("notice", "written by root")
@@ -79,7 +79,7 @@ def test_log_file_root_creates_stays_writable_for_hooks(spool: Path) -> None:
     proc = subprocess.run(["setpriv", f"--reuid={EXIM_USER}", f"--regid={EXIM_USER}", "--init-groups",
                            sys.executable, "-I", "-c",
                            f"import sys; sys.path[:0] = {sys.path!r}\n"
-                           f"from eximhook._log import Logger; Logger({str(log)!r}).log('notice', 'by the hook')"],
+                           f"from eximhook.log import Logger; Logger({str(log)!r}).log('notice', 'by the hook')"],
                           capture_output=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().count("\n") == 2 and "by the hook" in log.read_text()
@@ -143,7 +143,7 @@ def test_a_password_file_that_is_missing_or_unreadable_for_exim(tmp_path: Path, 
 
 
 def test_a_password_in_the_url_and_a_password_file_exclude_each_other(tmp_path: Path) -> None:
-    from eximhook.config import load
+    from eximhook.config.load import load
 
     for url in ("redis://:s3cret@127.0.0.1:6379/0", "unix:///run/redis/redis.sock?password=s3cret"):
         config = write_config(tmp_path, settings={"store.backend": "redis", "store.redis_url": url,
@@ -167,7 +167,7 @@ def test_the_password_file_is_read_at_each_connect(tmp_path: Path, changed: bool
     import redis
 
     from eximhook.backends.connect import client
-    from eximhook.config import load
+    from eximhook.config.load import load
 
     server = RedisServer(tmp_path / "r", password="first-s3cret").start()
     try:

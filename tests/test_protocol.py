@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximhook.errors import BadRequest
-from eximhook.evidence import CUT_END
+from eximhook.model.evidence import CUT_END
 from eximhook.serve.protocol import encode, parse
 
 # keys and values as Exim hands them over: any bytes, read with surrogateescape

@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eximhook import ratelimit
-from eximhook.ratelimit import CAP, in_window, record
+from eximhook.model import ratelimit
+from eximhook.model.ratelimit import CAP, in_window, record
 
 
 def oracle(events: list[tuple[float, int]], period: float, i: int, slack: float = 0.0) -> int:

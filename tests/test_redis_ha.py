@@ -12,10 +12,10 @@ import pytest
 
 from eximhook.backends.base import Event
 from eximhook.backends.redis import RedisBackend
-from eximhook.config import StoreConfig, load
+from eximhook.config.load import StoreConfig, load
 from eximhook.errors import ConfigError
-from eximhook.policy import Policy
-from eximhook.store import subject_key
+from eximhook.model.policy import Policy
+from eximhook.storage.store import subject_key
 
 from .conftest import Run, needs_redis, write_config
 from .e2e.harness import wait_for

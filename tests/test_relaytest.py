@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eximhook._log import Logger
-from eximhook.config import Config, EximConfig, load
+from eximhook.config.load import Config, EximConfig, load
 from eximhook.errors import ConfigError
-from eximhook.exim import primary_hostname
+from eximhook.exim.queue import primary_hostname
+from eximhook.log import Logger
 from eximhook.relaytest import hosts, nets, receive, signing, table
 from eximhook.relaytest.probe import NotACustomer, NotClaimed, send_probe
-from eximhook.store import Store
+from eximhook.storage.store import Store
 
 from .conftest import EXIM, Run, needs_exim, write_config
 
@@ -351,7 +351,7 @@ def test_the_customers_mail_goes_to_postmaster_and_abuse(tmp_path: Path, mailbox
     primary_hostname, not the machine's name), its Subject's first line holds text and
     no line is longer than 78, and its Message-ID has the abuse desk's mails' domain
     (the machine's name for a bare "root", not "root")."""
-    from eximhook import notify
+    from eximhook.notify import send as notify
 
     cfg = load(str(relaytest_config(tmp_path)))
     server = "mx-out.relay-provider.example.net"
@@ -382,8 +382,8 @@ def test_the_probe_names_the_server_as_exim_does(tmp_path: Path) -> None:
     """The probe's From, Subject and text name the server by Exim's primary_hostname, its
     Subject is folded where a line would pass 78 characters, and its Message-ID is built
     as every mail of eximhook's."""
-    from eximhook.mails import new_message_id
-    from eximhook.relaytest import message
+    from eximhook.notify import relaytest as message
+    from eximhook.notify.mails import new_message_id
 
     server = primary_hostname(exim_named(tmp_path, "mx.relay-provider.example.net"))
     assert server == "mx.relay-provider.example.net"

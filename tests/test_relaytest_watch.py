@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eximhook._log import Logger
 from eximhook.errors import ConfigError
-from eximhook.relaytest import hosts
+from eximhook.log import Logger
+from eximhook.model import networks
 from eximhook.relaytest.follow import MAX_LINE, Follower
 from eximhook.relaytest.logline import parse_line
 from eximhook.relaytest.watch import Scheduler, run
@@ -348,7 +348,7 @@ class Recorder:
         self.in_flight = self.peak = 0
         self.release = threading.Event()
         self.outside: list[str] = []
-        self.nets = hosts.parse(NETWORKS)
+        self.nets = networks.parse(NETWORKS)
 
     def claim(self, ip: str, now: float) -> str | None:
         with self.lock:
@@ -429,7 +429,7 @@ def test_a_failing_claim_or_probe_is_logged_and_the_rest_goes_on(tmp_path: Path,
 
 def test_bad_settings(log: Logger) -> None:
     with pytest.raises(ValueError, match=r"10\.1\.2\.3/8"):
-        hosts.parse(["10.1.2.3/8"])
+        networks.parse(["10.1.2.3/8"])
     with pytest.raises(ConfigError):
         scheduler(Recorder(), log, concurrency=0)
 

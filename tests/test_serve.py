@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eximhook.errors import Exit
-from eximhook.evidence import CUT_END, cut
+from eximhook.model.evidence import CUT_END, cut
 from eximhook.serve.protocol import encode
 
 from .conftest import EXIMHOOK, Daemon, Run, Serve, hook, messages, outbox_drained, write_config
@@ -388,8 +388,8 @@ def test_tells_systemd_when_ready_and_when_stopping(tmp_path: Path) -> None:
 def block_behind_the_mirror(tmp_path: Path, key: str) -> Path:
     """Block auth KEY in the store only, as a process killed before its mirror rewrite
     leaves it; returns the lsearch file that should come to list it."""
-    from eximhook import core
-    from eximhook.store import Store
+    from eximhook.engine import core
+    from eximhook.storage.store import Store
 
     with Store(str(tmp_path / "store")) as store:
         store.block(core.block_record("auth", key, 1.0, by="test", reason="manual"), 1.0, notify=False)

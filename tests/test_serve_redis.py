@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 
-from eximhook import core
-from eximhook.backends import local
 from eximhook.backends.base import Event
 from eximhook.backends.redis import RedisBackend
-from eximhook.config import load
-from eximhook.counters import Counters
-from eximhook.policy import Policy
+from eximhook.config.load import load
+from eximhook.engine import core
+from eximhook.model.policy import Policy
 from eximhook.serve.protocol import encode
 from eximhook.serve.server import Server
-from eximhook.store import Store
+from eximhook.storage import relay_copy as local
+from eximhook.storage.counters import Counters
+from eximhook.storage.store import Store
 
 from .conftest import Daemon, Run, Serve, messages, needs_redis, write_config
 from .e2e.harness import wait_for
@@ -123,7 +123,7 @@ def test_a_block_made_elsewhere_reaches_every_relay(tmp_path: Path, redis_url: s
                                                     serve: Serve) -> None:
     """Published: in the mirror within a second. Missed (no message, as while a relay was
     cut off): the whole set is compared every [serve] check_interval."""
-    from eximhook import core
+    from eximhook.engine import core
 
     a, b = (node(tmp_path, n, redis_url, **{"serve.check_interval": 1}) for n in "ab")
     relays = [serve(a), serve(b)]

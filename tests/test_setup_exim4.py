@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import debian
-from eximhook.config import Config, load
+from eximhook.config.load import Config, load
 from eximhook.errors import SetupError
+from eximhook.exim import debian
 from eximhook.relaytest import nets
-from eximhook.store import Store
+from eximhook.storage.store import Store
 
 from .conftest import EXIM, needs_exim, write_config
 from .e2e import harness as h

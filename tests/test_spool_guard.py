@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from eximhook import cdb
-from eximhook._log import Logger
-from eximhook.config import load
+from eximhook.config.load import load
+from eximhook.engine.spool import check
 from eximhook.errors import ConfigError
-from eximhook.spool import LOW_KEY, Guard, check, threshold
-from eximhook.store import Store
+from eximhook.log import Logger
+from eximhook.model.spool import LOW_KEY, Guard, threshold
+from eximhook.storage import cdb
+from eximhook.storage.store import Store
 
 from .conftest import Run, write_config
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from eximhook import core
-from eximhook.counters import Counters
-from eximhook.policy import Policy
-from eximhook.store import Store
+from eximhook.engine import core
+from eximhook.model.policy import Policy
+from eximhook.storage.counters import Counters
+from eximhook.storage.store import Store
 
 from .conftest import Run
 

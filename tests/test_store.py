@@ -9,11 +9,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eximhook import core, outbox
-from eximhook.counters import Counter, Counters, Window
+from eximhook.engine import core
 from eximhook.errors import NotBlocked
-from eximhook.policy import Policy
-from eximhook.store import Store, subject_key
+from eximhook.model.policy import Policy
+from eximhook.storage import outbox
+from eximhook.storage.counters import Counter, Counters, Window
+from eximhook.storage.store import Store, subject_key
 
 surrogate_text = st.binary(max_size=300).map(lambda b: b.decode("utf-8", "surrogateescape"))
 

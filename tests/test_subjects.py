@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eximhook.errors import BadSubject
-from eximhook.subjects import escape, lsearch_line, normalize, quote, shell_quote, unquote
+from eximhook.model.subjects import escape, lsearch_line, normalize, quote, shell_quote, unquote
 
 from .conftest import exim_expand, needs_exim
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from eximhook import notify, templates
 from eximhook.errors import ConfigError, Exit
+from eximhook.model import placeholders
+from eximhook.notify import send as notify
+from eximhook.notify import templates
 
 from .conftest import Run, Serve, messages, outbox_drained, write_config
 from .e2e.harness import wait_for
@@ -164,7 +166,7 @@ def test_a_custom_template_fills_every_placeholder(tmp_path: Path, utc: None) ->
         "evidence_title": "Last invalid recipients", "frozen": "1xVbMq-0004rw-1g", "frozen_count": "1",
         "command": "eximhook --config '/e/o t.toml'", "subject_args": "auth bob@example.com",
     }
-    assert set(single) | (templates.LISTS & templates.PLACEHOLDERS["notify"]) == templates.PLACEHOLDERS["notify"], \
+    assert set(single) | (placeholders.LISTS & templates.PLACEHOLDERS["notify"]) == templates.PLACEHOLDERS["notify"], \
         "every placeholder tested"
     lines = msg.get_content().splitlines()
     filled = [line for line in lines if line.partition("=")[0] in single]
@@ -277,9 +279,9 @@ def test_a_template_broken_after_start_falls_back_and_the_mail_goes_once(tmp_pat
     assert history.count("notified") == 1
 
 
-def test_the_readme_example_is_a_valid_template(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    [example] = re.findall(r"```\n(Subject: \[abuse\].*?)```", readme, re.S)
+def test_the_documented_example_is_a_valid_template(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    [example] = re.findall(r"```\n(Subject: \[abuse\].*?)```", docs, re.S)
     path = tmp_path / "example.tmpl"
     path.write_text(example)
     assert templates.load(str(path), "notify").headers[0] == ("Subject", "[abuse] $label $key blocked on $host")

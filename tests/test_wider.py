@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from eximhook import notify
-from eximhook.config import Config, load
+from eximhook.config.load import Config, load
 from eximhook.errors import BadSubject, ConfigError
+from eximhook.model.subjects import normalize
+from eximhook.notify import send as notify
 from eximhook.serve.protocol import encode
-from eximhook.store import Store
-from eximhook.subjects import normalize
+from eximhook.storage.store import Store
 
 from .conftest import Run, Serve, exim_expand, messages, needs_exim, needs_redis, write_config
 from .e2e.harness import Daemon, wait_for

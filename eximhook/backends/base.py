@@ -25,16 +25,16 @@ store needs: exemptions, publishing changes, claiming notifications.
 
 from __future__ import annotations
 
-from ..evidence import cut
+from ..model.evidence import cut
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-    from ..counters import Counter, Tally
-    from ..policy import Policy
-    from ..store import Outcome
+    from ..model.policy import Policy
+    from ..storage.counters import Counter, Tally
+    from ..storage.store import Outcome
 
     Exempt = Mapping[str, Sequence[tuple[str, str]]]  # ns -> (pattern, reason), as [exempt]
 

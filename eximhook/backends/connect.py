@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import redis
     from redis.cluster import RedisCluster
 
-    from ..config import StoreConfig
+    from ..config.load import StoreConfig
 
     Client = redis.Redis | RedisCluster
 
@@ -127,7 +127,7 @@ def _password_file(store: StoreConfig) -> tuple[str, dict[str, Any]]:
 
 def describe(store: StoreConfig) -> str:
     """Where the daemon counts, for check-config and the log (never a password)."""
-    from .._values import shown_url
+    from ..config.values import shown_url
 
     secret = f" (password in {store.redis_password_file})" if store.redis_password_file else ""
     if store.redis_sentinels:

@@ -14,8 +14,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..counters import Counter, Counters, Tally
-    from ..store import Outcome, Store
+    from ..storage.counters import Counter, Counters, Tally
+    from ..storage.store import Outcome, Store
     from .base import Exempt
 
 
@@ -27,8 +27,8 @@ class LmdbBackend(Backend):
 
     @classmethod
     def open(cls, path: str, map_size: int = 1 << 32, owner: str | None = None) -> LmdbBackend:
-        from ..counters import Counters
-        from ..store import Store
+        from ..storage.counters import Counters
+        from ..storage.store import Store
 
         store = Store(path, map_size, owner)
         try:
@@ -39,7 +39,7 @@ class LmdbBackend(Backend):
 
     def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
                exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
-        from .. import core
+        from ..engine import core
 
         tally = self.counters.update(self.counters.event(
             event.ns, event.key, now, event.policy, weight=event.weight, evidence=event.evidence, ip=event.ip,

@@ -48,10 +48,10 @@ from __future__ import annotations
 
 import json
 
-from ..counters import Counter, Tally, Window
 from ..errors import EximhookError, Exit
 from ..periods import format_period
-from ..store import Outcome, queued, subject_key
+from ..storage.counters import Counter, Tally, Window
+from ..storage.store import Outcome, queued, subject_key
 from .base import Backend, Event
 from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTER, RECORD, UNBLOCK
 
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from ..config import StoreConfig
+    from ..config.load import StoreConfig
     from .base import Exempt
     from .connect import Client
 
@@ -185,7 +185,7 @@ class RedisBackend(Backend):
         made = now if made is None else made
         why_not = None
         if exempt and exempt.get(ns):
-            from ..exempt import first
+            from ..model.patterns import first
 
             found = first(ns, key, exempt[ns])
             why_not = None if found is None else f"{found[0]}: {found[1]}"
@@ -270,7 +270,7 @@ class RedisBackend(Backend):
     def lift(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> int:
         """``unblock``, answering what it did: 1 lifted a block; 2 cleared would-block
         records, and the counters with them; 0 nothing (not blocked: counters kept)."""
-        from ..policy import COUNTERS
+        from ..model.policy import COUNTERS
 
         audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
         message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
@@ -323,7 +323,7 @@ class RedisBackend(Backend):
                        [json.loads(x) for x in ips])
 
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
-        from ..policy import COUNTERS
+        from ..model.policy import COUNTERS
 
         self.client.delete(*self._keys(ns, key, *(b"c:" + name.encode() for name in names or COUNTERS)))
 

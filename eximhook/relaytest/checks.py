@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from . import hosts, signing
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config.load import Config
 
 
 def check(cfg: Config) -> list[str]:

@@ -21,9 +21,9 @@ import os
 import time
 from collections.abc import Callable
 
-from .._log import Logger
-from .._perms import read_file, replace_files
 from ..errors import UnsafePath
+from ..log import Logger
+from ..perms import read_file, replace_files
 
 _CHUNK = 65536
 _BATCH = 16 * _CHUNK

@@ -7,8 +7,9 @@ import functools
 import ipaddress
 from collections.abc import Sequence
 
+from ..model.networks import Network, parse
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def normalize(ip: str) -> str:
@@ -18,18 +19,6 @@ def normalize(ip: str) -> str:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     return str(addr)
-
-
-def parse(networks: Sequence[str]) -> list[Network]:
-    """The customer networks; ``ValueError`` for one that is none, or whose host part is
-    set (``10.1.2.3/8``): a typo, not a /8, since every address inside gets probed."""
-    out = []
-    for net in networks:
-        try:
-            out.append(ipaddress.ip_network(net.strip()))
-        except ValueError as exc:
-            raise ValueError(f"{net!r} is not a network in CIDR notation ({exc})") from None
-    return out
 
 
 def inside(ip: str, networks: Sequence[Network]) -> bool:

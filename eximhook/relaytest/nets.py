@@ -17,9 +17,9 @@ import ipaddress
 import os
 import time
 
-from .._perms import Locked, read_file, replace_files
 from ..errors import FileError, UnsafePath
-from ..store import Store
+from ..perms import Locked, read_file, replace_files
+from ..storage.store import Store
 from . import table
 
 BEGIN = b"# BEGIN eximhook relaytest: open relays its probes found; rewritten by eximhook, edits here are lost\n"

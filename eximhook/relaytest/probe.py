@@ -32,12 +32,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ..errors import EximhookError, Exit
-from ..exim import primary_hostname
-from . import hosts, message, signing, table
+from ..exim.queue import primary_hostname
+from ..notify.relaytest import probe as probe_message
+from . import hosts, signing, table
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..store import Store
+    from ..config.load import Config
+    from ..storage.store import Store
 
 # CRLF, as smtplib sends bytes as they are; and long lines rather than a token folded
 # into encoded words, which no regex would find again
@@ -122,7 +123,7 @@ def send_probe(cfg: Config, ip: str, probe_id: str, now: float, connect: Connect
     if not hosts.is_customer(ip, rt.networks):
         raise NotACustomer(f"{hosts.why_not(ip, rt.networks)}: not probed")
     if store is None:
-        from ..store import Store as Opened
+        from ..storage.store import Store as Opened
 
         with Opened(cfg.store.path, cfg.store.map_size, cfg.store.owner) as opened:
             return send_probe(cfg, ip, probe_id, now, connect, store=opened)
@@ -132,7 +133,7 @@ def send_probe(cfg: Config, ip: str, probe_id: str, now: float, connect: Connect
     probe_time = int(record["probe_time"])
     token = signing.make(signing.load_key(rt.key_file), ip, probe_time, probe_id)
     server = primary_hostname(cfg.exim)  # as our Exim names itself: in the text, and in EHLO
-    msg = message.probe(ip=ip, probe_id=probe_id, probe_time=probe_time, token=token, sender=rt.sender,
+    msg = probe_message(ip=ip, probe_id=probe_id, probe_time=probe_time, token=token, sender=rt.sender,
                         mailbox=rt.mailbox, abuse=rt.abuse, server=server)
     result, detail = converse(connect or functools.partial(connect_smtp, helo=server), ip, rt.port,
                               rt.connect_timeout, rt.timeout, rt.sender, rt.mailbox, msg.as_bytes(policy=_WIRE))

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, BinaryIO
 from . import hosts, signing, table
 
 if TYPE_CHECKING:
-    from .._log import Logger
-    from ..config import Config
-    from ..store import Store
+    from ..config.load import Config
+    from ..log import Logger
+    from ..storage.store import Store
 
 MAX_READ = 1 << 20
 _MAX_PARTS = 50  # a hostile message may nest thousands
@@ -72,7 +72,7 @@ def is_bounce(data: bytes, sender: str | None) -> bool:
 
 def process(cfg: Config, store: Store, data: bytes, sender: str | None, now: float, log: Logger) -> list[str]:
     """Act on every token of the message; what each did, as logged."""
-    from .. import subjects
+    from ..model import subjects
 
     rt = cfg.relaytest
     found = tokens(data)

@@ -16,12 +16,12 @@ import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from ..store import queued
+from ..storage.store import queued
 
 if TYPE_CHECKING:
     import lmdb
 
-    from ..store import Store
+    from ..storage.store import Store
 
 OK, BLOCK, UNKNOWN = "OK", "BLOCK", "UNKNOWN"
 NS = "relaytest"  # the namespace of its audit events and notifications

@@ -19,7 +19,6 @@ addresses inside ``networks`` are ever claimed or probed.
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections import deque
@@ -27,15 +26,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
-from .._log import Logger
 from ..errors import ConfigError
+from ..log import Logger
+from ..model.networks import parse
 from . import hosts
 from .follow import Follower
 from .logline import parse_line
 
 Claim = Callable[[str, float], str | None]
 Probe = Callable[[str, str], str]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Offer = Literal["probing", "in-flight", "cooldown", "busy", "rate", "not-due", "error"]
 HOUR = 3600.0
 NOT_DUE_RECHECK = 60.0  # seconds before an address found not due is asked about again
@@ -135,7 +134,7 @@ def run(log_path: str, state_path: str, networks: list[str], claim: Claim, probe
     ``save_every`` seconds while lines come, and on the way out, after the probes in
     flight have finished. This server's own addresses are never offered (``own``)."""
     try:
-        nets = hosts.parse(networks)
+        nets = parse(networks)
     except ValueError as exc:
         raise ConfigError(f"[relaytest] networks: {exc}") from None
     # never this server's own addresses (``own``: the machine's, unless a test says which):

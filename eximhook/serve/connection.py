@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..subjects import escape
+from ..model.subjects import escape
 from . import protocol
 
 TYPE_CHECKING = False

@@ -43,10 +43,10 @@ from __future__ import annotations
 import binascii
 
 from ..errors import BadRequest
-from ..evidence import CUT_END
-from ..exim import MESSAGE_ID
-from ..policy import COUNTERS
-from ..subjects import NAMESPACES, escape
+from ..exim.queue import MESSAGE_ID
+from ..model.evidence import CUT_END
+from ..model.policy import COUNTERS
+from ..model.subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
 # The kinds of event the generic "record" counts; "invalid" is record-invalid's.

@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import core, owner, spool
-from .._log import Logger
-from ..config import Config, load
-from ..counters import Counters, Tally
+from ..config.load import Config, load
+from ..engine import core, owner, spool
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
-from ..store import Store
-from ..subjects import FREEZING, normalize
+from ..log import Logger
+from ..model.subjects import FREEZING, normalize
+from ..storage.counters import Counters, Tally
+from ..storage.store import Store
 from . import protocol, sockets
 from .connection import Connection, describe
 from .sweeper import Sweeper

@@ -41,20 +41,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import core, owner
-from ..backends import local
 from ..backends.base import Event
 from ..backends.lmdb import LmdbBackend
+from ..engine import core, owner
 from ..errors import BadSubject, NotBlocked
+from ..model.subjects import FREEZING, normalize
 from ..periods import format_time
-from ..subjects import FREEZING, normalize
+from ..storage import relay_copy as local
 from . import protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..backends.redis import RedisBackend, Undecodable
-    from ..counters import Tally
-    from ..store import Outcome
+    from ..storage.counters import Tally
+    from ..storage.store import Outcome
     from .connection import Connection
     from .server import Server
 

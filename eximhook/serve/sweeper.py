@@ -14,12 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from .. import upkeep
-from .._log import Logger
-from ..config import Config
-from ..counters import Counters
+from ..config.load import Config
 from ..errors import EximhookError
-from ..store import Store
+from ..log import Logger
+from ..storage import upkeep
+from ..storage.counters import Counters
+from ..storage.store import Store
 
 
 class Sweeper(threading.Thread):

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import notify, outbox
-from .._log import Logger
-from ..config import Config
-from ..store import Store
+from ..config.load import Config
+from ..log import Logger
+from ..notify import send as notify
+from ..storage import outbox
+from ..storage.store import Store
 
 Subject = tuple[str, str]
 _MAX_REPORTED = 20  # ids kept per subject: the tripping message and a few after it

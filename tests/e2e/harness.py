@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from eximhook.debian import AUTH_EVENT
-from eximhook.subjects import lsearch_line
+from eximhook.exim.debian import AUTH_EVENT
+from eximhook.model.subjects import lsearch_line
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPETS = ROOT / "exim-snippets"  # the checkout's; each Exim includes its own copy (Exim.snippets)

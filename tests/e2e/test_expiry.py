@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
-from eximhook import health
-from eximhook._log import Logger
-from eximhook.config import Config, load
+from eximhook.config.load import Config, load
+from eximhook.log import Logger
+from eximhook.ops import health
 
 from ..conftest import needs_exim, needs_root
 from . import harness as h

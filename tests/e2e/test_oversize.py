@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from eximhook.evidence import CUT_END, CUT_START
+from eximhook.model.evidence import CUT_END, CUT_START
 
 from ..conftest import needs_exim, needs_root
 from . import harness as h

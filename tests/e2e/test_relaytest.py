@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from eximhook.config import load
+from eximhook.config.load import load
 from eximhook.relaytest import signing, table
-from eximhook.store import Store
+from eximhook.storage.store import Store
 
 from ..conftest import needs_exim, needs_root
 from . import harness as h

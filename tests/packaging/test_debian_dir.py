@@ -6,7 +6,7 @@ import re
 import tomllib
 
 import eximhook
-from eximhook import debian
+from eximhook.exim import debian
 
 from .conftest import CHECKOUT
 

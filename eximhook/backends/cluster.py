@@ -1,0 +1,46 @@
+"""Admin commands on a relay that shares Redis with others (``[store] backend = "redis"``).
+
+Redis holds the cluster's truth; each relay's store is a copy its daemon keeps (see
+``serve.shared``). So a command that changes a block or an exemption changes Redis
+first, which publishes it to every relay, and then this relay's copy, as with LMDB
+alone. If Redis does not answer, the command changes nothing and says so: a change
+made here alone would be undone by the daemon's next comparison with Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+from ..errors import SharedUnavailable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from ..config.load import Config
+    from .redis import RedisBackend
+
+
+@contextlib.contextmanager
+def shared(cfg: Config) -> Iterator[RedisBackend | None]:
+    """The shared backend while the block runs (None with LMDB alone); a Redis error
+    inside it becomes ``SharedUnavailable``."""
+    if cfg.store.backend != "redis":
+        yield None
+        return
+    import redis
+
+    from .connect import describe
+    from .redis import RedisBackend
+
+    # an admin can wait longer than Exim: at least 2 s a call
+    backend = RedisBackend.from_config(dataclasses.replace(cfg.store, redis_timeout=max(cfg.store.redis_timeout, 2.0)))
+    try:
+        yield backend
+    except (redis.RedisError, OSError) as exc:
+        raise SharedUnavailable(f"{describe(cfg.store)} did not answer "
+                                f"({type(exc).__name__}: {exc}); this relay's store was not changed: run the "
+                                "command again when Redis is back (eximhook status)") from exc
+    finally:
+        backend.close()

@@ -1,0 +1,341 @@
+"""The daemon, health, the config and Debian's Exim config: serve, status, maintain,
+check-config, setup-exim4."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ..config.load import Config
+from ..errors import ConfigError, Exit, ServeError, SetupError
+from ..log import Logger
+from ..model.policy import UNITS
+from ..model.subjects import escape
+from ..notify import send as notify_mod
+from ..ops import health
+from ..periods import format_period
+from .commands import dump, open_store, table
+
+
+def status(cfg: Config, opts: argparse.Namespace) -> int:
+    checks = health.status(cfg, time.time())
+    checks += [health.Check("secrets", health.WARNING, text) for text in _exposed_secrets(cfg)]
+    checks += [health.Check("config", health.WARNING, text) for text in _unsafe_config(cfg)]
+    level = max(c.level for c in checks)
+    if opts.json:
+        dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
+    else:  # one line, as a Nagios/Icinga plugin prints it
+        print(f"EXIMHOOK {health.LEVELS[level]} - " + "; ".join(f"{c.name} {escape(c.text)}" for c in checks))
+    return level
+
+def maintain(cfg: Config, opts: argparse.Namespace) -> int:
+    sent, problems, code = health.maintain(cfg, Logger(cfg.log.file), notify_mod.command_line(cfg), time.time())
+    for problem in problems:
+        print(f"eximhook maintain: {problem}", file=sys.stderr)
+    print(f"{sent} notification(s) sent")
+    return code
+
+def serve(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..serve import server, sockets
+
+    if opts.check:
+        rtt = sockets.ping(cfg.serve.socket, cfg.serve.timeout)
+        print(f"eximhook serve on {cfg.serve.socket}: up, answered ping in {rtt * 1000:.1f} ms")
+        return Exit.OK
+    server.serve(cfg, allow_root=opts.allow_root)
+    return Exit.OK
+
+def stats(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..exim.queue import Exim
+    from ..ops import stats as figures_of
+
+    with open_store(cfg) as store:
+        figures = figures_of.collect(store, Exim.from_config(cfg.exim))
+    if opts.prometheus:
+        figures_of.prometheus(figures, opts.prometheus)
+    if opts.json:
+        dump(figures)
+        return Exit.OK
+    rows = [[kind, r["ns"], r["counter"], str(r["count"])] for kind, key in
+            (("blocked now", "blocks"), ("would block", "would_block"), ("trips in all", "trips_total"))
+            for r in figures[key]]
+    print(table(["WHAT", "NS", "COUNTER", "COUNT"], rows) if rows else "no blocks, would-blocks or trips")
+    n = figures["notifications"]
+    print(f"trips: {figures['trips_last_hour']} in the last hour, {figures['trips_last_day']} in the last day")
+    print(f"notifications: {n['sent_total']} sent, {n['failed_total']} failed attempts, "
+          f"{n['queued']} queued, {n['held']} held, {n['sending']} being sent")
+    frozen = figures.get("frozen")
+    print(f"frozen messages: {frozen['total']} ({frozen['by_eximhook']} by eximhook)" if frozen else
+          f"frozen messages: unknown ({figures['frozen_error']})")
+    return Exit.OK
+
+
+def setup_exim4(cfg: Config, opts: argparse.Namespace) -> int:
+    """Debian: wire eximhook into exim4-config (add), take it out (remove), or show
+    what the generated config does (test). See ``debian``."""
+    from ..exim import debian
+
+    lay = debian.layout()
+    where = f"{'split' if lay.split else 'unsplit'} config in {lay.confdir}"
+    if opts.action == "test":
+        if not debian.is_added(lay):
+            print(f"eximhook is not set up in the {where}: eximhook setup-exim4 add")
+            return Exit.UNAVAILABLE
+        with open_store(cfg) as store:
+            blocked = [(b["ns"], b["key"]) for b in store.blocks()][:1]
+        for line in debian.selftest([*blocked, ("auth", "eximhook-selftest")]):
+            print(line)
+        return Exit.OK
+    elsewhere: list[str] = []  # remove: files of the admin's that include the snippets too
+    if opts.action == "add":
+        changed = debian.add(lay, debian.block(cfg, opts.snippets))
+        try:
+            debian.update()
+        except SetupError:
+            debian.remove(lay)  # what Exim would not take goes out again, and the config with it
+            debian.update()
+            raise
+    else:
+        elsewhere = debian.includes_elsewhere(lay, opts.snippets)
+        if elsewhere and opts.uninstall:
+            raise SetupError(f"{', '.join(elsewhere)} include(s) eximhook's snippets ({opts.snippets}), which go "
+                             "with the package: Exim's configuration would no longer build. Take those lines out "
+                             "(copy what they set into your own file), then remove the package again")
+        if not debian.is_added(lay):
+            # nothing changes, so Exim's config is not rebuilt (the package's prerm runs this)
+            print(f"eximhook is not set up in the {where}: nothing to remove")
+            return Exit.OK
+        with open(lay.main_file, "rb") as f:
+            before, mode = f.read(), os.fstat(f.fileno()).st_mode & 0o7777
+        changed = debian.remove(lay)
+        try:
+            debian.update()
+        except SetupError as exc:
+            # Exim would not take the config without eximhook (a file of the admin's that
+            # uses eximhook's macros, say): put it back, so the config in force still builds
+            from ..perms import replace_files
+
+            replace_files([(lay.main_file, before)], mode=mode)
+            debian.update()
+            raise SetupError(f"{exc}; eximhook is left in ({lay.main_file} restored): take out what uses its "
+                             "macros first, then remove") from None
+    verb = "added to" if opts.action == "add" else "removed from"
+    print(f"eximhook {verb} the {where}: {', '.join(changed)}")
+    print("update-exim4.conf and exim4 -bV: ok. Now: systemctl reload exim4")
+    if elsewhere:
+        print(f"still including eximhook's snippets: {', '.join(elsewhere)}")
+    return Exit.OK
+
+def check_config(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..relaytest.checks import check as check_relaytest
+
+    mail = _check_mail(cfg)
+    mail += check_relaytest(cfg)
+    secrets = _check_password_file(cfg) + [f"warning: {text}" for text in _exposed_secrets(cfg) + _unsafe_config(cfg)]
+    if not _readable_by(cfg.path, cfg.exim.user):
+        secrets.append(f"warning: [exim] user {cfg.exim.user} cannot read {cfg.path}: the hooks and eximhook serve "
+                       f"run as that user (chown root:{cfg.exim.user}, chmod 0640)")
+    print(f"config {cfg.path}: ok")
+    print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
+    if cfg.store.backend == "redis":
+        from ..backends.connect import describe
+
+        print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out after "
+              f"{cfg.store.redis_timeout:g}s) as relay {cfg.store.node!r}, and mirrors its blocks into the store; "
+              "the hooks count there")
+    for line in secrets:
+        print(f"  {line}")
+    for ns, table_ in cfg.policies.items():
+        for name, policy in table_.items():
+            if policy.windows:
+                windows = " or ".join(f"more than {lim} {UNITS[name]} in {format_period(per)}"
+                                      for lim, per in policy.windows)
+                verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
+                per = f" from one IPv4 /{cfg.net.ipv4_prefix} or IPv6 /{cfg.net.ipv6_prefix}" if ns == "net" else ""
+                print(f"  limits.{ns}.{name}: {windows}{per} {verb}")
+    for (ns, name), entries in cfg.overrides.items():
+        for pattern, policy in entries:
+            windows = " or ".join(f"{lim} in {format_period(per)}" for lim, per in policy.windows) or "not counted"
+            print(f"  overrides.{ns}.{pattern!r}.{name}: {windows} ({policy.mode})")
+    for ns, exempt in cfg.exempt.items():
+        print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
+    print(f"  {_bounds(cfg)}")
+    sp = cfg.spool
+    print(f"  spool guard: a blocked subject's mail is refused, not frozen, below {sp.floor} KiB free in "
+          f"{sp.directory} or below {sp.fraction:g} x the free space when its block started")
+    ex = cfg.expiry
+    print("  expiry: off, an admin lifts every block" if not ex.after else
+          f"  expiry: blocks {'(manual ones too) ' if ex.manual else 'by a limit '}lift after "
+          f"{format_period(ex.after)}, x{ex.escalate:g} for each repeat within {format_period(ex.forget)}, "
+          f"at most {format_period(ex.longest)}; " + ("even with frozen mail" if ex.lift_frozen else
+                                                       "not while frozen mail waits for review"))
+    print(f"  notify {cfg.notify.to} via {' '.join(cfg.notify.sendmail)}; " + (
+        f"after {cfg.notify.digest_after} mails about one namespace's blocks within "
+        f"{format_period(cfg.notify.digest_every)}, one digest per {format_period(cfg.notify.digest_every)}"
+        if cfg.notify.digest() else "every block its own mail (digests off)"))
+    for line in mail:
+        print(f"  {line}")
+    print(f"  hooks fail {cfg.hooks.check} (check-blocked), {cfg.hooks.record} (record-invalid)")
+    print(f"  eximhook serve on {cfg.serve.socket}, answering within {cfg.serve.timeout:g}s")
+    from ..serve.sockets import ping
+
+    try:
+        ping(cfg.serve.socket, min(cfg.serve.timeout, 1.0))
+        # it read its config when it started: an edit reaches it with SIGHUP, not by itself
+        print("  eximhook serve is running with the config it read when it started: for this one, "
+              "systemctl reload eximhook-serve.service (or kill -HUP its pid)")
+    except ServeError:
+        pass
+    if cfg.serve.timeout >= 2:
+        print(f"  note: [serve] timeout {cfg.serve.timeout:g}s: keep it below the snippets' EXIMHOOK_WAIT (2s unless "
+              "you changed it), or Exim runs the ${run} hook while the daemon may still count the same event")
+    import pwd
+
+    try:
+        pwd.getpwnam(cfg.exim.user)
+    except KeyError:
+        print(f"  note: [exim] user {cfg.exim.user!r} does not exist here: set it to the user Exim runs as "
+              "(eximhook status and maintain check as that user)")
+    for line in _check_exim_config(cfg):
+        print(f"  {line}")
+    return Exit.OK
+
+
+def _check_exim_config(cfg: Config, listing: str | None = None) -> list[str]:
+    """A warning when the Exim user's ``exim -C [exim] config`` (the hooks', the
+    daemon's, relaytest's) makes Exim drop root and write a paniclog line each time: the
+    config is not in Debian's trusted list (``listing``), nor sets deliver_drop_privilege."""
+    from ..errors import EximError
+    from ..exim import debian
+    from ..exim.queue import Exim
+
+    listing = listing or debian.TRUSTED_CONFIGS
+    if not cfg.exim.config or debian.trusted(cfg.exim.config, listing):
+        return []
+    try:
+        if Exim.from_config(cfg.exim).option("deliver_drop_privilege") == "deliver_drop_privilege":
+            return []  # Exim drops root for it anyway, and says nothing
+    except EximError:
+        pass
+    return [f"warning: [exim] config {cfg.exim.config} is not listed in {listing}: each time the Exim user (the "
+            "hooks, eximhook serve, relaytest) runs exim -C with it, Exim drops root and writes \"exim user lost "
+            f"privilege for using -C option\" to its paniclog. Add the path as a line of {listing} (owned by root, "
+            "not writable by others), or set deliver_drop_privilege = true in that config"]
+
+
+def _bounds(cfg: Config) -> str:
+    """What the counters may hold (issue 21): per subject and counter, and in all."""
+    from ..model.counter import max_bytes
+    from ..model.evidence import EVIDENCE_BYTES, EVIDENCE_KEPT
+
+    policies = [p for t in cfg.policies.values() for p in t.values()]
+    policies += [p for entries in cfg.overrides.values() for _, p in entries]
+    windows = max((len(p.windows) for p in policies), default=1)
+    return (f"counters: at most {max_bytes(windows, cfg.evidence.rcpts, cfg.evidence.ips):,} bytes per subject and "
+            f"counter (evidence cut to {EVIDENCE_BYTES} bytes, {EVIDENCE_KEPT} a list), "
+            f"{cfg.store.counters_budget / (1 << 20):g} MiB in all ([store] counters_budget)")
+
+
+def _check_mail(cfg: Config) -> list[str]:
+    """Check the templates and the owner lookup as the senders will read them (a
+    ``ConfigError`` names the file and the line of the first fault); what to print."""
+    from ..engine import owner
+    from ..notify import templates
+
+    lines, files = [], []
+    for kind in templates.KINDS:
+        path = notify_mod.template_path(cfg, kind)
+        templates.load(path, kind)
+        lines.append(f"{kind} template {path or templates.builtin_path(kind) + ' (built-in)'}: ok")
+        files += [path] if path else []
+    if cfg.owner.lookup:
+        try:
+            entries, problems = owner.read(cfg.owner.lookup, cfg.relay.ipv6_prefix)
+        except OSError as exc:
+            raise ConfigError(f"{cfg.owner.lookup}: cannot read the [owner] lookup: {exc.strerror}") from exc
+        if problems:
+            raise ConfigError(f"{cfg.owner.lookup}: " + "; ".join(problems[:10]) +
+                              (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
+        lines.append(f"owner lookup {cfg.owner.lookup}: {len(entries)} subject(s)")
+        files.append(cfg.owner.lookup)
+    patterns = ", ".join(f"{ns} = {p!r}" for ns, p in cfg.owner.pattern) or "none"
+    lines.append(f"owner notification {'on' if cfg.owner.notify else 'off'} (pattern: {patterns}; blocks by hand "
+                 f"{'too' if cfg.owner.manual else 'not'})")
+    if cfg.owner.notify and not cfg.owner.lookup and not cfg.owner.pattern:
+        lines.append("note: [owner] notify is on, but neither lookup nor pattern is set: no owner is ever found")
+    # the hooks and the daemon read them as the Exim user, whom root's reading proves nothing about
+    lines += [f"note: {path} is not readable by [exim] user {cfg.exim.user}: the hooks and the daemon "
+              "cannot read it" for path in files if not _readable_by(path, cfg.exim.user)]
+    return lines
+
+
+def _check_password_file(cfg: Config) -> list[str]:
+    """``[store] redis_password_file``, as the daemon will read it: what to print."""
+    path = cfg.store.redis_password_file
+    if not path or cfg.store.backend != "redis":
+        return []
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read store.redis_password_file: {exc.strerror}") from exc
+    if not _readable_by(path, cfg.exim.user):
+        return [f"note: {path} (store.redis_password_file) is not readable by [exim] user {cfg.exim.user}: "
+                f"eximhook serve cannot log in to Redis (chown root:{cfg.exim.user}, chmod 0640)"]
+    return []
+
+
+def _exposed_secrets(cfg: Config) -> list[str]:
+    """The Redis password where every local user can read it (the "other" bits): in the
+    config (redis_url), or in its own file."""
+    from ..config.values import has_password
+
+    files = [(cfg.path, "holds the Redis password (store.redis_url), and")] if has_password(cfg.store.redis_url) else []
+    files += [(cfg.store.redis_password_file, "(store.redis_password_file):")] if cfg.store.redis_password_file else []
+    found = []
+    for path, what in files:
+        try:
+            exposed = os.stat(path).st_mode & 0o004
+        except OSError:
+            continue  # a missing password file is check-config's error
+        if exposed:
+            found.append(f"{path} {what} every local user can read it: chown root:{cfg.exim.user} and "
+                         "chmod 0640 it" + (", or move the password to store.redis_password_file"
+                                            if path == cfg.path else ""))
+    return found
+
+
+def _unsafe_config(cfg: Config) -> list[str]:
+    """The config, or the directory that holds it, where someone other than root can
+    change it: root runs the commands it names ([notify] sendmail, [owner] lookup) for
+    every admin command, so whoever can write it (the Exim user, given group write) can
+    run anything as root."""
+    found = []
+    for path in (cfg.path, os.path.dirname(os.path.abspath(cfg.path))):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        sticky = os.path.isdir(path) and st.st_mode & 0o1000
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+            found.append(f"{path} can be changed by another user than root, who runs the commands the config names "
+                         "([notify] sendmail, [owner] lookup): chown root and chmod go-w it")
+    return found
+
+
+def _readable_by(path: str, user: str) -> bool:
+    """By the permission bits (ACLs aside); True if there is no such user (noted apart)."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        return True
+    st = os.stat(path)
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & 0o400)
+    if st.st_gid in os.getgrouplist(user, pw.pw_gid):
+        return bool(st.st_mode & 0o040)
+    return bool(st.st_mode & 0o004)

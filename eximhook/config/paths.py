@@ -1,0 +1,13 @@
+"""Where the config file is: ``--config``, else ``$EXIMHOOK_CONFIG``, else the default."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_PATH = "/etc/eximhook/eximhook.toml"
+ENV_VAR = "EXIMHOOK_CONFIG"
+
+
+def resolve_path(option: str | None) -> str:
+    """``--config``, else ``$EXIMHOOK_CONFIG``, else the default path."""
+    return option or os.environ.get(ENV_VAR) or DEFAULT_PATH

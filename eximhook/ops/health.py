@@ -1,0 +1,382 @@
+"""How eximhook is doing: ``eximhook status`` (for monitoring) and ``eximhook maintain``
+(the timer, every minute).
+
+A hook or the daemon that cannot write the store fails open: mail flows, uncounted. It
+logs that, but a log is easy to miss, so the maintenance run probes the store itself
+(as the Exim user, like the hooks), notes in ``STATE_FILE`` when the failures began, and
+mails the abuse desk once they have lasted ``[notify] alert_after``, and once more when
+the store takes writes again. The state file lives beside the daemon's socket, in
+``/run`` (a tmpfs): a full spool or a broken store cannot keep it from being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from ..config.load import Config
+from ..engine import core, expiry, spool
+from ..errors import EximhookError, Exit, ServeError, UnsafePath
+from ..hooks import FALLBACK_STAMP
+from ..log import Logger
+from ..notify import send as notify
+from ..periods import format_time
+from ..perms import Dir, read_file, remove, replace_files, resolve_owner
+from ..storage import mirror, outbox, upkeep
+from ..storage.counters import Counters
+from ..storage.store import Store
+
+# The Nagios/Icinga plugin levels, which are also `eximhook status`'s exit codes.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+LEVELS = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+STATE_FILE = "health.json"
+LOW_DISK = 100 << 20  # status warns when the store's filesystem has less free, or less than a tenth
+_RECENT_FALLBACK = 3600.0  # a ${run} fallback this recent means the daemon is expected
+_OLD_QUEUED = 600.0  # a notification due for this long without going out is worth a warning
+
+
+class Check:
+    """One line of the report."""
+
+    __slots__ = ("data", "level", "name", "text")
+
+    def __init__(self, name: str, level: int, text: str, **data: Any) -> None:
+        self.name, self.level, self.text, self.data = name, level, text, data
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "level": LEVELS[self.level], "text": self.text, **self.data}
+
+
+class CannotTell(Exception):
+    """The probe cannot run as the Exim user: status answers UNKNOWN."""
+
+
+def _probe(cfg: Config, now: float) -> str | None:
+    """Do, as the Exim user, what the hooks do: write the store and the counters (a
+    heartbeat; the counters are made if missing, as the first hook would), write in the
+    mirror directory, and read the mirror files Exim looks up."""
+    if not os.path.lexists(os.path.join(cfg.store.path, "data.mdb")):  # a link to nowhere is no missing store
+        return f"there is no store in {cfg.store.path} ([store] path): eximhook export makes it"
+    try:
+        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+            store.heartbeat(now)
+        with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
+            counters.heartbeat(now)
+    except EximhookError as exc:
+        return str(exc)
+    problems = []
+    if not os.access(cfg.store.mirror_dir, os.W_OK | os.X_OK):
+        problems.append(f"cannot write in {cfg.store.mirror_dir} ([store] mirror_dir): no mirror rewrite")
+    for path in mirror.mirror_paths(cfg.store.mirror_dir):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:  # Exim answers 451 to every RCPT whose lookup cannot open its file
+            problems.append(f"Exim cannot read {path}: {exc.strerror}")
+    lock = os.path.join(cfg.store.path, mirror.LOCK_FILE)
+    if os.path.exists(lock) and not os.access(lock, os.W_OK):
+        problems.append(f"cannot take the mirror lock {lock}: not writable")
+    return "; ".join(problems) or None
+
+
+def probe_store(cfg: Config, now: float) -> str | None:
+    """Can the Exim user (``[exim] user``) do what the hooks do? None if so, else why not.
+
+    As root the probe runs in a child that has become that user, since root can write
+    where the hooks cannot (a data.mdb chowned to root passes root's test and fails every
+    hook). As that user it runs here. As anyone else it cannot tell (``CannotTell``).
+    """
+    import pwd
+
+    try:
+        exim = pwd.getpwnam(cfg.exim.user)
+    except KeyError:
+        raise CannotTell(f"[exim] user {cfg.exim.user!r} does not exist: set it to the user Exim runs as") from None
+    if os.geteuid() == exim.pw_uid:
+        return _probe(cfg, now)
+    if os.geteuid() != 0:
+        raise CannotTell(f"run eximhook status as root or as {cfg.exim.user} ([exim] user): only they can "
+                         "check what the hooks can do")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: become the Exim user, try, report through the pipe
+        os.close(read_end)
+        try:
+            os.initgroups(exim.pw_name, exim.pw_gid)
+            os.setgid(exim.pw_gid)
+            os.setuid(exim.pw_uid)
+            error = _probe(cfg, now)
+        except BaseException as exc:
+            error = f"probe as {exim.pw_name}: {exc}"
+        os.write(write_end, (error or "").encode("utf-8", "replace"))
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        error = f.read().decode("utf-8", "replace")
+    os.waitpid(pid, 0)
+    return error or None
+
+
+def _state_path(cfg: Config) -> str:
+    return os.path.join(os.path.dirname(cfg.serve.socket), STATE_FILE)
+
+
+def read_state(cfg: Config) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(read_file(_state_path(cfg))))
+    except (OSError, ValueError, UnsafePath):
+        return None
+
+
+def _write_state(cfg: Config, state: dict[str, Any] | None) -> None:
+    # /run/eximhook is the Exim user's (systemd's RuntimeDirectory=): by descriptor, not by path
+    path = _state_path(cfg)
+    if state is None:
+        remove(path)
+        return
+    Dir(os.path.dirname(path), create=True).close()
+    # maintain runs as the Exim user (the timer) and as root (cron, by hand): written by
+    # root, it must stay the store owner's to read and replace, or the next run as the
+    # Exim user finds no state and alerts the abuse desk a second time
+    replace_files([(path, json.dumps(state).encode())], resolve_owner(cfg.store.owner, cfg.store.path))
+
+
+def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[int, list[str], int]:
+    """The timer's run: probe the store (alert when it has failed long enough), bring
+    the mirror up to date, lift the blocks whose time has come (``[expiry]``), send the
+    notifications due, tend the counters (``upkeep``: swept hourly, within their
+    budget). Returns (sent, problems, exit code: UNAVAILABLE while the store refuses
+    writes, TEMPFAIL for anything else left to do, else OK)."""
+    problems: list[str] = []
+    try:
+        error = probe_store(cfg, now)
+    except CannotTell as exc:
+        return 0, [str(exc)], Exit.UNAVAILABLE
+    state = read_state(cfg)
+    if error is not None:
+        problems.append(f"counting fails open: {error}")
+        log.log("err", f"maintain: the store refuses writes, so hooks and daemon fail open: {error}")
+        state = state or {"since": now, "mailed": False, "error": error}
+        if not state["mailed"] and now - state["since"] >= cfg.notify.alert_after:
+            failed = notify.send_alert(cfg, state["since"], error)
+            state["mailed"] = failed is None
+            if failed:
+                problems.append(f"could not mail the abuse desk about it: {failed}")
+    elif state is not None:
+        log.log("notice", f"maintain: the store takes writes again (refused them since {state['since']:.0f})")
+        if state["mailed"]:
+            notify.send_alert(cfg, state["since"], None)
+        state = None
+    try:
+        _write_state(cfg, state)
+    except OSError as exc:
+        problems.append(f"cannot record the health state in {_state_path(cfg)}: {exc.strerror}")
+    except UnsafePath as exc:
+        problems.append(f"cannot record the health state: {exc}")
+    if error is not None:
+        return 0, problems, Exit.UNAVAILABLE
+    with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner) as store:
+        leftovers = mirror.temp_files(cfg.store.mirror_dir, store.path)
+        for path in leftovers:
+            log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
+        # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
+        store.set_spool_floor(cfg.spool.floor)  # an edited floor reaches the mirror now
+        if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
+            problems.append("the mirror files are behind the store (see the log)")
+        spool.check(store, cfg.spool.guard(), now, log)
+        problems += expiry.lift_due(cfg, store, log, now)
+        sent, errors = notify.deliver(cfg, store, log, command)
+        try:
+            with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
+                upkeep.upkeep(store, counters, log, now, cfg.bounces.remember)
+        except EximhookError as exc:
+            problems.append(f"could not tend the counters: {exc}")
+    problems += [f"notification left queued: {e}" for e in errors]
+    return sent, problems, Exit.TEMPFAIL if problems else Exit.OK
+
+
+def status(cfg: Config, now: float) -> list[Check]:
+    """Every check, for a person or a monitoring system. Nothing is repaired or made; the
+    one write is the probe's heartbeat, as the Exim user."""
+    checks = [_store_check(cfg, now)]
+    if not os.path.lexists(os.path.join(cfg.store.path, "data.mdb")):  # a link to nowhere is no missing store
+        return checks
+    try:
+        with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
+            checks += [_mirror_check(cfg, store), _outbox_check(store, now), _spool_check(store)]
+            if cfg.store.backend == "redis":
+                checks.append(_redis_check(cfg, store))
+    except EximhookError as exc:
+        checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
+    checks.append(_counters_check(cfg))
+    checks.append(_serve_check(cfg, now))
+    return checks
+
+
+def _counters_check(cfg: Config) -> Check:
+    """The counters against ``[store] counters_budget`` (``upkeep``): near it, or at it,
+    forgetting the least recently counted."""
+    if not os.path.exists(os.path.join(cfg.store.path, "counters", "data.mdb")):
+        return Check("counters", OK, "none yet")
+    try:
+        with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner, readonly=True) as counters:
+            used, episode, budget = counters.read(counters.used_in), counters.episode(), counters.budget or 0
+            high = counters.marks()[0]
+    except EximhookError as exc:
+        return Check("counters", WARNING, f"cannot be read: {exc}")
+    text = f"{_mib(used)} of their budget of {_mib(budget)} ([store] counters_budget)"
+    data = {"used_bytes": used, "budget_bytes": budget, "making_room": episode}
+    if episode is not None:
+        return Check("counters", WARNING, f"{text}: full since {format_time(episode['since'])}, the least recently "
+                                          f"counted forgotten ({episode['dropped']:.0f} so far, the last at "
+                                          f"{format_time(episode['last'])}); a flood of new subjects?", **data)
+    if used > high:
+        return Check("counters", WARNING, f"{text}: nearly full; the least recently counted go past "
+                                          f"{_mib(high)}", **data)
+    return Check("counters", OK, text, **data)
+
+
+def _redis_check(cfg: Config, store: Store) -> Check:
+    """The Redis the relays share, as the daemon found it (its mark in the store) and
+    as the config names it now; are counts made alone waiting for it."""
+    import redis
+
+    from ..backends.connect import client, describe
+    from ..storage import relay_copy as local
+
+    waiting, alone = len(local.journaled(store)), local.alone_since(store)
+    where = describe(cfg.store)
+    if alone is not None:
+        return Check("redis", CRITICAL, f"eximhook serve could not use {where} at {format_time(alone)} and counts "
+                                        f"alone since ({waiting} count(s) to send when it can; its log says why)",
+                     up=False, waiting=waiting)
+    conn = client(cfg.store)
+    try:
+        start = time.monotonic()
+        conn.ping()
+        rtt = time.monotonic() - start
+    except (redis.RedisError, OSError) as exc:
+        return Check("redis", CRITICAL, f"{where} does not answer ({type(exc).__name__}: {exc}): the relays count "
+                                        f"alone, and admin commands that change blocks refuse", up=False,
+                     waiting=waiting)
+    finally:
+        conn.close()
+    if waiting:
+        return Check("redis", WARNING, f"{where} answers, and {waiting} count(s) made while it was down are not "
+                                       "sent yet: eximhook serve sends them within [serve] check_interval",
+                     up=True, waiting=waiting)
+    return Check("redis", OK, f"{where} answers ({rtt * 1000:.1f} ms)", up=True, waiting=0,
+                 rtt_ms=round(rtt * 1000, 2))
+
+
+def _store_check(cfg: Config, now: float) -> Check:
+    try:
+        error = probe_store(cfg, now)
+    except CannotTell as exc:
+        return Check("store", UNKNOWN, str(exc))
+    state = read_state(cfg)
+    if error is not None:
+        since = f" since {format_time(state['since'])}" if state else ""
+        return Check("store", CRITICAL, f"the Exim user cannot do what the hooks do{since}, so counting fails "
+                                        f"open: {error}", error=error)
+    used = _size(os.path.join(cfg.store.path, "data.mdb"))
+    disk = shutil.disk_usage(cfg.store.path)
+    text = f"writable, {_mib(used)} used"
+    data = {"used_bytes": used, "disk_free_bytes": disk.free}
+    if disk.free < min(LOW_DISK, disk.total // 10):
+        return Check("store", WARNING, f"{text}, but only {_mib(disk.free)} free on its filesystem", **data)
+    return Check("store", OK, text, **data)
+
+
+def _mirror_check(cfg: Config, store: Store) -> Check:
+    generation = store.generation()
+    seen = mirror.state(store, cfg.store.mirror_dir)
+    behind = {name: g for name, g in seen["files"].items() if g is None or g < generation}
+    data = {"generation": generation, "files": seen["files"], "stamp": seen["stamp"], "temp_files": seen["temp_files"]}
+    if behind or seen["stamp"] < generation:
+        shown = ", ".join(f"{name} at {'?' if g is None else g}" for name, g in behind.items()) or "the stamp"
+        return Check("mirror", CRITICAL, f"behind the store (generation {generation}): {shown}; Exim does not "
+                                         "see every block (eximhook maintain or export rewrites it)", **data)
+    if seen["temp_files"]:
+        return Check("mirror", WARNING, f"at generation {generation}, with {len(seen['temp_files'])} temp file(s) "
+                                        "left by a killed rewrite (eximhook maintain removes them)", **data)
+    return Check("mirror", OK, f"at generation {generation}", **data)
+
+
+def _outbox_check(store: Store, now: float) -> Check:
+    items = store.outbox()
+    data = {"items": [describe_item(i, now) for i in items]}
+    if not items:
+        return Check("outbox", OK, "empty", **data)
+    worst, texts = OK, []
+    for item in items:
+        block = item["block"]
+        who = f"{block['ns']} {block['key']}" + (" (to the owner)" if item.get("kind") == "owner" else "")
+        if outbox.stuck(item):
+            worst = max(worst, WARNING)
+            texts.append(f"{who}: stuck in sending since {format_time(item['claimed'])} (its sender died; "
+                         "the next notify run resends it)")
+        elif item["state"] == "queued" and now - max(item["ts"], item.get("hold_until", 0)) > _OLD_QUEUED:
+            worst = max(worst, WARNING)
+            texts.append(f"{who}: not sent since {format_time(item['ts'])} ({item['attempts']} attempt(s); "
+                         f"{item.get('error') or 'no sender ran'})")
+    oldest = min(i["ts"] for i in items)
+    summary = f"{len(items)} notification(s), the oldest from {format_time(oldest)}"
+    return Check("outbox", worst, "; ".join([summary, *texts]), **data)
+
+
+def _spool_check(store: Store) -> Check:
+    """The spool-space guard's state as maintenance last saw it (``spool.check``)."""
+    since = store.spool_low_since()
+    if since is None:
+        return Check("spool", OK, "blocked subjects' mail is frozen, as evidence")
+    return Check("spool", WARNING, f"short of space since {format_time(since)}: blocked subjects' mail is refused, "
+                                   "not frozen (purge their frozen spam to make room)", since=since)
+
+
+def describe_item(item: dict[str, Any], now: float) -> dict[str, Any]:
+    """A notification's state for people: queued, held, sending, or stuck (and since)."""
+    if outbox.stuck(item):
+        state, since = "stuck", item["claimed"]
+    elif item["state"] == "sending":
+        state, since = "sending", item["claimed"]
+    elif now < item.get("hold_until", 0):
+        state, since = "held", item["ts"]
+    else:
+        state, since = "queued", item["ts"]
+    block = item["block"]
+    return {"seq": item["seq"], "ns": block["ns"], "key": block["key"], "kind": item.get("kind", "blocked"),
+            "to": item.get("to"), "state": state, "since": since, "attempts": item["attempts"],
+            "error": item.get("error")}
+
+
+def _serve_check(cfg: Config, now: float) -> Check:
+    from ..serve.sockets import ping
+
+    try:
+        rtt = ping(cfg.serve.socket, cfg.serve.timeout)
+    except ServeError as exc:
+        stamp = os.path.join(cfg.store.path, FALLBACK_STAMP)
+        fell_back = os.stat(stamp).st_mtime if os.path.exists(stamp) else None
+        if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
+            return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
+                                           f"{format_time(fell_back)}", up=False)
+        if cfg.store.backend == "redis":  # only the daemon counts in Redis: this relay has left it
+            return Check("serve", WARNING, f"down ({exc}): [store] backend is \"redis\", and without the daemon "
+                                           "this relay counts in its own store only", up=False)
+        return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
+    return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512  # what the sparse file really takes
+    except OSError:
+        return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
