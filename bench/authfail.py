@@ -25,7 +25,7 @@ import time
 import benchlib
 from benchlib import median, spread, table
 
-from tests.e2e import harness as h
+from tests.support import harness as h
 
 
 def session(exim: h.Exim, source: str, tries: int) -> tuple[float, float]:

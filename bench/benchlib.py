@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # for tests.e2e.harness; last, so that eximhook is the installed one
+if str(ROOT) not in sys.path:  # for tests.support.harness; last, so that eximhook is the installed one
     sys.path.append(str(ROOT))
 
 

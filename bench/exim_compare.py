@@ -56,7 +56,7 @@ import benchlib
 from benchlib import median, spread, table
 from smtpload import Session
 
-from tests.e2e import harness as h
+from tests.support import harness as h
 
 LIM = 100  # the production default
 MAX_PER_SUBJECT = 90  # invalid recipients a subject gets in the whole run: below LIM, so nothing trips

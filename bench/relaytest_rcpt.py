@@ -6,7 +6,7 @@ Four Exim daemons side by side on 127.0.0.1, the shipped RCPT snippets in each:
   none     without the relay-test statement
   10       with it, blocked.nets holding 10 networks (none of them the client)
   1000     1,000 single hosts
-  10000    10,000 single hosts (a list this long is what the README advises against)
+  10000    10,000 single hosts (a list this long is what docs/relaytest.md advises against)
 Each round, each variant (the order rotates) gets one session from a relay host (127.0.0.2), MAIL, then
 --rcpts valid recipients one after another (no pipelining: each RCPT's reply is awaited), then RSET; the
 time per RCPT is the median over --rounds rounds, with each variant's ratio to `none` and the time it adds.
@@ -26,7 +26,7 @@ import time
 import benchlib
 from benchlib import median, spread, table
 
-from tests.e2e import harness as h
+from tests.support import harness as h
 
 SIZES = {"none": None, "10": 10, "1000": 1000, "10000": 10000}
 

@@ -146,7 +146,7 @@ BACKENDS = ("lmdb", "redis")
 def compare_backends(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
     """An LMDB daemon and a Redis one (its own redis-server), served at once and loaded in turns, the order
     swapped each round; then the events each counted, against the record-invalid calls it answered."""
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     version = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True, check=True).stdout
     redis = RedisServer(work / "redis-server")

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import benchlib  # noqa: F401 (puts the repository on sys.path for tests.e2e)
+import benchlib  # noqa: F401 (puts the repository on sys.path for tests.support)
 
-from tests.e2e import harness as h
+from tests.support import harness as h
 
 # Limits that never trip. The exact window keeps up to LIMIT timestamps per subject, but
 # the load spreads its events over --keys subjects, so none holds more than a few dozen.

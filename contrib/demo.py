@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.e2e import harness as h
+from tests.support import harness as h
 
 LIMIT = 10
 VOLUME = 12  # recipients per hour (and 30 per day) before an account is blocked; production default 1000

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install eximhook on Debian 12 or 13 (as root) from this checkout, into a venv: for
 # development and the tests (--dev), and for systems where the Debian package
-# (contrib/build-deb.sh, README "Install") is not wanted. Not beside the package.
+# (contrib/build-deb.sh, docs/install.md) is not wanted. Not beside the package.
 #   - exim4-daemon-heavy, python3-venv, openssl; no service is started
 #     while installing (policy-rc.d), so a test machine stays quiet
 #   - a venv at /opt/eximhook built from Debian's /usr/bin/python3: the Exim user runs
@@ -15,8 +15,8 @@
 #   - without --dev: /etc/eximhook/eximhook.toml (from contrib/eximhook.toml, if absent),
 #     the store and the mirror files (eximhook export), and the systemd units
 #     (eximhook-serve.socket/.service, eximhook-maintain.timer: the package's, from
-#     debian/, naming the venv) in /etc/systemd/system, not enabled: README says when
-# Uninstall: README, "Install".
+#     debian/, naming the venv) in /etc/systemd/system, not enabled: docs/install.md says when
+# Uninstall: docs/install.md.
 #
 # A mail server without access to PyPI: on a machine that has it (same Debian release
 # and architecture),
@@ -54,7 +54,7 @@ fi
 
 packages="exim4-daemon-heavy python3-venv openssl"
 # strace: the crash tests kill hooks at chosen system calls; redis-server: the Redis
-# backend's tests start their own (tests/redis_server.py), never the package's service;
+# backend's tests start their own (tests/support/redis_server.py), never the package's service;
 # tinycdb: a cdb reader that is not eximhook's; groff-base: the man pages are checked;
 # debootstrap: the trixie and package tests make Debian systems (tests/packaging)
 had_redis=false
@@ -81,7 +81,7 @@ else
 fi
 
 [ -x "$venv/bin/python3" ] || /usr/bin/python3 -m venv "$venv"
-# Exactly the versions in the lock, each checked against its hash (README, Development,
+# Exactly the versions in the lock, each checked against its hash (docs/development.md,
 # says how the lock is made and refreshed), then eximhook itself without dependencies,
 # built with the locked setuptools: nothing is resolved on the day of the install.
 lock="$here/requirements/runtime.lock"

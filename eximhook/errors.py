@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class Exit:
-    """Exit codes of every ``eximhook`` command (README "Exit codes")."""
+    """Exit codes of every ``eximhook`` command (docs/operations.md, "Exit codes")."""
 
     OK = 0  # done; a hook's token is a real answer
     FAILED = 1  # an admin command did not do what was asked (e.g. nothing to unblock)

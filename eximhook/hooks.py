@@ -25,23 +25,21 @@ import time
 from .config import hookcache
 from .errors import EximhookError, Exit, UsageError
 from .log import Logger
+from .model.records import Request
 from .model.subjects import normalize
 from .storage.store import Store
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on this path
 if TYPE_CHECKING:
-    from typing import Any
-
+    from .config.hookcache import View
     from .storage.counters import Counters
 
 HOOKS = ("check-blocked", "record-invalid", "record-message", "record-bounce")
-_POLICY = {"check-blocked": "check", "record-invalid": "record", "record-message": "record",
-           "record-bounce": "record"}
 _OPTIONS = {"record-invalid": ("--rcpt", "--ip"), "record-message": ("--count", "--sender", "--mid", "--ip", "--id"),
             "record-bounce": ("--mid", "--failed", "--ip")}
 # --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
 # instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
-# --remote: a delivery report another MTA sent (see core.bounce_event).
+# --remote: a delivery report another MTA sent (see engine.events.bounce_subjects_in).
 _FLAGS = {"record-bounce": ("--fallback", "--remote")}
 FALLBACK_STAMP = "fallback.stamp"
 _FALLBACK_LOG_EVERY = 60.0
@@ -127,6 +125,26 @@ def _note_fallback(store_dir: str, log: Logger) -> None:
         pass
 
 
+def request(name: str, args: list[str], ipv6_prefix: int) -> tuple[Request, bool]:
+    """The hook's argv as the daemon's request (``serve.protocol``), so that both doors
+    count through one path (``engine.events``); and whether ``--fallback`` was given."""
+    ns, key, opts = parse(name, args)
+    key = normalize(ns, key, ipv6_prefix)
+    fields = {k: v for k, v in opts.items() if k not in ("fallback", "remote")}
+    if name == "check-blocked":
+        req = Request("check-blocked", ns, key)
+    elif name == "record-invalid":
+        req = Request("record-invalid", ns, key, "invalid", fields)
+    elif name == "record-message":
+        count = fields.pop("count", "")
+        if not (count.isascii() and count.isdigit() and 0 < int(count) < 1 << 31):
+            raise UsageError(f"record-message: --count {count!r} is not a number of recipients")
+        req = Request("message", ns, key, fields=dict(fields, n=count))
+    else:
+        req = Request("bounce", ns, key, fields=dict(fields, remote="1") if "remote" in opts else fields)
+    return req, "fallback" in opts
+
+
 def run(name: str, args: list[str], config_path: str, *, standalone: bool = False) -> int:
     """Answer hook ``name``; ``standalone`` (a real process) arms the watchdog, points
     stderr at /dev/null and skips interpreter teardown, none of which suits a test
@@ -138,32 +156,30 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
     store: Store | None = None
     counters: Counters | None = None
     try:
-        settings, cached = hookcache.hook_settings(config_path)
-        log = Logger(settings["log"])
-        out.fallback = "1" if settings[_POLICY[name]] == "closed" else "0"
+        view, cached = hookcache.view(config_path)
+        log = Logger(view.log)
+        out.fallback = "1" if (view.check if name == "check-blocked" else view.record) == "closed" else "0"
         if standalone:
-            out.watchdog(settings["timeout"], log, name)
+            out.watchdog(view.timeout, log, name)
         if not cached:
             log.log("notice", f"config cache for {config_path} was stale; run 'eximhook check-config' as root")
-        ns, key, opts = parse(name, args)
-        if "fallback" in opts:
-            _note_fallback(settings["store"], log)
-        key = normalize(ns, key, settings["ipv6_prefix"])
-        store = Store(settings["store"], settings["map_size"], settings["owner"])
+        req, fallback = request(name, args, view.ipv6_prefix)
+        if fallback:
+            _note_fallback(view.store, log)
+        store = Store(view.store, view.map_size, view.owner)
         if name == "check-blocked":
-            blocked = store.is_blocked(ns, key)
+            blocked = store.is_blocked(req.ns, req.key)
             out.emit("1" if blocked else "0")
             if blocked:  # a block a killed process may not have mirrored yet
-                from .engine import core
+                from .storage import mirror
 
-                core.refresh_mirror(store, settings["mirror_dir"], log)
-            code = Exit.OK
+                mirror.refresh(store, view.mirror_dir, log)
         else:
             from .storage.counters import Counters
 
-            counters = Counters(settings["store"], settings["counters_budget"], settings["owner"])
-            out.emit("1" if _record(name, store, counters, settings, ns, key, opts, log) else "0")
-            code = Exit.OK
+            counters = Counters(view.store, view.counters_budget, view.owner)
+            out.emit("1" if _record(req, store, counters, view, log) else "0")
+        code = Exit.OK
     except EximhookError as exc:
         log.log("err", f"{name} {' '.join(args)}: {exc}; answered {out.fallback}")
         out.emit(out.fallback)
@@ -185,56 +201,22 @@ def run(name: str, args: list[str], config_path: str, *, standalone: bool = Fals
     return code
 
 
-def _record(name: str, store: Store, counters: Counters, settings: dict[str, Any], ns: str, key: str,
-            opts: dict[str, str], log: Logger) -> bool:
-    """Count the event as the daemon would (the same core bodies); True if blocked."""
-    from .engine import core
-    from .model.policy import Policy, pick
-    from .model.spool import Guard
+def _record(req: Request, store: Store, counters: Counters, view: View, log: Logger) -> bool:
+    """Count the request as the daemon does (``engine.events``, ``engine.settle``);
+    True if any of its subjects is blocked. No daemon hears a frozen message's id here,
+    so a notification waits for nothing (hold 0)."""
+    from .backends.lmdb import LmdbBackend
+    from .engine import events, settle
 
-    def policy(ns: str, counter: str, key: str) -> Policy | None:
-        found = settings["policies"].get(ns, {}).get(counter)
-        base = {ns: {counter: Policy(counter, *found)}} if found is not None else {}
-        overrides = {(ns, counter): tuple((p, Policy(counter, w, m)) for p, w, m in
-                                          settings["overrides"].get((ns, counter), ()))}
-        return pick(base, overrides, ns, counter, key)
-
-    now, keep = time.time(), settings["rcpts"]
-    if name == "record-invalid":
-        p = policy(ns, "invalid", key)
-        body = None if p is None or not p.windows else counters.event(
-            ns, key, now, p, evidence=opts.get("rcpt") or None, ip=opts.get("ip") or None, keep_evidence=keep,
-            keep_ips=settings["ips"])
-        tallies = [] if body is None else [counters.update(body)]
-    elif name == "record-message":
-        count = opts.get("count", "")
-        if not (count.isascii() and count.isdigit() and 0 < int(count) < 1 << 31):
-            raise UsageError(f"record-message: --count {count!r} is not a number of recipients")
-        sender = normalize("sender", opts["sender"]) if opts.get("sender") else ""
-        tallies = counters.update(core.message_event(
-            counters, policy, now, ns, key, recipients=int(count), sender=sender,
-            message_id=core.message_ref(opts.get("mid", "")), ip=opts.get("ip") or None, msg=opts.get("id") or None,
-            keep_evidence=keep, keep_ips=settings["ips"]))
-    else:
-        tallies = counters.update(core.bounce_event(
-            counters, policy, now, key, message_id=core.message_ref(opts.get("mid", "")),
-            failed=opts.get("failed") or None, remember=settings["remember"], keep_evidence=keep,
-            remote="remote" in opts, ip=opts.get("ip") or None))
-
-    def owner(ns: str, key: str) -> str | None:
-        from .engine.owner import resolve  # only a block pays for it
-
-        return resolve(ns, key, lookup=settings["owner_lookup"], patterns=settings["owner_pattern"],
-                       ipv6_prefix=settings["ipv6_prefix"], log=log)
-
-    blocked = store.is_blocked(ns, key)
+    now, backend = time.time(), LmdbBackend(store, counters)
+    tallies = counters.update(events.counts(counters, req, now, view))
+    blocked = store.is_blocked(req.ns, req.key)
     for tally in tallies:
-        outcome = core.settle(store, tally, now, notify_shadow=settings["notify_shadow"], exempt=settings["exempt"],
-                              spool=Guard(*settings["spool"]), owner=owner if settings["owner_notify"] else None,
-                              expiry=settings["expiry"])
-        if outcome.blocked or outcome.shadowed:
-            core.make_known(store, settings["mirror_dir"], log, tally, outcome)
+        outcome = settle.decide(backend, view, log, tally, now, hold=0.0)
+        settle.after(store, view, log, tally, outcome)
         blocked = blocked or outcome.blocked
     if blocked and not tallies:
-        core.refresh_mirror(store, settings["mirror_dir"], log)
+        from .storage import mirror
+
+        mirror.refresh(store, view.mirror_dir, log)
     return blocked

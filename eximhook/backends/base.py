@@ -1,6 +1,6 @@
 """What the core needs from storage to count and to block, whichever store holds it.
 
-Two backends promise the same things (``tests/test_backends.py`` runs one suite over
+Two backends promise the same things (``tests/integration/test_backends.py`` runs one suite over
 both): the embedded LMDB store of one machine (``lmdb.LmdbBackend``, the default) and a
 Redis shared by several relays (``redis.RedisBackend``). The promises:
 
@@ -17,7 +17,7 @@ Redis shared by several relays (``redis.RedisBackend``). The promises:
 - Strings (keys, evidence) may be any text, surrogate-escaped bytes included: a key
   is never cut, merged with another or read back changed.
 
-Each relay keeps in its own store what only it can use (see README, "Several relays,
+Each relay keeps in its own store what only it can use (see docs/redis.md, "Several relays,
 one Redis"): the owner's notification, ``[expiry]`` offence numbers, the spool guard's
 floor, daily peaks, the bounce references. The Redis backend adds what only a shared
 store needs: exemptions, publishing changes, claiming notifications.
@@ -25,35 +25,18 @@ store needs: exemptions, publishing changes, claiming notifications.
 
 from __future__ import annotations
 
-from ..model.evidence import cut
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Any
 
-    from ..model.policy import Policy
+    from ..model.records import Event, Outcome
+    from ..model.schedule import Schedule
+    from ..model.spool import Guard
     from ..storage.counters import Counter, Tally
-    from ..storage.store import Outcome
 
     Exempt = Mapping[str, Sequence[tuple[str, str]]]  # ns -> (pattern, reason), as [exempt]
-
-
-class Event:
-    """One event to count against a subject: ``weight`` of them (a message counts its
-    recipients), with its evidence (the recipient, the failure) and the client's IP,
-    both cut here (``evidence.cut``), before any backend stores them.
-    ``once``: an id that makes the count happen once however often it is sent (Redis:
-    a relay sends again what it counted alone after a call that timed out)."""
-
-    __slots__ = ("evidence", "ip", "keep_evidence", "keep_ips", "key", "ns", "once", "policy", "weight")
-
-    def __init__(self, ns: str, key: str, policy: Policy, *, weight: int = 1, evidence: str | None = None,
-                 ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "") -> None:
-        self.ns, self.key, self.policy, self.weight = ns, key, policy, weight
-        self.evidence, self.ip = evidence and cut(evidence), ip and cut(ip)
-        self.keep_evidence, self.keep_ips = keep_evidence, keep_ips
-        self.once = once
+    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
 
 
 class Backend:
@@ -67,7 +50,23 @@ class Backend:
         the subject (record, audit event "blocked", outbox entry "blocked" held until
         ``now + hold``: one step, exactly once); in shadow mode or for a subject
         ``exempt`` names, the would-block record (audit "would-block", and an outbox
-        entry with ``notify_shadow`` unless exempt), once per window and limit."""
+        entry with ``notify_shadow`` unless exempt), once per window and limit.
+
+        The answer's ``blocked`` is true for every count over an enforced limit. Counting
+        and settling may be two steps (LMDB: two transactions; Redis: one script), so a
+        count under the limit may answer blocked too when another process's block lands
+        between them: callers rely on no more than that."""
+        raise NotImplementedError
+
+    def settle(self, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+               exempt: Exempt | None = None, spool: Guard | None = None, owner: Owner | None = None,
+               expiry: Schedule | None = None, within: tuple[str, str] | None = None) -> Outcome:
+        """The second step of a backend that counts and settles in two (LMDB: its
+        counters, then its store; the daemon counts a turn's requests in one transaction
+        first): settle ``tally`` as ``record`` would. ``spool``, ``owner``, ``expiry``:
+        what a new block records of the spool, whose owner is mailed, when it lifts;
+        ``within``: the network that holds the subject, whose block stands for its own.
+        A backend that settles as it counts (Redis: one script) has no second step."""
         raise NotImplementedError
 
     def is_blocked(self, ns: str, key: str) -> bool:
@@ -121,3 +120,26 @@ class Backend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Shared(Backend):
+    """A backend several relays share (Redis): what the engine needs besides ``Backend``
+    to block and lift on every relay at once (``engine.actions``). Each relay keeps a
+    copy in its own store; the notification of a block goes out from the relay whose
+    store holds it."""
+
+    node = "?"  # this relay's name, in every record and audit event it writes here
+
+    def block_queued(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> int:
+        """``block``, answering -1 if the subject was blocked already, else the number
+        of its notification in the shared outbox (0: none), for ``take``."""
+        raise NotImplementedError
+
+    def take(self, ns: str, key: str, queued: int) -> bool:
+        """The notification ``queued`` is this relay's to send (its own store has it)."""
+        raise NotImplementedError
+
+    def lift(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> int:
+        """``unblock`` on every relay (published), answering what it did: 1 lifted a
+        block, 2 cleared would-block records, 0 nothing."""
+        raise NotImplementedError

@@ -1,4 +1,5 @@
-"""Admin commands on a relay that shares Redis with others (``[store] backend = "redis"``).
+"""Which backend a relay counts in (``[store] backend``: the one place that reads it), and
+the admin commands' Redis on a relay that shares it with others (``"redis"``).
 
 Redis holds the cluster's truth; each relay's store is a copy its daemon keeps (see
 ``serve.shared``). So a command that changes a block or an exemption changes Redis
@@ -22,11 +23,26 @@ if TYPE_CHECKING:
     from .redis import RedisBackend
 
 
+def shares(cfg: Config) -> bool:
+    """Does this relay count in a Redis it shares with others (else in its own store)?"""
+    return cfg.store.backend == "redis"
+
+
+def for_daemon(cfg: Config) -> RedisBackend | None:
+    """The daemon's shared backend (None: this relay's own store). No connection yet:
+    with Redis down at start, the relay counts alone until it answers (``serve.shared``)."""
+    if not shares(cfg):
+        return None
+    from .redis import RedisBackend
+
+    return RedisBackend.from_config(cfg.store)
+
+
 @contextlib.contextmanager
 def shared(cfg: Config) -> Iterator[RedisBackend | None]:
     """The shared backend while the block runs (None with LMDB alone); a Redis error
     inside it becomes ``SharedUnavailable``."""
-    if cfg.store.backend != "redis":
+    if not shares(cfg):
         yield None
         return
     import redis

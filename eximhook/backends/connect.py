@@ -4,7 +4,7 @@ master of ``redis_service`` that ``redis_sentinels`` name, or a Redis Cluster.
 Nothing here connects: redis-py does on the first call, so with a Redis down when the
 daemon starts, the relay counts alone until it answers (``serve.shared``). ``redis`` is imported inside
 ``client``: ``describe`` serves check-config and the daemon's log, and a ``${run}`` hook
-imports neither (``tests/test_backends.py``, test_hooks_never_import_redis).
+imports neither (``tests/integration/test_hook_imports.py``).
 
 Every connection, to a Sentinel too, waits at most ``redis_timeout`` to connect and for
 each answer, and a failed call is tried once more at once (on a new connection: the

@@ -49,10 +49,11 @@ from __future__ import annotations
 import json
 
 from ..errors import EximhookError, Exit
+from ..model.records import Event, Outcome
 from ..periods import format_period
 from ..storage.counters import Counter, Tally, Window
-from ..storage.store import Outcome, queued, subject_key
-from .base import Backend, Event
+from ..storage.store import queued, subject_key
+from .base import Shared
 from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTER, RECORD, UNBLOCK
 
 TYPE_CHECKING = False
@@ -111,7 +112,7 @@ def _lifted(record: dict[str, Any]) -> bool:
     return _subject(record) and _number(record.get("since"))
 
 
-class RedisBackend(Backend):
+class RedisBackend(Shared):
     name = "redis"
 
     def __init__(self, client: Client, prefix: str = "eximhook", node: str = "eximhook") -> None:

@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..backends.cluster import shared as cluster
+from ..backends import cluster
+from ..backends.lmdb import exempt_in
 from ..config.load import Config
-from ..engine import core, expiry, owner
+from ..engine import actions, expiry, owner
 from ..errors import Exit
 from ..log import Logger
 from ..model.patterns import first as first_match
@@ -107,7 +108,7 @@ def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
 def _counts(cfg: Config, counters: Counters) -> Iterator[Callable[[str, str, str], Counter]]:
     """Where a subject's counts are: Redis's shared ones (this relay's own while Redis
     does not answer, said on stderr), or this relay's."""
-    if cfg.store.backend != "redis":
+    if not cluster.shares(cfg):
         yield counters.get
         return
     import redis
@@ -141,7 +142,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     now = time.time()
     with open_store(cfg) as store, open_counters(cfg) as counters, _counts(cfg, counters) as get:
         block = store.get_block(ns, key)
-        exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
+        exempt = store.read(exempt_in(store, cfg.exempt, ns, key))
         shadows = store.shadows(ns, key)
         counts = report.subject(cfg, get, ns, key, now, now - 86400)
         events = store.history(ns, key)
@@ -219,8 +220,8 @@ def top(cfg: Config, opts: argparse.Namespace) -> int:
 
 def block(cfg: Config, opts: argparse.Namespace) -> int:
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
-        exempt = store.read(core.exempt_in(store, cfg.exempt, ns, key))
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster.shared(cfg) as shared:
+        exempt = store.read(exempt_in(store, cfg.exempt, ns, key))
         if exempt:  # by hand is the admin's call; a limit never blocks it
             print(f"eximhook: note: {ns} {escape(key)} is exempt ({escape(exempt)}); blocking it by hand all the same",
                   file=sys.stderr)
@@ -231,7 +232,7 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
             found.append(resolve(ns, key))
             return found[-1]
 
-        created = core.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
+        created = actions.block(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(),
                              note=opts.reason, notify=not opts.no_notify, spool=cfg.spool.guard(),
                              owner=find_owner if cfg.owner.notify and cfg.owner.manual else None,
                              expiry=cfg.expiry.schedule(), shared=shared)
@@ -258,8 +259,8 @@ def unblock(cfg: Config, opts: argparse.Namespace) -> int:
         opts.unblock = True
         return purge(cfg, opts)
     ns, key = subject(cfg, opts)
-    with open_store(cfg) as store, open_counters(cfg) as counters, cluster(cfg) as shared:
-        core.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(), shared=shared)
+    with open_store(cfg) as store, open_counters(cfg) as counters, cluster.shared(cfg) as shared:
+        actions.unblock(store, counters, cfg.store.mirror_dir, ns, key, time.time(), by=actor(), shared=shared)
     print(f"unblocked {ns} {escape(key)}; its counter starts from zero")
     return Exit.OK
 

@@ -1,5 +1,5 @@
 """The admin subcommands, by area (blocks, queue, system): each opens the store, calls
-one core function and prints a table for people or JSON for scripts. Return values are
+one engine function and prints a table for people or JSON for scripts. Return values are
 exit codes (``errors.Exit``). Here: what they share."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 from typing import Any
 
 from ..config.load import Config
-from ..engine import core
 from ..log import Logger
 from ..model.subjects import normalize
+from ..storage import mirror
 from ..storage.counters import Counters
 from ..storage.store import Store
 
@@ -25,7 +25,7 @@ def open_store(cfg: Config) -> Store:
     """The store, with the mirror brought up to it if a killed process left it behind
     (and a warning on stderr if that cannot be done)."""
     store = Store(cfg.store.path, cfg.store.map_size, cfg.store.owner)
-    if not core.refresh_mirror(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0):
+    if not mirror.refresh(store, cfg.store.mirror_dir, Logger(cfg.log.file), wait=10.0):
         print(f"eximhook: warning: the mirror files in {cfg.store.mirror_dir} are behind the store and could not "
               "be rewritten (see the log): Exim does not see every block", file=sys.stderr)
     return store

@@ -56,7 +56,7 @@ def _admin(args: list[str], standalone: bool) -> int:
         from ..config.load import load
 
         cfg = load(paths.resolve_path(opts.config))
-        hookcache.write_cache(cfg.path, None, cfg.hook_settings())
+        hookcache.write_cache(cfg.path, None, hookcache.View.of(cfg))
         code: int = opts.func(cfg, opts)
         return code
     except EximhookError as exc:
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON for scripts")
     q.set_defaults(func=exempt.list_exempt)
     p = add("relaytest", None,
-            "open-relay probing of customer hosts (seed 003): list, show, probe, clear, receive, watch")
+            "open-relay probing of customer hosts: list, show, probe, clear, receive, watch")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="ACTION")
     for verb, func, help in (("list", relaytest.list_hosts, "the tested hosts: status, last test, probe"),
                              ("show", relaytest.show, "one host: its record, history and blocked.nets lines"),

@@ -1,4 +1,4 @@
-"""eximhook relaytest list|show|probe|clear|receive|watch: open-relay probing (seed 003).
+"""eximhook relaytest list|show|probe|clear|receive|watch: open-relay probing (CHANGELOG: seed 003).
 
 list, show, probe and receive first settle the table (UNKNOWN past ``unknown_after``:
 OK); every command brings ``blocked.nets`` up to the table, so a rewrite a killed

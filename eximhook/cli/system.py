@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from ..backends import cluster
 from ..config.load import Config
 from ..errors import ConfigError, Exit, ServeError, SetupError
 from ..log import Logger
@@ -139,7 +140,7 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
                        f"run as that user (chown root:{cfg.exim.user}, chmod 0640)")
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
-    if cfg.store.backend == "redis":
+    if cluster.shares(cfg):
         from ..backends.connect import describe
 
         print(f"  eximhook serve counts and blocks in {describe(cfg.store)} (calls time out after "
@@ -226,7 +227,7 @@ def _check_exim_config(cfg: Config, listing: str | None = None) -> list[str]:
 
 
 def _bounds(cfg: Config) -> str:
-    """What the counters may hold (issue 21): per subject and counter, and in all."""
+    """What the counters may hold: per subject and counter, and in all."""
     from ..model.counter import max_bytes
     from ..model.evidence import EVIDENCE_BYTES, EVIDENCE_KEPT
 
@@ -274,7 +275,7 @@ def _check_mail(cfg: Config) -> list[str]:
 def _check_password_file(cfg: Config) -> list[str]:
     """``[store] redis_password_file``, as the daemon will read it: what to print."""
     path = cfg.store.redis_password_file
-    if not path or cfg.store.backend != "redis":
+    if not path or not cluster.shares(cfg):
         return []
     try:
         with open(path, "rb"):

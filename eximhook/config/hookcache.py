@@ -1,9 +1,13 @@
-"""The hooks' view of the config, from a cache that costs microseconds to read.
+"""What the counting path needs of the config (``View``), and the hooks' cache of it,
+which costs microseconds to read.
 
-A hook is a fresh interpreter per Exim call, and parsing TOML into the dataclasses of
-``config`` costs ~28 ms of imports, three times the interpreter's own start. So the
-plain values hooks need (``Config.hook_settings``) are cached with ``marshal`` beside
-the config file as ``.NAME.cache``, stamped with the file's inode, size and mtime.
+The daemon and the hooks count through the same engine with the same ``View``: the
+daemon builds it from the loaded config (``View.of``). A hook is a fresh interpreter
+per Exim call, and parsing TOML into the dataclasses of ``config.load`` costs ~28 ms of
+imports, three times the interpreter's own start. So the view's plain values
+(``View.plain``) are cached with ``marshal`` beside the config file as ``.NAME.cache``,
+stamped with the shape of the view (its fields and eximhook's version) and the file's
+inode, size and mtime.
 A stale or missing cache is rebuilt by whoever can write it: root's admin commands
 always, a hook when the config directory is writable. A hook that cannot write it
 still gets correct settings, just ~28 ms slower (and logs why).
@@ -14,19 +18,114 @@ from __future__ import annotations
 import marshal
 import os
 
+from .. import __version__
 from ..errors import ConfigError
+from ..model.policy import Policy, pick
+from ..model.subjects import wider
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
     from typing import Any
 
-_FORMAT = 7  # bump when hook_settings() changes shape
+    from ..model.policy import Overrides
+    from ..model.schedule import Schedule
+    from ..model.spool import Guard
+    from .load import Config
+
+
+class View:
+    """The config as the counting path reads it, typed; the same for the daemon and the
+    hooks. The cache holds ``plain()``: the policies as (windows, mode) pairs."""
+
+    __slots__ = ("check", "counters_budget", "exempt", "expiry", "hold", "ipv6_prefix", "keep_evidence",
+                 "keep_ips", "log", "map_size", "mirror_dir", "net_prefixes", "notify_shadow", "overrides",
+                 "owner", "owner_lookup", "owner_notify", "owner_pattern", "path", "policies", "record",
+                 "remember", "spool", "store", "timeout")
+
+    path: str  # the config file
+    store: str  # [store] path, map_size, owner (the user it belongs to), counters_budget, mirror_dir
+    map_size: int
+    owner: str | None
+    counters_budget: int
+    mirror_dir: str
+    log: str | None  # [log] file (None: syslog)
+    check: str  # [hooks] check, record: "open" or "closed" when the store fails; timeout (s)
+    record: str
+    timeout: float
+    ipv6_prefix: int  # [relay] ipv6_prefix: how a relay host's IPv6 address is grouped
+    net_prefixes: tuple[int, int]  # [net] ipv4_prefix, ipv6_prefix: the network an ip counts in too
+    policies: dict[str, dict[str, Policy]]  # [limits]: namespace -> counter -> Policy
+    overrides: Overrides  # [overrides]
+    exempt: dict[str, tuple[tuple[str, str], ...]]  # [exempt]: namespace -> (pattern, reason)
+    notify_shadow: bool  # [limits] notify_shadow
+    remember: float  # [bounces] remember
+    keep_evidence: int  # [evidence] rcpts, ips
+    keep_ips: int
+    hold: float  # [notify] hold
+    spool: tuple[str, int, float]  # [spool] directory, floor, fraction
+    expiry: Schedule | None  # [expiry], when on
+    owner_notify: bool  # [owner] notify, lookup, pattern
+    owner_lookup: str | None
+    owner_pattern: dict[str, str]
+
+    @classmethod
+    def of(cls, cfg: Config) -> View:
+        view = cls()
+        view.path, view.store, view.map_size, view.owner = cfg.path, cfg.store.path, cfg.store.map_size, cfg.store.owner
+        view.counters_budget, view.mirror_dir, view.log = cfg.store.counters_budget, cfg.store.mirror_dir, cfg.log.file
+        view.check, view.record, view.timeout = cfg.hooks.check, cfg.hooks.record, cfg.hooks.timeout
+        view.ipv6_prefix, view.net_prefixes = cfg.relay.ipv6_prefix, (cfg.net.ipv4_prefix, cfg.net.ipv6_prefix)
+        view.policies, view.overrides, view.exempt = cfg.policies, cfg.overrides, cfg.exempt
+        view.notify_shadow, view.remember, view.hold = cfg.notify_shadow, cfg.bounces.remember, cfg.notify.hold
+        view.keep_evidence, view.keep_ips = cfg.evidence.rcpts, cfg.evidence.ips
+        view.spool = (cfg.spool.directory, cfg.spool.floor, cfg.spool.fraction)
+        view.expiry = cfg.expiry.schedule()
+        view.owner_notify, view.owner_lookup = cfg.owner.notify, cfg.owner.lookup
+        view.owner_pattern = dict(cfg.owner.pattern)
+        return view
+
+    def plain(self) -> dict[str, Any]:
+        """The values as marshal stores them (no objects)."""
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["policies"] = {ns: {name: (p.windows, p.mode) for name, p in table.items()}
+                           for ns, table in self.policies.items()}
+        out["overrides"] = {k: tuple((pattern, p.windows, p.mode) for pattern, p in v)
+                            for k, v in self.overrides.items()}
+        return out
+
+    @classmethod
+    def from_plain(cls, values: dict[str, Any]) -> View:
+        view = cls()
+        for name in cls.__slots__:
+            setattr(view, name, values[name])
+        view.policies = {ns: {name: Policy(name, *found) for name, found in table.items()}
+                         for ns, table in values["policies"].items()}
+        view.overrides = {(ns, name): tuple((pattern, Policy(name, windows, mode)) for pattern, windows, mode in v)
+                          for (ns, name), v in values["overrides"].items()}
+        return view
+
+    def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
+        """As ``Config.policy``: the counter's policy for the subject (its override, if any)."""
+        return pick(self.policies, self.overrides, ns, counter, key)
+
+    def wider(self, ns: str, key: str) -> tuple[str, str] | None:
+        """As ``Config.wider``: the ``net`` subject an ``ip`` key counts in too."""
+        return wider(ns, key, *self.net_prefixes)
+
+    def guard(self) -> Guard:
+        from ..model.spool import Guard  # a block's: not on a count's path
+
+        return Guard(*self.spool)
+
+
+# the cache's shape: a changed field, or another release, and every cache is stale
+_FORMAT = f"{','.join(View.__slots__)}|{__version__}"
 def cache_path(path: str) -> str:
     head, tail = os.path.split(os.path.abspath(path))
     return os.path.join(head, f".{tail}.cache")
 
 
-def _stamp(path: str) -> tuple[int, ...]:
+def _stamp(path: str) -> tuple[str | int, ...]:
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -34,31 +133,31 @@ def _stamp(path: str) -> tuple[int, ...]:
     return (_FORMAT, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def hook_settings(path: str) -> tuple[dict[str, Any], bool]:
-    """The settings for ``path`` and whether they came from a fresh cache."""
+def view(path: str) -> tuple[View, bool]:
+    """The view of the config at ``path`` and whether it came from a fresh cache."""
     stamp = _stamp(path)
     try:
         with open(cache_path(path), "rb") as f:
             cached_stamp, settings = marshal.load(f)
         if cached_stamp == stamp and isinstance(settings, dict):
-            return settings, True
-    except (OSError, EOFError, ValueError, TypeError):
+            return View.from_plain(settings), True
+    except (OSError, EOFError, ValueError, TypeError, KeyError):
         pass
     from .load import load
 
-    settings = load(path).hook_settings()
-    write_cache(path, stamp, settings)
-    return settings, False
+    fresh = View.of(load(path))
+    write_cache(path, stamp, fresh)
+    return fresh, False
 
 
-def write_cache(path: str, stamp: tuple[int, ...] | None, settings: dict[str, Any]) -> bool:
-    """Atomically (temp file + rename) store ``settings``; False if not allowed to."""
+def write_cache(path: str, stamp: tuple[str | int, ...] | None, fresh: View) -> bool:
+    """Atomically (temp file + rename) store ``fresh``; False if not allowed to."""
     target = cache_path(path)
     tmp = f"{target}.{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             os.fchmod(f.fileno(), 0o644)  # the Exim user reads what root writes
-            marshal.dump((stamp or _stamp(path), settings), f)
+            marshal.dump((stamp or _stamp(path), fresh.plain()), f)
         os.replace(tmp, target)
     except OSError:
         try:

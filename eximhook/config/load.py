@@ -36,7 +36,7 @@ class StoreConfig:
     mirror_dir: str = _opt("/var/spool/exim4", v.abs_path)
     map_size: int = _opt(1 << 32, v.map_size)  # grows by doubling when full
     # the counters' environment (soft state) never grows past this; from 7/8 of it on,
-    # the least recently counted go first, never a block (README, "Bounded state")
+    # the least recently counted go first, never a block (docs/counters.md, "Bounded state")
     counters_budget: int = _opt(256 << 20, v.budget)
     owner: str | None = _opt(None, v.owner)  # "user[:group]"; default: the store dir's owner
     # "redis": the daemon counts and blocks in the Redis at redis_url, shared by several
@@ -260,26 +260,6 @@ class Config:
         """The ``net`` subject of an ``ip`` key: the network it counts in too (``[net]``)."""
         return wider(ns, key, self.net.ipv4_prefix, self.net.ipv6_prefix)
 
-    def hook_settings(self) -> dict[str, Any]:
-        """The plain values the hooks need, for the marshal cache in ``_fastconfig``."""
-        return {
-            "config": self.path,
-            "store": self.store.path, "map_size": self.store.map_size, "owner": self.store.owner,
-            "counters_budget": self.store.counters_budget,
-            "mirror_dir": self.store.mirror_dir,
-            "policies": {ns: {name: (p.windows, p.mode) for name, p in table.items()}
-                         for ns, table in self.policies.items()},
-            "overrides": {k: tuple((p, pol.windows, pol.mode) for p, pol in v) for k, v in self.overrides.items()},
-            "exempt": self.exempt,
-            "notify_shadow": self.notify_shadow, "remember": self.bounces.remember,
-            "check": self.hooks.check, "record": self.hooks.record, "timeout": self.hooks.timeout,
-            "rcpts": self.evidence.rcpts, "ips": self.evidence.ips,
-            "ipv6_prefix": self.relay.ipv6_prefix, "log": self.log.file,
-            "spool": (self.spool.directory, self.spool.floor, self.spool.fraction),
-            "owner_notify": self.owner.notify, "owner_lookup": self.owner.lookup,
-            "owner_pattern": dict(self.owner.pattern),
-            "expiry": self.expiry.schedule(),
-        }
 
 
 def load(path: str) -> Config:

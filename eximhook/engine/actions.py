@@ -1,22 +1,31 @@
-"""What the admin and the outbox do with a subject's mail in Exim's queue: freeze what
-is still waiting when it is blocked, release it (not spam) or purge it (spam, with the
-frozen bounces it caused). On top of ``core`` (``unblock``); nothing here exits or prints.
+"""What the admin (and the outbox) do to a subject: block it by hand, lift its block
+(``unblock``: counters reset, mirror rewritten, with Redis on every relay), and its mail
+in Exim's queue: freeze what is still waiting when it is blocked, release it (not spam)
+or purge it (spam, with the frozen bounces it caused). Nothing here exits or prints.
 """
 
 from __future__ import annotations
 
-from .core import message_ref, unblock
+from ..errors import FileError, NotBlocked
+from ..model.records import block_record
+from .events import message_ref
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
     import lmdb
 
-    from ..backends.redis import RedisBackend
+    from ..backends.base import Shared
     from ..exim.queue import Exim, Message
+    from ..model.schedule import Schedule
+    from ..model.spool import Guard
     from ..storage.counters import Counters
     from ..storage.store import Store
+
+
+    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
 
 
 def freeze_queued(store: Store, exim: Exim, subjects: Sequence[tuple[str, str]], now: float) -> None:
@@ -49,7 +58,7 @@ def bounces_of(exim: Exim, counters: Counters, messages: list[Message], ns: str,
 
 
 def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
-            by: str, dry_run: bool = False, shared: RedisBackend | None = None) -> tuple[list[str], bool]:
+            by: str, dry_run: bool = False, shared: Shared | None = None) -> tuple[list[str], bool]:
     """Not spam after all: lift the block, thaw the subject's frozen mail and start its
     delivery. Returns the ids and whether a block was lifted. Works without a block
     too (mail left frozen by an earlier plain ``unblock``; with ``shared``, on each
@@ -69,7 +78,7 @@ def release(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: s
 
 def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str, key: str, now: float, *,
           by: str, dry_run: bool = False, lift: bool = False, remember: float = 0.0,
-          shared: RedisBackend | None = None) -> tuple[list[str], bool]:
+          shared: Shared | None = None) -> tuple[list[str], bool]:
     """Spam: remove the subject's frozen mail from the queue, and the frozen bounces of
     its spam (see ``bounces_of``); keep the block unless ``lift``. Returns the ids and
     whether a block was lifted."""
@@ -84,3 +93,76 @@ def purge(store: Store, counters: Counters, exim: Exim, mirror_dir: str, ns: str
     if lifting:
         unblock(store, counters, mirror_dir, ns, key, now, by=by, shared=shared)
     return ids, lifting
+
+
+def _mirror_after(store: Store, mirror_dir: str, done: str) -> None:
+    """An admin's change is in the store: say so when only the mirror failed."""
+    from ..storage import mirror
+
+    try:
+        mirror.rewrite(store, mirror_dir)
+    except FileError as exc:
+        raise FileError(f"{done} in the store, but {exc}; eximhook maintain rewrites the mirror "
+                        "files once it can (eximhook status shows them behind until then)") from exc
+
+
+def block(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *, by: str,
+          note: str | None, notify: bool = True, spool: Guard | None = None, owner: Owner | None = None,
+          expiry: Schedule | None = None, shared: Shared | None = None) -> bool:
+    """Block by hand; False (and nothing changed) if the subject was blocked already.
+    ``owner``: mail the owner too (``[owner] manual``), at the address it finds.
+    ``shared``: the Redis of several relays, blocked there first (``cluster``); a
+    block another relay made is copied here."""
+    counter = counters.get(ns, key)
+    record = block_record(ns, key, now, by=by, reason="manual", counter=counter, note=note)
+    if spool is not None:
+        record.update(spool.at_block())
+        store.set_spool_floor(spool.floor)  # the mirror rewritten for this block holds the floor too
+    queued = 0
+    if shared is not None:
+        record["node"] = shared.node
+        queued = shared.block_queued(record, now, notify=notify)
+        if queued < 0:
+            made = shared.get_block(ns, key)
+            if made is not None and store.block(made, now, False):
+                _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
+            return False
+    to = None if owner is None or not notify or store.is_blocked(ns, key) else owner(ns, key) or ""
+    created = store.block(record, now, notify, owner=to, expiry=expiry)
+    if shared is not None and queued > 0:  # this store has it: this relay mails it
+        shared.take(ns, key, queued)
+    _mirror_after(store, mirror_dir, f"{ns} {key!r} is blocked")
+    return created
+
+
+def unblock(store: Store, counters: Counters, mirror_dir: str, ns: str, key: str, now: float, *,
+            by: str, event: str = "unblocked", only: Callable[[dict[str, Any]], bool] | None = None,
+            shared: Shared | None = None) -> None:
+    """Lift the block (and any would-block records) and reset the subject's counters,
+    so they start from zero. The counters first: lifted the other way round, the
+    sender's next event could count on from over the limit and block it again.
+    ``event`` and ``only`` are for automatic lifts (see ``Store.unblock``).
+    ``shared``: the Redis of several relays, where it is lifted first (in one script,
+    counters included), and published: every relay lifts its copy."""
+    if shared is not None and only is not None:  # tested here, before Redis lifts it
+        record = store.get_block(ns, key)
+        if record is None or not only(record):
+            raise NotBlocked(f"{ns} {key!r} is not blocked")
+    lifted = shared is not None and shared.lift(ns, key, now, by, event=event) > 0
+    blocked = store.is_blocked(ns, key)
+    if not blocked and not store.shadows(ns, key):
+        if not lifted:
+            raise NotBlocked(f"{ns} {key!r} is not blocked")
+        # the copy here was lifted already, by this relay's daemon: the mirror is still
+        # the caller's to see written before it says unblocked
+        _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")
+        return
+    counters.reset(ns, key)
+    if store.clear_shadows(ns, key):
+        store.audit({"ts": now, "event": "shadow-cleared", "ns": ns, "key": key, "by": by})
+    if not blocked:
+        return
+    # lifted in Redis: this relay's daemon may have lifted the copy meanwhile
+    if not store.unblock(ns, key, now, by, event=event, only=only) and not lifted:
+        raise NotBlocked(f"{ns} {key!r} is not blocked")
+    _mirror_after(store, mirror_dir, f"{ns} {key!r} is unblocked")

@@ -21,7 +21,7 @@ from ..model.schedule import due
 from ..periods import format_period, format_time
 from ..storage.counters import Counters
 from ..storage.store import subject_key
-from . import core
+from .actions import unblock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     import lmdb
 
+    from ..backends.base import Shared
     from ..config.load import Config
     from ..log import Logger
     from ..storage.store import Store
@@ -36,11 +37,12 @@ if TYPE_CHECKING:
 LIFTER = "eximhook (expired)"  # the audit log's "by" of an automatic lift
 
 
-def lift_due(cfg: Config, store: Store, log: Logger, now: float) -> list[str]:
+def lift_due(cfg: Config, store: Store, log: Logger, now: float, shared: Shared | None = None) -> list[str]:
     """``eximhook maintain``: lift every block whose time has come; returns the problems
     left for the next run. Lifted blocks are logged, and so, once, is a block held by
     frozen mail that nobody has reviewed. With ``[expiry] after`` off nothing is lifted,
-    not even a block given a time while it was on: the admin decides again."""
+    not even a block given a time while it was on: the admin decides again. ``shared``:
+    the Redis of several relays, where each lift is made first (``backends.cluster``)."""
     if not cfg.expiry.after:
         return []
     blocks = [b for b in store.blocks() if due(b, now)]
@@ -62,20 +64,19 @@ def lift_due(cfg: Config, store: Store, log: Logger, now: float) -> list[str]:
             _hold(store, log, block, ids, now)
         else:
             lifting.append(block)
-    return _lift(cfg, store, log, lifting, now) if lifting else []
+    return _lift(cfg, store, log, lifting, now, shared) if lifting else []
 
 
-def _lift(cfg: Config, store: Store, log: Logger, blocks: list[dict[str, Any]], now: float) -> list[str]:
-    from ..backends.cluster import shared as cluster
-
+def _lift(cfg: Config, store: Store, log: Logger, blocks: list[dict[str, Any]], now: float,
+          shared: Shared | None) -> list[str]:
     problems = []
-    with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters, cluster(cfg) as shared:
+    with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
         for block in blocks:
             ns, key = block["ns"], block["key"]
             try:
                 # only a block that is still due: not one made again since this run looked;
                 # with Redis, lifted on every relay (a SharedUnavailable: the next run)
-                core.unblock(store, counters, cfg.store.mirror_dir, ns, key, now, by=LIFTER, event="expired",
+                unblock(store, counters, cfg.store.mirror_dir, ns, key, now, by=LIFTER, event="expired",
                              only=lambda record: due(record, now), shared=shared)
             except NotBlocked:
                 continue  # another maintain run lifted it first

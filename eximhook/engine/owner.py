@@ -124,7 +124,7 @@ def resolve(ns: str, key: str, *, lookup: str | None, patterns: Mapping[str, str
 
 
 def resolver(cfg: Config, log: Logger) -> Callable[[str, str], str | None]:
-    """``resolve`` with the config's settings, for ``core.settle`` and ``core.block``."""
+    """``resolve`` with the config's settings, for ``engine.settle`` and ``actions.block``."""
     patterns = dict(cfg.owner.pattern)
     return lambda ns, key: resolve(ns, key, lookup=cfg.owner.lookup, patterns=patterns,
                                    ipv6_prefix=cfg.relay.ipv6_prefix, log=log)

@@ -129,7 +129,7 @@ def hook_command() -> str:
         if os.path.isfile(script):
             return f"{sys.executable} -IS {script}"
     raise SetupError(f"no eximhook script beside {sys.executable} nor at {PACKAGE_SCRIPT}: "
-                     "define EXIMHOOK_CMD by hand (README, Exim integration)")
+                     "define EXIMHOOK_CMD by hand (docs/exim.md)")
 
 
 def is_added(lay: Layout) -> bool:
@@ -154,12 +154,12 @@ def add(lay: Layout, text: str) -> list[str]:
         for macro in TAKEN:
             if _sets(body, macro):
                 raise SetupError(f"{path} sets {macro}, which eximhook's set-up cannot share: merge by hand "
-                                 "(README, Exim integration)")
+                                 "(docs/exim.md)")
         main = _main_section(lay, path, body)
         for option in TAKEN_OPTIONS:
             if _sets(main, option):
                 raise SetupError(f"{path} sets the main option {option}, which eximhook's set-up sets too: "
-                                 "merge by hand (README, Exim integration; for event_action, Password guessing)")
+                                 "merge by hand (docs/exim.md; for event_action, docs/guards.md, Password guessing)")
     path = lay.main_file
     if lay.split or not os.path.exists(path):
         _write(path, (text if lay.split else _CREATED + "\n" + text).encode())

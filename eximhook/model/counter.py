@@ -9,7 +9,7 @@ rcpts`` pieces of evidence and ``ips`` client addresses, each list at most
 ``evidence.EVIDENCE_KEPT`` bytes (kept by ``Counters.event``). ``max_bytes`` adds it up:
 with the defaults (one window, 10 and 5) a counter never encodes to more than 14,502
 bytes, 12,373 of them the window of a subject past 1,024 events in its period
-(``tests/test_bounds.py`` checks it over hostile input).
+(``tests/unit/test_bounds.py`` checks it over hostile input).
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ import shutil
 import time
 from typing import Any
 
+from ..backends import cluster
 from ..config.load import Config
-from ..engine import core, expiry, spool
+from ..engine import expiry, spool
 from ..errors import EximhookError, Exit, ServeError, UnsafePath
 from ..hooks import FALLBACK_STAMP
 from ..log import Logger
@@ -184,10 +185,11 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
             log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
         # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
         store.set_spool_floor(cfg.spool.floor)  # an edited floor reaches the mirror now
-        if not core.refresh_mirror(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
+        if not mirror.refresh(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
         spool.check(store, cfg.spool.guard(), now, log)
-        problems += expiry.lift_due(cfg, store, log, now)
+        with cluster.shared(cfg) as shared:  # with Redis, lifted on every relay (else: the next run)
+            problems += expiry.lift_due(cfg, store, log, now, shared)
         sent, errors = notify.deliver(cfg, store, log, command)
         try:
             with Counters(cfg.store.path, cfg.store.counters_budget, cfg.store.owner) as counters:
@@ -207,7 +209,7 @@ def status(cfg: Config, now: float) -> list[Check]:
     try:
         with Store(cfg.store.path, cfg.store.map_size, cfg.store.owner, readonly=True) as store:
             checks += [_mirror_check(cfg, store), _outbox_check(store, now), _spool_check(store)]
-            if cfg.store.backend == "redis":
+            if cluster.shares(cfg):
                 checks.append(_redis_check(cfg, store))
     except EximhookError as exc:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
@@ -364,7 +366,7 @@ def _serve_check(cfg: Config, now: float) -> Check:
         if fell_back is not None and now - fell_back < _RECENT_FALLBACK:
             return Check("serve", WARNING, f"down ({exc}); Exim fell back to the ${{run}} hook at "
                                            f"{format_time(fell_back)}", up=False)
-        if cfg.store.backend == "redis":  # only the daemon counts in Redis: this relay has left it
+        if cluster.shares(cfg):  # only the daemon counts in Redis: this relay has left it
             return Check("serve", WARNING, f"down ({exc}): [store] backend is \"redis\", and without the daemon "
                                            "this relay counts in its own store only", up=False)
         return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)

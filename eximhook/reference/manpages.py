@@ -36,7 +36,7 @@ EXAMPLE = os.path.join(os.path.abspath(__file__).rsplit(os.sep, 3)[0], "contrib"
 PAGES = ("eximhook.8", "eximhook.toml.5")
 
 
-# Every variable the code reads (tests/test_manpages.py greps for them).
+# Every variable the code reads (tests/integration/test_manpages.py greps for them).
 ENVIRONMENT = {
     paths.ENV_VAR: f"The config file when --config is not given (else {paths.DEFAULT_PATH}). Exim "
                          "gives the hooks no environment, so the snippets pass --config.",

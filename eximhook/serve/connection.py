@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import asyncio
 
+from ..model.records import Request
 from ..model.subjects import escape
 from . import protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .server import Server
+    from typing import Protocol
+
+    from ..config.load import Config
+
+    class Server(Protocol):
+        """What a connection uses of the daemon (``server.Server``)."""
+
+        loop: asyncio.AbstractEventLoop
+        cfg: Config
+        connections: set[Connection]
+
+        def handle(self, conn: Connection, line: bytes, cut: bool = False) -> None: ...
+        def failure(self, kind: str, text: str) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -26,7 +39,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.state = "reading"  # then "waiting" (on the store thread), then "done"
         self.fallback = protocol.NO
-        self.request: protocol.Request | None = None
+        self.request: Request | None = None
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,5 +93,5 @@ class Connection(asyncio.Protocol):
             self.answer(self.fallback)
 
 
-def describe(req: protocol.Request | None) -> str:
+def describe(req: Request | None) -> str:
     return "?" if req is None else f"{req.op} {req.ns} {escape(req.key)}"

@@ -46,6 +46,7 @@ from ..errors import BadRequest
 from ..exim.queue import MESSAGE_ID
 from ..model.evidence import CUT_END
 from ..model.policy import COUNTERS
+from ..model.records import Request
 from ..model.subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
@@ -64,19 +65,6 @@ MAX_WEIGHT = 1 << 31  # "n" must fit the window's 32-bit weights
 # Evidence that may be cut: text kept for the admin, or a header whose tail names a
 # message. The others name a subject or a number, and are whole or left out.
 EVIDENCE = ("rcpt", "evidence", "mid", "failed")
-
-
-class Request:
-    """A decoded request: what to do, for which subject, with which evidence."""
-
-    __slots__ = ("fields", "key", "kind", "ns", "op")
-
-    def __init__(self, op: str, ns: str = "", key: str = "", kind: str = "",
-                 fields: dict[str, str] | None = None) -> None:
-        self.op, self.ns, self.key, self.kind, self.fields = op, ns, key, kind, fields or {}
-
-    def __repr__(self) -> str:
-        return f"Request({self.op!r}, {self.ns!r}, {self.key!r}, {self.kind!r}, {self.fields!r})"
 
 
 def _decode(name: str, value: bytes) -> str:

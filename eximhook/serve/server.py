@@ -32,16 +32,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..backends import cluster
+from ..backends.lmdb import LmdbBackend, exempt_in
+from ..config.hookcache import View
 from ..config.load import Config, load
-from ..engine import core, owner, spool
+from ..engine import events, settle, spool
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
 from ..log import Logger
-from ..model.subjects import FREEZING, normalize
+from ..model.records import Request
+from ..model.subjects import normalize
+from ..storage import mirror
 from ..storage.counters import Counters, Tally
 from ..storage.store import Store
 from . import protocol, sockets
 from .connection import Connection, describe
 from .sweeper import Sweeper
+from .throttle import Throttle
 from .worker import Outbox
 
 TYPE_CHECKING = False
@@ -50,45 +56,28 @@ if TYPE_CHECKING:
 
 _STOP = object()
 _CHECK_MIRROR = object()  # for the store thread: a blocked answer went out, is the mirror current?
-_LOG_EVERY = 60.0  # seconds between two log lines of one kind of per-request failure
-
-
-class _Throttle:
-    """Failures that come per request (a broken store, a snippet sending garbage) would
-    write a log line per RCPT: log the first, then one line a minute with a count."""
-
-    def __init__(self, log: Callable[[], Logger]) -> None:
-        self.log = log
-        self.last: dict[str, tuple[float, int]] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        with self.lock:
-            last, suppressed = self.last.get(kind, (-_LOG_EVERY, 0))
-            if now - last < _LOG_EVERY:
-                self.last[kind] = (last, suppressed + 1)
-                return
-            self.last[kind] = (now, 0)
-        more = f" (and {suppressed} more like it in the last {_LOG_EVERY:g}s)" if suppressed else ""
-        self.log().log("err", text + more)
 
 
 class _Job:
     __slots__ = ("body", "conn", "now", "request")
 
-    def __init__(self, conn: Connection, request: protocol.Request, now: float, body: Callable[[Any], Any]) -> None:
+    def __init__(self, conn: Connection, request: Request, now: float, body: Callable[[Any], Any]) -> None:
         self.conn, self.request, self.now, self.body = conn, request, now, body
 
 
 _RETRY = 0.001  # seconds before the loop tries the counters' lock again
+# what SIGHUP cannot change: the socket, the store and the Redis the daemon holds open
+_RESTART = (("serve", "socket"), ("store", "path"), ("store", "map_size"), ("store", "counters_budget"),
+            ("store", "backend"), ("store", "redis_url"), ("store", "redis_timeout"), ("store", "redis_sentinels"),
+            ("store", "redis_service"), ("store", "redis_cluster"), ("store", "node"))
 
 
 class Server:
     def __init__(self, cfg: Config, store: Store, counters: Counters, backend: RedisBackend | None = None) -> None:
-        self.cfg = cfg
+        self.cfg, self.view = cfg, View.of(cfg)
         self.log = Logger(cfg.log.file)
         self.store, self.counters = store, counters
+        self.lmdb = LmdbBackend(store, counters)  # settles what the event loop counted
         self.connections: set[Connection] = set()
         self.pending: list[_Job] = []  # counted at the end of this turn of the loop
         self.flush_scheduled = False
@@ -96,7 +85,7 @@ class Server:
         self.trips: queue.SimpleQueue[Any] = queue.SimpleQueue()  # counts over the limit, for the store thread
         self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
-        self.failure = _Throttle(lambda: self.log)
+        self.failure = Throttle(lambda: self.log)
         self.sweeper = Sweeper(store, counters, lambda: self.cfg, lambda: self.log, self.failure)
         self.served = 0
         self.shared = None
@@ -152,30 +141,17 @@ class Server:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # after this turn's other requests
 
-    def _body(self, req: protocol.Request, now: float) -> Callable[[Any], list[Tally]] | None:
-        """What a counting request writes, as one body of the turn's transaction."""
-        cfg, f = self.cfg, req.fields
-        keep = {"keep_evidence": cfg.evidence.rcpts}
-        if req.op == "message":
-            sender = normalize("sender", f["sender"]) if f.get("sender") else ""
-            return core.message_event(self.counters, cfg.policy, now, req.ns, req.key, recipients=int(f["n"]),
-                                      sender=sender, message_id=core.message_ref(f.get("mid", "")),
-                                      ip=f.get("ip") or None, msg=f.get("id") or None, keep_ips=cfg.evidence.ips,
-                                      **keep)
-        if req.op == "bounce":
-            return core.bounce_event(self.counters, cfg.policy, now, req.key,
-                                     message_id=core.message_ref(f.get("mid", "")), failed=f.get("failed") or None,
-                                     remember=cfg.bounces.remember, remote=f.get("remote") == "1",
-                                     ip=f.get("ip") or None, **keep)
-        subjects = core.counted(cfg.policy, req.kind, core.record_subjects(req.ns, req.key,
-                                                                          cfg.wider(req.ns, req.key)))
-        if not subjects:
+    def _body(self, req: Request, now: float) -> Callable[[Any], list[Tally]] | None:
+        """What a counting request writes, as one body of the turn's transaction; None
+        when it counts nothing (no counter of its kind is on for the subject). Which
+        subjects it counts against is decided in the transaction (``events.events_in``),
+        so whether there are any is asked first, without it."""
+        if req.op not in ("message", "bounce") and not events.counted(self.view, req.kind, events.record_subjects(
+                req.ns, req.key, self.view.wider(req.ns, req.key))):
             return None
-        return core.events(self.counters, now, subjects, weight=int(f.get("n") or 1),
-                           evidence=f.get("rcpt") or f.get("evidence") or None, ip=f.get("ip") or None,
-                           keep_ips=cfg.evidence.ips, **keep)
+        return events.counts(self.counters, req, now, self.view)
 
-    def _answer_blocked(self, conn: Connection, req: protocol.Request) -> None:
+    def _answer_blocked(self, conn: Connection, req: Request) -> None:
         try:
             blocked = self.store.read(self.store.blocked_in(req.ns, req.key), wait=False)
         except EximhookError as exc:
@@ -208,7 +184,7 @@ class Server:
             return
         store = self.store
 
-        exempt, wider = self.cfg.exempt, self.cfg.wider
+        exempt, wider = self.view.exempt, self.view.wider
 
         def look(txn: Any) -> list[tuple[bool, list[Tally], bool]]:
             """Per job: is any of its subjects blocked; which over-limit counts need the
@@ -220,12 +196,12 @@ class Server:
                 blocked = {s for s in subjects if store.blocked_in(*s)(txn)}
                 # a bounce counts against two subjects: one blocked already must not
                 # keep the other from tripping; but a blocked network stands for the
-                # addresses in it (core.settle's within)
+                # addresses in it (backends.lmdb.settle's within)
                 over, enforced = [], False
                 for t in tallies:
                     if t.over < 0 or (t.ns, t.key) in blocked or wider(t.ns, t.key) in blocked:
                         continue
-                    blocks = t.policy.enforced and core.exempt_in(store, exempt, t.ns, t.key)(txn) is None
+                    blocks = t.policy.enforced and exempt_in(store, exempt, t.ns, t.key)(txn) is None
                     if blocks or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn):
                         over.append(t)
                         enforced = enforced or blocks
@@ -262,7 +238,7 @@ class Server:
         self.fail(job.conn, job.request, result)
         return True
 
-    def fail(self, conn: Connection, req: protocol.Request, exc: BaseException) -> None:
+    def fail(self, conn: Connection, req: Request, exc: BaseException) -> None:
         """Answer the fallback token for a request the store (or Redis) failed, logged."""
         self.failure("store", f"{describe(req)}: {exc}; answered {conn.fallback.decode()}")
         conn.answer(conn.fallback)
@@ -285,7 +261,7 @@ class Server:
             if item is _CHECK_MIRROR or time.monotonic() - checked >= self.cfg.serve.check_interval:
                 # a block whose mirror rewrite was killed (a hook, an admin command) shows
                 # here after the next blocked answer, and within check_interval anyway
-                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
+                mirror.refresh(self.store, self.cfg.store.mirror_dir, self.log)
                 checked = time.monotonic()
                 self._check_spool()
 
@@ -294,31 +270,21 @@ class Server:
         what the blocks recorded (the snippets refuse blocked mail from then on)."""
         try:
             if self.store.set_spool_floor(self.cfg.spool.floor):  # a floor edited (and SIGHUP): to the mirror
-                core.refresh_mirror(self.store, self.cfg.store.mirror_dir, self.log)
+                mirror.refresh(self.store, self.cfg.store.mirror_dir, self.log)
             if spool.check(self.store, self.cfg.spool.guard(), time.time(), self.log):
                 self.outbox.tripped(set())
         except EximhookError as exc:
             self.failure("spool", f"could not check the spool's free space: {exc}")
 
     def _settle(self, job: _Job, tallies: list[Tally], answer: bool) -> None:
-        cfg, req = self.cfg, job.request
-        # Only a count made at RCPT time trips before its message has an id: that
-        # notification waits for the DATA ACL to report it (see worker). A message
-        # count names its message now; a bounce or an ip block freezes nothing.
-        hold = 0.0 if req.op in ("message", "bounce") or req.ns not in FREEZING else cfg.notify.hold
+        req, view = job.request, self.view
+        hold = settle.hold(req, view)
         frozen = req.fields.get("id", "") if req.op == "message" else ""
-        find_owner = owner.resolver(cfg, self.log) if cfg.owner.notify else None
         blocked = False
         try:
             for tally in tallies:
-                outcome = core.settle(self.store, tally, job.now, hold=hold, notify_shadow=cfg.notify_shadow,
-                                      exempt=cfg.exempt, spool=cfg.spool.guard(), owner=find_owner,
-                                      expiry=cfg.expiry.schedule(), within=cfg.wider(tally.ns, tally.key))
-                core.make_known(self.store, cfg.store.mirror_dir, self.log, tally, outcome)
-                if outcome.tripped or outcome.shadowed:
-                    self.outbox.tripped({(tally.ns, tally.key)})
-                    if frozen and outcome.tripped:
-                        self.outbox.report(tally.ns, tally.key, frozen)
+                outcome = settle.decide(self.lmdb, view, self.log, tally, job.now, hold)
+                settle.after(self.store, view, self.log, tally, outcome, frozen=frozen, outbox=self.outbox)
                 blocked = blocked or outcome.blocked
         except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
             if answer:
@@ -385,30 +351,15 @@ class Server:
         except ConfigError as exc:
             self.log.log("err", f"SIGHUP: {exc}; still serving with the config read before")
             return
-        kept = [name for name, old, now in (("[serve] socket", self.cfg.serve.socket, new.serve.socket),
-                                            ("[store] path", self.cfg.store.path, new.store.path),
-                                            ("[store] map_size", self.cfg.store.map_size, new.store.map_size),
-                                            ("[store] counters_budget", self.cfg.store.counters_budget,
-                                             new.store.counters_budget),
-                                            ("[store] backend", self.cfg.store.backend, new.store.backend),
-                                            ("[store] redis_url", self.cfg.store.redis_url, new.store.redis_url),
-                                            ("[store] redis_timeout", self.cfg.store.redis_timeout,
-                                             new.store.redis_timeout),
-                                            ("[store] redis_sentinels", self.cfg.store.redis_sentinels,
-                                             new.store.redis_sentinels),
-                                            ("[store] redis_service", self.cfg.store.redis_service,
-                                             new.store.redis_service),
-                                            ("[store] redis_cluster", self.cfg.store.redis_cluster,
-                                             new.store.redis_cluster),
-                                            ("[store] node", self.cfg.store.node, new.store.node))
-                if old != now]
+        kept = [f"[{section}] {key}" for section, key in _RESTART
+                if getattr(getattr(self.cfg, section), key) != getattr(getattr(new, section), key)]
         if kept:
             import dataclasses
 
             new = dataclasses.replace(new, store=self.cfg.store,
                                       serve=dataclasses.replace(new.serve, socket=self.cfg.serve.socket))
             self.log.log("warning", f"SIGHUP: {', '.join(kept)} changed; that takes a restart, the rest is in force")
-        self.cfg = new
+        self.cfg, self.view = new, View.of(new)
         self.log = Logger(new.log.file)
         self.log.log("notice", f"SIGHUP: config {new.path} read again")
 
@@ -424,12 +375,7 @@ def serve(cfg: Config, *, allow_root: bool = False) -> None:
     try:
         for env in (store, counters):
             env.keep_handles()
-        if cfg.store.backend == "redis":
-            from ..backends.redis import RedisBackend
-
-            # no connection yet: with Redis down at start, the relay counts alone until
-            # it answers (serve.shared)
-            backend = RedisBackend.from_config(cfg.store)
+        backend = cluster.for_daemon(cfg)
         server = Server(cfg, store, counters, backend)
         try:
             import uvloop  # ~2.5x asyncio's requests per second here (bench/serve.py)

@@ -3,7 +3,7 @@
 The sliding windows, totals and recent evidence (``counter.Counter``) live in their own
 LMDB environment, ``[store] path``/counters, never fsync'd: counting an event is a memory
 write, not a disk flush (one synced commit per invalid recipient cost more than Exim's
-whole native ratelimit; see README, Performance). What that gives up is only what a
+whole native ratelimit; see docs/performance.md). What that gives up is only what a
 power cut or an OS crash can take: the counts the kernel had not written back, and, as
 LMDB without sync depends on an order of writes that ext4 does not promise, possibly
 the environment itself. So the environment notes the boot it was written in and is

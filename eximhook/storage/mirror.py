@@ -39,6 +39,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms to import; hooks come here on a blo
 if TYPE_CHECKING:
     from typing import Any
 
+    from ..log import Logger
+
 
 def mirror_paths(mirror_dir: str) -> list[str]:
     return [os.path.join(mirror_dir, name) for name in (*LSEARCH_FILES.values(), CDB_FILE)]
@@ -150,3 +152,32 @@ def remove_stale_temp_files(*directories: str) -> None:
             with Dir(directory) as d:
                 for path in found:
                     d.unlink(os.path.basename(path))
+
+
+def refresh(store: Store, mirror_dir: str, log: Logger, *, force: bool = False, wait: float = 0.0) -> bool:
+    """Bring the mirror files up to the store's generation (always, with ``force``);
+    whether they are there now (False: the failure is logged).
+
+    For hooks, the daemon and maintenance, after a trip or on finding the mirror behind:
+    the block is stored already and the answer stays 1, so a mirror that cannot be
+    written is logged for the admin (and retried by the next writer that looks), never
+    raised. Without ``force`` a lock held past ``wait`` means another process is
+    rewriting right now (typically the one that tripped, while the bot's other
+    connections find the stamp behind): this one answers instead of queueing behind it.
+    """
+    try:
+        if force:
+            rewrite(store, mirror_dir, timeout=max(wait, 1.0))
+        elif not current(store):
+            # done means: up to the generation found under the lock (or another process got
+            # there first); a change committed since is for its maker to mirror, no failure
+            rewrite(store, mirror_dir, timeout=wait, if_behind=True)
+        return True
+    except LockBusy:
+        if force:
+            log.log("err", f"could not rewrite the mirror files in {mirror_dir}: another process holds the lock; "
+                           "the next event, eximhook maintain or 'eximhook export' will rewrite them")
+    except Exception as exc:
+        log.log("err", f"could not rewrite the mirror files in {mirror_dir}: {exc}; "
+                       "the next event, eximhook maintain or 'eximhook export' will rewrite them")
+    return False

@@ -5,7 +5,7 @@ Key layout: refs  HOUR(4) DIGEST(16) -> the subject that sent a message: LEFT(4)
 
 ``refs`` remembers, per hour, which subject sent the message with a given Message-ID
 and envelope sender (the digest), so a bounce that names the message counts against
-that subject too (README, "Which subject a bounce counts against"). LEFT is how many
+that subject too (docs/counters.md, "Which subject a bounce counts against"). LEFT is how many
 more bounces the message can still cause: one per recipient it had. Anyone who got the
 message knows its Message-ID and sender, and could forge reports naming it; they can
 never make it count for more bounces than it could really cause.

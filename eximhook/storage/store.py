@@ -78,20 +78,6 @@ def queued(now: float, kind: str, *, hold_until: float | None = None, **fields: 
             "hold_until": now if hold_until is None else hold_until}
 
 
-class Outcome:
-    """What counting an event did: is the subject blocked now, did this event trip it
-    (or, in shadow mode, make the record that it would have)."""
-
-    __slots__ = ("blocked", "count", "exempt", "queued", "shadowed", "total", "tripped")
-
-    def __init__(self, blocked: bool, tripped: bool, count: int, total: int, shadowed: bool = False,
-                 exempt: str | None = None, queued: int = 0) -> None:
-        self.blocked, self.tripped, self.count, self.total = blocked, tripped, count, total
-        # Redis only: the number of the notification this event queued in the shared
-        # outbox, which the relay takes once its own store has it (0: none)
-        self.shadowed, self.exempt, self.queued = shadowed, exempt, queued
-
-
 class Store(Env):
     """The records, synced: blocks, outbox, audit log, generation."""
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 

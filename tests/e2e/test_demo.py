@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support.marks import needs_exim, needs_root
+from ..support.paths import ROOT
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 
 
+@pytest.mark.timeout(400)  # the demo has 300 s of its own
 def test_the_demo() -> None:
-    out = subprocess.run([sys.executable, str(h.ROOT / "contrib" / "demo.py")], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(ROOT / "contrib" / "demo.py")], capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = out.stdout

@@ -14,8 +14,8 @@ from eximhook.config.load import Config, load
 from eximhook.log import Logger
 from eximhook.ops import health
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 

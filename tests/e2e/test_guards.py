@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import smtplib
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 GUESSER, OFFICE = "127.0.0.3", "127.0.0.4"
@@ -91,7 +90,7 @@ def test_each_failed_auth_counts_once_and_the_guesser_is_blocked(exim: h.Exim) -
         ok.login("bob", h.PASSWORD)
     # one notification, however many attempts followed
     h.wait_for("the notification", lambda: len(exim.maildir("abuse")) == 1, 20)
-    time.sleep(1)
+    exim.settled()  # nothing left to send: a second one cannot come
     [note] = exim.maildir("abuse")
     assert b"client 127.0.0.3 blocked because has failed SMTP AUTH 6 times during 1h (limit 5)" in note
     events = [e["event"] for e in json.loads(exim.eximhook("history", "--json").stdout)]
@@ -206,7 +205,7 @@ def test_the_spool_guard_refuses_a_blocked_users_mail_and_tells_once() -> None:
         for _ in range(2):  # the daemon looks on its own, too: either may tell
             server.eximhook("maintain")
         h.wait_for("the notification", lambda: len(server.maildir("abuse")) == 1, 20)
-        time.sleep(1)
+        server.settled()  # nothing left to send: a second one cannot come
         [note] = server.maildir("abuse")
         assert b"spool space low, blocked senders' mail is now refused" in note
     finally:

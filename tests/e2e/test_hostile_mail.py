@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 

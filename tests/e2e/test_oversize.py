@@ -15,8 +15,8 @@ import pytest
 
 from eximhook.model.evidence import CUT_END, CUT_START
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 

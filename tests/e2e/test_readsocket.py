@@ -8,13 +8,12 @@ import email
 import email.policy
 import json
 import smtplib
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 
@@ -79,6 +78,7 @@ def test_a_crash_behind_a_held_socket_loses_no_mail_and_counts_exactly() -> None
     Exim's connects succeeding: the requests wait in the backlog for the restarted
     daemon, each counted once, and no file of Exim's is closed under it (the failed
     connect that trips Exim 4.96's readsocket bug never happens)."""
+    import select
     import signal
     import threading
 
@@ -92,7 +92,10 @@ def test_a_crash_behind_a_held_socket_loses_no_mail_and_counts_exactly() -> None
         bot = threading.Thread(target=lambda: sent.append(server.send(
             [*h.invalid(2, "later"), f"alice@{h.DOMAIN}"], user="bob", subject="while it restarts")))
         bot.start()
-        time.sleep(0.5)  # the first RCPT's request waits in the backlog
+        held = server.held
+        assert held is not None, "socket activation: the test holds the listening socket"
+        # the first RCPT's request waits in the backlog: the listening socket is readable
+        h.wait_for("a connection in the backlog", lambda: select.select([held], [], [], 0)[0])
         server.start_daemon()
         bot.join(30)
         assert sent == [{}]

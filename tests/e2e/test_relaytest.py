@@ -32,8 +32,8 @@ from eximhook.config.load import load
 from eximhook.relaytest import signing, table
 from eximhook.storage.store import Store
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import needs_exim, needs_root
-from . import harness as h
+from ..support import harness as h
+from ..support.marks import needs_exim, needs_root
 
 pytestmark = [pytest.mark.e2e, needs_exim, needs_root]
 PERL = 'x" or do { system("touch /tmp/eximhook-perl-pwned") } or "'

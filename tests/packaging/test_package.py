@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import needs_root
+from ..support.marks import needs_root
 from .chroot import Chroot
 from .conftest import CHECKOUT, NEW_DEFAULT, Debs
 
-pytestmark = [pytest.mark.release, needs_root]
+# systems made by debootstrap, a package built: each step has a timeout of its own
+# (chroot.py, conftest.py), pytest-timeout's default (300 s) is far too short for them
+pytestmark = [pytest.mark.release, needs_root, pytest.mark.timeout(3600)]
 
 APT = "apt-get install -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold"
 

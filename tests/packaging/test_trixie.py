@@ -8,10 +8,11 @@ import re
 
 import pytest
 
-from ..conftest import needs_root
+from ..support.marks import needs_root
 from .chroot import Chroot
 
-pytestmark = [pytest.mark.release, needs_root]
+# a system made by debootstrap, then the whole suite in it (2400 s of its own)
+pytestmark = [pytest.mark.release, needs_root, pytest.mark.timeout(4800)]
 
 
 def test_the_suite_passes_on_trixie(trixie_dev: Chroot) -> None:

@@ -1,0 +1,132 @@
+"""The one place a request becomes counts, whichever door it came in by (a ``${run}``
+hook's argv, a ``${readsocket}`` request: both a ``Request``) and whichever backend
+counts it: ``events_in`` says which subjects one request counts against, under which
+counter and with which evidence, as ``Event``s; ``count_in`` counts them in the LMDB
+counters (Redis counts them in its own scripts). A check counts nothing.
+
+The message references (which subject sent a message, for its bounces) are kept in
+this machine's counters, in the same transaction."""
+
+from __future__ import annotations
+
+from ..model.records import Event
+from ..model.subjects import normalize
+
+TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import lmdb
+
+    from ..config.hookcache import View
+    from ..model.counter import Tally
+    from ..model.policy import Policy
+    from ..model.records import Request
+    from ..storage.counters import Counters
+
+
+def events_in(counters: Counters, txn: lmdb.Transaction, req: Request, now: float, view: View) -> list[Event]:
+    """The events ``req`` counts (none for a check, or for counters that are off), read
+    and marked in the counters' write transaction ``txn``: a message is remembered for
+    its bounces, a bounce recalls the message it reports."""
+    f, ip = req.fields, req.fields.get("ip") or None
+    if req.op == "check-blocked":
+        return []
+    if req.op == "message":
+        n, mid = int(f["n"]), message_ref(f.get("mid", ""))
+        sender = normalize("sender", f["sender"]) if f.get("sender") else ""
+        if sender and mid and req.ns != "sender":
+            counters.remember_in(txn, sender, mid, req.ns, req.key, now, n)
+        evidence = f"{f.get('id') or '-'} ({n} rcpt)"
+        return [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, keep_evidence=view.keep_evidence,
+                      keep_ips=view.keep_ips)
+                for ns, key, p in counted(view, "recipients", message_subjects(req.ns, req.key, sender))]
+    if req.op == "bounce":
+        subjects = bounce_subjects_in(counters, txn, now, req.key, message_id=message_ref(f.get("mid", "")),
+                                      remember=view.remember, remote=f.get("remote") == "1", ip=ip)
+        failed = unfold(f.get("failed") or None)
+        return [Event(ns, key, p, evidence=failed, keep_evidence=view.keep_evidence)
+                for ns, key, p in counted(view, "bounces", subjects)]
+    subjects = record_subjects(req.ns, req.key, view.wider(req.ns, req.key))
+    return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=f.get("rcpt") or f.get("evidence") or None,
+                  ip=ip, keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
+            for ns, key, p in counted(view, req.kind, subjects)]
+
+
+def count_in(counters: Counters, txn: lmdb.Transaction, events: Sequence[Event], now: float) -> list[Tally]:
+    """Count each of ``events`` in the counters' write transaction ``txn``."""
+    return [counters.event(e.ns, e.key, now, e.policy, weight=e.weight, evidence=e.evidence, ip=e.ip,
+                           keep_evidence=e.keep_evidence, keep_ips=e.keep_ips)(txn) for e in events]
+
+
+def counts(counters: Counters, req: Request, now: float, view: View) -> Callable[[lmdb.Transaction], list[Tally]]:
+    """The body that counts ``req`` in the LMDB counters, in one write transaction (the
+    daemon groups a turn's bodies in one: ``Counters.try_update_many``)."""
+    return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now)
+
+
+def counted(view: View, counter: str, subjects: Sequence[tuple[str, str]]) -> list[tuple[str, str, Policy]]:
+    """The subjects one event counts against, each with the policy of ``counter`` it
+    counts under; those whose counter is off are left out."""
+    return [(ns, key, p) for ns, key in subjects if (p := view.policy(ns, counter, key)) is not None and p.windows]
+
+
+def message_subjects(ns: str, key: str, sender: str) -> list[tuple[str, str]]:
+    """A message counts against the subject that sent it and its envelope sender."""
+    return [(ns, key), *([("sender", sender)] if sender and ns != "sender" else [])]
+
+
+def record_subjects(ns: str, key: str, wider: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """A generic ``record`` counts against its subject and the wider network that holds
+    it (``subjects.WIDER``: a failed AUTH against the client's /24 or /48 too). The
+    network first: when one event trips both, the network's block is made first and
+    supersedes the address's (``settle``'s ``within``)."""
+    return [*([wider] if wider is not None else []), (ns, key)]
+
+
+def bounce_subjects_in(counters: Counters, txn: lmdb.Transaction, now: float, sender: str, *, message_id: str,
+                       remember: float, remote: bool, ip: str | None) -> list[tuple[str, str]]:
+    """Whom one bounce to ``sender`` counts against, read and marked in the counters'
+    write transaction ``txn``: none, the sender, or the sender and the subject that sent
+    the bounced message, when ``message_id`` names one it sent within ``remember``
+    seconds (each message at most once per recipient it had).
+
+    A ``remote`` report (another MTA's, over SMTP, from ``ip``) counts only when it names
+    such a message, and only the first time that network reports on it: anyone can
+    send one. Backscatter from spam that forged our user's address names no message of
+    ours; someone who got one of our user's messages may know its Message-ID, but one
+    host can report it once, as the one MTA that delivers to a domain does."""
+    if remote and not (message_id and counters.recall_in(txn, sender, message_id, now, remember, take=False)
+                       and counters.first_report_in(txn, sender, message_id, _network(ip), now, remember)):
+        return []
+    subjects = [("sender", sender)]
+    sent_by = counters.recall_in(txn, sender, message_id, now, remember) if message_id else None
+    if sent_by is not None and sent_by[0] != "sender":
+        subjects.append(sent_by)
+    return subjects
+
+
+def _network(ip: str | None) -> str:
+    """The reporting host's network: IPv4 /24, IPv6 /48 (one site's MTAs)."""
+    if not ip:
+        return ""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(ip.strip("[]"))
+    except ValueError:
+        return ip
+    return str(ipaddress.ip_network((addr, 24 if addr.version == 4 else 48), strict=False))
+
+
+def message_ref(text: str) -> str:
+    """The message id a header names last (a bounce's References ends with the id of
+    the bounced message), without its angle brackets; the text itself if it has none."""
+    end = text.rfind(">")
+    start = text.rfind("<", 0, end) if end > 0 else -1
+    return text[start + 1 : end].strip() if start >= 0 else text.strip()
+
+
+def unfold(header: str | None) -> str | None:
+    """A folded header, unfolded (its whitespace runs one space)."""
+    return " ".join(header.split()) if header else header
