@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eximhook.cli.main import main
+from eximhook.cli import main
 
 from .support.config import write_config
 from .support.daemon import Daemon

@@ -20,14 +20,13 @@ import os
 
 from .. import __version__
 from ..errors import ConfigError
-from ..model.policy import Policy, pick
 from ..model.subjects import wider
 
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..model.policy import Overrides
+    from ..model.policy import Overrides, Policy
     from ..model.schedule import Schedule
     from ..model.spool import Guard
     from .load import Config
@@ -35,12 +34,14 @@ if TYPE_CHECKING:
 
 class View:
     """The config as the counting path reads it, typed; the same for the daemon and the
-    hooks. The cache holds ``plain()``: the policies as (windows, mode) pairs."""
+    hooks. The cache holds ``plain()``: the policies as (windows, mode) pairs, made
+    ``Policy`` objects again on first use (a check-blocked hook never needs them)."""
 
-    __slots__ = ("check", "counters_budget", "exempt", "expiry", "hold", "ipv6_prefix", "keep_evidence",
-                 "keep_ips", "log", "map_size", "mirror_dir", "net_prefixes", "notify_shadow", "overrides",
-                 "owner", "owner_lookup", "owner_notify", "owner_pattern", "path", "policies", "record",
-                 "remember", "spool", "store", "timeout")
+    # what the cache holds, by name
+    FIELDS = ("check", "counters_budget", "exempt", "expiry", "hold", "ipv6_prefix", "keep_evidence", "keep_ips",
+              "log", "map_size", "mirror_dir", "net_prefixes", "notify_shadow", "overrides", "owner", "owner_lookup",
+              "owner_notify", "owner_pattern", "path", "policies", "record", "remember", "spool", "store", "timeout")
+    __slots__ = (*(f for f in FIELDS if f not in ("policies", "overrides")), "_limits", "_overrides", "_policies")
 
     path: str  # the config file
     store: str  # [store] path, map_size, owner (the user it belongs to), counters_budget, mirror_dir
@@ -54,8 +55,9 @@ class View:
     timeout: float
     ipv6_prefix: int  # [relay] ipv6_prefix: how a relay host's IPv6 address is grouped
     net_prefixes: tuple[int, int]  # [net] ipv4_prefix, ipv6_prefix: the network an ip counts in too
-    policies: dict[str, dict[str, Policy]]  # [limits]: namespace -> counter -> Policy
-    overrides: Overrides  # [overrides]
+    _policies: dict[str, dict[str, Policy]] | None  # [limits]: namespace -> counter -> Policy
+    _overrides: Overrides | None  # [overrides]
+    _limits: tuple[dict[str, Any], dict[Any, Any]] | None  # both as the cache holds them, until first used
     exempt: dict[str, tuple[tuple[str, str], ...]]  # [exempt]: namespace -> (pattern, reason)
     notify_shadow: bool  # [limits] notify_shadow
     remember: float  # [bounces] remember
@@ -75,7 +77,7 @@ class View:
         view.counters_budget, view.mirror_dir, view.log = cfg.store.counters_budget, cfg.store.mirror_dir, cfg.log.file
         view.check, view.record, view.timeout = cfg.hooks.check, cfg.hooks.record, cfg.hooks.timeout
         view.ipv6_prefix, view.net_prefixes = cfg.relay.ipv6_prefix, (cfg.net.ipv4_prefix, cfg.net.ipv6_prefix)
-        view.policies, view.overrides, view.exempt = cfg.policies, cfg.overrides, cfg.exempt
+        view._policies, view._overrides, view._limits, view.exempt = cfg.policies, cfg.overrides, None, cfg.exempt
         view.notify_shadow, view.remember, view.hold = cfg.notify_shadow, cfg.bounces.remember, cfg.notify.hold
         view.keep_evidence, view.keep_ips = cfg.evidence.rcpts, cfg.evidence.ips
         view.spool = (cfg.spool.directory, cfg.spool.floor, cfg.spool.fraction)
@@ -86,7 +88,7 @@ class View:
 
     def plain(self) -> dict[str, Any]:
         """The values as marshal stores them (no objects)."""
-        out = {name: getattr(self, name) for name in self.__slots__}
+        out = {name: getattr(self, name) for name in self.FIELDS}
         out["policies"] = {ns: {name: (p.windows, p.mode) for name, p in table.items()}
                            for ns, table in self.policies.items()}
         out["overrides"] = {k: tuple((pattern, p.windows, p.mode) for pattern, p in v)
@@ -96,16 +98,40 @@ class View:
     @classmethod
     def from_plain(cls, values: dict[str, Any]) -> View:
         view = cls()
-        for name in cls.__slots__:
-            setattr(view, name, values[name])
-        view.policies = {ns: {name: Policy(name, *found) for name, found in table.items()}
-                         for ns, table in values["policies"].items()}
-        view.overrides = {(ns, name): tuple((pattern, Policy(name, windows, mode)) for pattern, windows, mode in v)
-                          for (ns, name), v in values["overrides"].items()}
+        for name in cls.FIELDS:
+            if name not in ("policies", "overrides"):
+                setattr(view, name, values[name])
+        view._limits, view._policies, view._overrides = (values["policies"], values["overrides"]), None, None
         return view
+
+    @property
+    def policies(self) -> dict[str, dict[str, Policy]]:
+        if self._policies is None:
+            self._objects()
+        assert self._policies is not None
+        return self._policies
+
+    @property
+    def overrides(self) -> Overrides:
+        if self._overrides is None:
+            self._objects()
+        assert self._overrides is not None
+        return self._overrides
+
+    def _objects(self) -> None:
+        from ..model.policy import Policy  # not on a check's path
+
+        assert self._limits is not None
+        policies, overrides = self._limits
+        self._policies = {ns: {name: Policy(name, *found) for name, found in table.items()}
+                          for ns, table in policies.items()}
+        self._overrides = {(ns, name): tuple((pattern, Policy(name, windows, mode)) for pattern, windows, mode in v)
+                           for (ns, name), v in overrides.items()}
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """As ``Config.policy``: the counter's policy for the subject (its override, if any)."""
+        from ..model.policy import pick
+
         return pick(self.policies, self.overrides, ns, counter, key)
 
     def wider(self, ns: str, key: str) -> tuple[str, str] | None:
@@ -119,7 +145,7 @@ class View:
 
 
 # the cache's shape: a changed field, or another release, and every cache is stale
-_FORMAT = f"{','.join(View.__slots__)}|{__version__}"
+_FORMAT = f"{','.join(View.FIELDS)}|{__version__}"
 def cache_path(path: str) -> str:
     head, tail = os.path.split(os.path.abspath(path))
     return os.path.join(head, f".{tail}.cache")

@@ -18,9 +18,9 @@ from ..errors import ConfigError
 from ..model.policy import Overrides, Policy, pick
 from ..model.spool import Guard
 from ..model.subjects import wider
+from . import DEFAULT_PATH
 from . import limits as _limits
 from . import values as v
-from .paths import DEFAULT_PATH
 
 if TYPE_CHECKING:
     from ..model.schedule import Schedule

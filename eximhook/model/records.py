@@ -4,8 +4,6 @@ them: the request, the events it counts, and what counting one did."""
 
 from __future__ import annotations
 
-from .evidence import cut
-
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
     from typing import Any
@@ -38,6 +36,8 @@ class Event:
 
     def __init__(self, ns: str, key: str, policy: Policy, *, weight: int = 1, evidence: str | None = None,
                  ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "") -> None:
+        from .evidence import cut  # not on a check's path, which makes no event
+
         self.ns, self.key, self.policy, self.weight = ns, key, policy, weight
         self.evidence, self.ip = evidence and cut(evidence), ip and cut(ip)
         self.keep_evidence, self.keep_ips = keep_evidence, keep_ips
@@ -67,7 +67,7 @@ def block_record(ns: str, key: str, now: float, *, by: str, reason: str, counter
     holds at most 2 KiB of evidence besides its key and note."""
     from ..periods import format_period  # a block's: not on a count's path
     from .counter import Counter
-    from .evidence import newest
+    from .evidence import cut, newest
 
     counter = counter or Counter()
     return {

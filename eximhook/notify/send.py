@@ -36,7 +36,7 @@ def command_line(cfg: Config) -> list[str]:
     import os
     import sys
 
-    from ..config.paths import DEFAULT_PATH
+    from ..config import DEFAULT_PATH
 
     prog = sys.argv[0] if os.path.isabs(sys.argv[0]) and "eximhook" in os.path.basename(sys.argv[0]) else "eximhook"
     return [prog] if cfg.path == DEFAULT_PATH else [prog, "--config", cfg.path]

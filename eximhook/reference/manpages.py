@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import __version__, errors
-from ..config import hookcache, paths
+from ..config import DEFAULT_PATH, ENV_VAR, hookcache
 from ..config.load import load
 from ..exim import debian
 from ..model.subjects import LSEARCH_FILES
@@ -38,7 +38,7 @@ PAGES = ("eximhook.8", "eximhook.toml.5")
 
 # Every variable the code reads (tests/integration/test_manpages.py greps for them).
 ENVIRONMENT = {
-    paths.ENV_VAR: f"The config file when --config is not given (else {paths.DEFAULT_PATH}). Exim "
+    ENV_VAR: f"The config file when --config is not given (else {DEFAULT_PATH}). Exim "
                          "gives the hooks no environment, so the snippets pass --config.",
     "LISTEN_PID": "With LISTEN_FDS: eximhook serve takes the listening socket systemd passes on descriptor 3 "
                   "(socket activation); it must be [serve] socket.",
@@ -193,8 +193,8 @@ def files() -> list[tuple[str, str]]:
     cfg = load(os.devnull)  # an empty config: every default, the derived ones included
     store, mirror_dir = cfg.store.path, cfg.store.mirror_dir
     return [
-        (paths.DEFAULT_PATH, "The configuration, eximhook.toml(5)."),
-        (hookcache.cache_path(paths.DEFAULT_PATH),
+        (DEFAULT_PATH, "The configuration, eximhook.toml(5)."),
+        (hookcache.cache_path(DEFAULT_PATH),
          "The hooks' cache of the values they need from the config, stamped with its inode, size and mtime; any "
          "admin command and check-config refresh it."),
         (store, f"[store] path: the LMDB store (blocks, notifications, audit log) and the counters' environment, "
@@ -215,7 +215,7 @@ def files() -> list[tuple[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli.main import build_parser
+    from ..cli import build_parser
 
     ap = argparse.ArgumentParser(prog="python3 -m eximhook.reference.manpages",
                                  description=f"Write {' and '.join(PAGES)} into OUTDIR.")

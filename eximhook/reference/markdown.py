@@ -217,7 +217,7 @@ def _request(line: str) -> tuple[str | None, list[str]]:
 def pages(example_text: str) -> dict[str, str]:
     """Each file of docs/reference and its text, from the parser and from ``example_text``
     (contrib/eximhook.toml)."""
-    from ..cli.main import build_parser
+    from ..cli import build_parser
 
     roff = {"commands.md": eximhook_8(build_parser(), ""), "configuration.md": eximhook_toml_5(example_text, "")}
     return {name: markdown(roff[name], page) for name, page in PAGES.items()}

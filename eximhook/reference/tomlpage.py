@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from typing import Any
 
 from .. import __version__
-from ..config import hookcache, paths
+from ..config import DEFAULT_PATH, ENV_VAR, hookcache
 from ..config import limits as _limits
 from ..config import values as v
 from ..config.load import _SECTIONS, Config
@@ -62,10 +62,10 @@ def eximhook_toml_5(example_text: str, date: str) -> str:
     ex = example.parse(example_text)
     lines = [title("eximhook.toml", "5", date, f"eximhook {__version__}", "File Formats Manual"),
              request("SH", "NAME"), "eximhook.toml \\- the configuration of eximhook",
-             request("SH", "SYNOPSIS"), escape(paths.DEFAULT_PATH),
+             request("SH", "SYNOPSIS"), escape(DEFAULT_PATH),
              request("SH", "DESCRIPTION"),
-             *paragraph(f"eximhook(8) reads one TOML file: the one --config names, else ${paths.ENV_VAR}, else "
-                        f"{paths.DEFAULT_PATH}. A key left out has its default, a key or section that does not "
+             *paragraph(f"eximhook(8) reads one TOML file: the one --config names, else ${ENV_VAR}, else "
+                        f"{DEFAULT_PATH}. A key left out has its default, a key or section that does not "
                         "exist is an error."),
              *paragraph(ex.header),
              request("SH", "SECTIONS")]
@@ -81,8 +81,8 @@ def eximhook_toml_5(example_text: str, date: str) -> str:
             lines += _pattern_section(ex, top)
         elif top in _SECTIONS:
             lines += _section(ex, top, _SECTIONS[top])
-    lines += [request("SH", "FILES"), *item(bold(paths.DEFAULT_PATH), "The configuration."),
-              *item(bold(hookcache.cache_path(paths.DEFAULT_PATH)),
+    lines += [request("SH", "FILES"), *item(bold(DEFAULT_PATH), "The configuration."),
+              *item(bold(hookcache.cache_path(DEFAULT_PATH)),
                     escape("The hooks' cache of it, refreshed by eximhook check-config and every admin command.")),
               request("SH", "SEE ALSO"), ".BR eximhook (8),", ".BR exim4 (8)"]
     return "\n".join(lines) + "\n"

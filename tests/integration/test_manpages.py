@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eximhook.cli.main import build_parser
-from eximhook.config import hookcache, paths
+from eximhook.cli import build_parser
+from eximhook.config import DEFAULT_PATH, ENV_VAR, hookcache
 from eximhook.config import limits as _limits
 from eximhook.config import values as v
 from eximhook.config.load import _SECTIONS, Config, load
@@ -204,7 +204,7 @@ def variables_read() -> list[str]:
             text = path.read_text()
             names |= set(re.findall(read + r"""["']([A-Za-z_][A-Za-z0-9_]*)["']""", text))
             if re.search(read + "ENV_VAR", text):
-                names.add(paths.ENV_VAR)
+                names.add(ENV_VAR)
     return sorted(names)
 
 
@@ -222,7 +222,7 @@ def default_files() -> list[str]:
     from eximhook.config.load import RelaytestConfig, ServeConfig, StoreConfig
 
     store = StoreConfig()
-    return [paths.DEFAULT_PATH, hookcache.cache_path(paths.DEFAULT_PATH), store.path,
+    return [DEFAULT_PATH, hookcache.cache_path(DEFAULT_PATH), store.path,
             os.path.join(store.mirror_dir, mirror.CDB_FILE), *(os.path.join(store.mirror_dir, n)
                                                                 for n in LSEARCH_FILES.values()),
             ServeConfig().socket, debian.SNIPPETS, RelaytestConfig().key_file]

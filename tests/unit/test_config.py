@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from eximhook.config import hookcache, paths
+from eximhook.config import ENV_VAR, hookcache, resolve_path
 from eximhook.config.load import _SECTIONS, Config, load
 from eximhook.errors import ConfigError
 from eximhook.model.policy import Policy
@@ -107,11 +107,11 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_config_path_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(paths.ENV_VAR, raising=False)
-    assert paths.resolve_path(None) == "/etc/eximhook/eximhook.toml"
-    monkeypatch.setenv(paths.ENV_VAR, "/x/env.toml")
-    assert paths.resolve_path(None) == "/x/env.toml"
-    assert paths.resolve_path("/x/opt.toml") == "/x/opt.toml"
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_path(None) == "/etc/eximhook/eximhook.toml"
+    monkeypatch.setenv(ENV_VAR, "/x/env.toml")
+    assert resolve_path(None) == "/x/env.toml"
+    assert resolve_path("/x/opt.toml") == "/x/opt.toml"
 
 
 def _windows(view: hookcache.View) -> tuple[tuple[tuple[int, float], ...], str]:
@@ -162,7 +162,7 @@ def test_the_hooks_view_is_the_configs(tmp_path: Path) -> None:
     assert not hookcache.view(path)[1]
     read, cached = hookcache.view(path)
     assert cached
-    for name in hookcache.View.__slots__:
+    for name in hookcache.View.FIELDS:
         if name not in ("policies", "overrides"):
             assert getattr(read, name) == getattr(direct, name), name
     for key in ("bulk1", "bob"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eximhook.cli.main import build_parser
+from eximhook.cli import build_parser
 from eximhook.config.load import _SECTIONS
 from eximhook.errors import Exit
 

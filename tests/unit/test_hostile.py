@@ -11,7 +11,7 @@ from ..support.config import write_config
 
 
 def test_nul_key_is_a_clear_error(cli: object, tmp_path: Path) -> None:
-    from eximhook.cli.main import main
+    from eximhook.cli import main
 
     config = write_config(tmp_path)
     assert main(["--config", str(config), "record-invalid", "auth", "a\0b"]) == Exit.DATAERR
