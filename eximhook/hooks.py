@@ -209,7 +209,8 @@ def _record(req: Request, store: Store, counters: Counters, view: View, log: Log
     from .engine import events, settle
 
     now, backend = time.time(), LmdbBackend(store, counters)
-    tallies = counters.update(events.counts(counters, req, now, view))
+    body = events.counts(counters, req, now, view)
+    tallies = [] if body is None else counters.update(body)
     blocked = store.is_blocked(req.ns, req.key)
     for tally in tallies:
         outcome = settle.decide(backend, view, log, tally, now, hold=0.0)

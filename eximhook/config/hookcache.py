@@ -24,12 +24,16 @@ from ..model.subjects import wider
 
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from ..model.policy import Overrides, Policy
     from ..model.schedule import Schedule
     from ..model.spool import Guard
     from .load import Config
+
+
+_pick: Callable[..., Policy | None] | None = None  # model.policy.pick, once a count needs it
 
 
 class View:
@@ -130,8 +134,12 @@ class View:
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """As ``Config.policy``: the counter's policy for the subject (its override, if any)."""
-        from ..model.policy import pick
+        global _pick
+        pick = _pick
+        if pick is None:  # once per process, and never on a check's path
+            from ..model.policy import pick as found
 
+            _pick = pick = found
         return pick(self.policies, self.overrides, ns, counter, key)
 
     def wider(self, ns: str, key: str) -> tuple[str, str] | None:

@@ -25,14 +25,17 @@ if TYPE_CHECKING:
     from ..storage.counters import Counters
 
 
-def events_in(counters: Counters, txn: lmdb.Transaction, req: Request, now: float, view: View) -> list[Event]:
+def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, now: float,
+              view: View) -> list[Event]:
     """The events ``req`` counts (none for a check, or for counters that are off), read
     and marked in the counters' write transaction ``txn``: a message is remembered for
-    its bounces, a bounce recalls the message it reports."""
+    its bounces, a bounce recalls the message it reports (``txn`` None: neither, which
+    only a check or a count of another kind may be)."""
     f, ip = req.fields, req.fields.get("ip") or None
     if req.op == "check-blocked":
         return []
     if req.op == "message":
+        assert txn is not None
         n, mid = int(f["n"]), message_ref(f.get("mid", ""))
         sender = normalize("sender", f["sender"]) if f.get("sender") else ""
         if sender and mid and req.ns != "sender":
@@ -42,6 +45,7 @@ def events_in(counters: Counters, txn: lmdb.Transaction, req: Request, now: floa
                       keep_ips=view.keep_ips)
                 for ns, key, p in counted(view, "recipients", message_subjects(req.ns, req.key, sender))]
     if req.op == "bounce":
+        assert txn is not None
         subjects = bounce_subjects_in(counters, txn, now, req.key, message_id=message_ref(f.get("mid", "")),
                                       remember=view.remember, remote=f.get("remote") == "1", ip=ip)
         failed = unfold(f.get("failed") or None)
@@ -59,10 +63,17 @@ def count_in(counters: Counters, txn: lmdb.Transaction, events: Sequence[Event],
                            keep_evidence=e.keep_evidence, keep_ips=e.keep_ips)(txn) for e in events]
 
 
-def counts(counters: Counters, req: Request, now: float, view: View) -> Callable[[lmdb.Transaction], list[Tally]]:
+def counts(counters: Counters, req: Request, now: float,
+           view: View) -> Callable[[lmdb.Transaction], list[Tally]] | None:
     """The body that counts ``req`` in the LMDB counters, in one write transaction (the
-    daemon groups a turn's bodies in one: ``Counters.try_update_many``)."""
-    return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now)
+    daemon groups a turn's bodies in one: ``Counters.try_update_many``); None when it
+    counts nothing (a check, or a count whose counter is off for every subject). A
+    message or a bounce reads its references in the transaction; the rest read nothing,
+    so their events are made once, here."""
+    if req.op in ("message", "bounce"):
+        return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now)
+    found = events_in(counters, None, req, now, view)
+    return (lambda txn: count_in(counters, txn, found, now)) if found else None
 
 
 def counted(view: View, counter: str, subjects: Sequence[tuple[str, str]]) -> list[tuple[str, str, Policy]]:

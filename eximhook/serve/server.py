@@ -127,7 +127,7 @@ class Server:
             self.shared.submit(conn, req, now)
             return
         try:
-            body = None if req.op == "check-blocked" else self._body(req, now)
+            body = None if req.op == "check-blocked" else events.counts(self.counters, req, now, self.view)
         except BadSubject as exc:
             self.failure("bad", f"bad request: {exc}; answered E")
             conn.answer(protocol.ERROR)
@@ -140,16 +140,6 @@ class Server:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # after this turn's other requests
-
-    def _body(self, req: Request, now: float) -> Callable[[Any], list[Tally]] | None:
-        """What a counting request writes, as one body of the turn's transaction; None
-        when it counts nothing (no counter of its kind is on for the subject). Which
-        subjects it counts against is decided in the transaction (``events.events_in``),
-        so whether there are any is asked first, without it."""
-        if req.op not in ("message", "bounce") and not events.counted(self.view, req.kind, events.record_subjects(
-                req.ns, req.key, self.view.wider(req.ns, req.key))):
-            return None
-        return events.counts(self.counters, req, now, self.view)
 
     def _answer_blocked(self, conn: Connection, req: Request) -> None:
         try:
