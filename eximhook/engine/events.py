@@ -57,6 +57,15 @@ def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, no
             for ns, key, p in counted(view, req.kind, subjects)]
 
 
+def events_of(counters: Counters, req: Request, now: float, view: View) -> list[Event]:
+    """The events of ``req`` for a backend that counts them itself (Redis): a message or a
+    bounce reads and marks its references in a write transaction of this machine's
+    counters; a check or a count of another kind needs none (no lock taken)."""
+    if req.op in ("message", "bounce"):
+        return counters.update(lambda txn: events_in(counters, txn, req, now, view))
+    return events_in(counters, None, req, now, view)
+
+
 def count_in(counters: Counters, txn: lmdb.Transaction, events: Sequence[Event], now: float) -> list[Tally]:
     """Count each of ``events`` in the counters' write transaction ``txn``."""
     return [counters.event(e.ns, e.key, now, e.policy, weight=e.weight, evidence=e.evidence, ip=e.ip,

@@ -145,7 +145,7 @@ class Shared(Relay):
         event with its id (``Event.once``). The message references (a bounce's sender)
         stay in this relay's counters."""
         counters, view = self.server.counters, self.server.view
-        found = counters.update(lambda txn: events.events_in(counters, txn, req, now, view))
+        found = events.events_of(counters, req, now, view)
         for event in found:
             event.once = f"{self.run}:{next(self.ids)}"
         return found
