@@ -1,4 +1,4 @@
-"""What the core needs from storage to count and to block, whichever store holds it.
+"""What the engine needs from storage to count and to block, whichever store holds it.
 
 Two backends promise the same things (``tests/integration/test_backends.py`` runs one suite over
 both): the embedded LMDB store of one machine (``lmdb.LmdbBackend``, the default) and a
@@ -13,7 +13,7 @@ Redis shared by several relays (``redis.RedisBackend``). The promises:
   instead, once per window and limit.
 - ``block`` (by hand) does the same for a record the caller made; ``unblock`` lifts it
   with its audit event and starts the subject afresh (counters and would-block records
-  cleared, as ``core.unblock``); ``reset`` starts the subject's counters from zero.
+  cleared, as ``engine.actions.unblock``); ``reset`` starts the subject's counters from zero.
 - Strings (keys, evidence) may be any text, surrogate-escaped bytes included: a key
   is never cut, merged with another or read back changed.
 
@@ -79,7 +79,7 @@ class Backend:
         raise NotImplementedError
 
     def block(self, record: dict[str, Any], now: float, *, notify: bool = True, hold: float = 0.0) -> bool:
-        """Store ``record`` (``core.block_record``) as the subject's block unless it has
+        """Store ``record`` (``model.records.block_record``) as the subject's block unless it has
         one, with its audit event and (``notify``) its outbox entry; True if new."""
         raise NotImplementedError
 

@@ -265,7 +265,7 @@ class RedisBackend(Shared):
 
     def unblock(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> bool:
         """Lift the block and clear the subject's would-block records and counters (as
-        ``core.unblock`` does), in one step; published, so every relay lifts its copy."""
+        ``engine.actions.unblock`` does), in one step; published, so every relay lifts its copy."""
         return self.lift(ns, key, now, by, event=event) == 1
 
     def lift(self, ns: str, key: str, now: float, by: str, *, event: str = "unblocked") -> int:

@@ -39,7 +39,7 @@ end
 """
 
 # ratelimit.record, in Lua: the same window, the same compaction past CAP, the same
-# crossing (counters.Counters.event); then core.settle's decision and Store.block/shadow.
+# crossing (counters.Counters.event); then backends.lmdb.settle's decision and Store.block/shadow.
 # KEYS: the subject's counter, block, shadow, audit, outbox, seq, and the key that
 # marks the count done (ARGV once: the relay's id for it; '' for none).
 RECORD = _COMMON + r"""
@@ -159,7 +159,7 @@ redis.call('HSET', KEYS[3], seq, ARGV[3] .. ', "block": ' .. ARGV[1] .. string.f
 return seq
 """
 
-# core.unblock: the block lifted with its audit event and published, the would-block
+# engine.actions.unblock: the block lifted with its audit event and published, the would-block
 # records and the counters (KEYS[6..]) cleared: 1. With would-block records and no
 # block, those and the counters cleared: 2. Neither: nothing changed, 0.
 # The lifted record stays a while (ARGV[4] s) as a tombstone: a relay that missed the

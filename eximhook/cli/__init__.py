@@ -2,7 +2,7 @@
 
 ``main`` sends ``check-blocked`` and ``record-invalid`` to ``hooks`` before anything
 else is imported (argparse alone costs ~8 ms); everything else is an argparse
-subcommand that opens the store and calls one core function.
+subcommand that opens the store and calls one engine function.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from ..model.subjects import escape
 from ..notify import send as notify_mod
 from ..ops import health
 from ..periods import format_period
+from ..storage import mirror
 from .commands import dump, open_store, table
 
 
@@ -138,6 +139,10 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     if not _readable_by(cfg.path, cfg.exim.user):
         secrets.append(f"warning: [exim] user {cfg.exim.user} cannot read {cfg.path}: the hooks and eximhook serve "
                        f"run as that user (chown root:{cfg.exim.user}, chmod 0640)")
+    cdb = os.path.join(cfg.store.mirror_dir, mirror.CDB_FILE)
+    if not os.path.exists(cdb):
+        secrets.append(f"warning: {cdb} does not exist yet: Exim's cdb lookup of it fails, and the snippets answer "
+                       "451, until it does: run eximhook export (eximhook serve writes it when it starts)")
     print(f"config {cfg.path}: ok")
     print(f"  store {cfg.store.path}, mirrors in {cfg.store.mirror_dir}")
     if cluster.shares(cfg):

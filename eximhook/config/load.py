@@ -1,10 +1,10 @@
 """The configuration: one TOML file, read into frozen dataclasses.
 
 Every default lives here, in the field definitions. Each field names the function that
-checks and converts its TOML value (``_values``; ``_limits`` reads ``[limits]``); an
-error names the file and the dotted key.
-Hooks read a compiled subset instead (see ``_fastconfig``), because ``tomllib`` and
-``dataclasses`` together cost ~28 ms to import.
+checks and converts its TOML value (``values``; ``limits`` reads ``[limits]``); an
+error names the file and the dotted key. The counting path reads its view of them
+(``hookcache.View``), the hooks from a cache, because ``tomllib`` and ``dataclasses``
+together cost ~28 ms to import.
 """
 
 from __future__ import annotations

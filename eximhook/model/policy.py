@@ -3,7 +3,7 @@
 A subject (namespace, key) has named counters; each counter has one or more windows
 (LIMIT, PERIOD) and a mode: ``enforce`` blocks the subject at the first event over any
 window, ``shadow`` only records that it would have (measure first, then enforce). Pure
-data, no imports: the hooks read it from the marshal cache (``_fastconfig``).
+data, no imports: the hooks read it from the marshal cache (``config.hookcache``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """eximhook.toml(5): every section and key of the config, with its type and default from
-the config's definitions (the dataclasses of ``config``, the validators of ``_values``,
+the config's definitions (the dataclasses of ``config``, the validators of ``config.values``,
 the ``[limits]`` defaults of ``policy``), and what it means from the comments of the
 example file (``example``): contrib/eximhook.toml, which the package installs as the
 conffile, so that those words are written once.
@@ -22,7 +22,7 @@ from ..periods import format_period
 from . import example
 from .roff import bold, escape, italic, item, literal, paragraph, request, title
 
-# What each validator of _values accepts, as the page names the key's type.
+# What each validator of config.values accepts, as the page names the key's type.
 TYPES: dict[Any, str] = {
     v.text: "text",
     v.abs_path: "absolute path",

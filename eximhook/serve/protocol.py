@@ -15,7 +15,7 @@
 ``id``. ``bounce`` is one bounce to ``SENDER`` (a namespace-``sender`` key); ``mid`` is
 the bounce's References header, whose last id names the bounced message; ``remote`` is
 ``1`` for a report another MTA sent over SMTP (from ``ip``), counted only if ``mid``
-names a message we remember sending, once per reporting network (``core.bounce_event``).
+names a message we remember sending, once per reporting network (``engine.events.bounce_subjects_in``).
 
 OP, NS and KIND are words from fixed lists. KEY and every V are base64 (the snippets
 write ``${base64:$acl_m_user}``): they come from the SMTP client and may hold any byte,

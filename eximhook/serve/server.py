@@ -290,6 +290,9 @@ class Server:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         path = self.cfg.serve.socket
+        # files a fresh store has never had: Exim's cdb lookup fails (and the snippets
+        # answer 451) while they are missing, so they are there before the first answer
+        mirror.refresh(self.store, self.cfg.store.mirror_dir, self.log)
         listener = await self._listen(path)
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,7 @@
 """The counters' budget, ``[store] counters_budget``: the most their environment takes,
 whatever clients send (issue 21). ``counters.Counters`` is a ``Budgeted`` environment.
 
-Its LMDB map is the budget (``lmdbenv``: never grown). Past a high-water mark below it
+Its LMDB map is the budget (``storage.env``: never grown). Past a high-water mark below it
 (``marks``), or when a write finds the map full (``make_room``), the least recently
 touched soft state goes first: counters by when they last counted (the ``touched``
 index, kept by ``Counters.event``), message references by their hour (``refs``). Never
@@ -73,7 +73,7 @@ class Budgeted(MessageRefs):
         return self.read(self.used_in) > mark
 
     def make_room(self) -> bool:
-        """The map is full at its budget (``lmdbenv``): drop a few of the least recently
+        """The map is full at its budget (``storage.env``): drop a few of the least recently
         touched (the upkeep does the rest), unless this is the dropping itself (which
         then fails: counting fails open)."""
         return not self._making_room and self._drop(self.marks()[1], 4 * DROP) > 0

@@ -220,7 +220,7 @@ class Env:
 
     def prepare(self, directory: Dir) -> None:
         """Before LMDB opens the directory (the counters check their boot here); work in
-        it through ``directory`` (``_perms``: no link followed that another user made)."""
+        it through ``directory`` (``perms``: no link followed that another user made)."""
 
     def make_room(self) -> bool:
         """The map is full at its ``budget``: drop what may go, in transactions of its

@@ -33,5 +33,6 @@ def test_check_config_warns_of_an_exim_config_that_drops_root(tmp_path: Path, cl
         [warning] = _check_exim_config(cfg, str(listing))
         assert warning.startswith(f"warning: [exim] config {conf} is not listed in {listing}")
     conf.write_text(f"spool_directory = {tmp_path}/spool\ndeliver_drop_privilege = true\n")
+    assert cli("export", config_path=config)[0] == 0  # the mirror files: no warning of their absence either
     code, out, _ = cli("check-config", config_path=config)
     assert code == 0 and "warning:" not in out and str(conf) not in out

@@ -49,7 +49,7 @@ def test_many_processes_open_and_close_the_store_at_once(tmp_path: Path) -> None
     """As hooks do, 16 processes open and close the counters' environment 10 times each,
     all at once: each open works. LMDB 0.9.26-0.9.31 (Debian 13's is 0.9.31) destroy the
     lock file's mutexes at the last close, and a process opening meanwhile then fails
-    every transaction with EINVAL (lmdbenv._one_at_a_time); there, without it, 4 rounds
+    every transaction with EINVAL (storage.env._one_at_a_time); there, without it, 4 rounds
     in 5 had such a failure."""
     code = ("import sys\nfrom eximhook.storage.counters import Counters\n"
             "for _ in range(10):\n    Counters(sys.argv[1], owner='root').close()\n")

@@ -474,3 +474,18 @@ def test_check_config_says_a_running_daemon_needs_a_reload(config: Path, cli: Ru
     serve(config)
     code, out, _ = cli("check-config")
     assert code == Exit.OK and reload in out
+
+
+def test_a_fresh_store_has_its_mirror_files_before_the_first_answer(tmp_path: Path, serve: Serve, cli: Run) -> None:
+    """Exim's cdb lookup of a file that does not exist fails, and the snippets answer 451
+    to every counted sender: a daemon on a store no one has mirrored yet writes the files
+    before it answers; check-config says when they are missing."""
+    config = write_config(tmp_path)
+    cdb = tmp_path / "mirror" / "blocked_subjects.cdb"
+    assert not cdb.exists()
+    code, out, _ = cli("check-config", config_path=config)
+    assert code == 0 and f"warning: {cdb} does not exist yet" in out and "run eximhook export" in out
+    d = serve(config)
+    assert d.request(b"ping\n") == b"pong" and cdb.exists()
+    assert (tmp_path / "mirror" / "blocked_authenticated_users").exists()
+    assert "does not exist yet" not in cli("check-config", config_path=config)[1]
