@@ -25,8 +25,7 @@ import time
 from .config import hookcache
 from .errors import EximhookError, Exit, UsageError
 from .log import Logger
-from .model.records import Request
-from .model.subjects import normalize
+from .model.records import Request, is_weight
 from .storage.store import Store
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on this path
@@ -129,7 +128,6 @@ def request(name: str, args: list[str], ipv6_prefix: int) -> tuple[Request, bool
     """The hook's argv as the daemon's request (``serve.protocol``), so that both doors
     count through one path (``engine.events``); and whether ``--fallback`` was given."""
     ns, key, opts = parse(name, args)
-    key = normalize(ns, key, ipv6_prefix)
     fields = {k: v for k, v in opts.items() if k not in ("fallback", "remote")}
     if name == "check-blocked":
         req = Request("check-blocked", ns, key)
@@ -137,11 +135,12 @@ def request(name: str, args: list[str], ipv6_prefix: int) -> tuple[Request, bool
         req = Request("record-invalid", ns, key, "invalid", fields)
     elif name == "record-message":
         count = fields.pop("count", "")
-        if not (count.isascii() and count.isdigit() and 0 < int(count) < 1 << 31):
+        if not is_weight(count):
             raise UsageError(f"record-message: --count {count!r} is not a number of recipients")
         req = Request("message", ns, key, fields=dict(fields, n=count))
     else:
         req = Request("bounce", ns, key, fields=dict(fields, remote="1") if "remote" in opts else fields)
+    req.normalize(ipv6_prefix)
     return req, "fallback" in opts
 
 

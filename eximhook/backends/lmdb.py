@@ -20,11 +20,9 @@ if TYPE_CHECKING:
 
     from ..model.schedule import Schedule
     from ..model.spool import Guard
-
-    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
     from ..storage.counters import Counter, Counters, Tally
     from ..storage.store import Store
-    from .base import Exempt
+    from .base import Exempt, Owner
 
 
 def exemptions_in(store: Store, configured: Exempt, ns: str) -> Callable[[lmdb.Transaction], list[tuple[str, str]]]:

@@ -17,15 +17,12 @@ if TYPE_CHECKING:
 
     import lmdb
 
-    from ..backends.base import Shared
+    from ..backends.base import Owner, Shared
     from ..exim.queue import Exim, Message
     from ..model.schedule import Schedule
     from ..model.spool import Guard
     from ..storage.counters import Counters
     from ..storage.store import Store
-
-
-    Owner = Callable[[str, str], str | None]  # (ns, key) -> the owner's address, if any
 
 
 def freeze_queued(store: Store, exim: Exim, subjects: Sequence[tuple[str, str]], now: float) -> None:

@@ -10,7 +10,10 @@ this machine's counters, in the same transaction."""
 from __future__ import annotations
 
 from ..model.records import Event
-from ..model.subjects import normalize
+
+# what reads and marks the message references in the counters' write transaction: a
+# message is remembered for its bounces, a bounce recalls the message it reports
+_REFERENCES = ("message", "bounce")
 
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
@@ -37,7 +40,7 @@ def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, no
     if req.op == "message":
         assert txn is not None
         n, mid = int(f["n"]), message_ref(f.get("mid", ""))
-        sender = normalize("sender", f["sender"]) if f.get("sender") else ""
+        sender = f.get("sender", "")  # normalized at the door (Request.normalize)
         if sender and mid and req.ns != "sender":
             counters.remember_in(txn, sender, mid, req.ns, req.key, now, n)
         evidence = f"{f.get('id') or '-'} ({n} rcpt)"
@@ -61,7 +64,7 @@ def events_of(counters: Counters, req: Request, now: float, view: View) -> list[
     """The events of ``req`` for a backend that counts them itself (Redis): a message or a
     bounce reads and marks its references in a write transaction of this machine's
     counters; a check or a count of another kind needs none (no lock taken)."""
-    if req.op in ("message", "bounce"):
+    if req.op in _REFERENCES:
         return counters.update(lambda txn: events_in(counters, txn, req, now, view))
     return events_in(counters, None, req, now, view)
 
@@ -79,7 +82,7 @@ def counts(counters: Counters, req: Request, now: float,
     counts nothing (a check, or a count whose counter is off for every subject). A
     message or a bounce reads its references in the transaction; the rest read nothing,
     so their events are made once, here."""
-    if req.op in ("message", "bounce"):
+    if req.op in _REFERENCES:
         return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now)
     found = events_in(counters, None, req, now, view)
     return (lambda txn: count_in(counters, txn, found, now)) if found else None

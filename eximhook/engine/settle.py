@@ -41,6 +41,12 @@ def hold(req: Request, view: View) -> float:
     return 0.0 if req.op in ("message", "bounce") or req.ns not in FREEZING else view.hold
 
 
+def frozen(req: Request) -> str:
+    """The id of the message a request counts, which a block it trips freezes and its
+    notification names (only a message count knows it)."""
+    return req.fields.get("id", "") if req.op == "message" else ""
+
+
 def owner_of(view: View, log: Logger) -> Callable[[str, str], str | None] | None:
     """The owner's address for a new block (``[owner] notify``), or None when off."""
     if not view.owner_notify:

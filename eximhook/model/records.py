@@ -12,6 +12,14 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 
+MAX_WEIGHT = 1 << 31  # a count's weight ("n", --count) must fit the window's 32-bit weights
+
+
+def is_weight(text: str) -> bool:
+    """Is ``text`` a number of recipients one event may count (1 up to ``MAX_WEIGHT``)?"""
+    return text.isascii() and text.isdigit() and 0 < int(text) < MAX_WEIGHT
+
+
 class Request:
     """A decoded request: what to do, for which subject, with which evidence."""
 
@@ -23,6 +31,17 @@ class Request:
 
     def __repr__(self) -> str:
         return f"Request({self.op!r}, {self.ns!r}, {self.key!r}, {self.kind!r}, {self.fields!r})"
+
+    def normalize(self, ipv6_prefix: int) -> None:
+        """Its subjects' keys as eximhook keeps them (``subjects.normalize``): the key and
+        a message's envelope sender. At the door, before anything is counted: a subject
+        that is no key (``BadSubject``) makes a bad request, not a failed count."""
+        from .subjects import normalize
+
+        if self.ns:
+            self.key = normalize(self.ns, self.key, ipv6_prefix)
+        if self.op == "message" and self.fields.get("sender"):
+            self.fields["sender"] = normalize("sender", self.fields["sender"])
 
 
 class Event:

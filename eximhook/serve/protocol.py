@@ -46,7 +46,7 @@ from ..errors import BadRequest
 from ..exim.queue import MESSAGE_ID
 from ..model.evidence import CUT_END
 from ..model.policy import COUNTERS
-from ..model.records import Request
+from ..model.records import Request, is_weight
 from ..model.subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
@@ -61,7 +61,6 @@ _FIELDS = {
     "frozen": ("id",),
 }
 _REQUIRED = {"message": ("n",), "frozen": ("id",)}
-MAX_WEIGHT = 1 << 31  # "n" must fit the window's 32-bit weights
 # Evidence that may be cut: text kept for the admin, or a header whose tail names a
 # message. The others name a subject or a number, and are whole or left out.
 EVIDENCE = ("rcpt", "evidence", "mid", "failed")
@@ -130,7 +129,7 @@ def parse(line: bytes, cut: bool = False) -> Request:
             raise BadRequest(f"{op} needs {needed}=")
     if fields.get("id") and not MESSAGE_ID.match(fields["id"].encode("utf-8", "surrogateescape")):
         raise BadRequest(f"id {escape(fields['id'][:40])!r} is not an Exim message id")
-    if "n" in fields and not (fields["n"].isascii() and fields["n"].isdigit() and 0 < int(fields["n"]) < MAX_WEIGHT):
+    if "n" in fields and not is_weight(fields["n"]):
         raise BadRequest(f"n {escape(fields['n'][:40])!r} is not a number of recipients")
     return Request(op, ns, key, kind or ("invalid" if op == "record-invalid" else ""), fields)
 

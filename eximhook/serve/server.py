@@ -40,7 +40,6 @@ from ..engine import events, settle, spool
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
 from ..log import Logger
 from ..model.records import Request
-from ..model.subjects import normalize
 from ..storage import mirror
 from ..storage.counters import Counters, Tally
 from ..storage.store import Store
@@ -102,8 +101,7 @@ class Server:
         self.served += 1
         try:
             req = protocol.parse(line, cut)
-            if req.ns:
-                req.key = normalize(req.ns, req.key, self.cfg.relay.ipv6_prefix)
+            req.normalize(self.cfg.relay.ipv6_prefix)
         except (BadRequest, BadSubject) as exc:
             self.failure("bad", f"bad request: {exc}; answered E")
             conn.answer(protocol.ERROR)
@@ -126,12 +124,7 @@ class Server:
             conn.state = "waiting"
             self.shared.submit(conn, req, now)
             return
-        try:
-            body = None if req.op == "check-blocked" else events.counts(self.counters, req, now, self.view)
-        except BadSubject as exc:
-            self.failure("bad", f"bad request: {exc}; answered E")
-            conn.answer(protocol.ERROR)
-            return
+        body = events.counts(self.counters, req, now, self.view)
         if body is None:  # a check, or nothing configured to count: is the subject blocked?
             self._answer_blocked(conn, req)
             return
@@ -269,7 +262,7 @@ class Server:
     def _settle(self, job: _Job, tallies: list[Tally], answer: bool) -> None:
         req, view = job.request, self.view
         hold = settle.hold(req, view)
-        frozen = req.fields.get("id", "") if req.op == "message" else ""
+        frozen = settle.frozen(req)
         blocked = False
         try:
             for tally in tallies:

@@ -39,7 +39,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..engine import events, settle
-from ..errors import BadSubject
 from ..model.records import Event, Request
 from . import protocol
 from .relay import Relay
@@ -97,9 +96,6 @@ class Shared(Relay):
                     self.down(exc)
             if blocked is None:  # each event with its id: one Redis ran after all is not counted twice
                 blocked = self._serve_alone(req, events, now)
-        except BadSubject as exc:
-            self.server.failure("bad", f"bad request: {exc}; answered E")
-            loop.call_soon_threadsafe(conn.answer, protocol.ERROR)
         except Exception as exc:  # a store failure or a bug: the fallback, logged
             loop.call_soon_threadsafe(self.server.fail, conn, req, exc)
         else:
@@ -122,7 +118,7 @@ class Shared(Relay):
         """Record each event in ``backend`` and ``keep`` what it decided; is any of the
         request's subjects blocked? A blocked network stands for its addresses."""
         view, hold = self.server.view, settle.hold(req, self.server.view)
-        frozen = req.fields.get("id", "") if req.op == "message" else ""
+        frozen = settle.frozen(req)
         blocked, seen, covered = False, set(), set()
         for event in events:
             if view.wider(event.ns, event.key) in covered:

@@ -70,6 +70,7 @@ def test_generic_record_counts_the_same_counter(daemon: Daemon, cli: Run) -> Non
         pytest.param(b"x" * 70000, "cut at [serve] max_request before its KEY", id="oversized-no-newline"),
         pytest.param(b"check-blocked auth AGI=\n", "key contains NUL", id="nul-in-key"),
         pytest.param(b"check-blocked auth \n", "empty key", id="empty-key"),
+        pytest.param(encode("message", "auth", "bob", n="1", sender="a\0b"), "key contains NUL", id="nul-in-sender"),
     ],
 )
 def test_bad_request_gets_E_and_a_log_line(daemon: Daemon, tmp_path: Path, data: bytes, logged: str) -> None:

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from eximhook import hooks
 from eximhook.model.records import Request
-from eximhook.model.subjects import normalize
 from eximhook.serve import protocol
 
 # what a hook's argv can hold: any bytes but NUL (an argv word ends there), as Python
@@ -22,10 +21,10 @@ MID = st.sampled_from(["1xVbPi-0005Ww-2y", "<a@b> <c@d>", ""])
 
 
 def door(line: bytes) -> Request:
-    """What the daemon makes of a request line (``Server.handle``: parse, then the key
+    """What the daemon makes of a request line (``Server.handle``: parse, then its keys
     normalized)."""
     req = protocol.parse(line.removesuffix(b"\n"))
-    req.key = normalize(req.ns, req.key, 64)
+    req.normalize(64)
     return req
 
 
