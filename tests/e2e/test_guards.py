@@ -151,6 +151,8 @@ def test_a_config_written_for_4_96_is_told_on_4_97() -> None:
 def test_an_exempt_network_is_counted_and_never_blocked(exim: h.Exim) -> None:
     assert guess(exim, OFFICE, LIMIT + 3) == [535] * (LIMIT + 3)
     h.wait_for("every failure counted", lambda: failures(exim, OFFICE) == LIMIT + 3)
+    # the daemon answers an exempt count at once and records the would-block behind it
+    h.wait_for("the would-block record", lambda: exim.show("ip", OFFICE)["would_block"])
     record = exim.show("ip", OFFICE)
     assert record["block"] is None and record["exempt"] == "127.0.0.4: the office NAT"
     assert [w["count"] for w in record["would_block"]] == [LIMIT + 1]

@@ -142,10 +142,15 @@ def test_shadow_mode_records_once_per_limit_setting(tmp_path: Path, serve: Serve
 
     config = write_config(tmp_path, settings={"limits.auth.recipients.limit": 3})
     d = serve(config)
+    def events() -> list[str]:
+        return [e["event"] for e in json.loads(hook(config, "history", "--json", "auth", "una").stdout)]
+
     for i in range(4):
         assert message(d, "una", 2, f"1xVbMq-0004rw-{i}g") == b"0", "shadow mode: never blocked"
-    events = [e["event"] for e in json.loads(hook(config, "history", "--json", "auth", "una").stdout)]
-    assert events == ["would-block"]
+    # nothing can block, so 0 is answered at once and the store thread records the
+    # would-block behind it (Server._flush): wait for the record, then look at it
+    wait_for("the would-block", events, 10)
+    assert events() == ["would-block"]
     assert b"recipients>3/1h" in hook(config, "list", "--would-block").stdout
     config.write_text(config.read_text().replace("[limits.auth.recipients]\nlimit = 3",
                                                  "[limits.auth.recipients]\nlimit = 10"))
@@ -155,9 +160,9 @@ def test_shadow_mode_records_once_per_limit_setting(tmp_path: Path, serve: Serve
     assert b"una" not in listed, "the trip at the old limit is history, not a would-block under the new one"
     for i in range(2):
         message(d, "una", 2, f"1xVbMq-0004rw-{i}h")
+    wait_for("the second would-block", lambda: len(events()) == 2, 10)
     assert b"recipients>10/1h" in hook(config, "list", "--would-block").stdout
-    events = [e["event"] for e in json.loads(hook(config, "history", "--json", "auth", "una").stdout)]
-    assert events == ["would-block", "would-block"]
+    assert events() == ["would-block", "would-block"]
 
 
 def test_the_hook_and_the_daemon_share_the_references(seed004: tuple[Path, Daemon]) -> None:
