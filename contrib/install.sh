@@ -56,10 +56,12 @@ packages="exim4-daemon-heavy python3-venv openssl"
 # strace: the crash tests kill hooks at chosen system calls; redis-server: the Redis
 # backend's tests start their own (tests/support/redis_server.py), never the package's service;
 # tinycdb: a cdb reader that is not eximhook's; groff-base: the man pages are checked;
-# debootstrap: the trixie and package tests make Debian systems (tests/packaging)
-had_redis=false
+# debootstrap: the trixie and package tests make Debian systems (tests/packaging);
+# rspamd: the spam-verdict tests start their own (tests/support/rspamd_server.py)
+had_redis=false had_rspamd=false
 dpkg-query -W -f='${Status}\n' redis-server 2>/dev/null | grep -q 'ok installed' && had_redis=true
-$dev && packages="$packages strace redis-server tinycdb groff-base debootstrap"
+dpkg-query -W -f='${Status}\n' rspamd 2>/dev/null | grep -q 'ok installed' && had_rspamd=true
+$dev && packages="$packages strace redis-server tinycdb groff-base debootstrap rspamd"
 if [ "$(dpkg-query -W -f='${Status}\n' $packages 2>/dev/null | grep -c 'ok installed')" = "$(echo $packages | wc -w)" ]; then
     echo "install: Debian packages already there"
 else
@@ -73,10 +75,14 @@ else
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages >/dev/null
-    # the package enables its unit (policy-rc.d only kept it from starting): a test
-    # machine must not run a Redis nobody asked for; one installed before stays as it was
+    # the packages enable their units (policy-rc.d only kept them from starting): a test
+    # machine must not run a Redis or an rspamd nobody asked for; one installed before
+    # stays as it was
     if $dev && ! $had_redis && command -v systemctl >/dev/null; then
         systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    fi
+    if $dev && ! $had_rspamd && command -v systemctl >/dev/null; then
+        systemctl disable --now rspamd.service >/dev/null 2>&1 || true
     fi
 fi
 

@@ -26,6 +26,7 @@ from .config import hookcache
 from .errors import EximhookError, Exit, UsageError
 from .log import Logger
 from .model.records import Request, is_weight
+from .model.subjects import SILENT
 from .storage.store import Store
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import on this path
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
     from .storage.counters import Counters
 
 HOOKS = ("check-blocked", "record-invalid", "record-message", "record-bounce")
-_OPTIONS = {"record-invalid": ("--rcpt", "--ip"), "record-message": ("--count", "--sender", "--mid", "--ip", "--id"),
+_OPTIONS = {"record-invalid": ("--rcpt", "--ip"),
+            "record-message": ("--count", "--sender", "--mid", "--ip", "--id", "--rcpts"),
             "record-bounce": ("--mid", "--failed", "--ip")}
 # --fallback: the snippets' ${readsocket} to eximhook serve failed and Exim ran the hook
 # instead; the hook says so in the log, at most once a minute (FALLBACK_STAMP's mtime).
@@ -210,11 +212,15 @@ def _record(req: Request, store: Store, counters: Counters, view: View, log: Log
     now, backend = time.time(), LmdbBackend(store, counters)
     body = events.counts(counters, req, now, view)
     tallies = [] if body is None else counters.update(body)
+    if req.op == "message":
+        from .engine import logins
+
+        logins.learn(store, req, now, view)
     blocked = store.is_blocked(req.ns, req.key)
     for tally in tallies:
         outcome = settle.decide(backend, view, log, tally, now, hold=0.0)
         settle.after(store, view, log, tally, outcome)
-        blocked = blocked or outcome.blocked
+        blocked = blocked or (outcome.blocked and tally.ns not in SILENT)
     if blocked and not tallies:
         from .storage import mirror
 

@@ -66,7 +66,8 @@ class Backend:
         first): settle ``tally`` as ``record`` would. ``spool``, ``owner``, ``expiry``:
         what a new block records of the spool, whose owner is mailed, when it lifts;
         ``within``: the network that holds the subject, whose block stands for its own.
-        A backend that settles as it counts (Redis: one script) has no second step."""
+        A backend that settles as it counts (Redis: one script) settles here only what
+        no script counted: the combined score (``engine.scores``)."""
         raise NotImplementedError
 
     def is_blocked(self, ns: str, key: str) -> bool:
@@ -92,6 +93,10 @@ class Backend:
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
         """The subject's counter ``name`` as stored (an empty one if none)."""
         raise NotImplementedError
+
+    def counters_of(self, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Counter]:
+        """The subject's counters ``names`` as stored (the combined score reads them)."""
+        return {name: self.counter(ns, key, name) for name in names}
 
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         """Start the subject's counters (all, or ``names``) from zero."""

@@ -110,9 +110,7 @@ class LmdbBackend(Backend):
 
     def record(self, event: Event, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
                exempt: Exempt | None = None) -> tuple[Tally, Outcome]:
-        tally = self.counters.update(self.counters.event(
-            event.ns, event.key, now, event.policy, weight=event.weight, evidence=event.evidence, ip=event.ip,
-            keep_evidence=event.keep_evidence, keep_ips=event.keep_ips))
+        tally = self.counters.update(self.counters.event(event, now))
         return tally, settle(self.store, tally, now, hold=hold, notify_shadow=notify_shadow, exempt=exempt)
 
     def settle(self, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
@@ -178,5 +176,5 @@ class Journaled(LmdbBackend):
         counted = super().record(event, now, hold=hold, notify_shadow=notify_shadow, exempt=exempt)
         relay_copy.journal(self.store, {"ts": now, "ns": event.ns, "key": event.key, "counter": event.policy.name,
                                         "weight": event.weight, "evidence": event.evidence, "ip": event.ip,
-                                        "hold": hold, "once": event.once})
+                                        "hold": hold, "once": event.once, "tags": list(event.tags)})
         return counted

@@ -49,12 +49,12 @@ from __future__ import annotations
 import json
 
 from ..errors import EximhookError, Exit
-from ..model.records import Event, Outcome
+from ..model.records import Event, Outcome, block_record
 from ..periods import format_period
 from ..storage.counters import Counter, Tally, Window
 from ..storage.store import queued, subject_key
 from .base import Shared
-from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTER, RECORD, UNBLOCK
+from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTERS, RECORD, SHADOW, UNBLOCK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..config.load import StoreConfig
-    from .base import Exempt
+    from ..model.schedule import Schedule
+    from ..model.spool import Guard
+    from .base import Exempt, Owner
     from .connect import Client
 
 # How long Redis remembers a count done (Event.once): a relay whose call timed out sends
@@ -123,7 +125,8 @@ class RedisBackend(Shared):
         self._unblock = client.register_script(UNBLOCK)
         self._claim = client.register_script(CLAIM)
         self._clear = client.register_script(CLEAR)
-        self._counter = client.register_script(COUNTER)
+        self._counters = client.register_script(COUNTERS)
+        self._shadow = client.register_script(SHADOW)
         self.channel = self.prefix + b":changes"
         self.k_exempt = self.prefix + b":exempt"
         # a value that is not what eximhook writes: raised (None), or handed to this and
@@ -184,12 +187,7 @@ class RedisBackend(Shared):
         event's time as evidence, ``event_at``)."""
         ns, key, policy = event.ns, event.key, event.policy
         made = now if made is None else made
-        why_not = None
-        if exempt and exempt.get(ns):
-            from ..model.patterns import first
-
-            found = first(ns, key, exempt[ns])
-            why_not = None if found is None else f"{found[0]}: {found[1]}"
+        why_not = _why_not(exempt, ns, key)
         enforce = policy.enforced and why_not is None
         kind = "blocked" if enforce else "would-block"
         # the script adds the block record and the entry's number
@@ -214,7 +212,7 @@ class RedisBackend(Shared):
             args += [limit, repr(period), _prefix(record), _prefix(audit), field]
         # a counter outlives its longest window twice over, then Redis drops it
         ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
-        args += [self.channel, ttl, event.once, ONCE * 1000]
+        args += [self.channel, ttl, event.once, ONCE * 1000, policy.adds, policy.minimum, *event.tags]
         keys = self._keys(ns, key, b"c:" + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
                           b"once:" + event.once.encode("utf-8", "surrogateescape"))
         result = self._record(keys=keys, args=args)
@@ -318,10 +316,44 @@ class RedisBackend(Shared):
                 out.append(entry)
         return out
 
+    def settle(self, tally: Tally, now: float, *, hold: float = 0.0, notify_shadow: bool = False,
+               exempt: Exempt | None = None, spool: Guard | None = None, owner: Owner | None = None,
+               expiry: Schedule | None = None, within: tuple[str, str] | None = None) -> Outcome:
+        """``Backend.settle`` for a tally no script counted (the combined score): the
+        block (``block_queued``: once, however many relays race), or the would-block
+        record (``SHADOW``: once per window and limit). What only a relay's own store
+        keeps (the spool's floor, the owner's mail, [expiry]) its copy of the block gets
+        (``serve.relay``), as for a block a script made."""
+        ns, key, total = tally.ns, tally.key, tally.counter.total
+        if tally.over < 0:
+            return Outcome(self.is_blocked(ns, key), False, max(tally.counts, default=0), total)
+        why_not = _why_not(exempt, ns, key)
+        limit, period = tally.window
+        record = {**block_record(ns, key, now, by="eximhook", reason="limit", counter_name=tally.name, limit=limit,
+                                 period=period, count=tally.count, counter=tally.counter), "node": self.node}
+        if tally.policy.enforced and why_not is None:
+            number = self.block_queued(record, now, hold=hold)
+            return Outcome(True, number >= 0, tally.count, total, queued=max(number, 0))
+        record["exempt"] = why_not
+        audit = {"ts": now, "event": "would-block", "ns": ns, "key": key, "by": "eximhook", "counter": tally.name,
+                 "limit": limit, "period": period, "count": tally.count, "exempt": why_not, "node": self.node}
+        field = f"{tally.name}\0{limit}\0{period!r}".encode()
+        keys = self._keys(ns, key, b"shadow", b"audit", b"outbox", b"seq")
+        number = int(self._shadow(keys=keys, args=[field, json.dumps(record), _prefix(audit),
+                                                   _prefix(queued(now, "would-block", node=self.node)),
+                                                   int(notify_shadow and why_not is None)]))
+        return Outcome(self.is_blocked(ns, key), False, tally.count, total, shadowed=number >= 0, exempt=why_not,
+                       queued=max(number, 0))
+
     def counter(self, ns: str, key: str, name: str = "invalid") -> Counter:
-        total, windows, recent, ips = self._counter(keys=[self._key(subject_key(ns, key), b"c:" + name.encode())])
-        return Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
-                       [json.loads(x) for x in ips])
+        return self.counters_of(ns, key, (name,))[name]
+
+    def counters_of(self, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Counter]:
+        """The subject's counters ``names``, in one script (they share its slot)."""
+        found = self._counters(keys=self._keys(ns, key, *(b"c:" + name.encode() for name in names))) if names else []
+        return {name: Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
+                              [json.loads(x) for x in ips])
+                for name, (total, windows, recent, ips) in zip(names, found, strict=True)}
 
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         from ..model.policy import COUNTERS
@@ -390,7 +422,17 @@ class Undecodable(EximhookError):
                          + (f" ({len(raw)} bytes)" if len(raw) > 200 else ""))
 
 
+def _why_not(exempt: Exempt | None, ns: str, key: str) -> str | None:
+    """Why the subject is exempt (``PATTERN: REASON``), or None."""
+    if not exempt or not exempt.get(ns):
+        return None
+    from ..model.patterns import first
+
+    found = first(ns, key, exempt[ns])
+    return None if found is None else f"{found[0]}: {found[1]}"
+
+
 def _window(exported: list[Any]) -> Window:
-    period, times, weights, crossed, crossed_limit = exported
+    period, times, weights, crossed, crossed_limit, *tags = exported  # no tags: a counter of before issue 24
     return Window(float(period), [float(t) for t in times], [int(w) for w in weights], [], int(crossed),
-                  int(crossed_limit))
+                  int(crossed_limit), [int(x) for x in tags[0]] if tags else [])

@@ -34,7 +34,7 @@ end
 local function export_window(w)
   local times = {}
   for j = 1, #w.times do times[j] = string.format('%.17g', w.times[j]) end
-  return {string.format('%.17g', w.period), times, w.weights, w.crossed, w.crossed_limit}
+  return {string.format('%.17g', w.period), times, w.weights, w.crossed, w.crossed_limit, w.tags or {}}
 end
 """
 
@@ -60,6 +60,31 @@ local function compact(times, weights, slot)
   end
   return ot, ow
 end
+-- ratelimit.judge_ratio: the percentage of bad events (rounded down), and whether it is
+-- over the limit with at least the minimum counted
+local function judge(weights, tags, first, limit, minimum)
+  local total, bad = 0, 0
+  for j = first, #weights do
+    total = total + weights[j]
+    if tags[j] ~= 0 then bad = bad + weights[j] end
+  end
+  if total < minimum or total == 0 then return 0, false end
+  return math.floor(bad * 100 / total), bad * 100 > limit * total
+end
+-- ratelimit.compact_tagged: per slot, one entry per tag
+local function compact_tagged(times, weights, tags, slot)
+  local ot, ow, ox, first, last = {}, {}, {}, {}, nil
+  for j = 1, #times do
+    local n = floordiv(times[j], slot)
+    if n ~= last then first, last = {}, n end
+    local at = first[tags[j]]
+    if at then ow[at] = ow[at] + weights[j]
+    else
+      ot[#ot + 1] = times[j]; ow[#ow + 1] = weights[j]; ox[#ox + 1] = tags[j]; first[tags[j]] = #ot
+    end
+  end
+  return ot, ow, ox
+end
 local function append(list, item, keep)
   list[#list + 1] = item
   local out = {}
@@ -74,6 +99,13 @@ local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
 local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
 local node, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
 local channel, ttl, once = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
+-- how the counter adds up (policy.Kind.adds), a ratio's minimum, the event's tags
+local adds, minimum = ARGV[16 + 5 * nwin], tonumber(ARGV[17 + 5 * nwin])
+local new, fresh = {}, {}
+for j = 18 + 5 * nwin, #ARGV do
+  local x = tonumber(ARGV[j])
+  if not fresh[x] then fresh[x] = true; new[#new + 1] = x end
+end
 
 -- a relay whose call timed out counts the event alone and sends it again later with
 -- the same id: counted once, whether or not Redis ran the first call after all
@@ -88,20 +120,52 @@ for i = 1, nwin do
   for _, old in ipairs(c.windows) do
     if old.period == period then w = old; break end
   end
+  local oldtags = w.tags or {}
   local t = now
   if #w.times > 0 and t < w.times[#w.times] then t = w.times[#w.times] end
-  local times, weights = {}, {}
-  for j = bisect_right(w.times, t - period), #w.times do
-    times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]
+  local times, weights, tags = {}, {}, {}
+  local start = bisect_right(w.times, t - period)
+  local count, is_over, crossed
+  if adds == 'distinct' then  -- ratelimit.record_distinct
+    local before = #w.times - start + 1
+    for j = start, #w.times do
+      if not fresh[oldtags[j]] then times[#times + 1] = w.times[j]; tags[#tags + 1] = oldtags[j] end
+    end
+    for _, x in ipairs(new) do times[#times + 1] = t; tags[#tags + 1] = x end
+    local keep = math.min(limit + 1, CAP)
+    if #times > keep then
+      local kt, kx = {}, {}
+      for j = #times - keep + 1, #times do kt[#kt + 1] = times[j]; kx[#kx + 1] = tags[j] end
+      times, tags = kt, kx
+    end
+    for j = 1, #times do weights[j] = 1 end
+    count = #times
+    is_over = count > limit
+    crossed = is_over and before <= limit
+  elseif adds == 'ratio' then  -- ratelimit.record_ratio
+    for j = start, #w.times do
+      times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]; tags[#tags + 1] = oldtags[j]
+    end
+    local _, was = judge(weights, tags, 1, limit, minimum)
+    times[#times + 1] = t; weights[#weights + 1] = weight; tags[#tags + 1] = (new[1] or 0) ~= 0 and 1 or 0
+    if #times > CAP then times, weights, tags = compact_tagged(times, weights, tags, period / (CAP / 4)) end
+    count, is_over = judge(weights, tags, 1, limit, minimum)
+    crossed = is_over and not was
+  else
+    for j = start, #w.times do
+      times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]
+    end
+    times[#times + 1] = t; weights[#weights + 1] = weight
+    if #times > CAP then times, weights = compact(times, weights, period / (CAP / 2)) end
+    count = 0
+    for j = 1, #weights do count = count + weights[j] end
+    is_over = count > limit
+    crossed = is_over and count - weight <= limit
   end
-  times[#times + 1] = t; weights[#weights + 1] = weight
-  if #times > CAP then times, weights = compact(times, weights, period / (CAP / 2)) end
-  local count = 0
-  for j = 1, #weights do count = count + weights[j] end
-  w.times, w.weights = times, weights
-  if count > limit and count - weight <= limit then w.crossed, w.crossed_limit = count, limit end
+  w.times, w.weights, w.tags = times, weights, tags
+  if crossed then w.crossed, w.crossed_limit = count, limit end
   windows[i], counts[i] = w, count
-  if count > limit and over < 0 then over = i end
+  if is_over and over < 0 then over = i end
 end
 c.windows = windows
 c.total = c.total + weight
@@ -197,9 +261,28 @@ redis.call('DEL', KEYS[1])
 return n
 """
 
-COUNTER = _COMMON + r"""
-local c = load(KEYS[1])
-local windows = {}
-for i, w in ipairs(c.windows) do windows[i] = export_window(w) end
-return {c.total, windows, c.recent, c.ips}
+# RedisBackend.counters_of: each of the subject's counters KEYS, as COUNTER exports one.
+COUNTERS = _COMMON + r"""
+local out = {}
+for k = 1, #KEYS do
+  local c = load(KEYS[k])
+  local windows = {}
+  for i, w in ipairs(c.windows) do windows[i] = export_window(w) end
+  out[k] = {c.total, windows, c.recent, c.ips}
+end
+return out
+"""
+
+# RedisBackend.settle, for a tally no script counted (the combined score): RECORD's
+# would-block step alone. KEYS: the subject's shadow, audit, outbox, seq. ARGV: the
+# shadow field, the record, the audit event and outbox entry without their closing
+# brace, whether to queue the entry.
+SHADOW = r"""
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('RPUSH', KEYS[2], ARGV[3] .. string.format(', "seq": %d}', seq))
+if ARGV[5] ~= '1' then return 0 end
+seq = redis.call('INCR', KEYS[4])
+redis.call('HSET', KEYS[3], seq, ARGV[4] .. ', "block": ' .. ARGV[2] .. string.format(', "seq": %d}', seq))
+return seq
 """

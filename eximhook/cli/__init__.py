@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--would-block", action="store_true",
                    help="list the trips of counters in shadow mode instead: who would have been blocked")
     p = add("top", blocks.top, "the busiest subjects of a counter: peak counts against the limits", json=True)
-    p.add_argument("counter", metavar="COUNTER", choices=COUNTERS, help=f"one of {', '.join(COUNTERS)}")
+    p.add_argument("counter", metavar="COUNTER", choices=COUNTERS,
+                   help=f"one of {', '.join(COUNTERS)} (score: the combined score now, with its parts)")
     p.add_argument("--since", type=_period_arg, default=86400.0,
                    help="peaks from this long ago on, counted by day (default 1d; kept up to 7d)")
     p.add_argument("--ns", choices=NAMESPACES, help="only this namespace")

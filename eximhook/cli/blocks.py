@@ -18,7 +18,7 @@ from ..engine import actions, expiry, owner
 from ..errors import Exit
 from ..log import Logger
 from ..model.patterns import first as first_match
-from ..model.policy import UNITS
+from ..model.policy import KINDS, UNITS
 from ..model.subjects import escape, own_address
 from ..notify import send as notify_mod
 from ..notify.describe import describe
@@ -27,6 +27,7 @@ from ..ops.stats import why
 from ..periods import format_period, format_time
 from ..storage import mirror
 from ..storage.counters import Counter, Counters
+from ..storage.known import networks_in
 from ..storage.store import Store
 from .commands import actor, dump, open_counters, open_store, subject, table
 from .queue import purge, release
@@ -148,6 +149,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         events = store.history(ns, key)
         notification = _notifications(store).get((ns, key))
         to_owner = _notifications(store, "owner").get((ns, key))
+        known = store.read(lambda txn: networks_in(store, txn, key, now)) if ns in ("auth", "login") else []
     invalid = counts.get("invalid")
     if opts.json:
         legacy = None
@@ -157,7 +159,7 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
                       "period": first["period"], "rcpts": invalid["evidence"], "ips": invalid["ips"]}
         dump({"ns": ns, "key": key, "block": block, "exempt": exempt, "would_block": shadows, "history": events,
               "notification": notification, "owner_notification": to_owner, "counter": legacy,
-              "counters": counts})
+              "counters": counts, "known": known})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (describe(block) if block else "not blocked"))
     if block:
@@ -183,20 +185,24 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"  {UNITS[name]}: limits from [overrides.{ns}.\"{escape(override[0])}\"]")
     for name, c in counts.items():
         for w in c["windows"]:
+            if name == "score":  # no window of its own: the sum of its parts, the evidence below
+                print(f"  combined score: {w['count']} % of the enforced counters' limits (limit {w['limit']} %, "
+                      f"{w['mode']})")
+                continue
             print(f"  {UNITS[name]}: {w['count']} in the last {format_period(w['period'])} (limit {w['limit']}, "
                   f"{w['mode']}), peak {w['peak']} since yesterday")
-        if c["total"]:
+        if c["total"] and KINDS[name].adds == "sum":  # a distinct or ratio counter's total is no such figure
             print(f"  {UNITS[name]}: {c['total']} since the counter was last reset")
         for item in c["evidence"]:
-            print(f"  {_EVIDENCE[name]}: {escape(item)}")
+            print(f"  {KINDS[name].item}: {escape(item)}")
     ips = list(dict.fromkeys(ip for c in counts.values() for ip in c["ips"]))
     print(f"  client IPs: {', '.join(map(escape, ips)) or '-'}")
+    if known:
+        print(f"  known networks (a login block lets the account log in from these): {', '.join(known)}")
     if events:
         print(_history_table(events))
     return Exit.OK
 
-_EVIDENCE = {"invalid": "invalid recipient", "bounces": "bounce for", "recipients": "message",
-             "authfail": "user name tried"}
 
 def top(cfg: Config, opts: argparse.Namespace) -> int:
     """The busiest subjects of one counter: peak counts against limits, to choose limits."""
@@ -211,8 +217,9 @@ def top(cfg: Config, opts: argparse.Namespace) -> int:
     out = []
     for r in rows:
         for w in r["windows"]:
+            window = f"{w['limit']}%" if r["counter"] == "score" else f"{w['limit']}/{format_period(w['period'])}"
             out.append([r["ns"], escape(r["key"]) if r["key"] is not None else "(long key)",
-                        f"{w['limit']}/{format_period(w['period'])}", str(w["count"]), str(w["peak"]),
+                        window, str(w["count"]), str(w["peak"]),
                         f"{100 * w['peak'] / w['limit']:.0f}%", w["mode"]])
     print(table(["NS", "KEY", "WINDOW", "NOW", "PEAK", "OF-LIMIT", "MODE"], out) if out
           else f"no {opts.counter} counted since {format_time(now - opts.since)}")
@@ -299,7 +306,10 @@ def history(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 def export(cfg: Config, opts: argparse.Namespace) -> int:
+    from ..engine import customers
+
     with open_store(cfg) as store:
+        customers.publish(store, cfg.customers.lookup, cfg.customers.by_domain, cfg.relay.ipv6_prefix)
         written = mirror.rewrite(store, cfg.store.mirror_dir)
     for name, count in written.items():
         print(f"{os.path.join(cfg.store.mirror_dir, name)}: {count} key(s)")

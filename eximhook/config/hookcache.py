@@ -38,13 +38,14 @@ _pick: Callable[..., Policy | None] | None = None  # model.policy.pick, once a c
 
 class View:
     """The config as the counting path reads it, typed; the same for the daemon and the
-    hooks. The cache holds ``plain()``: the policies as (windows, mode) pairs, made
+    hooks. The cache holds ``plain()``: the policies as (windows, mode, minimum), made
     ``Policy`` objects again on first use (a check-blocked hook never needs them)."""
 
     # what the cache holds, by name
-    FIELDS = ("check", "counters_budget", "exempt", "expiry", "hold", "ipv6_prefix", "keep_evidence", "keep_ips",
-              "log", "map_size", "mirror_dir", "net_prefixes", "notify_shadow", "overrides", "owner", "owner_lookup",
-              "owner_notify", "owner_pattern", "path", "policies", "record", "remember", "spool", "store", "timeout")
+    FIELDS = ("check", "counters_budget", "customers_by_domain", "customers_lookup", "exempt", "expiry", "hold",
+              "ipv6_prefix", "keep_evidence", "keep_ips", "known", "log", "map_size", "mirror_dir", "net_prefixes",
+              "notify_shadow", "overrides", "owner", "owner_lookup", "owner_notify", "owner_pattern", "path",
+              "policies", "record", "remember", "spool", "store", "timeout")
     __slots__ = (*(f for f in FIELDS if f not in ("policies", "overrides")), "_limits", "_overrides", "_policies")
 
     path: str  # the config file
@@ -65,6 +66,9 @@ class View:
     exempt: dict[str, tuple[tuple[str, str], ...]]  # [exempt]: namespace -> (pattern, reason)
     notify_shadow: bool  # [limits] notify_shadow
     remember: float  # [bounces] remember
+    known: float  # [logins] known
+    customers_lookup: str | None  # [customers] lookup, by_domain
+    customers_by_domain: bool
     keep_evidence: int  # [evidence] rcpts, ips
     keep_ips: int
     hold: float  # [notify] hold
@@ -83,6 +87,8 @@ class View:
         view.ipv6_prefix, view.net_prefixes = cfg.relay.ipv6_prefix, (cfg.net.ipv4_prefix, cfg.net.ipv6_prefix)
         view._policies, view._overrides, view._limits, view.exempt = cfg.policies, cfg.overrides, None, cfg.exempt
         view.notify_shadow, view.remember, view.hold = cfg.notify_shadow, cfg.bounces.remember, cfg.notify.hold
+        view.known = cfg.logins.known
+        view.customers_lookup, view.customers_by_domain = cfg.customers.lookup, cfg.customers.by_domain
         view.keep_evidence, view.keep_ips = cfg.evidence.rcpts, cfg.evidence.ips
         view.spool = (cfg.spool.directory, cfg.spool.floor, cfg.spool.fraction)
         view.expiry = cfg.expiry.schedule()
@@ -93,9 +99,9 @@ class View:
     def plain(self) -> dict[str, Any]:
         """The values as marshal stores them (no objects)."""
         out = {name: getattr(self, name) for name in self.FIELDS}
-        out["policies"] = {ns: {name: (p.windows, p.mode) for name, p in table.items()}
+        out["policies"] = {ns: {name: (p.windows, p.mode, p.minimum) for name, p in table.items()}
                            for ns, table in self.policies.items()}
-        out["overrides"] = {k: tuple((pattern, p.windows, p.mode) for pattern, p in v)
+        out["overrides"] = {k: tuple((pattern, p.windows, p.mode, p.minimum) for pattern, p in v)
                             for k, v in self.overrides.items()}
         return out
 
@@ -129,7 +135,7 @@ class View:
         policies, overrides = self._limits
         self._policies = {ns: {name: Policy(name, *found) for name, found in table.items()}
                           for ns, table in policies.items()}
-        self._overrides = {(ns, name): tuple((pattern, Policy(name, windows, mode)) for pattern, windows, mode in v)
+        self._overrides = {(ns, name): tuple((pattern, Policy(name, *found)) for pattern, *found in v)
                            for (ns, name), v in overrides.items()}
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
@@ -153,7 +159,7 @@ class View:
 
 
 # the cache's shape: a changed field, or another release, and every cache is stale
-_FORMAT = f"{','.join(View.FIELDS)}|{__version__}"
+_FORMAT = f"{','.join(View.FIELDS)}|policies:windows,mode,minimum|{__version__}"
 def cache_path(path: str) -> str:
     head, tail = os.path.split(os.path.abspath(path))
     return os.path.join(head, f".{tail}.cache")

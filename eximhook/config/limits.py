@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import patterns as exempt
-from ..model.policy import COUNTERS, DEFAULT_WINDOWS, Policy, default_mode
+from ..model.policy import COUNTERS, DEFAULT_WINDOWS, KINDS, Policy, default_mode
 from ..model.subjects import NAMESPACES
 from . import values as v
 
@@ -19,7 +19,7 @@ from . import values as v
 def default_policies() -> dict[str, dict[str, Policy]]:
     out: dict[str, dict[str, Policy]] = {ns: {} for ns in NAMESPACES}
     for (ns, name), windows in DEFAULT_WINDOWS.items():
-        out[ns][name] = Policy(name, windows, default_mode(name))
+        out[ns][name] = Policy(name, windows, default_mode(name, ns))
     return out
 
 
@@ -29,7 +29,8 @@ def parse(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Policy]
     ``[limits.auth]`` with ``limit``/``period`` (and ``mode``) is the invalid-recipient
     counter, as before counters had names; ``[limits.auth.bounces]`` and the like are
     the named counters, each with ``limit``/``period`` for one window or ``windows`` for
-    several (``windows = []`` turns the counter off). The global ``mode`` is for the
+    several (``windows = []`` turns the counter off), and for a ratio (failrate) the
+    ``minimum`` of events a window needs before it is judged. The global ``mode`` is for the
     seed-004 counters: the invalid counter changes mode only in its own table, so that
     switching everything to shadow to measure the new counters cannot turn off blocking
     that already works.
@@ -39,10 +40,10 @@ def parse(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Policy]
         notify_shadow = v.boolean(table.get("notify_shadow", False))
     except ValueError as exc:
         raise ConfigError(f"{path}: limits.{'mode' if 'mode' in table else 'notify_shadow'} {exc}") from exc
-    def default(name: str) -> str:
-        return mode if mode is not None and name != "invalid" else default_mode(name)
+    def default(name: str, ns: str) -> str:
+        return mode if mode is not None and name != "invalid" else default_mode(name, ns)
 
-    policies = {ns: {n: Policy(n, p.windows, default(n)) for n, p in t.items()}
+    policies = {ns: {n: Policy(n, p.windows, default(n, ns), p.minimum) for n, p in t.items()}
                 for ns, t in default_policies().items()}
     for ns, ns_table in table.items():
         if ns in ("mode", "notify_shadow"):
@@ -60,21 +61,42 @@ def parse(path: str, table: dict[str, Any]) -> tuple[dict[str, dict[str, Policy]
             where = f"limits.{ns}" if counter_table is legacy else f"limits.{ns}.{name}"
             if name not in COUNTERS:
                 raise ConfigError(f"{path}: unknown key or counter {where}: counters are {', '.join(COUNTERS)}")
-            old = policies[ns].get(name) or Policy(name, (), default(name))
+            old = policies[ns].get(name) or Policy(name, (), default(name, ns))
             policies[ns][name] = _policy_of(path, where, name, v.table(path, where, counter_table), old)
     return policies, notify_shadow
 
 
 def _policy_of(path: str, where: str, name: str, table: dict[str, Any], old: Policy) -> Policy:
+    ratio, score = KINDS[name].adds == "ratio", KINDS[name].adds == "score"
+    allowed = ("limit", "mode", "windows") if score else (
+        "limit", "period", "windows", "mode", *(("minimum",) if ratio else ()))
     for key in table:
-        if key not in ("limit", "period", "windows", "mode"):
+        if key not in allowed:
             raise ConfigError(f"{path}: unknown key {where}.{key}")
+
+    try:
+        minimum = v.positive_int(table["minimum"]) if "minimum" in table else old.minimum
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {where}.minimum {exc}") from exc
     if "windows" in table and ("limit" in table or "period" in table):
         raise ConfigError(f"{path}: {where} has windows and limit/period: use one or the other")
     try:
         mode = v.mode(table["mode"]) if "mode" in table else old.mode
     except ValueError as exc:
         raise ConfigError(f"{path}: {where}.mode {exc}") from exc
+    if score:  # one window: the limit, in percent of the counters' limits added up (model.score)
+        if "windows" in table:
+            if table["windows"] != [] or "limit" in table:
+                raise ConfigError(f"{path}: {where} has a limit (percent) and no windows; windows = [] turns it off")
+            return Policy(name, (), mode)
+        if "limit" not in table:
+            if not old.windows:
+                raise ConfigError(f"{path}: {where} needs a limit")
+            return Policy(name, old.windows, mode)
+        try:
+            return Policy(name, ((v.positive_int(table["limit"]), 0.0),), mode)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {where}.limit {exc}") from exc
     if "windows" in table:
         raw = table["windows"]
         if not isinstance(raw, list):
@@ -88,14 +110,16 @@ def _policy_of(path: str, where: str, name: str, table: dict[str, Any], old: Pol
     periods = [w[1] for w in windows]
     if len(set(periods)) != len(periods):
         raise ConfigError(f"{path}: {where} has two windows of the same period; keep the one limit that matters")
-    return Policy(name, windows, mode)
+    if ratio and any(limit >= 100 for limit, _ in windows):
+        raise ConfigError(f"{path}: {where}: a limit of {name} is a percentage, from 1 to 99")
+    return Policy(name, windows, mode, minimum)
 
 
 def _window(path: str, where: str, table: Any, default: tuple[int, float] | None) -> tuple[int, float]:
     if not isinstance(table, dict):
         raise ConfigError(f'{path}: {where} must be a table such as {{limit = 100, period = "1h"}}')
     for key in table:
-        if key not in ("limit", "period", "mode", "windows"):
+        if key not in ("limit", "period", "mode", "windows", "minimum"):  # _policy_of says which the counter takes
             raise ConfigError(f"{path}: unknown key {where}.{key}")
     values: list[Any] = []
     for key, parse in (("limit", v.positive_int), ("period", v.period)):
@@ -127,7 +151,7 @@ def parse_overrides(path: str, table: dict[str, Any], policies: dict[str, dict[s
             for name, counter_table in v.table(path, where, pattern_table).items():
                 if name not in COUNTERS:
                     raise ConfigError(f"{path}: unknown counter {where}.{name}: counters are {', '.join(COUNTERS)}")
-                base = policies[ns].get(name) or Policy(name, (), default_mode(name))
+                base = policies[ns].get(name) or Policy(name, (), default_mode(name, ns))
                 policy = _policy_of(path, f"{where}.{name}", name, v.table(path, f"{where}.{name}", counter_table),
                                     base)
                 out.setdefault((ns, name), []).append((pattern, policy))

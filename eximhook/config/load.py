@@ -68,6 +68,23 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class CustomersConfig:
+    # which customer a user, relay host or local user belongs to, for [limits.customer]:
+    # a file of "NS:KEY CUSTOMER" lines (engine.customers); and, for an authenticated
+    # user it does not list, whether the domain of its id is its customer
+    lookup: str | None = _opt(None, v.opt_abs_path)
+    by_domain: bool = _opt(True, v.boolean)
+
+
+@dataclass(frozen=True)
+class LoginsConfig:
+    # how long an account is known from a network after it last sent mail from there: a
+    # login block (password spraying, [limits.login.authfail]) refuses AUTH for the
+    # account from every other network
+    known: float = _opt(30 * 86400.0, v.period)
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     to: str = _opt("postmaster", v.text)
     sender: str = _opt("root", v.text, toml="from")
@@ -222,7 +239,7 @@ _SECTIONS = {
     "store": StoreConfig, "notify": NotifyConfig, "hooks": HooksConfig, "serve": ServeConfig,
     "evidence": EvidenceConfig, "relay": RelayConfig, "net": NetConfig, "log": LogConfig, "exim": EximConfig,
     "bounces": BouncesConfig, "spool": SpoolConfig, "owner": OwnerConfig, "expiry": ExpiryConfig,
-    "relaytest": RelaytestConfig,
+    "relaytest": RelaytestConfig, "logins": LoginsConfig, "customers": CustomersConfig,
 }
 
 
@@ -251,6 +268,8 @@ class Config:
     owner: OwnerConfig = field(default_factory=OwnerConfig)
     expiry: ExpiryConfig = field(default_factory=ExpiryConfig)
     relaytest: RelaytestConfig = field(default_factory=RelaytestConfig)
+    logins: LoginsConfig = field(default_factory=LoginsConfig)
+    customers: CustomersConfig = field(default_factory=CustomersConfig)
 
     def policy(self, ns: str, counter: str, key: str | None = None) -> Policy | None:
         """The policy of ``counter`` for ``ns`` (and for one subject's ``key``: its override)."""

@@ -9,11 +9,16 @@ this machine's counters, in the same transaction."""
 
 from __future__ import annotations
 
+from ..model.ratelimit import tag
 from ..model.records import Event
 
 # what reads and marks the message references in the counters' write transaction: a
-# message is remembered for its bounces, a bounce recalls the message it reports
-_REFERENCES = ("message", "bounce")
+# message is remembered for its bounces, a bounce recalls the message it reports, a
+# delivery outcome marks the recipient's first
+_REFERENCES = ("message", "bounce", "delivery")
+# the outcomes of a remote delivery (the transport's events, exim-snippets): delivered,
+# deferred, refused; the last two are bad for the failure ratio (failrate)
+OUTCOMES = ("ok", "defer", "fail")
 
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
@@ -33,7 +38,32 @@ def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, no
     """The events ``req`` counts (none for a check, or for counters that are off), read
     and marked in the counters' write transaction ``txn``: a message is remembered for
     its bounces, a bounce recalls the message it reports (``txn`` None: neither, which
-    only a check or a count of another kind may be)."""
+    only a check or a count of another kind may be). Each event of a customer's member
+    counts against the customer too (``customers``)."""
+    found = _events_in(counters, txn, req, now, view)
+    return found + customer_events(view, found) if found else found
+
+
+def customer_events(view: View, found: list[Event]) -> list[Event]:
+    """The events of ``found`` again, for the customers of their subjects where a
+    customer's counter is on ([limits.customer.COUNTER]), each naming its member."""
+    if not view.policies.get("customer") and not any(ns == "customer" for ns, _ in view.overrides):
+        return []  # the common case: no customer limits, nothing to look up
+    from . import customers
+
+    out = []
+    for e in found:
+        cid = customers.of(view, e.ns, e.key)
+        p = None if cid is None else view.policy("customer", e.policy.name, cid)
+        if cid is not None and p is not None and p.windows:
+            evidence = f"{e.ns} {e.key}" + (f": {e.evidence}" if e.evidence else "")
+            out.append(Event("customer", cid, p, weight=e.weight, evidence=evidence, ip=e.ip, tags=e.tags,
+                             keep_evidence=e.keep_evidence, keep_ips=e.keep_ips))
+    return out
+
+
+def _events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, now: float,
+               view: View) -> list[Event]:
     f, ip = req.fields, req.fields.get("ip") or None
     if req.op == "check-blocked":
         return []
@@ -44,9 +74,20 @@ def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, no
         if sender and mid and req.ns != "sender":
             counters.remember_in(txn, sender, mid, req.ns, req.key, now, n)
         evidence = f"{f.get('id') or '-'} ({n} rcpt)"
-        return [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, keep_evidence=view.keep_evidence,
-                      keep_ips=view.keep_ips)
-                for ns, key, p in counted(view, "recipients", message_subjects(req.ns, req.key, sender))]
+        subjects = message_subjects(req.ns, req.key, sender)
+        found = [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, keep_evidence=view.keep_evidence,
+                       keep_ips=view.keep_ips) for ns, key, p in counted(view, "recipients", subjects)]
+        if "rcpts" in f and (tags := recipient_tags(f["rcpts"], n, f.get("id", ""))):
+            found += [Event(ns, key, p, weight=len(tags), evidence=evidence, tags=tags,
+                            keep_evidence=view.keep_evidence) for ns, key, p in counted(view, "rcpts", subjects)]
+        if req.ns == "auth" and ip and (net := view.wider("ip", ip)) is not None:
+            found += [Event(ns, key, p, evidence=net[1], tags=(tag(net[1]),), ip=ip,
+                            keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
+                      for ns, key, p in counted(view, "networks", [(req.ns, req.key)])]
+        return found
+    if req.op == "delivery":
+        assert txn is not None
+        return delivery_events(counters, txn, req, now, view)
     if req.op == "bounce":
         assert txn is not None
         subjects = bounce_subjects_in(counters, txn, now, req.key, message_id=message_ref(f.get("mid", "")),
@@ -55,6 +96,8 @@ def events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, no
         return [Event(ns, key, p, evidence=failed, keep_evidence=view.keep_evidence)
                 for ns, key, p in counted(view, "bounces", subjects)]
     subjects = record_subjects(req.ns, req.key, view.wider(req.ns, req.key))
+    if req.kind == "authfail" and f.get("user"):  # the account tried, from whichever address (spraying)
+        subjects.append(("login", f["user"]))
     return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=f.get("rcpt") or f.get("evidence") or None,
                   ip=ip, keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
             for ns, key, p in counted(view, req.kind, subjects)]
@@ -69,10 +112,14 @@ def events_of(counters: Counters, req: Request, now: float, view: View) -> list[
     return events_in(counters, None, req, now, view)
 
 
-def count_in(counters: Counters, txn: lmdb.Transaction, events: Sequence[Event], now: float) -> list[Tally]:
-    """Count each of ``events`` in the counters' write transaction ``txn``."""
-    return [counters.event(e.ns, e.key, now, e.policy, weight=e.weight, evidence=e.evidence, ip=e.ip,
-                           keep_evidence=e.keep_evidence, keep_ips=e.keep_ips)(txn) for e in events]
+def count_in(counters: Counters, txn: lmdb.Transaction, events: Sequence[Event], now: float,
+             view: View) -> list[Tally]:
+    """Count each of ``events`` in the counters' write transaction ``txn``; then the
+    combined scores over their limits (``scores``), read in the same transaction."""
+    from .scores import scores
+
+    tallies = [counters.event(e, now)(txn) for e in events]
+    return tallies + scores(tallies, now, view, lambda ns, key, names: counters.get_in(txn, ns, key, names))
 
 
 def counts(counters: Counters, req: Request, now: float,
@@ -83,9 +130,51 @@ def counts(counters: Counters, req: Request, now: float,
     message or a bounce reads its references in the transaction; the rest read nothing,
     so their events are made once, here."""
     if req.op in _REFERENCES:
-        return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now)
+        return lambda txn: count_in(counters, txn, events_in(counters, txn, req, now, view), now, view)
     found = events_in(counters, None, req, now, view)
-    return (lambda txn: count_in(counters, txn, found, now)) if found else None
+    return (lambda txn: count_in(counters, txn, found, now, view)) if found else None
+
+
+def delivery_events(counters: Counters, txn: lmdb.Transaction, req: Request, now: float,
+                    view: View) -> list[Event]:
+    """The events of one remote recipient's delivery outcome, read and marked in the
+    counters' write transaction ``txn``: its first outcome counts in the failure ratio
+    (failrate: bad if deferred or refused), its first refusal in the failures; a
+    deferral retried ten times, or reported by every host tried, is one. Marked for
+    ``[bounces] remember``, as the message references are."""
+    f = req.fields
+    outcome, subjects = f["outcome"], message_subjects(req.ns, req.key, f.get("sender", ""))
+    evidence = f"{f['rcpt']}: {f['evidence']}" if f.get("evidence") else f["rcpt"]
+    which = f"{f['id']}\0{f['rcpt']}"
+    found = []
+    if counted(view, "failrate", subjects) and counters.first_in(txn, "outcome", which, now, view.remember):
+        bad = (int(outcome != "ok"),)
+        found += [Event(ns, key, p, evidence=evidence if bad[0] else None, tags=bad,
+                        keep_evidence=view.keep_evidence) for ns, key, p in counted(view, "failrate", subjects)]
+    if outcome == "fail" and counted(view, "failures", subjects) and counters.first_in(txn, "fail", which, now,
+                                                                                      view.remember):
+        found += [Event(ns, key, p, evidence=evidence, keep_evidence=view.keep_evidence)
+                  for ns, key, p in counted(view, "failures", subjects)]
+    return found
+
+
+def recipient_tags(text: str, n: int, message_id: str) -> tuple[int, ...]:
+    """The tags of a message's recipients (``rcpts``: Exim's ``$recipients``, cut to
+    the snippets' size), for the distinct recipients (rcpts). A list cut short
+    (``evidence.CUT_END``) loses its last, partial address; the recipients it left out
+    count as distinct ones (tagged by the message and their place), up to ``CAP``: a
+    message that long is over the volume limit long before."""
+    from ..model.evidence import CUT_END
+    from ..model.ratelimit import CAP
+
+    cut = text.endswith(CUT_END)
+    listed = text.removesuffix(CUT_END).split(",")
+    if cut:
+        listed.pop()
+    found = dict.fromkeys(tag(x.strip().lower()) for x in listed if x.strip())
+    missing = min(max(n - len(listed), 0), CAP) if cut else 0  # a window keeps no more than CAP
+    found.update(dict.fromkeys(tag(f"{message_id}\0{i}") for i in range(missing)))
+    return tuple(found)
 
 
 def counted(view: View, counter: str, subjects: Sequence[tuple[str, str]]) -> list[tuple[str, str, Policy]]:

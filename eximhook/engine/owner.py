@@ -57,9 +57,12 @@ def from_pattern(pattern: str, key: str) -> str | None:
     return address(string.Template(pattern).substitute(key=key, local=local, domain=domain if at else ""))
 
 
-def read(path: str, ipv6_prefix: int) -> tuple[Entries, list[str]]:
+def read(path: str, ipv6_prefix: int, value: Callable[[str], str | None] | None = None,
+         what: str = "ADDRESS") -> tuple[Entries, list[str]]:
     """The lookup file's entries, and what is wrong with the lines left out ("line N:
-    ..."); ``OSError`` if it cannot be read."""
+    ..."); ``OSError`` if it cannot be read. ``value`` checks what follows a key (an
+    ``address`` by default; ``engine.customers`` reads its lookup file here too), as
+    ``what`` names it."""
     with open(path, "rb") as f:
         data = f.read()
     entries: Entries = {}
@@ -70,7 +73,7 @@ def read(path: str, ipv6_prefix: int) -> tuple[Entries, list[str]]:
         if not line or line.startswith(b"#"):
             continue
         try:
-            ns, key, to = _entry(line, ipv6_prefix)
+            ns, key, to = _entry(line, ipv6_prefix, value or address, what)
         except ValueError as exc:
             problems.append(f"line {n}: {exc}")
             continue
@@ -81,21 +84,23 @@ def read(path: str, ipv6_prefix: int) -> tuple[Entries, list[str]]:
     return entries, problems
 
 
-def _entry(line: bytes, ipv6_prefix: int) -> tuple[str, str, str]:
+def _entry(line: bytes, ipv6_prefix: int, value: Callable[[str], str | None], what: str) -> tuple[str, str, str]:
     raw_ns, sep, rest = line.partition(b":")
     ns = raw_ns.decode("ascii", "replace")
     if not sep or ns not in NAMESPACES:
-        raise ValueError(f"not 'NS:KEY ADDRESS' with NS one of {', '.join(NAMESPACES)}")
+        raise ValueError(f"not 'NS:KEY {what}' with NS one of {', '.join(NAMESPACES)}")
     if rest.startswith(b'"'):
         key, after = unquote(rest)
     else:
         cut = min((i for i in (rest.find(b" "), rest.find(b"\t")) if i >= 0), default=len(rest))
         key, after = rest[:cut].decode("utf-8", "surrogateescape"), rest[cut:]
     if after[:1] not in (b" ", b"\t") or not after.strip():
-        raise ValueError("no address after the key (NS:KEY ADDRESS)")
-    to = after.strip(b" \t").decode("ascii", "replace")
-    if address(to) is None:
-        raise ValueError(f"{escape(to)!r} is not a plain address (user@domain: letters, digits, . _ + = -)")
+        raise ValueError(f"no {what.lower()} after the key (NS:KEY {what})")
+    raw = after.strip(b" \t").decode("ascii", "replace")
+    to = value(raw)
+    if to is None:
+        raise ValueError(f"{escape(raw)!r} is not a plain {what.lower()}" + (
+            " (user@domain: letters, digits, . _ + = -)" if value is address else ""))
     try:
         return ns, normalize(ns, key, ipv6_prefix), to
     except BadSubject as exc:

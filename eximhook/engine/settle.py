@@ -37,8 +37,8 @@ def hold(req: Request, view: View) -> float:
     """How long the abuse desk's mail about a block this request trips waits. Only a
     count made at RCPT time trips before its message has an id: that notification
     waits ``[notify] hold`` for the DATA ACL to report it (``frozen``). A message count
-    names its message now; a bounce or an ip block freezes nothing."""
-    return 0.0 if req.op in ("message", "bounce") or req.ns not in FREEZING else view.hold
+    names its message now; a bounce, a delivery outcome or an ip block freezes nothing."""
+    return 0.0 if req.op in ("message", "bounce", "delivery") or req.ns not in FREEZING else view.hold
 
 
 def frozen(req: Request) -> str:
@@ -84,6 +84,8 @@ def after(store: Store, view: View, log: Logger, tally: Tally, outcome: Outcome,
 def trip_text(tally: Tally) -> str:
     """``6 invalid recipients within 3600s (limit 5)``: what a trip logs."""
     limit, period = tally.window
+    if tally.policy.adds == "score":
+        return f"{tally.count} {UNITS[tally.name]} (limit {limit} %: {', '.join(tally.counter.recent)})"
     return f"{tally.count} {UNITS[tally.name]} within {period:g}s (limit {limit})"
 
 

@@ -14,6 +14,12 @@ Debian offers hooks for this, in both layouts:
 - ``LOCAL_DENY_EXCEPTIONS_LOCAL_ACL_FILE`` is included at the very end of the ACL that
   comes first in Debian's ACL section, in both layouts: what it includes may start new
   ACLs, and ``exim-snippets/debian-acls.conf`` defines eximhook's there.
+Debian's remote smtp transports have no such hook (bookworm's 4.96 and trixie's 4.98
+alike) for the ``event_action`` that counts delivery outcomes (``EVENT_LINES``). In the
+split layout update-exim4.conf joins the files of ``conf.d/transport`` in the order of
+their names, so a file of eximhook's named right after a transport's file continues
+that transport (``transport_files``). The unsplit template is a conffile: there the
+admin adds the lines.
 A config that already sets one of these macros is refused with its name: the admin
 merges by hand. Nothing here prints or exits; the CLI does.
 """
@@ -57,6 +63,13 @@ TAKEN_OPTIONS = ("acl_not_smtp", "acl_smtp_auth", "acl_smtp_quit", "acl_smtp_not
 # and only in a build with events. Where it is, each failed AUTH is counted by the
 # auth:fail event (event_action), else by acl-auth.conf's QUIT and not-QUIT ACLs.
 AUTH_EVENT = "_EXP_VAR_EVENT_NAME"
+# Debian's remote smtp transports (internet and smarthost set-ups), and the lines that
+# count their delivery outcomes (exim-snippets/macros.conf, EXIMHOOK_DELIVERY_EVENT):
+# .ifdef, so that a transport whose macros are gone loses the option rather than keep
+# a text that, as an event_action, refuses every connection
+TRANSPORTS = ("remote_smtp", "remote_smtp_smarthost")
+EVENT_LINES = ".ifdef EXIMHOOK_DELIVERY_EVENT\n  event_action = EXIMHOOK_DELIVERY_EVENT\n.endif\n"
+_DRIVER = re.compile(r"^([A-Za-z0-9_]+)\s*:\s*$", re.M)  # "remote_smtp:", a driver's first line
 
 
 @dataclass(frozen=True)
@@ -132,17 +145,70 @@ def hook_command() -> str:
                      "define EXIMHOOK_CMD by hand (docs/exim.md)")
 
 
-def is_added(lay: Layout) -> bool:
+def transport_files(lay: Layout) -> tuple[list[tuple[str, str]], list[str]]:
+    """Where eximhook's lines for each of Debian's remote smtp transports go (split
+    layout): (transport, file) for those it can wire, and a note for each it cannot.
+    The file is named after the transport's own (``30_exim4-config_remote_smtp`` +
+    ``_eximhook``) and must come right after it, as update-exim4.conf orders the files
+    (``ls`` in the C locale, ``NAME.rul`` read in place of ``NAME``), which must end inside
+    that transport; a transport that sets event_action already is the admin's to merge."""
+    if not lay.split:
+        return [], [f"{t}: Debian's unsplit template (a conffile) has no hook for its event_action: add the lines "
+                    "docs/exim.md gives to it in exim4.conf.template" for t in TRANSPORTS]
+    top = os.path.join(lay.confdir, "conf.d", "transport")
     try:
-        with open(lay.main_file, encoding="utf-8", errors="surrogateescape") as f:
-            return BEGIN in f.read()
-    except FileNotFoundError:
+        names = [n for n in os.listdir(top) if re.fullmatch(r"[A-Za-z0-9_-]+", n)]  # what update-exim4.conf reads
+    except OSError:
+        names = []
+    found, notes = [], []
+    for transport in TRANSPORTS:
+        ours = _transport_file(lay, transport)
+        base = os.path.basename(ours).removesuffix("_eximhook")
+        before = sorted((n for n in names if os.fsencode(n) < os.fsencode(os.path.basename(ours))), key=os.fsencode)
+        path = os.path.join(top, base)
+        try:
+            with open(path + ".rul" if os.path.isfile(path + ".rul") else path, encoding="utf-8",
+                      errors="surrogateescape") as f:
+                text = f.read()
+        except OSError:
+            notes.append(f"{transport}: {path} is missing: add the lines docs/exim.md gives to the transport by hand")
+            continue
+        text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        last = [*_DRIVER.finditer(text)][-1:]
+        own = text[last[0].start():] if last and last[0][1] == transport else ""
+        if not before or before[-1] != base or not own:
+            notes.append(f"{transport}: {path} is not the file just before {os.path.basename(ours)}, or does not "
+                         "end inside the transport: add the lines docs/exim.md gives to the transport by hand")
+        elif re.search(r"^\s*event_action\s*=", own, re.M):
+            notes.append(f"{transport}: {path} sets event_action already: put EXIMHOOK_DELIVERY_EVENT in front of "
+                         "its value by hand (docs/exim.md)")
+        else:
+            found.append((transport, ours))
+    return found, notes
+
+
+def _transport_file(lay: Layout, transport: str) -> str:
+    """eximhook's lines for ``transport`` (split layout): named after Debian's file."""
+    return os.path.join(lay.confdir, "conf.d", "transport", f"30_exim4-config_{transport}_eximhook")
+
+
+def _holds(path: str, text: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return text in f.read()
+    except OSError:
         return False
 
 
+def is_added(lay: Layout) -> bool:
+    return _holds(lay.main_file, BEGIN)
+
+
 def add(lay: Layout, text: str) -> list[str]:
-    """Write ``text`` (``block()``) into the layout's main file; returns what changed.
-    Refuses when a hook eximhook takes is set already, or when it is added already."""
+    """Write ``text`` (``block()``) into the layout's main file and, in the split layout,
+    the lines that count delivery outcomes after each remote smtp transport it can wire
+    (``transport_files``); returns what changed. Refuses when a hook eximhook takes is
+    set already, or when it is added already."""
     if is_added(lay):
         raise SetupError(f"eximhook is set up already ({lay.main_file}): remove first to change it")
     for path in lay.sources():
@@ -161,6 +227,7 @@ def add(lay: Layout, text: str) -> list[str]:
                 raise SetupError(f"{path} sets the main option {option}, which eximhook's set-up sets too: "
                                  "merge by hand (docs/exim.md; for event_action, docs/guards.md, Password guessing)")
     path = lay.main_file
+    wired = transport_files(lay)[0]
     if lay.split or not os.path.exists(path):
         _write(path, (text if lay.split else _CREATED + "\n" + text).encode())
     else:
@@ -169,7 +236,10 @@ def add(lay: Layout, text: str) -> list[str]:
         if old and not old.endswith(b"\n"):
             text = "\n" + text.replace(BEGIN + "\n", BEGIN + "\n" + _JOINED + "\n", 1)
         _write(path, old + text.encode(), keep_mode_of=path)
-    return [path]
+    for transport, ours in wired:  # after the main file: remove() finds them by it
+        _write(ours, f"{BEGIN}\n# The transport {transport} goes on: update-exim4.conf joins this file to the one "
+                     f"before it, which defines it.\n{EVENT_LINES}{END}\n".encode())
+    return [path, *(ours for _, ours in wired)]
 
 
 def _main_section(lay: Layout, path: str, text: str) -> str:
@@ -220,8 +290,10 @@ def remove(lay: Layout) -> list[str]:
     if not is_added(lay):
         return []
     if lay.split:
-        os.unlink(path)
-        return [path]
+        ours = [p for p in (_transport_file(lay, t) for t in TRANSPORTS) if _holds(p, BEGIN)]
+        for p in [path, *ours]:
+            os.unlink(p)
+        return [path, *ours]
     with open(path, "rb") as f:
         data = f.read()
     start, end = data.index(BEGIN.encode()), data.index(END.encode())
@@ -284,6 +356,7 @@ def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SetupError(f"exim4 -bP: {exc}") from exc
     lines = [line.strip() for line in shown.stdout.splitlines() if line.strip()]
+    lines += _transports_counted(timeout)
     queries = [f"${{lookup{{{ns}:{_quote(key)}}}cdb{{EXIMHOOK_CDB}}{{blocked: its mail is accepted and frozen}}"
                f"{{not blocked: its invalid recipients are counted}}}}" for ns, key in samples]
     queries.append("${if exists{EXIMHOOK_SOCKET}{daemon socket EXIMHOOK_SOCKET: there}"
@@ -298,6 +371,29 @@ def selftest(samples: list[tuple[str, str]], timeout: float = 30) -> list[str]:
         own = " (but this machine's own address: the relay snippets skip it)" if own_address(ns, key) else ""
         lines.append(f"{ns} {key}: {answer}{own} (the cdb lookup the snippets make)")
     lines += answers[len(samples):len(samples) + 1]
+    return lines
+
+
+def _transports_counted(timeout: float) -> list[str]:
+    """Whether each of Debian's remote smtp transports counts its delivery outcomes: its
+    event_action is EXIMHOOK_DELIVERY_EVENT, as the generated config has it."""
+    def show(*what: str) -> str:
+        try:
+            return subprocess.run(["exim4", "-bP", *what], capture_output=True, text=True, timeout=timeout,
+                                  check=False).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SetupError(f"exim4 -bP: {exc}") from exc
+
+    ours = show("macro", "EXIMHOOK_DELIVERY_EVENT").partition("=")[2].strip()
+    lines = []
+    for transport in TRANSPORTS:
+        options = show("transport", transport).splitlines()
+        action = next((o.partition("=")[2].strip() for o in options if o.startswith("event_action =")), None)
+        lines.append(f"transport {transport}: " + (
+            "not in this config" if action is None else
+            "counts its delivery outcomes (event_action = EXIMHOOK_DELIVERY_EVENT)" if ours and action == ours else
+            "does not count delivery outcomes: an event_action of its own (docs/exim.md)" if action else
+            "does not count delivery outcomes: add the lines docs/exim.md gives to it"))
     return lines
 
 

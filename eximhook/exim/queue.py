@@ -60,6 +60,8 @@ class Message:
         if ns == "sender":
             sender = self.sender if "@" in self.sender or not qualify_domain else f"{self.sender}@{qualify_domain}"
             return sender.lower() == key
+        if ns == "customer":  # a member's: the snippets kept its customer (EXIMHOOK_CUSTOMER)
+            return self.acl_m.get("_customer") == key.encode("utf-8", "surrogateescape")
         return self.acl_m.get("_ns") == ns.encode() and self.acl_m.get("_user") == key.encode(
             "utf-8", "surrogateescape")
 

@@ -24,9 +24,12 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 _HEAD = struct.Struct("<QdB")  # total events, when last counted, number of windows
-_WINDOW = struct.Struct("<dIII")  # period, number of events; the count at the last crossing (0: none), its limit
+# period, number of events; the count at the last crossing (0: none), its limit; whether
+# its events carry tags (a distinct or ratio counter: ``ratelimit``)
+_WINDOW = struct.Struct("<dIIIB")
 _PEAK = struct.Struct("<II")  # day (since the epoch), the highest count seen in the window that day
 _EVENT = 12  # a time (8 bytes) and a weight (4)
+_TAG = 8  # and, in a window of a distinct or ratio counter, a tag
 _STRING = struct.Struct("<I")  # the length of one piece of evidence
 _STRINGS = struct.Struct("<H")  # how many
 PEAK_DAYS = 8  # daily peaks kept per window, for eximhook top --since (up to 7d)
@@ -36,7 +39,7 @@ _U32 = 0xFFFFFFFF
 def max_bytes(windows: int, keep_evidence: int, keep_ips: int) -> int:
     """The most a counter with ``windows`` windows can encode to, when it keeps
     ``keep_evidence`` pieces of evidence and ``keep_ips`` addresses."""
-    window = _WINDOW.size + CAP * _EVENT + 1 + PEAK_DAYS * _PEAK.size
+    window = _WINDOW.size + CAP * (_EVENT + _TAG) + 1 + PEAK_DAYS * _PEAK.size
     strings = 2 * (_STRINGS.size + EVIDENCE_KEPT) + (keep_evidence + keep_ips) * _STRING.size
     return _HEAD.size + windows * window + strings
 
@@ -52,20 +55,29 @@ class Window:
     names the event that crossed the limit, as it would without the race. The limit is
     kept with it: after an admin changes the limit, an old crossing names nothing."""
 
-    __slots__ = ("crossed", "crossed_limit", "peaks", "period", "times", "weights")
+    __slots__ = ("crossed", "crossed_limit", "peaks", "period", "tags", "times", "weights")
 
     def __init__(self, period: float, times: list[float] | None = None, weights: list[int] | None = None,
-                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0, crossed_limit: int = 0) -> None:
+                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0, crossed_limit: int = 0,
+                 tags: list[int] | None = None) -> None:
         self.period = period
         self.times = times or []
         self.weights = weights or []
+        self.tags = tags or []  # a distinct or ratio counter's (``ratelimit``); empty for a sum
         self.peaks = peaks or []
         self.crossed, self.crossed_limit = crossed, crossed_limit
 
-    def count(self, now: float) -> int:
-        from .ratelimit import in_window
+    def count(self, now: float, policy: Policy | None = None) -> int:
+        """The count now, as the counter's kind adds it up (``policy``: its ``adds`` and
+        ``minimum``; None: a sum): a sum, the distinct values, or a ratio's percentage."""
+        from bisect import bisect_right
 
-        return in_window(self.times, self.weights, now, self.period)
+        from .ratelimit import judge_ratio
+
+        start = bisect_right(self.times, now - self.period)
+        if policy is not None and policy.adds == "ratio":
+            return judge_ratio(self.weights[start:], self.tags[start:], 100, policy.minimum)[0]
+        return sum(self.weights[start:])
 
     def peak(self, since: float) -> tuple[int, int]:
         """The highest count from the day of ``since`` on, and its day (0, 0 if none)."""
@@ -116,9 +128,10 @@ class Counter:
         # far over any limit, rather than refused: such a subject is still counted
         parts = [_HEAD.pack(self.total, self.touched, len(self.windows))]
         for w in self.windows:
-            n = len(w.times)
-            parts += [_WINDOW.pack(w.period, n, min(w.crossed, _U32), min(w.crossed_limit, _U32)),
+            n, tagged = len(w.times), bool(w.tags)
+            parts += [_WINDOW.pack(w.period, n, min(w.crossed, _U32), min(w.crossed_limit, _U32), tagged),
                       struct.pack(f"<{n}d{n}I", *w.times, *(min(x, _U32) for x in w.weights)),
+                      struct.pack(f"<{n}Q", *w.tags) if tagged else b"",
                       struct.pack("<B", len(w.peaks)), *(_PEAK.pack(d, min(c, _U32)) for d, c in w.peaks)]
         for strings in (self.recent, self.ips):
             parts.append(_STRINGS.pack(len(strings)))
@@ -136,15 +149,17 @@ class Counter:
         pos = _HEAD.size
         windows = []
         for _ in range(nwin):
-            period, n, crossed, crossed_limit = _WINDOW.unpack_from(data, pos)
+            period, n, crossed, crossed_limit, tagged = _WINDOW.unpack_from(data, pos)
             pos += _WINDOW.size
             values = struct.unpack_from(f"<{n}d{n}I", data, pos)
             pos += _EVENT * n
+            tags = list(struct.unpack_from(f"<{n}Q", data, pos)) if tagged else []
+            pos += _TAG * n if tagged else 0
             (npeaks,) = struct.unpack_from("<B", data, pos)
             pos += 1
             peaks = [_PEAK.unpack_from(data, pos + i * _PEAK.size) for i in range(npeaks)]
             pos += npeaks * _PEAK.size
-            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed, crossed_limit))
+            windows.append(Window(period, list(values[:n]), list(values[n:]), peaks, crossed, crossed_limit, tags))
         lists: list[list[str]] = []
         for _ in range(2):
             (count,) = _STRINGS.unpack_from(data, pos)

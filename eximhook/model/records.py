@@ -33,15 +33,18 @@ class Request:
         return f"Request({self.op!r}, {self.ns!r}, {self.key!r}, {self.kind!r}, {self.fields!r})"
 
     def normalize(self, ipv6_prefix: int) -> None:
-        """Its subjects' keys as eximhook keeps them (``subjects.normalize``): the key and
-        a message's envelope sender. At the door, before anything is counted: a subject
-        that is no key (``BadSubject``) makes a bad request, not a failed count."""
+        """Its subjects' keys as eximhook keeps them (``subjects.normalize``): the key, a
+        message's (or a delivery's) envelope sender and the account a failed AUTH tried.
+        At the door, before anything is counted: a subject that is no key
+        (``BadSubject``) makes a bad request, not a failed count."""
         from .subjects import normalize
 
         if self.ns:
             self.key = normalize(self.ns, self.key, ipv6_prefix)
-        if self.op == "message" and self.fields.get("sender"):
+        if self.op in ("message", "delivery") and self.fields.get("sender"):
             self.fields["sender"] = normalize("sender", self.fields["sender"])
+        if self.kind == "authfail" and self.fields.get("user"):
+            self.fields["user"] = normalize("login", self.fields["user"])
 
 
 class Event:
@@ -49,18 +52,21 @@ class Event:
     recipients), with its evidence (the recipient, the failure) and the client's IP,
     both cut here (``evidence.cut``), before any backend stores them.
     ``once``: an id that makes the count happen once however often it is sent (Redis:
-    a relay sends again what it counted alone after a call that timed out)."""
+    a relay sends again what it counted alone after a call that timed out). ``tags``:
+    the values a distinct counter counts (``ratelimit.tag``), or (1,) for a bad event of
+    a ratio counter and (0,) for a good one."""
 
-    __slots__ = ("evidence", "ip", "keep_evidence", "keep_ips", "key", "ns", "once", "policy", "weight")
+    __slots__ = ("evidence", "ip", "keep_evidence", "keep_ips", "key", "ns", "once", "policy", "tags", "weight")
 
     def __init__(self, ns: str, key: str, policy: Policy, *, weight: int = 1, evidence: str | None = None,
-                 ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "") -> None:
+                 ip: str | None = None, keep_evidence: int = 10, keep_ips: int = 5, once: str = "",
+                 tags: tuple[int, ...] = ()) -> None:
         from .evidence import cut  # not on a check's path, which makes no event
 
         self.ns, self.key, self.policy, self.weight = ns, key, policy, weight
         self.evidence, self.ip = evidence and cut(evidence), ip and cut(ip)
         self.keep_evidence, self.keep_ips = keep_evidence, keep_ips
-        self.once = once
+        self.once, self.tags = once, tags
 
 
 class Outcome:

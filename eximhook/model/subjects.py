@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 # sender: an envelope sender address (bounces, volume); local: a local user who
 # submits with sendmail (the login name Exim gives as $sender_ident); ip: a client
 # address that fails SMTP AUTH (IPv6 grouped as relay's); net: the wider network of
-# such addresses ([net] prefixes: IPv4 /24, IPv6 /48), counted beside each of them
-NAMESPACES = ("auth", "relay", "sender", "local", "ip", "net")
+# such addresses ([net] prefixes: IPv4 /24, IPv6 /48), counted beside each of them;
+# login: an account as a failed SMTP AUTH names it, from any address (password
+# spraying): its block refuses AUTH for it only from networks it is not known from;
+# customer: the users, hosts and local users of one customer together (``engine.customers``)
+NAMESPACES = ("auth", "relay", "sender", "local", "ip", "net", "login", "customer")
 # A namespace whose events also count against the wider network that holds the key:
 # a /48 holds 65,536 /64s, each with a limit of its own (fail2ban's and CSF's answer)
 WIDER = {"ip": "net"}
@@ -27,8 +30,13 @@ GLOB = frozenset("*?[")  # what makes a pattern a glob (``exempt``)
 # file the seeds' own ACLs read (sender and local subjects are in the cdb file only).
 HEADERS = {"auth": "X-Authenticated-As", "relay": "X-Relayed-From", "local": "X-Local-Sender"}
 LSEARCH_FILES = {"auth": "blocked_authenticated_users", "relay": "blocked_relay_users"}
-# Whose mail the snippets freeze once they are blocked (an ip block refuses AUTH instead)
-FREEZING = ("auth", "relay", "sender", "local")
+# Whose mail the snippets freeze once they are blocked (an ip block refuses AUTH instead;
+# a customer's block freezes its members' mail)
+FREEZING = ("auth", "relay", "sender", "local", "customer")
+# Whose block answers no request: a login's acts where the account logs in (the
+# authenticator's EXIMHOOK_ALLOWED_*), not on the connection whose failure counted it,
+# which the address's own block answers
+SILENT = ("login",)
 
 MAX_KEY_BYTES = 16384
 # Exim's lsearch reads a line into a 4096-byte buffer (src/lookups/lsearch.c); a

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..model.policy import KINDS
 from ..model.subjects import escape
 from ..periods import format_period
 
 LABELS = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user", "ip": "client",
-          "net": "network"}
-# what each counter's block says the subject did, as the seeds' sentence has it
-_DID = {"invalid": "has sent mail to {count} invalid recipients", "bounces": "has caused {count} bounces",
-        "recipients": "has sent mail to {count} recipients", "authfail": "has failed SMTP AUTH {count} times"}
+          "net": "network", "login": "login", "customer": "customer"}
 
 
 def describe(block: dict[str, Any]) -> str:
@@ -27,5 +25,9 @@ def describe(block: dict[str, Any]) -> str:
 
 def did(block: dict[str, Any]) -> str:
     """What the subject did, for a block by a limit: ``has sent mail to ... (limit 100)``."""
-    text = _DID[block.get("counter") or "invalid"].format(count=block["count"])
-    return f"{text} during {format_period(block['period'])} (limit {block['limit']})"
+    kind = KINDS[block.get("counter") or "invalid"]
+    text = kind.did.format(count=block["count"])
+    if kind.adds == "score":  # its parts have windows of their own: the evidence lists them
+        return f"{text} (limit {block['limit']} %)"
+    percent = " %" if kind.adds == "ratio" else ""
+    return f"{text} during {format_period(block['period'])} (limit {block['limit']}{percent})"

@@ -16,6 +16,7 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from ..engine.expiry import when
+from ..model.policy import KINDS
 from ..model.subjects import FREEZING, escape, shell_quote
 from ..periods import format_period
 from ..storage import outbox
@@ -66,7 +67,7 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
     values: dict[str, str | list[str]] = {
         **_facts(block), "summary": describe(block), "reason": block["reason"], "by": escape(block["by"]),
         "note": escape(block.get("note") or "-"), "ips": ", ".join(escape(ip) for ip in block["ips"]) or "-",
-        "evidence_title": _EVIDENCE[counter], "evidence": [escape(r) for r in block["rcpts"]],
+        "evidence_title": KINDS[counter].evidence, "evidence": [escape(r) for r in block["rcpts"]],
         "frozen": " ".join(frozen) or "-", "frozen_count": str(len(frozen)), "command": prog, "subject_args": args,
         "consequence": [f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}", "",
                         "From now on everything this sender submits is accepted and frozen.",
@@ -117,8 +118,6 @@ def _facts(block: dict[str, Any]) -> dict[str, str]:
             "host": os.uname().nodename}
 
 
-_EVIDENCE = {"invalid": "Last invalid recipients", "bounces": "Last bounces (failed recipients)",
-             "recipients": "Last messages (Exim id, recipients)", "authfail": "Last user names tried"}
 
 
 def compose_spool(notice: dict[str, Any], *, to: str, sender: str, command: Sequence[str]) -> EmailMessage:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..backends import cluster
 from ..config.load import Config
-from ..engine import expiry, spool
+from ..engine import customers, expiry, spool
 from ..errors import EximhookError, Exit, ServeError, UnsafePath
 from ..hooks import FALLBACK_STAMP
 from ..log import Logger
@@ -29,6 +29,7 @@ from ..perms import Dir, read_file, remove, replace_files, resolve_owner
 from ..storage import mirror, outbox, upkeep
 from ..storage.counters import Counters
 from ..storage.store import Store
+from . import rspamd
 
 # The Nagios/Icinga plugin levels, which are also `eximhook status`'s exit codes.
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -184,7 +185,8 @@ def maintain(cfg: Config, log: Logger, command: list[str], now: float) -> tuple[
         for path in leftovers:
             log.log("notice", f"maintain: {path} was left by a killed mirror rewrite; rewriting removes it")
         # a rewrite removes leftovers under the lock; outside it they may be a live rewrite's
-        store.set_spool_floor(cfg.spool.floor)  # an edited floor reaches the mirror now
+        store.set_spool_floor(cfg.spool.floor)  # an edited floor reaches the mirror now, and the customers
+        customers.publish(store, cfg.customers.lookup, cfg.customers.by_domain, cfg.relay.ipv6_prefix)
         if not mirror.refresh(store, cfg.store.mirror_dir, log, force=bool(leftovers), wait=10.0):
             problems.append("the mirror files are behind the store (see the log)")
         spool.check(store, cfg.spool.guard(), now, log)
@@ -215,6 +217,7 @@ def status(cfg: Config, now: float) -> list[Check]:
         checks.append(Check("store", CRITICAL, f"cannot be read: {exc}"))
     checks.append(_counters_check(cfg))
     checks.append(_serve_check(cfg, now))
+    checks += [c for c in (_rspamd_check(cfg),) if c is not None]
     return checks
 
 
@@ -371,6 +374,21 @@ def _serve_check(cfg: Config, now: float) -> Check:
                                            "this relay counts in its own store only", up=False)
         return Check("serve", OK, "not running (no ${run} fallback in the last hour: not in use)", up=False)
     return Check("serve", OK, f"up ({rtt * 1000:.1f} ms)", up=True, rtt_ms=round(rtt * 1000, 2))
+
+
+def _rspamd_check(cfg: Config) -> Check | None:
+    """The rspamd Exim scans mail with (``rspamd.servers``): does its scanner answer?
+    When none does, Exim accepts mail unscanned and counts no verdict, which its log says
+    only message by message. None where Exim uses no rspamd."""
+    servers = rspamd.servers(cfg)
+    if not servers:
+        return None
+    down = [f"{' '.join(s[:2])} ({why})" for s in servers if (why := rspamd.no_pong(s, cfg.serve.timeout))]
+    if len(down) == len(servers):
+        return Check("rspamd", WARNING, f"does not answer: {'; '.join(down)}; Exim accepts mail unscanned and counts "
+                                        "no spam verdict (its mainlog: \"spam acl condition: ...\")", up=False)
+    return Check("rspamd", WARNING if down else OK, f"answers ({len(servers) - len(down)} of {len(servers)})"
+                 + (f"; not {'; '.join(down)}" if down else ""), up=True)
 
 
 def _size(path: str) -> int:

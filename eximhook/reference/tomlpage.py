@@ -16,7 +16,7 @@ from ..config import DEFAULT_PATH, ENV_VAR, hookcache
 from ..config import limits as _limits
 from ..config import values as v
 from ..config.load import _SECTIONS, Config
-from ..model.policy import COUNTERS, MODES, UNITS
+from ..model.policy import COUNTERS, MODES, UNITS, Policy
 from ..model.subjects import NAMESPACES
 from ..periods import format_period
 from . import example
@@ -158,19 +158,24 @@ def _limits_section(ex: example.Example) -> list[str]:
             name = next((n for n in reversed(names) if n in ex.tables), names[0])
             if policy is None and name not in ex.tables:
                 continue  # counted nowhere unless set, and the example does not suggest it
-            setting = "off unless set" if policy is None else limit_setting(policy.windows, policy.mode)
+            setting = "off unless set" if policy is None else limit_setting(policy)
             about = ex.tables[name].comment if name in ex.tables else ""
             lines += item(bold(f"[{name}]"), escape(setting), ".br", escape(about))
     return lines
 
 
-def limit_setting(windows: tuple[tuple[int, float], ...], mode: str) -> str:
-    """A counter's table as TOML keys: ``limit = 100, period = "1h", mode = "enforce"``."""
+def limit_setting(policy: Policy) -> str:
+    """A counter's table as TOML keys: ``limit = 100, period = "1h", mode = "enforce"``;
+    a ratio's with its ``minimum``, the combined score's without a period."""
+    windows, mode = policy.windows, policy.mode
+    if policy.adds == "score":
+        return f"limit = {windows[0][0]}, mode = {json.dumps(mode)}"
+    extra = f", minimum = {policy.minimum}" if policy.adds == "ratio" else ""
     if len(windows) == 1:
         (limit, period), = windows
-        return f"limit = {limit}, period = {json.dumps(format_period(period))}, mode = {json.dumps(mode)}"
+        return f"limit = {limit}, period = {json.dumps(format_period(period))}{extra}, mode = {json.dumps(mode)}"
     listed = ", ".join(f"{{limit = {lim}, period = {json.dumps(format_period(p))}}}" for lim, p in windows)
-    return f"windows = [{listed}], mode = {json.dumps(mode)}"
+    return f"windows = [{listed}]{extra}, mode = {json.dumps(mode)}"
 
 
 def _pattern_section(ex: example.Example, top: str) -> list[str]:

@@ -4,15 +4,21 @@
                                              shuts down its side after the request)
     check-blocked  NS KEY
     record-invalid NS KEY [rcpt=V] [ip=V]
-    record         KIND NS KEY [evidence=V] [ip=V] [n=V]
-    message        NS KEY n=V [sender=V] [mid=V] [ip=V] [id=V]
+    record         KIND NS KEY [evidence=V] [ip=V] [n=V] [user=V]
+    message        NS KEY n=V [sender=V] [mid=V] [ip=V] [id=V] [rcpts=V]
     bounce         SENDER [mid=V] [failed=V] [remote=V] [ip=V]
+    delivery       NS KEY id=V rcpt=V outcome=V [sender=V] [evidence=V]
     frozen         NS KEY id=V
     ping
 
 ``message`` is one message a subject sent (the DATA ACL, acl_not_smtp): ``n`` recipients
-(a decimal number), its envelope ``sender``, its Message-ID header ``mid`` and Exim id
-``id``. ``bounce`` is one bounce to ``SENDER`` (a namespace-``sender`` key); ``mid`` is
+(a decimal number), its envelope ``sender``, its Message-ID header ``mid``, Exim id
+``id`` and recipients ``rcpts`` (Exim's ``$recipients``, for the distinct recipients).
+A failed AUTH (``record authfail ip KEY``) names the account it tried in ``user``
+(the snippets' ``EXIMHOOK_FAIL_USER``, a ``login`` key), counted against it too.
+``delivery`` is the outcome of one remote recipient of a message the subject sent (the
+transport's event_action): ``outcome`` ``ok``, ``defer`` or ``fail``, the refusal's text
+in ``evidence``. ``bounce`` is one bounce to ``SENDER`` (a namespace-``sender`` key); ``mid`` is
 the bounce's References header, whose last id names the bounced message; ``remote`` is
 ``1`` for a report another MTA sent over SMTP (from ``ip``), counted only if ``mid``
 names a message we remember sending, once per reporting network (``engine.events.bounce_subjects_in``).
@@ -42,28 +48,30 @@ from __future__ import annotations
 
 import binascii
 
+from ..engine.events import OUTCOMES
 from ..errors import BadRequest
 from ..exim.queue import MESSAGE_ID
 from ..model.evidence import CUT_END
-from ..model.policy import COUNTERS
+from ..model.policy import COUNTED
 from ..model.records import Request, is_weight
 from ..model.subjects import NAMESPACES, escape
 
 YES, NO, PONG, ERROR = b"1", b"0", b"pong", b"E"
 # The kinds of event the generic "record" counts; "invalid" is record-invalid's.
-KINDS = COUNTERS
+KINDS = COUNTED
 _FIELDS = {
     "check-blocked": (),
     "record-invalid": ("rcpt", "ip"),
-    "record": ("evidence", "ip", "n"),
-    "message": ("n", "sender", "mid", "ip", "id"),
+    "record": ("evidence", "ip", "n", "user"),
+    "message": ("n", "sender", "mid", "ip", "id", "rcpts"),
     "bounce": ("mid", "failed", "remote", "ip"),
+    "delivery": ("id", "rcpt", "outcome", "sender", "evidence"),
     "frozen": ("id",),
 }
-_REQUIRED = {"message": ("n",), "frozen": ("id",)}
+_REQUIRED = {"message": ("n",), "frozen": ("id",), "delivery": ("id", "rcpt", "outcome")}
 # Evidence that may be cut: text kept for the admin, or a header whose tail names a
 # message. The others name a subject or a number, and are whole or left out.
-EVIDENCE = ("rcpt", "evidence", "mid", "failed")
+EVIDENCE = ("rcpt", "evidence", "mid", "failed", "rcpts")
 
 
 def _decode(name: str, value: bytes) -> str:
@@ -131,6 +139,8 @@ def parse(line: bytes, cut: bool = False) -> Request:
         raise BadRequest(f"id {escape(fields['id'][:40])!r} is not an Exim message id")
     if "n" in fields and not is_weight(fields["n"]):
         raise BadRequest(f"n {escape(fields['n'][:40])!r} is not a number of recipients")
+    if op == "delivery" and fields["outcome"] not in OUTCOMES:
+        raise BadRequest(f"outcome {escape(fields['outcome'][:40])!r} is none of {', '.join(OUTCOMES)}")
     return Request(op, ns, key, kind or ("invalid" if op == "record-invalid" else ""), fields)
 
 

@@ -23,6 +23,7 @@ from a small thread pool, and a sync thread copies the blocks other relays make:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import signal
@@ -36,10 +37,11 @@ from ..backends import cluster
 from ..backends.lmdb import LmdbBackend, exempt_in
 from ..config.hookcache import View
 from ..config.load import Config, load
-from ..engine import events, settle, spool
+from ..engine import customers, events, logins, settle, spool
 from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
 from ..log import Logger
 from ..model.records import Request
+from ..model.subjects import SILENT
 from ..storage import mirror
 from ..storage.counters import Counters, Tally
 from ..storage.store import Store
@@ -124,6 +126,8 @@ class Server:
             conn.state = "waiting"
             self.shared.submit(conn, req, now)
             return
+        if logins.learning(req, self.view) is not None:  # a write, if any, off the loop: the store thread's
+            self.trips.put(functools.partial(logins.learn, self.store, req, now, self.view))
         body = events.counts(self.counters, req, now, self.view)
         if body is None:  # a check, or nothing configured to count: is the subject blocked?
             self._answer_blocked(conn, req)
@@ -133,6 +137,14 @@ class Server:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # after this turn's other requests
+
+    def _publish(self) -> None:
+        """The customers' members, for the mirror (``customers.publish``)."""
+        c = self.cfg.customers
+        try:
+            customers.publish(self.store, c.lookup, c.by_domain, self.cfg.relay.ipv6_prefix)
+        except EximhookError as exc:
+            self.failure("store", f"could not hand the customers' members to the mirror: {exc}")
 
     def _answer_blocked(self, conn: Connection, req: Request) -> None:
         try:
@@ -188,7 +200,7 @@ class Server:
                     if blocks or not store.shadowed_in(t.name, t.ns, t.key, t.window)(txn):
                         over.append(t)
                         enforced = enforced or blocks
-                out.append((bool(blocked), over, enforced))
+                out.append((any(ns not in SILENT for ns, _ in blocked), over, enforced))
             return out
         seen: list[Any]
         try:
@@ -239,6 +251,11 @@ class Server:
                 return
             if item is _CHECK_MIRROR:
                 self.mirror_check_asked = False
+            elif callable(item):  # what the loop hands over to write (logins.learn)
+                try:
+                    item()
+                except EximhookError as exc:
+                    self.failure("learn", f"could not note where an account sends from: {exc}")
             elif item is not None:
                 self._settle(*item)
             if item is _CHECK_MIRROR or time.monotonic() - checked >= self.cfg.serve.check_interval:
@@ -268,7 +285,7 @@ class Server:
             for tally in tallies:
                 outcome = settle.decide(self.lmdb, view, self.log, tally, job.now, hold)
                 settle.after(self.store, view, self.log, tally, outcome, frozen=frozen, outbox=self.outbox)
-                blocked = blocked or outcome.blocked
+                blocked = blocked or (outcome.blocked and tally.ns not in SILENT)
         except Exception as exc:  # a bug must not kill the store thread: log it, answer the fallback
             if answer:
                 self.loop.call_soon_threadsafe(self._failed, job, exc)
@@ -284,7 +301,9 @@ class Server:
         self.loop = asyncio.get_running_loop()
         path = self.cfg.serve.socket
         # files a fresh store has never had: Exim's cdb lookup fails (and the snippets
-        # answer 451) while they are missing, so they are there before the first answer
+        # answer 451) while they are missing, so they are there before the first answer;
+        # with the customers' members as the config has them now
+        self._publish()
         mirror.refresh(self.store, self.cfg.store.mirror_dir, self.log)
         listener = await self._listen(path)
         stopping = asyncio.Event()
@@ -348,6 +367,7 @@ class Server:
         self.cfg, self.view = new, View.of(new)
         self.log = Logger(new.log.file)
         self.log.log("notice", f"SIGHUP: config {new.path} read again")
+        self._publish()  # an edited [customers] lookup reaches the mirror on the store thread's next look
 
 
 def serve(cfg: Config, *, allow_root: bool = False) -> None:

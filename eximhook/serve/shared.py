@@ -38,8 +38,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ..engine import events, settle
+from ..engine import events, logins, settle
+from ..engine.scores import scores
 from ..model.records import Event, Request
+from ..model.subjects import SILENT
 from . import protocol
 from .relay import Relay
 from .sync import Sync
@@ -88,6 +90,7 @@ class Shared(Relay):
         if conn.state != "waiting":  # answered with the fallback at its deadline: Redis was slow
             return
         try:
+            logins.learn(self.server.store, req, now, self.server.view)  # this relay's: its mirror's
             events, blocked = self._events(req, now), None  # once: they mark message references
             if self.up:
                 try:
@@ -119,17 +122,22 @@ class Shared(Relay):
         request's subjects blocked? A blocked network stands for its addresses."""
         view, hold = self.server.view, settle.hold(req, self.server.view)
         frozen = settle.frozen(req)
-        blocked, seen, covered = False, set(), set()
+        blocked, seen, covered, tallies = False, set(), set(), []
         for event in events:
             if view.wider(event.ns, event.key) in covered:
                 continue
             tally, outcome = backend.record(event, now, hold=hold, notify_shadow=view.notify_shadow,
                                             exempt=exempt(event.ns))
             keep(tally, outcome, now, hold, frozen)
+            tallies.append(tally)
             seen.add((event.ns, event.key))
-            if outcome.blocked:
+            if outcome.blocked and tally.ns not in SILENT:
                 blocked = True
                 covered.add((event.ns, event.key))
+        for tally in scores(tallies, now, view, backend.counters_of):  # no script counts them: settled here
+            outcome = backend.settle(tally, now, hold=hold, notify_shadow=view.notify_shadow, exempt=exempt(tally.ns))
+            keep(tally, outcome, now, hold, frozen)
+            blocked = blocked or (outcome.blocked and tally.ns not in SILENT)
         if (req.ns, req.key) in seen or not backend.is_blocked(req.ns, req.key):
             return blocked
         if backend is self.backend:  # blocked in Redis: into this store and mirror before the answer

@@ -110,7 +110,7 @@ class Sync:
             if policy is not None and policy.windows:
                 event = Event(item["ns"], item["key"], policy, weight=item["weight"], evidence=item["evidence"],
                               ip=item["ip"], keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips,
-                              once=item["once"])
+                              once=item["once"], tags=tuple(item.get("tags", ())))
                 try:
                     tally, outcome = self.backend.record(event, item["ts"], hold=item["hold"],
                                                          notify_shadow=cfg.notify_shadow,

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     import lmdb
 
-    from ..model.policy import Policy
+    from ..model.records import Event
 
     T = TypeVar("T")
 
@@ -58,7 +58,7 @@ __all__ = ["PEAK_DAYS", "Counter", "Counters", "Tally", "Window", "ref_digest"]
 _DBS = (COUNTERS, REFS, TOUCHED)
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
-_FORMAT = "4"  # counters that know when they last counted; a stamp of another format wipes them, as a reboot does
+_FORMAT = "5"  # windows whose events may carry tags; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
 _BATCH = 256  # counters per sweeping transaction: hooks wait for the lock meanwhile
 _SWEPT, _HEARTBEAT = b"\0swept", b"\0heartbeat"
@@ -176,8 +176,12 @@ class Counters(Budgeted):
     # -- counting ------------------------------------------------------------------
 
     def get(self, ns: str, key: str, name: str = "invalid") -> Counter:
-        ck = name.encode() + b"\0" + subject_key(ns, key)
-        return Counter.decode(self.read(lambda txn: txn.get(ck, db=self.db(txn, COUNTERS))))
+        return self.read(lambda txn: self.get_in(txn, ns, key, (name,))[name])
+
+    def get_in(self, txn: lmdb.Transaction, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Counter]:
+        """The subject's counters ``names`` in transaction ``txn`` (an empty one if none)."""
+        sk, db = subject_key(ns, key), self.db(txn, COUNTERS)
+        return {name: Counter.decode(txn.get(name.encode() + b"\0" + sk, db=db)) for name in names}
 
     def all_of(self, name: str) -> list[tuple[bytes, Counter]]:
         """Every subject's counter ``name``: (subject key, counter), for eximhook top."""
@@ -211,15 +215,16 @@ class Counters(Budgeted):
                     self._drop_in(txn, ck, touched_of(old))
         self.update(body)
 
-    def event(self, ns: str, key: str, now: float, policy: Policy, *, weight: int = 1, evidence: str | None = None,
-              ip: str | None = None, keep_evidence: int = 10,
-              keep_ips: int = 5) -> Callable[[lmdb.Transaction], Tally]:
-        """The body that counts one event of ``weight`` for the subject in each of the
-        policy's windows (windows no longer configured are dropped). The evidence and
+    def event(self, e: Event, now: float) -> Callable[[lmdb.Transaction], Tally]:
+        """The body that counts event ``e`` for its subject in each of its policy's
+        windows, as the counter's kind adds up (``ratelimit.add``: the weight, or the
+        values its tags name); windows no longer configured are dropped. The evidence and
         the address are kept cut (``evidence.cut``), the last ``keep_evidence`` and
         ``keep_ips`` of them, within ``evidence.EVIDENCE_KEPT`` bytes each (``newest``)."""
+        ns, key, policy, weight, tags = e.ns, e.key, e.policy, e.weight, e.tags
+        keep_evidence, keep_ips = e.keep_evidence, e.keep_ips
         ck = policy.name.encode() + b"\0" + subject_key(ns, key)
-        evidence, ip = evidence and cut(evidence), ip and cut(ip)
+        evidence, ip = e.evidence and cut(e.evidence), e.ip and cut(e.ip)
 
         from ..model import ratelimit  # here, not at the top: check-blocked never needs it
 
@@ -230,8 +235,9 @@ class Counters(Budgeted):
             day = int(now // 86400)
             for i, (limit, period) in enumerate(policy.windows):
                 w = c.window(period)
-                w.times, w.weights, count, is_over = ratelimit.record(w.times, w.weights, now, weight, limit, period)
-                if is_over and count - weight <= limit:  # this event crossed the limit
+                w.times, w.weights, w.tags, count, is_over, crossed = ratelimit.add(
+                    policy.adds, w.times, w.weights, w.tags, now, weight, tags, limit, policy.minimum, period)
+                if crossed:  # this event took the window over its limit
                     w.crossed, w.crossed_limit = count, limit
                 if w.peaks and w.peaks[-1][0] == day:
                     if count > w.peaks[-1][1]:

@@ -4,7 +4,8 @@
   Exim's lsearch syntax, so the seeds' ``${lookup{$acl_m_user}lsearch{...}}`` and
   support staff keep working.
 - ``blocked_subjects.cdb``: keys ``NS:KEY`` for the snippets' check (and the spool
-  guard's threshold, ``spool.LOW_KEY``),
+  guard's threshold, ``spool.LOW_KEY``; for a blocked login, ``known:NET:USER`` for
+  each network its account is known from when the file is written: ``storage.known``),
   ``${lookup{auth:$acl_m_user}cdb{...}}``: a cdb lookup costs ~4 µs in Exim, against
   ~12 ms for a Python ``${run}``.
 
@@ -22,11 +23,13 @@ looks (``current``) sees the lag and rewrites.
 from __future__ import annotations
 
 import os
+import struct
 
 from ..errors import FileError, UnsafePath
 from ..model import spool
 from ..model.subjects import LSEARCH_FILES, lsearch_line
 from ..perms import TMP, Dir, Locked, read_file, replace_files
+from .known import networks_in
 from .store import Store
 
 CDB_FILE = "blocked_subjects.cdb"
@@ -34,6 +37,13 @@ LOCK_FILE = "mirror.lock"
 STAMP_FILE = "mirror.generation"
 # The cdb key that holds the generation: no subject key has this namespace.
 GENERATION_KEY = b"eximhook:generation"
+# A network a blocked login may still log in from: no namespace is called "known"; the
+# network (Exim's ${mask:} form, no colon) ends at the second colon, whatever the user
+KNOWN_PREFIX = "known:"
+# A customer's member, NS:KEY, and whether an authenticated user's domain is its customer
+# (``engine.customers``): no namespace is called "member"
+MEMBER_PREFIX, BY_DOMAIN_KEY = b"member:", b"eximhook:by-domain"
+_MEMBER = struct.Struct(">HB")  # the lengths of NS:KEY (at most 16 KiB and a bit) and of the customer id
 
 TYPE_CHECKING = False  # typing costs ~10 ms to import; hooks come here on a blocked answer
 if TYPE_CHECKING:
@@ -62,15 +72,20 @@ def current(store: Store, generation: int | None = None) -> bool:
 def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: bool = False) -> dict[str, int]:
     """Rewrite every mirror file; returns the number of keys written per file name
     (nothing, with ``if_behind``, when another process brought it up to date first)."""
+    import time
+
     from . import cdb
 
+    now = time.time()
     lock_path = os.path.join(store.path, LOCK_FILE)
     try:
         with Locked(lock_path, timeout, store.owner):
             # only a lock holder writes temp files: any found now were left by a killed rewrite
             remove_stale_temp_files(mirror_dir, store.path)
-            generation, blocks, floor = store.read(lambda txn: (store.generation_in(txn), store.blocks_in(txn),
-                                                                store.spool_floor_in(txn)))
+            generation, blocks, floor, known, members = store.read(lambda txn: (
+                store.generation_in(txn), store.blocks_in(txn), store.spool_floor_in(txn),
+                [(b["key"], networks_in(store, txn, b["key"], now)) for b in store.blocks_in(txn, "login")],
+                store.mirrored_in(txn, b"customers")))
             if if_behind and current(store, generation):
                 return {}
             files: list[tuple[str, bytes]] = []
@@ -90,6 +105,13 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             writer.put(spool.LOW_KEY, b"%d" % spool.threshold(blocks, floor))
             for b in blocks:
                 writer.put(f"{b['ns']}:{b['key']}".encode("utf-8", "surrogateescape"), b"1")
+            for user, networks in known:  # where a blocked login may still log in (EXIMHOOK_ALLOWED_*)
+                for net in networks:
+                    writer.put(f"{KNOWN_PREFIX}{net}:{user}".encode("utf-8", "surrogateescape"), b"1")
+            by_domain, listed = unpack_members(members)  # whose customer is blocked (EXIMHOOK_CUSTOMER_*)
+            writer.put(BY_DOMAIN_KEY, b"%d" % by_domain)
+            for subject, customer in listed:
+                writer.put(MEMBER_PREFIX + subject, customer)
             files.append((os.path.join(mirror_dir, CDB_FILE), writer.finish()))
             written[CDB_FILE] = len(blocks)
             replace_files(files, store.owner)
@@ -104,6 +126,29 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
         raise FileError(f"cannot write {where} ([store] mirror_dir): {exc.strerror}") from exc
     return written
 
+
+
+def pack_members(by_domain: bool, entries: dict[tuple[str, str], str]) -> bytes:
+    """Customers' members as the store keeps them for the mirror (``unpack_members``)."""
+    out = [b"%d" % by_domain]
+    for (ns, key), customer in sorted(entries.items()):
+        subject, cid = f"{ns}:{key}".encode("utf-8", "surrogateescape"), customer.encode()
+        out.append(_MEMBER.pack(len(subject), len(cid)) + subject + cid)
+    return b"".join(out)
+
+
+def unpack_members(data: bytes | None) -> tuple[bool, list[tuple[bytes, bytes]]]:
+    """(by_domain, [(NS:KEY, customer)]) from ``pack_members``; nothing handed over yet:
+    domains are customers (the default), none listed."""
+    if not data:
+        return True, []
+    out, pos = [], 1
+    while pos + _MEMBER.size <= len(data):
+        n, m = _MEMBER.unpack_from(data, pos)
+        pos += _MEMBER.size
+        out.append((data[pos : pos + n], data[pos + n : pos + n + m]))
+        pos += n + m
+    return data[:1] == b"1", out
 
 class LockBusy(FileError):
     """Another process holds the mirror lock: it is rewriting the mirror right now."""

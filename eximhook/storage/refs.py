@@ -60,7 +60,15 @@ class MessageRefs(Env):
                         remember: float) -> bool:
         """True the first time ``source`` (a reporting MTA's network) reports on the
         message, and remembers that it has: one forger reports each message once."""
-        digest = ref_digest(sender, f"{message_id}\0{source}")
+        return self._first_in(txn, ref_digest(sender, f"{message_id}\0{source}"), now, remember)
+
+    def first_in(self, txn: lmdb.Transaction, what: str, which: str, now: float, remember: float) -> bool:
+        """True the first time within ``remember`` seconds that ``which`` happens as
+        ``what`` (a remote recipient's first delivery outcome, its first refusal), and
+        remembers that it has."""
+        return self._first_in(txn, ref_digest(f"\0{what}", which), now, remember)
+
+    def _first_in(self, txn: lmdb.Transaction, digest: bytes, now: float, remember: float) -> bool:
         if self._ref_in(txn, digest, now, remember) is not None:
             return False
         txn.put(_HOUR.pack(int(now // 3600)) + digest, b"", db=self.db(txn, REFS))

@@ -17,10 +17,12 @@ Key layout (all keys are bytes; ``S`` is the subject key, see ``subject_key``):
   offences  S                        -> JSON {"count", "last"}: the subject's blocks while [expiry] is
                                       on, and when it was last under one (see ``expiry``)
   relaytest IP (text, normalised)    -> JSON record of the host's open-relay tests (``relaytest.table``)
+  known     S                        -> JSON [[NETWORK, LAST_SEEN], ...]: where a user sends from (``known``)
   meta      b"generation"            -> 8-byte big-endian count of block changes
             b"heartbeat"             -> the time of the last health probe
             b"spool-low"             -> since when the spool is below the guard's threshold
             b"spool-floor"           -> [spool] floor, KiB, for the mirror
+            b"mirror" NUL NAME       -> what else the mirror writes (customers' members: ``set_mirrored``)
             b"digest" NUL NS         -> JSON {"times", "next"}: the namespace's last mails about
                                       blocks, and when its next digest is due (``outbox``)
 """
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 # "counters" is the database where eximhook before 0.2 kept them: listed so that an
 # older store still opens with room for all its databases; nothing reads it now.
 _DBS = (b"blocks", b"outbox", b"audit", b"meta", b"counters", b"shadow", b"exempt", b"offences",
-        b"relaytest", b"journal")
+        b"relaytest", b"journal", b"known")
 _GENERATION = b"generation"
 # LMDB's default maximum key size is 511 bytes; longer keys are stored by digest and
 # the full key lives in the record.
@@ -288,6 +290,25 @@ class Store(Env):
             self._bump(txn)
             return True
         if self.read(self.spool_floor_in) == kib:  # the common case: a read, no write lock
+            return False
+        return self.update(body)
+
+    def mirrored_in(self, txn: lmdb.Transaction, name: bytes) -> bytes | None:
+        """What an admin command or the daemon handed the mirror under ``name`` (the
+        mirror has no config: ``set_mirrored``)."""
+        data = txn.get(b"mirror\0" + name, db=self.db(txn, b"meta"))
+        return None if data is None else bytes(data)
+
+    def set_mirrored(self, name: bytes, value: bytes) -> bool:
+        """Keep ``value`` for the mirror; True if it changed: the generation moves, so the
+        next look rewrites the mirror files (as ``set_spool_floor``)."""
+        def body(txn: lmdb.Transaction) -> bool:
+            if self.mirrored_in(txn, name) == value:
+                return False
+            txn.put(b"mirror\0" + name, value, db=self.db(txn, b"meta"))
+            self._bump(txn)
+            return True
+        if self.read(lambda txn: self.mirrored_in(txn, name)) == value:  # a read, no write lock
             return False
         return self.update(body)
 

@@ -6,14 +6,9 @@ the Exim user on a Unix socket in a temp dir, stopped by its pid)."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import pytest
 
@@ -28,21 +23,6 @@ LIMIT = 5
 BOT = "carol"  # has a mailbox: the bounces of its invalid recipients are delivered, not frozen
 ALICE = f"alice@{h.DOMAIN}"
 Cluster = tuple[h.Exim, h.Exim]
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """This test's own redis-server, as the Exim user (the daemons run as it and the
-    socket is 0700); the test may stop it and start it again on the same socket."""
-    where = Path(tempfile.mkdtemp(prefix="ehredis-e2e-"))
-    exim = pwd.getpwnam(h.EXIM_USER)
-    os.chown(where, exim.pw_uid, exim.pw_gid)
-    server = RedisServer(where, user=h.EXIM_USER).start()
-    try:
-        yield server
-    finally:
-        server.close()
-        shutil.rmtree(where, ignore_errors=True)
 
 
 @pytest.fixture

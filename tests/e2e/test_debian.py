@@ -146,6 +146,12 @@ def test_setup_exim4_add_test_remove(debian: tuple[h.Exim, Path]) -> None:
     if "dc_use_split_config='true'" in (out / "etc-before" / "update-exim4.conf.conf").read_text():
         # split: the relay-test snippets leave remove working
         assert (out / "relaytest.check").read_text() == "routed while added\nremoved\n"
+        # Debian's remote smtp transports, continued by eximhook's files, count delivery outcomes
+        assert ("transport remote_smtp: counts its delivery outcomes (event_action = EXIMHOOK_DELIVERY_EVENT)\n"
+                "transport remote_smtp_smarthost: counts its delivery outcomes") in tested
+    else:  # unsplit: the template is a conffile; add says what to add to it
+        assert "transport remote_smtp: does not count delivery outcomes: add the lines docs/exim.md" in tested
+        assert "not counted for remote_smtp_smarthost: Debian's unsplit template" in (out / "add.out").read_text()
 
 
 def send(server: h.Exim, rcpts: list[str], subject: str) -> dict[str, tuple[int, bytes]]:

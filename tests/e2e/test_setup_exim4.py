@@ -181,3 +181,92 @@ def test_remove_keeps_the_admins_lines_in_a_file_add_created(tmp_path: Path) -> 
         f.write("MAIN_TLS_ENABLE = yes\n")
     debian.remove(lay)
     assert Path(lay.main_file).read_text() == "MAIN_TLS_ENABLE = yes\n", "without add's remark that it deletes it"
+
+
+DEBIAN_TRANSPORTS = {  # Debian's remote smtp transports, cut short, and a file after them
+    "30_exim4-config_remote_smtp": "### transport/30_exim4-config_remote_smtp\nremote_smtp:\n  driver = smtp\n"
+                                   ".ifdef REMOTE_SMTP_HELO_DATA\n  helo_data=REMOTE_SMTP_HELO_DATA\n.endif\n",
+    "30_exim4-config_remote_smtp_smarthost": "remote_smtp_smarthost:\n  driver = smtp\n  multi_domain\n",
+    "35_exim4-config_address_directory": "address_directory:\n  driver = appendfile\n",
+}
+
+
+def transports(top: Path, extra: dict[str, str] | None = None) -> Path:
+    (top / "conf.d" / "transport").mkdir()
+    for name, text in {**DEBIAN_TRANSPORTS, **(extra or {})}.items():
+        (top / "conf.d" / "transport" / name).write_text(text)
+    return top / "conf.d" / "transport"
+
+
+def joined(directory: Path) -> str:
+    """The section as update-exim4.conf joins it: names in C order, NAME.rul for NAME."""
+    names = sorted((p.name for p in directory.iterdir() if "." not in p.name), key=str.encode)
+    return "".join(((directory / f"{n}.rul") if (directory / f"{n}.rul").exists() else directory / n).read_text()
+                   for n in names)
+
+
+def test_split_layout_counts_delivery_outcomes_in_debians_transports(tmp_path: Path) -> None:
+    """A file named after each remote smtp transport's own comes right after it, and
+    so continues it with the event_action lines; remove restores every byte."""
+    top = confdir(tmp_path, split=True)
+    section = transports(top)
+    before = snapshot(top)
+    lay = debian.layout(str(top))
+    assert debian.transport_files(lay)[1] == []
+    changed = debian.add(lay, TEXT)
+    assert changed == [lay.main_file, str(section / "30_exim4-config_remote_smtp_eximhook"),
+                       str(section / "30_exim4-config_remote_smtp_smarthost_eximhook")]
+    text = joined(section)
+    for transport, after in (("remote_smtp", "remote_smtp_smarthost"), ("remote_smtp_smarthost", "address_directory")):
+        own = text[text.index(f"\n{transport}:\n"):text.index(f"\n{after}:\n")]
+        assert own.count(debian.EVENT_LINES) == 1, f"{transport} ends with the event lines"
+    assert debian.remove(lay) == changed
+    assert snapshot(top) == before
+
+
+@pytest.mark.parametrize(("extra", "note"), [
+    ({"30_exim4-config_remote_smtp_dkim": "# the admin's\n"}, "is not the file just before"),
+    ({"30_exim4-config_remote_smtp.rul": "remote_smtp:\n  driver = smtp\n  event_action = ${if eq{1}{1}{}}\n"},
+     "sets event_action already"),
+    ({"30_exim4-config_remote_smtp": "remote_smtp:\n  driver = smtp\nother:\n  driver = smtp\n"},
+     "does not end inside the transport"),
+], ids=["a-file-between", "its-own-event-action", "another-transport-after"])
+def test_a_transport_that_cannot_be_continued_is_left_to_the_admin(tmp_path: Path, extra: dict[str, str],
+                                                                   note: str) -> None:
+    top = confdir(tmp_path, split=True)
+    section = transports(top, extra)
+    lay = debian.layout(str(top))
+    wired, notes = debian.transport_files(lay)
+    assert [t for t, _ in wired] == ["remote_smtp_smarthost"]
+    [said] = notes
+    assert said.startswith("remote_smtp: ") and note in said
+    before = snapshot(top)
+    assert debian.add(lay, TEXT)[1:] == [str(section / "30_exim4-config_remote_smtp_smarthost_eximhook")]
+    debian.remove(lay)
+    assert snapshot(top) == before
+
+
+def test_unsplit_layout_leaves_the_transports_to_the_admin(tmp_path: Path) -> None:
+    """The unsplit template is a conffile: add writes only its block, and says what to add."""
+    lay = debian.layout(str(confdir(tmp_path, split=False)))
+    wired, notes = debian.transport_files(lay)
+    assert wired == [] and [n.split(":")[0] for n in notes] == list(debian.TRANSPORTS)
+    assert debian.add(lay, TEXT) == [lay.main_file]
+
+
+@needs_exim
+def test_the_event_lines_count_only_with_the_macros(tmp_path: Path) -> None:
+    """As Exim reads them: with eximhook's macros, the transport's event_action is
+    EXIMHOOK_DELIVERY_EVENT; without them (macros.conf gone, the lines left), none,
+    rather than a text that would refuse every connection."""
+    transport = f"begin transports\nremote_smtp:\n  driver = smtp\n{debian.EVENT_LINES}"
+    conf = tmp_path / "exim.conf"
+    shown = {}
+    for with_macros in (True, False):
+        head = f"EXIMHOOK_SOCKET = {tmp_path}/sock\n.include {SNIPPETS}/macros.conf\n" if with_macros else ""
+        conf.write_text(f"{head}spool_directory = {tmp_path}/spool\n{transport}")
+        options = subprocess.run([EXIM, "-C", str(conf), "-bP", "transport", "remote_smtp"], capture_output=True,
+                                 text=True, check=True).stdout.splitlines()
+        shown[with_macros] = next(o for o in options if o.startswith("event_action ="))
+    assert shown[True].startswith("event_action = ${if and{{def:acl_m_ns}") and f"{tmp_path}/sock" in shown[True]
+    assert shown[False] == "event_action = "

@@ -115,6 +115,66 @@ def test_window_is_exact(backend: Backend, gaps: list[float], weights: list[int]
         assert not outcome.blocked and tally.counter.total == sum(w for _, w in events[: i + 1])
 
 
+def distinct_oracle(events: list[tuple[float, tuple[int, ...]]], i: int, period: float) -> int:
+    """How many different values the events in (t - period, t] name."""
+    t = events[i][0]
+    return len({x for u, values in events[: i + 1] if u > t - period for x in values})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gaps=st.lists(st.sampled_from([0.0, 1.0, 9.99, 10.0, 10.01, 30.0]), min_size=1, max_size=30),
+       values=st.lists(st.lists(st.sampled_from([0, 1, 2, 3, 5, 8, 13, 21, (1 << 52) - 1]), min_size=1, max_size=4),
+                       min_size=30, max_size=30),
+       limit=st.integers(min_value=1, max_value=6))
+def test_a_distinct_window_is_exact_up_to_its_limit(backend: Backend, gaps: list[float], values: list[list[int]],
+                                                    limit: int) -> None:
+    """Distinct values (``rcpts``, ``networks``): exact while the true count is at most the
+    limit, over it whenever the true count is; both backends alike, 52-bit tags whole."""
+    key = uuid.uuid4().hex
+    policy = Policy("rcpts", ((limit, 10.0), (limit * 2, 25.0)), "shadow")
+    events, t = [], NOW
+    for gap, v in zip(gaps, values, strict=False):
+        t += gap
+        events.append((t, tuple(v)))
+    for i, (t, v) in enumerate(events):
+        tally, _ = backend.record(Event("auth", key, policy, tags=v), t)
+        for count, (lim, period) in zip(tally.counts, policy.windows, strict=True):
+            true = distinct_oracle(events, i, period)
+            assert count == true if true <= lim else count == lim + 1
+
+
+def ratio_oracle(events: list[tuple[float, int, bool]], i: int, period: float, limit: int,
+                 minimum: int) -> tuple[int, bool]:
+    t = events[i][0]
+    inside = [(w, bad) for u, w, bad in events[: i + 1] if u > t - period]
+    total, bad = sum(w for w, _ in inside), sum(w for w, b in inside if b)
+    if total < minimum:
+        return 0, False
+    return bad * 100 // total, bad * 100 > limit * total
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gaps=st.lists(st.sampled_from([0.0, 1.0, 9.99, 10.0, 30.0]), min_size=1, max_size=30),
+       outcomes=st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=30, max_size=30),
+       limit=st.integers(min_value=1, max_value=99), minimum=st.integers(min_value=1, max_value=8))
+def test_a_ratio_window_is_exact_and_trips_once(backend: Backend, gaps: list[float],
+                                                outcomes: list[tuple[int, bool]], limit: int, minimum: int) -> None:
+    """The failure ratio (``failrate``): the percentage of bad events, judged from
+    ``minimum`` events on; the first event over the limit trips, once."""
+    key = uuid.uuid4().hex
+    policy = Policy("failrate", ((limit, 10.0),), "enforce", minimum)
+    events, t, tripped = [], NOW, 0
+    for gap, (w, bad) in zip(gaps, outcomes, strict=False):
+        t += gap
+        events.append((t, w, bad))
+    for i, (t, w, bad) in enumerate(events):
+        tally, outcome = backend.record(Event("relay", key, policy, weight=w, tags=(int(bad),)), t)
+        percent, over = ratio_oracle(events, i, 10.0, limit, minimum)
+        assert (tally.counts[0], tally.over >= 0) == (percent, over)
+        tripped += outcome.tripped
+    assert tripped == int(any(ratio_oracle(events, i, 10.0, limit, minimum)[1] for i in range(len(events))))
+
+
 def test_clock_stepping_back_counts_at_the_newest_time(backend: Backend) -> None:
     policy = enforce((5, 10.0))
     backend.record(Event("auth", "u", policy), NOW)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from eximhook.model.evidence import CUT_END, EVIDENCE_BYTES, EVIDENCE_KEPT
 from eximhook.model.policy import Policy
+from eximhook.model.records import Event
 from eximhook.serve.protocol import encode
 from eximhook.storage.counters import Counters
 
@@ -49,7 +50,7 @@ def test_a_password_guesser_cannot_fill_the_disk(tmp_path: Path, serve: Serve, c
 def test_the_daemon_sweeps_by_itself(tmp_path: Path, serve: Serve) -> None:
     config = write_config(tmp_path, settings={"serve.check_interval": 0.2})
     with Counters(str(tmp_path / "store")) as counters:
-        counters.update(counters.event("auth", "gone", time.time() - 9 * DAY, INVALID, evidence="x"))
+        counters.update(counters.event(Event("auth", "gone", INVALID, evidence="x"), time.time() - 9 * DAY))
     d = serve(config)
     with Counters(str(tmp_path / "store")) as counters:
         wait_for("the daemon's sweep", lambda: counters.get("auth", "gone").total == 0)

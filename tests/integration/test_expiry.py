@@ -20,6 +20,7 @@ from eximhook.engine.settle import make_known
 from eximhook.errors import NotBlocked
 from eximhook.log import Logger
 from eximhook.model import schedule
+from eximhook.model.records import Event
 from eximhook.ops import health
 from eximhook.serve.protocol import encode
 from eximhook.storage.counters import Counters
@@ -45,7 +46,7 @@ def trip(cfg: Config, key: str, now: float) -> dict[str, Any]:
     log = Logger(cfg.log.file)
     with Store(cfg.store.path) as store, Counters(cfg.store.path) as counters:
         for _ in range(6):
-            tally = counters.update(counters.event("auth", key, now, cfg.policies["auth"]["invalid"]))
+            tally = counters.update(counters.event(Event("auth", key, cfg.policies["auth"]["invalid"]), now))
             outcome = settle(store, tally, now, expiry=cfg.expiry.schedule())
             make_known(store, cfg.store.mirror_dir, log, tally, outcome)
         block = store.get_block("auth", key)

@@ -19,12 +19,14 @@ COMMON = {"eximhook", "eximhook.hooks", "eximhook.errors", "eximhook.log", "exim
           "eximhook.config", "eximhook.config.hookcache", "eximhook.model", "eximhook.model.subjects",
           "eximhook.model.policy", "eximhook.model.ratelimit", "eximhook.model.records", "eximhook.model.evidence",
           "eximhook.model.counter", "eximhook.storage", "eximhook.storage.env", "eximhook.storage.store"}
-# A count: the counters, the one path from a request to counts and from a count to a block.
+# A count: the counters, the one path from a request to counts (and the combined score) and from a count to a block.
 COUNT = COMMON | {"eximhook.storage.counters", "eximhook.storage.budget", "eximhook.storage.refs",
                   "eximhook.engine", "eximhook.engine.events", "eximhook.engine.settle",
+                  "eximhook.engine.scores", "eximhook.model.score", "eximhook.engine.logins",
                   "eximhook.backends", "eximhook.backends.base", "eximhook.backends.lmdb"}
 # A trip: the block's record (json), its exemption check, the spool guard, the mirror files.
-TRIP = COUNT | {"eximhook.model.patterns", "eximhook.model.spool", "eximhook.storage.mirror", "eximhook.storage.cdb"}
+TRIP = COUNT | {"eximhook.model.patterns", "eximhook.model.spool", "eximhook.storage.mirror", "eximhook.storage.cdb",
+                "eximhook.storage.known"}
 NEVER = {"redis", "typing", "dataclasses", "enum", "argparse", "tomllib"}
 TRIP_NEVER = NEVER - {"enum"}  # json's re brings enum: a block's record is JSON
 
@@ -57,6 +59,8 @@ def loaded(config: Path, calls: list[tuple[str, list[str]]]) -> tuple[str, set[s
                   ("record-invalid", ["auth", "bob", "--rcpt", "y@example.com"])], "01", TRIP, TRIP_NEVER, id="trip"),
     pytest.param([("record-message", ["auth", "bob", "--count", "1", "--sender", "bob@example.com"])], "0", COUNT,
                  NEVER, id="message"),
+    pytest.param([("record-message", ["auth", "bob", "--count", "1", "--ip", "192.0.2.7"])], "0",
+                 COUNT | {"eximhook.storage.known"}, NEVER, id="message-learns"),
 ])
 def test_a_hook_loads_only_its_modules(tmp_path: Path, calls: list[tuple[str, list[str]]], tokens: str,
                                        allowed: set[str], never: set[str]) -> None:

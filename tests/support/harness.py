@@ -33,6 +33,7 @@ from eximhook.model.subjects import lsearch_line
 
 from .config import toml_value
 from .daemon import Daemon
+from .loopback import LoopbackServer
 from .paths import EXIM, EXIM_USER, EXIMHOOK, EXIPICK, SNIPPETS
 from .ports import free_port
 from .waiting import wait_for
@@ -67,10 +68,12 @@ class Exim:
                  macros: dict[str, str] | None = None, serve: bool = False, rcpt_acl: str | None = None,
                  settings: dict[str, object] | None = None, eximhook_extra: str = "",
                  record_runs: bool = False, activated: bool = False, auth_guard: bool = True,
-                 relay_hosts: tuple[str, ...] = (RELAY_CLIENT,), routers: str = "", transports: str = "") -> None:
+                 relay_hosts: tuple[str, ...] = (RELAY_CLIENT,), routers: str = "", transports: str = "",
+                 main: str = "") -> None:
         self.work = work
         self.relay_hosts = relay_hosts  # customers: relay_from_hosts
         self.routers, self.transports = routers, transports  # inserted first in their sections
+        self.main = main  # main-section options of the test's own (spamd_address), after the defaults
         self.port = free_port()
         self.closed_port = free_port()
         self.users = users
@@ -181,6 +184,7 @@ queue_run_in_order = false
 log_selector = +subject +received_recipients
 tls_certificate = {w}/cert.pem
 tls_privatekey = {w}/key.pem
+{self.main}
 .include {s}/tls-auth.conf
 acl_smtp_rcpt = acl_check_rcpt
 acl_smtp_data = acl_check_data
@@ -268,7 +272,8 @@ plain:
   driver = plaintext
   public_name = PLAIN
   server_prompts = :
-  server_condition = ${{if eq{{$auth3}}{{${{lookup{{$auth2}}lsearch{{{w}/passwd}}{{$value}}fail}}}}}}
+  server_condition = ${{if and{{{{bool{{EXIMHOOK_ALLOWED_PLAIN}}}}\
+                              {{eq{{$auth3}}{{${{lookup{{$auth2}}lsearch{{{w}/passwd}}{{$value}}fail}}}}}}}}}}
   server_set_id = $auth2
   server_advertise_condition = EXIMHOOK_AUTH_ADVERTISE
 """
@@ -300,7 +305,8 @@ plain:
         self.sink.start()
         if self.serve and self.daemon is None:
             self.start_daemon()
-        self.proc = subprocess.Popen([EXIM, "-C", str(self.conf), "-bdf", "-oX", str(self.port),
+        listen = f"<; 127.0.0.1.{self.port} ; ::1.{self.port}"  # loopback only, as local_interfaces
+        self.proc = subprocess.Popen([EXIM, "-C", str(self.conf), "-bdf", "-oX", listen,
                                       "-oP", str(self.work / "exim.pid")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -413,37 +419,13 @@ plain:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-class RefusingSink:
+class RefusingSink(LoopbackServer):
     """A remote MTA on 127.0.0.1 that takes every recipient and refuses the data with a
     550: Exim's callout verification passes, its delivery fails, and it bounces."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.server: socket.socket | None = None
+        super().__init__()
         self.messages = 0
-
-    def start(self) -> None:
-        import threading
-
-        if self.server is not None:
-            return
-        self.server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._serve, args=(self.server,), daemon=True).start()
-
-    def stop(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            server.close()
-
-    def _serve(self, server: socket.socket) -> None:
-        import threading
-
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as lines:

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .waiting import wait_for
+from .waiting import wait_up
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # sun_path holds 108 bytes; pytest's tmp_path can be longer than that
@@ -63,19 +63,7 @@ class RedisServer:
             argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(self.dir))
-        proc = self.proc
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise AssertionError(f"redis-server exited {proc.returncode}: {err}{self.log()}")
-            return self.ping()
-
-        try:
-            wait_for(f"redis-server to answer on {self.socket}", up, timeout)
-        except AssertionError:
-            self.stop()
-            raise
+        wait_up(self.proc, f"redis-server to answer on {self.socket}", self.ping, self.log, self.stop, timeout)
         return self
 
     def ping(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -15,3 +16,20 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 20.0) -> o
             return result
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def wait_up(proc: subprocess.Popen[bytes], what: str, ping: Callable[[], bool], log: Callable[[], str],
+            stop: Callable[[], object], timeout: float = 20.0) -> None:
+    """Wait until the server ``proc`` runs answers ``ping``; fail at once, with its
+    stderr and ``log()``, if it exits; stop it when it never answers."""
+    def up() -> bool:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise AssertionError(f"{what.split()[0]} exited {proc.returncode}: {err}{log()}")
+        return ping()
+
+    try:
+        wait_for(what, up, timeout)
+    except AssertionError:
+        stop()
+        raise

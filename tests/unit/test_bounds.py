@@ -63,23 +63,28 @@ def test_evidence_is_cut_between_characters(text: str) -> None:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=st.integers(1, 1300), evidence=st.lists(any_text | st.just("x" * 12000), min_size=1, max_size=12),
        ips=st.lists(any_text, min_size=1, max_size=8), steps=st.lists(st.floats(-5, 4), min_size=1, max_size=20),
-       weights=st.lists(st.integers(1, (1 << 31) - 1), min_size=1, max_size=5))
+       weights=st.lists(st.integers(1, (1 << 31) - 1), min_size=1, max_size=5),
+       counter=st.sampled_from(["invalid", "rcpts", "failrate"]),
+       tags=st.lists(st.lists(st.integers(0, (1 << 52) - 1), min_size=1, max_size=40), min_size=1, max_size=6))
 def test_a_counter_never_outgrows_its_bound(tmp_path_factory: pytest.TempPathFactory, events: int,
                                             evidence: list[str], ips: list[str], steps: list[float],
-                                            weights: list[int]) -> None:
+                                            weights: list[int], counter: str, tags: list[list[int]]) -> None:
     """However many events, however long their evidence, however heavy (a message of
-    2**31 - 1 recipients), however the clock steps: each is counted, and a counter with
-    two windows encodes to at most ``max_bytes(2, 10, 5)``."""
+    2**31 - 1 recipients), however many distinct values, however the clock steps: each
+    is counted, and a counter of any kind (a sum, distinct values, a ratio) with two
+    windows encodes to at most ``max_bytes(2, 10, 5)``."""
     counters = Counters(str(tmp_path_factory.mktemp("c")))
-    policy = Policy("invalid", ((50, 60.0), (1000, 3600.0)), "enforce")
+    policy = Policy(counter, ((50, 60.0), (1000 if counter != "failrate" else 20, 3600.0)), "enforce")
     now = 1_700_000_000.0
     try:
         for i in range(events):
             now += steps[i % len(steps)]
-            counters.update(counters.event("auth", "bob", now, policy, weight=weights[i % len(weights)],
-                                           evidence=evidence[i % len(evidence)] or None, ip=ips[i % len(ips)] or None,
-                                           keep_evidence=10, keep_ips=5))
-        ck = b"invalid\0" + subject_key("auth", "bob")
+            values = tuple(x % 2 for x in tags[i % len(tags)][:1]) if counter == "failrate" else tags[i % len(tags)]
+            event = Event("auth", "bob", policy, weight=weights[i % len(weights)],
+                          evidence=evidence[i % len(evidence)] or None, ip=ips[i % len(ips)] or None,
+                          keep_evidence=10, keep_ips=5, tags=tuple(values) if counter != "invalid" else ())
+            counters.update(counters.event(event, now))
+        ck = counter.encode() + b"\0" + subject_key("auth", "bob")
         raw = counters.read(lambda txn: bytes(txn.get(ck, db=counters.db(txn, b"counters"))))
     finally:
         counters.close()
@@ -87,6 +92,8 @@ def test_a_counter_never_outgrows_its_bound(tmp_path_factory: pytest.TempPathFac
     c = Counter.decode(raw)
     assert all(len(x.encode("utf-8", "surrogateescape")) <= EVIDENCE_BYTES for x in [*c.recent, *c.ips])
     assert len(c.recent) <= 10 and len(c.ips) <= 5
+    if counter == "rcpts":  # a distinct window keeps the newest limit + 1 values
+        assert all(len(w.times) <= 1001 and len(set(w.tags)) == len(w.tags) for w in c.windows)
 
 
 def test_a_block_record_holds_little_evidence() -> None:
@@ -193,7 +200,7 @@ def test_counting_never_fails_for_want_of_room(tmp_path: Path, path: str) -> Non
     counters = Counters(str(tmp_path), 1 << 20)
     now = time.time()
     for i in range(8000):
-        body = counters.event("ip", f"2001:db8:{i:x}::/64", now + i / 100, AUTHFAIL, evidence="x" * 3000)
+        body = counters.event(Event("ip", f"2001:db8:{i:x}::/64", AUTHFAIL, evidence="x" * 3000), now + i / 100)
         tally = counters.update(body) if path == "hook" else (counters.try_update_many([body]) or [None])[0]
         assert tally.counts == [1]
     assert (tmp_path / "counters" / "data.mdb").stat().st_size <= 1 << 20

@@ -96,7 +96,7 @@ mode = "shadow"
     ('[exempt]\nauth = "bob"\n', "must be a list of patterns"),
     ('[exempt]\nusers = ["bob"]\n', "unknown key exempt.users"),
     ('[exempt]\nrelay = ["2001:db8::1"]\n', r"exempt.relay: the pattern '2001:db8::1' is narrower"),
-    ('[overrides.auth."bob"]\nspam = {limit = 1}\n', "unknown counter"),
+    ('[overrides.auth."bob"]\nham = {limit = 1}\n', "unknown counter"),
     ('[overrides.auth."bob".invalid]\nlimit = 0\n', "limit must be a whole number"),
     ('[overrides.auth."bob".invalid]\nburst = 3\n', "unknown key"),
     ('[overrides.people."bob".invalid]\nlimit = 3\n', "unknown section"),

@@ -41,11 +41,13 @@ def test_an_invalid_recipient_is_one_request_by_either_door(ns: str, key: str, r
     assert same(by_hook, door(protocol.encode("record-invalid", ns, key, rcpt=rcpt, ip=ip)))
 
 
-@given(key=TEXT, n=st.integers(1, (1 << 31) - 1), sender=TEXT, mid=MID, ip=IP)
-def test_a_message_is_one_request_by_either_door(key: str, n: int, sender: str, mid: str, ip: str) -> None:
+@given(key=TEXT, n=st.integers(1, (1 << 31) - 1), sender=TEXT, mid=MID, ip=IP, rcpts=TEXT)
+def test_a_message_is_one_request_by_either_door(key: str, n: int, sender: str, mid: str, ip: str,
+                                                 rcpts: str) -> None:
     by_hook, _ = hooks.request("record-message", ["auth", key, "--count", str(n), "--sender", sender, "--mid", mid,
-                                                  "--ip", ip, "--id", "1xVbPi-0005Ww-2y"], 64)
-    line = protocol.encode("message", "auth", key, n=str(n), sender=sender, mid=mid, ip=ip, id="1xVbPi-0005Ww-2y")
+                                                  "--ip", ip, "--id", "1xVbPi-0005Ww-2y", "--rcpts", rcpts], 64)
+    line = protocol.encode("message", "auth", key, n=str(n), sender=sender, mid=mid, ip=ip, id="1xVbPi-0005Ww-2y",
+                           rcpts=rcpts)
     assert same(by_hook, door(line))
 
 

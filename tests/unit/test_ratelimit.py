@@ -95,3 +95,59 @@ def test_clock_stepping_back_keeps_state_sorted() -> None:
 
 def test_compact_merges_a_slot_into_its_first_event() -> None:
     assert ratelimit.compact([0.0, 0.4, 1.2, 1.9, 5.0], [1, 2, 3, 4, 5], 1.0) == ([0.0, 1.2, 5.0], [3, 7, 5])
+
+
+# -- distinct values and ratios (issue 24) ------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(batches=st.lists(st.tuples(st.floats(0, 5), st.lists(st.integers(0, 40), min_size=1, max_size=8)),
+                        min_size=1, max_size=60),
+       limit=st.integers(1, 30))
+def test_distinct_is_exact_up_to_the_limit_and_crosses_once_per_rise(batches: list[tuple[float, list[int]]],
+                                                                     limit: int) -> None:
+    """A distinct window keeps at most limit + 1 values, counts exactly while the true
+    count is at most the limit, and says "crossed" exactly when it goes from at most the
+    limit to over it (the window just before this event held at most the limit)."""
+    period, t = 20.0, 0.0
+    times: list[float] = []
+    weights: list[int] = []
+    tags: list[int] = []
+    seen: list[tuple[float, int]] = []
+    for gap, values in batches:
+        t += gap
+        before = len({x for u, x in seen if u > t - period})  # what the window held just before
+        seen += [(t, x) for x in values]
+        times, weights, tags, count, over, crossed = ratelimit.add("distinct", times, weights, tags, t, 1,
+                                                                   tuple(values), limit, 0, period)
+        true = len({x for u, x in seen if u > t - period})
+        assert len(times) <= limit + 1 and len(set(tags)) == len(tags) and weights == [1] * len(times)
+        assert count == true if true <= limit else count == limit + 1
+        assert over == (true > limit) and crossed == (over and before <= limit)
+
+
+@settings(max_examples=100)
+@given(events=st.lists(st.tuples(st.floats(0, 0.2), st.integers(1, 5), st.booleans()), min_size=1, max_size=3000),
+       limit=st.integers(1, 99), minimum=st.integers(1, 30))
+def test_a_ratio_window_stays_bounded_and_close(events: list[tuple[float, int, bool]], limit: int,
+                                                minimum: int) -> None:
+    """Past CAP events, a ratio window compacts per slot and tag: at most CAP entries,
+    and its good and bad totals never more than the true ones nor less than the events
+    of the last period minus one slot."""
+    period, t = 60.0, 0.0
+    times: list[float] = []
+    weights: list[int] = []
+    tags: list[int] = []
+    seen: list[tuple[float, int, bool]] = []
+    for gap, w, bad in events:
+        t += gap
+        seen.append((t, w, bad))
+        times, weights, tags, *_ = ratelimit.add("ratio", times, weights, tags, t, w, (int(bad),),
+                                                               limit, minimum, period)
+        assert len(times) <= CAP
+    slot = period / (CAP // 4)
+    for flag in (0, 1):
+        kept = sum(w for w, x in zip(weights, tags, strict=True) if x == flag)
+        most = sum(w for u, w, b in seen if u > t - period and b == flag)
+        least = sum(w for u, w, b in seen if u > t - period + slot and b == flag)
+        assert least <= kept <= most

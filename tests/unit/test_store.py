@@ -84,12 +84,12 @@ def test_the_block_names_the_event_that_crossed_the_limit(store: Store, counters
     (limit 3) may settle after one that counted the 6th. The record says 4 either way;
     a weighted event that jumps the limit says its own count."""
     policy = Policy("invalid", ((3, 3600.0),), "enforce")
-    tallies = [counters.update(counters.event("auth", "eve", 100.0 + i, policy)) for i in range(6)]
+    tallies = [counters.update(counters.event(Event("auth", "eve", policy), 100.0 + i)) for i in range(6)]
     assert settle(store, tallies[5], 106.0).tripped, "the 6th settles first"
     assert store.get_block("auth", "eve")["count"] == 4  # type: ignore[index]
     assert not settle(store, tallies[3], 107.0).tripped, "the 4th finds the block made"
     volume = Policy("recipients", ((10, 3600.0),), "enforce")
-    big = [counters.update(counters.event("auth", "fay", 100.0 + i, volume, weight=4)) for i in range(4)]
+    big = [counters.update(counters.event(Event("auth", "fay", volume, weight=4), 100.0 + i)) for i in range(4)]
     settle(store, big[3], 110.0)
     assert store.get_block("auth", "fay")["count"] == 12, "4+4+4 crossed 10"  # type: ignore[index]
 
@@ -97,8 +97,8 @@ def test_the_block_names_the_event_that_crossed_the_limit(store: Store, counters
 def test_a_crossing_under_another_limit_names_nothing(store: Store, counters: Counters) -> None:
     high, low = Policy("recipients", ((100, 3600.0),), "enforce"), Policy("recipients", ((20, 3600.0),), "enforce")
     for i in range(150):
-        counters.update(counters.event("auth", "gus", 100.0 + i, high))  # crossed 100 at 101
-    tally = counters.update(counters.event("auth", "gus", 300.0, low))  # the admin lowered the limit
+        counters.update(counters.event(Event("auth", "gus", high), 100.0 + i))  # crossed 100 at 101
+    tally = counters.update(counters.event(Event("auth", "gus", low), 300.0))  # the admin lowered the limit
     assert tally.count == 151, "the count now: no event crossed 20 while it was the limit"
     settle(store, tally, 300.0)
     assert store.get_block("auth", "gus")["count"] == 151  # type: ignore[index]
@@ -205,3 +205,58 @@ def test_notifications_of_a_block_stored_without_them(store: Store) -> None:
     assert [(i["kind"], i.get("to"), i["block"], i["hold_until"]) for i in store.outbox()] == [
         ("blocked", None, record, 131.0), ("owner", "bob@example.com", record, 101.0)]
     assert [e["event"] for e in store.history("auth", "bob")] == ["blocked"], "one block, audited once"
+
+
+def test_the_combined_score_adds_the_enforced_counters_fullest_windows() -> None:
+    """Each group of counters that count the same events adds its fullest enforced
+    counter's fullest window (count over limit; a ratio's percentage over its limit once
+    judged): a dead address counted as invalid and in the failure ratio adds once. A
+    counter in shadow mode adds nothing."""
+    from eximhook.model import score
+    from eximhook.model.counter import Counter, Window
+
+    now = 1000.0
+    policies = {"invalid": Policy("invalid", ((10, 60.0), (100, 3600.0)), "enforce"),
+                "recipients": Policy("recipients", ((1000, 3600.0),), "enforce"),
+                "rcpts": Policy("rcpts", ((10, 3600.0),), "shadow"),
+                "failrate": Policy("failrate", ((20, 3600.0),), "enforce", minimum=4)}
+    counters = {"invalid": Counter(windows=[Window(60.0, [990.0], [5]), Window(3600.0, [100.0, 990.0], [80, 5])]),
+                "recipients": Counter(windows=[Window(3600.0, [990.0], [600])]),
+                "rcpts": Counter(windows=[Window(3600.0, [990.0] * 9, [1] * 9, tags=list(range(9)))]),
+                "failrate": Counter(windows=[Window(3600.0, [990.0] * 4, [1] * 4, tags=[1, 0, 0, 0])])}
+    found = score.parts(policies, counters, now)
+    assert sorted(found) == [("failrate", 25, 20), ("recipients", 600, 1000)]  # 125 % of one group, 60 %
+    tally = score.tally("auth", "bob", Policy("score", ((150, 0.0),), "enforce"), found)
+    assert (tally.counts, tally.over, tally.count) == ([185], 0, 185)
+    assert sorted(tally.counter.recent) == ["failrate: 25 / 20", "recipients: 600 / 1000"]
+    counters["failrate"].windows[0].tags = [1, 0, 0]  # below its minimum: not judged yet
+    counters["failrate"].windows[0].times.pop()
+    counters["failrate"].windows[0].weights.pop()
+    assert sorted(score.parts(policies, counters, now)) == [("invalid", 85, 100), ("recipients", 600, 1000)]
+
+
+def test_customers_come_from_the_lookup_file_else_the_domain(tmp_path: Path) -> None:
+    """``[customers]``: the lookup file's customer first, an authenticated user's domain
+    else (``by_domain``); a sender or a client address has none; the members reach the
+    mirror packed, any byte in a key kept."""
+    from eximhook.config.hookcache import View
+    from eximhook.config.load import load
+    from eximhook.engine import customers
+    from eximhook.storage.mirror import pack_members, unpack_members
+
+    lookup = tmp_path / "customers"
+    lookup.write_bytes(b'auth:Bob@Example.com acme\nrelay:192.0.2.7 ACME\nlocal:"www\\x0adata" h42\nsender:x@y z\n'
+                       b"auth:eve bad:id\n")
+    config = tmp_path / "eximhook.toml"
+    config.write_text(f'[store]\npath = "{tmp_path}/store"\n[customers]\nlookup = "{lookup}"\n')
+    view = View.of(load(str(config)))
+    assert customers.of(view, "auth", "bob@example.com") == "acme"
+    assert customers.of(view, "relay", "192.0.2.7") == "acme"
+    assert customers.of(view, "local", "www\ndata") == "h42"
+    assert customers.of(view, "auth", "carol@Other.example") == "other.example"
+    assert customers.of(view, "auth", "eve") is None, "no domain, and its line's customer is no id"
+    assert customers.of(view, "sender", "x@y") is None
+    listed = customers.listed(str(lookup), 64)
+    assert unpack_members(pack_members(True, listed)) == (True, sorted(
+        (f"{ns}:{key}".encode(), cid.encode()) for (ns, key), cid in listed.items()))
+    assert unpack_members(None) == (True, [])

@@ -1,0 +1,30 @@
+"""Where an account logs in from (password spraying, issue 24): the networks it sends
+mail from are learned (``storage.known``), so that the block of a ``login`` subject, the
+account a spray of failed AUTH aimed at, refuses AUTH for it only from the others."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # the hooks import this module on a message: typing costs ~10 ms
+if TYPE_CHECKING:
+    from ..config.hookcache import View
+    from ..model.records import Request
+    from ..storage.store import Store
+
+
+def learning(req: Request, view: View) -> tuple[str, str] | None:
+    """(user, network) a request teaches: a message an authenticated user sent from a
+    client address ([net] prefixes, as ``EXIMHOOK_NET_KEY``); None for anything else."""
+    ip = req.fields.get("ip")
+    if req.op != "message" or req.ns != "auth" or not ip or not view.known:
+        return None
+    net = view.wider("ip", ip)
+    return None if net is None else (req.key, net[1])
+
+
+def learn(store: Store, req: Request, now: float, view: View) -> None:
+    """Learn what ``req`` teaches (``learning``), if anything: a synced write when new."""
+    found = learning(req, view)
+    if found is not None:
+        from ..storage.known import learn as note
+
+        note(store, *found, now, view.known)
