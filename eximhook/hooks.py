@@ -212,10 +212,6 @@ def _record(req: Request, store: Store, counters: Counters, view: View, log: Log
     now, backend = time.time(), LmdbBackend(store, counters)
     body = events.counts(counters, req, now, view)
     tallies = [] if body is None else counters.update(body)
-    if req.op == "message":
-        from .engine import logins
-
-        logins.learn(store, req, now, view)
     blocked = store.is_blocked(req.ns, req.key)
     for tally in tallies:
         outcome = settle.decide(backend, view, log, tally, now, hold=0.0)
@@ -225,4 +221,8 @@ def _record(req: Request, store: Store, counters: Counters, view: View, log: Log
         from .storage import mirror
 
         mirror.refresh(store, view.mirror_dir, log)
+    if req.op == "message" and not blocked:  # mail that went out teaches where its sender logs in
+        from .engine import logins
+
+        logins.learn(store, req, now, view)
     return blocked

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from population.internet import BUSY, UNKNOWN
 from population.scale import Scale, Windows
 from population.traffic import Step, Tally
-
 from tests.support.harness import DOMAIN, PASSWORD
 
 # Where the population's mail goes: three big providers hold most addresses, as the
@@ -197,6 +196,7 @@ class Actor:
     weak: str | None = None  # an account it attacks whose password is in its list
     rank = 0  # where: the weak password's rank in the list it tries at that account (1: first)
     tries = 0  # how many passwords it tries at that account
+    own_rcpts: Windows = ()  # its own limit of distinct recipients, from the admin (``tuned``)
     # Whether --divide divides its messages (each carries a few recipients) or only its
     # recipients per message (it sends few large messages, or its messages are what a
     # counter of logins or networks counts): the report's production-equivalents
@@ -224,8 +224,9 @@ class Actor:
 
     def tuned(self) -> tuple[tuple[str, str, str, Windows], ...]:
         """Limits an admin gave it after the shadow phase: (ns, key, counter, production
-        windows), as ``[overrides.NS."KEY".COUNTER]``."""
-        return ()
+        windows), as ``[overrides.NS."KEY".COUNTER]``: its own limit of distinct
+        recipients (``own_rcpts``), if it has one."""
+        return (("auth", self.user, "rcpts", self.own_rcpts),) if self.own_rcpts else ()
 
     def steps(self, plan: Plan) -> Iterator[tuple[float, Step]]:
         raise NotImplementedError

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 
 from population.actors import BIG, Actor, Plan, net_address, paced, pacing, provider, remote, sender, unknown
 from population.traffic import Guess, Message, Step, Submit
-
 from tests.support.harness import PASSWORD
 
 # what a password spray tries at each account, in order: common passwords, most common
@@ -192,7 +191,7 @@ class Spray(Actor):
         self.weak = self.targets[self.ACCOUNTS // 2]
         self.what = (f"{self.ADDRESSES} addresses in {self.ADDRESSES} networks, {self.TRIES} tries each: "
                      f"{len(COMMON)} common passwords in order at each of {self.ACCOUNTS} accounts, "
-                     f"{1 / self.ROUND:g} an hour; one account's password is the {rank}th")
+                     f"{1 / self.ROUND:g} an hour; one account's password is at rank {rank}")
 
     def subjects(self) -> list[tuple[str, str]]:
         return ([("ip", s) for s in self.sources] + [("net", s.rpartition(".")[0] + ".0/24") for s in self.sources]

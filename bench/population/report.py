@@ -88,6 +88,8 @@ def cell(r: Result, scale: Scale) -> str:
     if r.mail.accepted:
         messages = scale.divide if r.actor.messages_divided else 1
         text += f"; left: {counted(r.mail.left, 'msgs', messages)}, {counted(r.mail.rcpts, 'rcpts', scale.divide)}"
+        if r.blocks and (late := r.mail.left_after(r.blocks[0]["since"])):
+            text += f" (**{late} accepted after its block**)"
     return text
 
 

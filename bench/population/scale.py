@@ -79,8 +79,8 @@ def production() -> dict[tuple[str, str], Windows]:
     default for, and the customers' (``CUSTOMER_SIZE`` accounts' worth)."""
     from eximhook.model.policy import DEFAULT_WINDOWS
 
-    customers = {("customer", c): tuple((CUSTOMER_SIZE * limit, period) for limit, period in DEFAULT_WINDOWS[("auth", c)])
-                 for c in CUSTOMER_COUNTERS if ("auth", c) in DEFAULT_WINDOWS}
+    customers = {("customer", c): tuple((CUSTOMER_SIZE * limit, period) for limit, period in windows)
+                 for c in CUSTOMER_COUNTERS if (windows := DEFAULT_WINDOWS.get(("auth", c)))}
     return {**DEFAULT_WINDOWS, **customers}
 
 

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from population.internet import SPAM_MARK
 from smtpload import Session
 
+from population.internet import SPAM_MARK
 from tests.support.harness import DOMAIN
 
 

@@ -68,8 +68,8 @@ local function judge(weights, tags, first, limit, minimum)
     total = total + weights[j]
     if tags[j] ~= 0 then bad = bad + weights[j] end
   end
-  if total < minimum or total == 0 then return 0, false end
-  return math.floor(bad * 100 / total), bad * 100 > limit * total
+  if total == 0 then return 0, false end
+  return math.floor(bad * 100 / total), total >= minimum and bad * 100 > limit * total
 end
 -- ratelimit.compact_tagged: per slot, one entry per tag
 local function compact_tagged(times, weights, tags, slot)
@@ -169,7 +169,14 @@ for i = 1, nwin do
 end
 c.windows = windows
 c.total = c.total + weight
-if evidence ~= '' then c.recent = append(c.recent, evidence, keep_evidence) end
+if evidence ~= '' then  -- a distinct counter's evidence names values: each once, the newest last
+  local kept = c.recent
+  if adds == 'distinct' then
+    kept = {}
+    for _, x in ipairs(c.recent) do if x ~= evidence then kept[#kept + 1] = x end end
+  end
+  c.recent = append(kept, evidence, keep_evidence)
+end
 if ip ~= '' then
   local ips = {}
   for _, x in ipairs(c.ips) do if x ~= ip then ips[#ips + 1] = x end end

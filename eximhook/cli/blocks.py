@@ -13,13 +13,14 @@ from typing import Any
 
 from ..backends import cluster
 from ..backends.lmdb import exempt_in
+from ..config.hookcache import View
 from ..config.load import Config
-from ..engine import actions, expiry, owner
+from ..engine import actions, customers, expiry, owner
 from ..errors import Exit
 from ..log import Logger
 from ..model.patterns import first as first_match
 from ..model.policy import KINDS, UNITS
-from ..model.subjects import escape, own_address
+from ..model.subjects import escape, own_address, shell_quote
 from ..notify import send as notify_mod
 from ..notify.describe import describe
 from ..ops import health
@@ -85,6 +86,8 @@ def _why(record: dict[str, Any]) -> str:
     """``manual``, or the counter and window that tripped: ``bounces>50/1h``."""
     if record["reason"] != "limit":
         return why(record)
+    if record.get("counter") == "score":
+        return f"{why(record)}>{record['limit']}%"
     return f"{why(record)}>{record['limit']}/{format_period(record['period'])}"
 
 def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
@@ -150,6 +153,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         notification = _notifications(store).get((ns, key))
         to_owner = _notifications(store, "owner").get((ns, key))
         known = store.read(lambda txn: networks_in(store, txn, key, now)) if ns in ("auth", "login") else []
+        customer = customers.of(View.of(cfg), ns, key)
+        customer_block = None if customer is None else store.get_block("customer", customer)
     invalid = counts.get("invalid")
     if opts.json:
         legacy = None
@@ -159,7 +164,8 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
                       "period": first["period"], "rcpts": invalid["evidence"], "ips": invalid["ips"]}
         dump({"ns": ns, "key": key, "block": block, "exempt": exempt, "would_block": shadows, "history": events,
               "notification": notification, "owner_notification": to_owner, "counter": legacy,
-              "counters": counts, "known": known})
+              "counters": counts, "known": known, "customer": customer,
+              "customer_blocked": customer_block is not None})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (describe(block) if block else "not blocked"))
     if block:
@@ -199,6 +205,9 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
     print(f"  client IPs: {', '.join(map(escape, ips)) or '-'}")
     if known:
         print(f"  known networks (a login block lets the account log in from these): {', '.join(known)}")
+    if customer is not None:
+        print(f"  customer: {escape(customer)}" + (": BLOCKED, so this member's mail is frozen too (eximhook show "
+                                                    f"customer {shell_quote(customer)})" if customer_block else ""))
     if events:
         print(_history_table(events))
     return Exit.OK
@@ -306,8 +315,6 @@ def history(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 def export(cfg: Config, opts: argparse.Namespace) -> int:
-    from ..engine import customers
-
     with open_store(cfg) as store:
         customers.publish(store, cfg.customers.lookup, cfg.customers.by_domain, cfg.relay.ipv6_prefix)
         written = mirror.rewrite(store, cfg.store.mirror_dir)

@@ -160,8 +160,10 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     for ns, table_ in cfg.policies.items():
         for name, policy in table_.items():
             if policy.windows:
-                windows = " or ".join(f"more than {lim} {UNITS[name]} in {format_period(per)}"
-                                      for lim, per in policy.windows)
+                windows = " or ".join(f"more than {lim} {UNITS[name]}" + (
+                    f" in {format_period(per)}" if policy.adds != "score" else " (the enforced counters')")
+                    + (f" once {policy.minimum} are counted" if policy.adds == "ratio" else "")
+                    for lim, per in policy.windows)
                 verb = "blocks" if policy.enforced else "is recorded as a would-block (shadow mode)"
                 per = f" from one IPv4 /{cfg.net.ipv4_prefix} or IPv6 /{cfg.net.ipv6_prefix}" if ns == "net" else ""
                 print(f"  limits.{ns}.{name}: {windows}{per} {verb}")

@@ -78,8 +78,9 @@ def _events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, n
         found = [Event(ns, key, p, weight=n, evidence=evidence, ip=ip, keep_evidence=view.keep_evidence,
                        keep_ips=view.keep_ips) for ns, key, p in counted(view, "recipients", subjects)]
         if "rcpts" in f and (tags := recipient_tags(f["rcpts"], n, f.get("id", ""))):
-            found += [Event(ns, key, p, weight=len(tags), evidence=evidence, tags=tags,
-                            keep_evidence=view.keep_evidence) for ns, key, p in counted(view, "rcpts", subjects)]
+            found += [Event(ns, key, p, weight=len(tags), evidence=evidence, tags=tags, ip=ip,
+                            keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
+                      for ns, key, p in counted(view, "rcpts", subjects)]
         if req.ns == "auth" and ip and (net := view.wider("ip", ip)) is not None:
             found += [Event(ns, key, p, evidence=net[1], tags=(tag(net[1]),), ip=ip,
                             keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
@@ -98,7 +99,8 @@ def _events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, n
     subjects = record_subjects(req.ns, req.key, view.wider(req.ns, req.key))
     if req.kind == "authfail" and f.get("user"):  # the account tried, from whichever address (spraying)
         subjects.append(("login", f["user"]))
-    return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=f.get("rcpt") or f.get("evidence") or None,
+    told = f.get("rcpt") or f.get("evidence") or None
+    return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=None if ns == "login" else told,  # its key
                   ip=ip, keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)
             for ns, key, p in counted(view, req.kind, subjects)]
 

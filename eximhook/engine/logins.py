@@ -22,7 +22,9 @@ def learning(req: Request, view: View) -> tuple[str, str] | None:
 
 
 def learn(store: Store, req: Request, now: float, view: View) -> None:
-    """Learn what ``req`` teaches (``learning``), if anything: a synced write when new."""
+    """Learn what ``req`` teaches (``learning``), if anything: a synced write when new.
+    Called for mail that went out, not for mail a block froze (a bot's network must not
+    become one its victim's account may log in from)."""
     found = learning(req, view)
     if found is not None:
         from ..storage.known import learn as note

@@ -19,15 +19,17 @@ if TYPE_CHECKING:
 
 
 def scores(tallies: Sequence[Tally], now: float, view: View, read: Read) -> list[Tally]:
-    """The scores over their limit of the subjects ``tallies`` counted. A subject with a
-    counter over its own limit is left out (that counter trips by itself, and names the
-    block), and so is one with fewer than two enforced counters when the score's limit
-    is 100 % or more (one counter under its limit is under it). ``read`` gives the
+    """The scores over their limit of the subjects ``tallies`` counted. A subject with an
+    enforced counter over its own limit is left out (that counter blocks by itself, and
+    names the block; one in shadow mode only records, and must not keep the score from
+    blocking), and so is one with fewer than two enforced counters when the score's
+    limit is 100 % or more (one counter under its limit is under it). ``read`` gives the
     subject's counters as stored, the ones just counted included."""
     out = []
     for ns, key in dict.fromkeys((t.ns, t.key) for t in tallies):
         policy = view.policy(ns, "score", key)
-        if policy is None or not policy.windows or any(t.over >= 0 for t in tallies if (t.ns, t.key) == (ns, key)):
+        if policy is None or not policy.windows or any(
+                t.over >= 0 and t.policy.enforced for t in tallies if (t.ns, t.key) == (ns, key)):
             continue
         policies = {name: p for name in COUNTED if (p := view.policy(ns, name, key)) is not None and p.windows}
         enforced = tuple(name for name, p in policies.items() if p.enforced)

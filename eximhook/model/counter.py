@@ -79,6 +79,12 @@ class Window:
             return judge_ratio(self.weights[start:], self.tags[start:], 100, policy.minimum)[0]
         return sum(self.weights[start:])
 
+    def judged(self, now: float, minimum: int) -> bool:
+        """Does a ratio window hold ``minimum`` events now, enough to be over its limit?"""
+        from bisect import bisect_right
+
+        return sum(self.weights[bisect_right(self.times, now - self.period):]) >= minimum
+
     def peak(self, since: float) -> tuple[int, int]:
         """The highest count from the day of ``since`` on, and its day (0, 0 if none)."""
         day = int(since // 86400)

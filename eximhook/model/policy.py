@@ -93,7 +93,8 @@ DEFAULT_WINDOWS: dict[tuple[str, str], tuple[tuple[int, float], ...]] = {
     ("net", "authfail"): ((100, HOUR),),
     # password spraying: failed AUTH per account tried, from any address; its block
     # refuses AUTH for the account only from networks it has not sent mail from, so it
-    # can be low: a spray gets at most this many guesses an hour at an account
+    # can be low: a spray gets at most this many guesses an hour at an account, and one
+    # more (the failure that makes the block)
     ("login", "authfail"): ((5, HOUR),),
     # issue 24's signals, measured before they block (shadow): more distinct recipients
     # in an hour than cPanel's default cap; more client networks in a day than a

@@ -122,13 +122,14 @@ def record_ratio(times: list[float], weights: list[int], tags: list[int], now: f
 
 
 def judge_ratio(weights: list[int], tags: list[int], limit: int, minimum: int) -> tuple[int, bool]:
-    """A ratio window's percentage of bad events (rounded down), and whether it is over
-    ``limit`` with at least ``minimum`` events (0 and False below that)."""
+    """A ratio window's percentage of bad events (rounded down; 0 when empty), and
+    whether it is over ``limit`` with at least ``minimum`` events (never below that: the
+    percentage is shown all the same, to tune the limit from)."""
     total = sum(weights)
-    if total < minimum or total == 0:
+    if total == 0:
         return 0, False
     bad = sum(w for w, x in zip(weights, tags, strict=True) if x)
-    return bad * 100 // total, bad * 100 > limit * total
+    return bad * 100 // total, total >= minimum and bad * 100 > limit * total
 
 
 def compact_tagged(times: list[float], weights: list[int], tags: list[int],

@@ -33,7 +33,8 @@ def parts(policies: Mapping[str, Policy], counters: Mapping[str, Counter], now: 
         c = counters.get(name)
         if c is None or not policy.enforced or policy.adds == "score":
             continue
-        windows = [(c.window(period).count(now, policy), limit) for limit, period in policy.windows]
+        windows = [(w.count(now, policy) if policy.adds != "ratio" or w.judged(now, policy.minimum) else 0, limit)
+                   for limit, period in policy.windows for w in (c.window(period),)]
         count, limit = max(windows, key=lambda w: w[0] / w[1], default=(0, 1))
         group, old = KINDS[name].group, best.get(KINDS[name].group)
         if count and (old is None or count / limit > old[1] / old[2]):

@@ -85,6 +85,14 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         values["commands"] = [f"{prog} show {args}",
                               f"{prog} unblock {args}              # lift it (a customer's NAT, say)",
                               f"{prog} exempt add {args} --reason ...  # and never block it again"]
+    if block["ns"] == "login":  # a spray at one account: refused only from where it never sent mail
+        values["consequence"] = ["From now on SMTP AUTH for this account is refused from every network it has",
+                                 "not sent mail from lately, with the right password too (a 535, as for a",
+                                 "wrong one); from its own networks it logs in as before. Nothing is frozen.",
+                                 "Decide:"]
+        values["commands"] = [f"{prog} show {args}                # and the networks it is known from",
+                              f"{prog} unblock {args}             # lift it",
+                              f"{prog} show auth {shell_quote(block['key'])}   # the account's own mail"]
     if "expires" in block and not block.get("shadow"):  # [expiry]
         values["consequence"] = [f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it", "",
                                  *values["consequence"]]

@@ -58,12 +58,38 @@ class Connection(asyncio.Protocol):
                 del self.buf[limit:]
                 self.cut = True
         if end >= 0:
-            self.server.handle(self, bytes(self.buf), cut=self.cut)
+            self._handle()
 
     def eof_received(self) -> bool:
         if self.state == "reading":  # Exim shuts down its side once the request is sent
-            self.server.handle(self, bytes(self.buf), cut=self.cut)
+            self._handle()
         return True  # keep our side open for the answer
+
+    def _handle(self) -> None:
+        if self.buf.split(b" ", 1)[0] in protocol.FALLBACK and self.abandoned():
+            self.server.failure("gone", "a request whose client had given up waiting (its ${run} hook counted "
+                                        "it: a daemon restarted late on a socket that held it); not counted")
+            self.state = "done"
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.server.handle(self, bytes(self.buf), cut=self.cut)
+
+    def abandoned(self) -> bool:
+        """Has the client closed its end altogether, not only shut down its sending side
+        as Exim does once the request is sent? Then its ``${readsocket}`` gave up
+        (``EXIMHOOK_WAIT``) and the snippets' ``${run}`` hook counted the event instead:
+        a request that waited in the socket's backlog for a daemon restarted too late
+        must not count a second time. (A Unix socket's peer that closed sets POLLHUP;
+        one that only shut down its side, POLLRDHUP.)"""
+        import select
+
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLHUP)
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:

@@ -69,6 +69,11 @@ _FIELDS = {
     "frozen": ("id",),
 }
 _REQUIRED = {"message": ("n",), "frozen": ("id",), "delivery": ("id", "rcpt", "outcome")}
+# The requests whose snippets count through their ${run} hook when the daemon does not
+# answer in time: one whose client gave up waiting is not counted again (``Connection``).
+# The others (a failed AUTH, a spam verdict, a delivery outcome) have no such hook, and
+# count when a restarted daemon finds them.
+FALLBACK = (b"record-invalid", b"message", b"bounce")
 # Evidence that may be cut: text kept for the admin, or a header whose tail names a
 # message. The others name a subject or a number, and are whole or left out.
 EVIDENCE = ("rcpt", "evidence", "mid", "failed", "rcpts")

@@ -126,8 +126,6 @@ class Server:
             conn.state = "waiting"
             self.shared.submit(conn, req, now)
             return
-        if logins.learning(req, self.view) is not None:  # a write, if any, off the loop: the store thread's
-            self.trips.put(functools.partial(logins.learn, self.store, req, now, self.view))
         body = events.counts(self.counters, req, now, self.view)
         if body is None:  # a check, or nothing configured to count: is the subject blocked?
             self._answer_blocked(conn, req)
@@ -137,6 +135,12 @@ class Server:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)  # after this turn's other requests
+
+    def _learn(self, job: _Job) -> None:
+        """Mail that went out (answered 0) teaches where its sender logs in
+        (``logins``): a synced write, if any, on the store thread, off the loop."""
+        if logins.learning(job.request, self.view) is not None:
+            self.trips.put(functools.partial(logins.learn, self.store, job.request, job.now, self.view))
 
     def _publish(self) -> None:
         """The customers' members, for the mirror (``customers.publish``)."""
@@ -217,6 +221,7 @@ class Server:
                 self._check_mirror()
             if not blocked and not enforced:  # nothing can block: answer now; the store thread records behind it
                 job.conn.answer(protocol.NO)
+                self._learn(job)
             if over:  # a block (or would-block) to make: the store thread, which answers when it is on disk
                 self.trips.put((job, over, enforced))
 
@@ -294,6 +299,8 @@ class Server:
             return
         if answer:
             self.loop.call_soon_threadsafe(job.conn.answer, protocol.YES if blocked else protocol.NO)
+            if not blocked:
+                logins.learn(self.store, req, job.now, view)  # the store thread's own: a write, if any
 
     # -- running -------------------------------------------------------------------
 

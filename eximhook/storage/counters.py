@@ -239,19 +239,22 @@ class Counters(Budgeted):
                     policy.adds, w.times, w.weights, w.tags, now, weight, tags, limit, policy.minimum, period)
                 if crossed:  # this event took the window over its limit
                     w.crossed, w.crossed_limit = count, limit
+                # a ratio's peak only once judged: 100 % of a first refusal is no figure to tune from
+                peak = count if policy.adds != "ratio" or w.judged(now, policy.minimum) else 0
                 if w.peaks and w.peaks[-1][0] == day:
-                    if count > w.peaks[-1][1]:
-                        w.peaks[-1] = (day, count)
+                    if peak > w.peaks[-1][1]:
+                        w.peaks[-1] = (day, peak)
                 else:
-                    w.peaks = [*w.peaks, (day, count)][-PEAK_DAYS:]
+                    w.peaks = [*w.peaks, (day, peak)][-PEAK_DAYS:]
                 windows.append(w)
                 counts.append(count)
                 if is_over and over < 0:
                     over = i
             c.windows = windows
             c.total += weight
-            if evidence:
-                c.recent = newest([*c.recent, evidence], keep_evidence)
+            if evidence:  # a distinct counter's evidence names values: each once, the newest last
+                kept = c.recent if policy.adds != "distinct" else [x for x in c.recent if x != evidence]
+                c.recent = newest([*kept, evidence], keep_evidence)
             if ip:
                 c.ips = newest([*(x for x in c.ips if x != ip), ip], keep_ips)
             if c.touched:

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from .store import Store
 
 KNOWN = b"known"  # the database
-KEEP = 8  # networks per user: home, office, phone, a few hotels
+# networks per user: home, office, phone, hotels; more than the networks a stolen
+# password's botnet can add before [limits.auth.networks] (10 a day) blocks the account
+# and its frozen mail teaches nothing more, so the owner's own stay known
+KEEP = 16
 _ENTRY = struct.Struct("<dB")  # until, the length of the network's text (a /48 in Exim's form: 44 bytes)
 REFRESH = 86400.0
 

@@ -108,6 +108,34 @@ def test_a_crash_behind_a_held_socket_loses_no_mail_and_counts_exactly() -> None
         h.cleanup(server)
 
 
+def test_a_daemon_restarted_late_does_not_count_what_the_hook_counted() -> None:
+    """Killed behind a held socket and back only after ``EXIMHOOK_WAIT``: Exim gave up
+    on each request and its ``${run}`` hook counted the event; the requests left in the
+    backlog come from clients that are gone, and the restarted daemon counts none of
+    them again."""
+    import select
+    import signal
+
+    server = h.make(["bob", "alice"], limit=50, serve=True, activated=True, record_runs=True)
+    try:
+        server.setup().start()
+        server.stop_daemon(signal.SIGKILL)
+        assert server.send([*h.invalid(2), f"alice@{h.DOMAIN}"], user="bob", subject="nobody answers") == {}
+        runs = server.hook_runs()
+        assert sum(" record-invalid auth bob " in r for r in runs) == 2 and sum(" record-message " in r for r in runs)
+        held = server.held
+        assert held is not None and select.select([held], [], [], 0)[0], "the requests wait in the backlog"
+        server.start_daemon()
+        h.wait_for("an abandoned request passed over", lambda: "not counted" in server.hook_log())
+        # after the backlog (accepted first, its data there already): one message more, through the daemon
+        assert server.send([*h.invalid(1, "after"), f"alice@{h.DOMAIN}"], user="bob", subject="answered") == {}
+        assert len(server.hook_runs()) == len(runs), "answered by the daemon"
+        shown = json.loads(server.eximhook("show", "--json", "auth", "bob").stdout)["counters"]
+        assert (shown["invalid"]["total"], shown["recipients"]["total"]) == (3, 5), "each event once"
+    finally:
+        h.cleanup(server)
+
+
 @pytest.mark.parametrize("serve", [True, False], ids=["daemon", "run-hook"])
 def test_exim_bh_counts_nothing(serve: bool) -> None:
     """`exim -bh IP`, the usual way to test ACLs, runs them for real: it must not count

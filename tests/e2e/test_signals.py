@@ -133,6 +133,20 @@ def test_a_bot_under_every_limit_trips_the_combined_score(exim: h.Exim) -> None:
     assert b"has reached 160 % of its limits combined (limit 150 %)" in note
 
 
+@pytest.mark.parametrize("exim", [{**SLOW, "limits.auth.score.mode": "enforce", "limits.auth.rcpts.limit": 5}],
+                         indirect=True)
+def test_a_shadow_counter_over_its_limit_leaves_the_score_to_block(exim: h.Exim) -> None:
+    """One message to 8 invalid recipients: 80 % of the invalid limit at RCPT, 80 % of
+    the volume at DATA, where the distinct recipients (shadow) are over theirs too. The
+    score blocks at that DATA and freezes the message (the would-block of a shadow
+    counter must not keep it from blocking until the bounce comes back)."""
+    assert exim.send(h.invalid(8), user="bob") == {}
+    block = h.wait_for("the block", lambda: exim.show("auth", "bob")["block"])
+    assert (block["counter"], block["count"]) == ("score", 160)
+    frozen = exim.queue(frozen=True)
+    assert len(frozen) == 1 and "X-Authenticated-As: bob" in exim.exim("-Mvh", frozen[0]), "the message is frozen"
+
+
 @pytest.mark.parametrize("exim", [SLOW], indirect=True)
 def test_the_combined_score_measures_first(exim: h.Exim) -> None:
     """Shadow by default: the same bot is recorded as a would-block, not blocked."""

@@ -148,9 +148,7 @@ def ratio_oracle(events: list[tuple[float, int, bool]], i: int, period: float, l
     t = events[i][0]
     inside = [(w, bad) for u, w, bad in events[: i + 1] if u > t - period]
     total, bad = sum(w for w, _ in inside), sum(w for w, b in inside if b)
-    if total < minimum:
-        return 0, False
-    return bad * 100 // total, bad * 100 > limit * total
+    return bad * 100 // total, total >= minimum and bad * 100 > limit * total
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -159,8 +157,9 @@ def ratio_oracle(events: list[tuple[float, int, bool]], i: int, period: float, l
        limit=st.integers(min_value=1, max_value=99), minimum=st.integers(min_value=1, max_value=8))
 def test_a_ratio_window_is_exact_and_trips_once(backend: Backend, gaps: list[float],
                                                 outcomes: list[tuple[int, bool]], limit: int, minimum: int) -> None:
-    """The failure ratio (``failrate``): the percentage of bad events, judged from
-    ``minimum`` events on; the first event over the limit trips, once."""
+    """The failure ratio (``failrate``): the percentage of bad events (shown from the
+    first event, to tune from), over the limit only from ``minimum`` events on; the
+    first event over the limit trips, once."""
     key = uuid.uuid4().hex
     policy = Policy("failrate", ((limit, 10.0),), "enforce", minimum)
     events, t, tripped = [], NOW, 0
