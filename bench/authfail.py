@@ -23,7 +23,7 @@ import sys
 import time
 
 import benchlib
-from benchlib import median, spread, table
+from benchlib import median, no_panic, spread, table
 
 from tests.support import harness as h
 
@@ -82,9 +82,7 @@ def main() -> None:
                 out.append(int(shown["counters"]["authfail"]["total"]))
             return out
         h.wait_for("every failure counted", lambda: counted() == [expected] * len(sources["guard"]), 30)
-        for name, server in servers.items():
-            if server.log("panic"):
-                raise SystemExit(f"{name}: Exim wrote to its paniclog: {server.log('panic')}")
+        no_panic(servers)
     finally:
         for server in servers.values():
             h.cleanup(server)

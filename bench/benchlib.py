@@ -10,9 +10,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # for tests.support.harness; last, so that eximhook is the installed one
@@ -73,6 +74,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str 
         if n == 0:
             lines.append(indent + "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def no_panic(servers: Mapping[str, Any]) -> None:
+    """Stop a benchmark whose Exim wrote to its paniclog: its figures would time a failure."""
+    for name, server in servers.items():
+        if server.log("panic"):
+            raise SystemExit(f"{name}: Exim wrote to its paniclog: {server.log('panic')}")
 
 
 def require_root() -> None:

@@ -24,7 +24,7 @@ import sys
 import time
 
 import benchlib
-from benchlib import median, spread, table
+from benchlib import median, no_panic, spread, table
 
 from tests.support import harness as h
 
@@ -78,9 +78,7 @@ def main() -> None:
         for r in range(opts.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 per_rcpt[name].append(session(servers[name], opts.rcpts))
-        for name, server in servers.items():
-            if server.log("panic"):
-                raise SystemExit(f"{name}: Exim wrote to its paniclog: {server.log('panic')}")
+        no_panic(servers)
     finally:
         for server in servers.values():
             h.cleanup(server)

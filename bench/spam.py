@@ -37,7 +37,7 @@ import sys
 import time
 
 import benchlib
-from benchlib import median, spread, table
+from benchlib import median, no_panic, spread, table
 from smtpload import Session
 
 from tests.support import harness as h
@@ -132,9 +132,7 @@ def main() -> None:
             expected = {"off": 0, "scan": opts.rounds * opts.messages * (1 + opts.sessions)}
             if counted != expected:
                 raise SystemExit(f"spam counted {counted}, expected {expected}")
-            for name, server in servers.items():
-                if server.log("panic"):
-                    raise SystemExit(f"{name}: Exim wrote to its paniclog: {server.log('panic')}")
+            no_panic(servers)
         finally:
             for server in servers.values():
                 h.cleanup(server)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ..support import harness as h
+from ..support.debian import PRIVATE_CONFIG
 from ..support.marks import needs_exim, needs_root
 from ..support.paths import EXIM, EXIMHOOK
 from ..support.peer import Peer
@@ -289,13 +290,7 @@ def test_a_transport_without_the_event_counts_nothing(world: tuple[h.Exim, Peer]
 # In a mount namespace: private copies of Debian's config, made a split smarthost set-up
 # (the smarthost: the peer), eximhook added by setup-exim4, the generated config kept.
 # Arguments: eximhook config, snippets, out dir, smarthost, eximhook.
-DEBIAN = r"""
-set -eu
-for d in /etc/exim4 /var/lib/exim4; do
-  copy=$(mktemp -d); cp -a "$d/." "$copy/"
-  mount -t tmpfs -o mode=0755 eximhook-e2e "$d"
-  cp -a "$copy/." "$d/"; rm -rf "$copy"
-done
+DEBIAN = PRIVATE_CONFIG + r"""
 sed -i -e "s/^dc_use_split_config=.*/dc_use_split_config='true'/" \
   -e "s/^dc_eximconfig_configtype=.*/dc_eximconfig_configtype='smarthost'/" \
   -e "s/^dc_smarthost=.*/dc_smarthost='$4'/" /etc/exim4/update-exim4.conf.conf
