@@ -33,6 +33,15 @@ them: each slice of each round is a session of its own, of a subject of its own 
 
     /opt/eximhook/bin/python bench/exim_compare.py [--rounds 9] [--tmpfs] [--json FILE]
 
+With --ab PYTHON SNIPPETS, an A/B of two installs in one run instead: a2 against
+  d0  eximhook serve of another install (PYTHON: its venv's interpreter, the launcher beside it; SNIPPETS: its
+      snippets, e.g. an older checkout's exim-snippets), its store made by its own `eximhook export`
+  d   eximhook serve of this one (this python, this checkout's snippets)
+  d+  d with the combined score and per-customer totals enforced (users and relay hosts in CUSTOMERS customers,
+      huge customer limits), the volume enforced beside the invalid recipients (the score then counts on every
+      message): what the counting path costs when an admin turns them on
+with the speed relative to a2 and d0.
+
 As root, with eximhook installed non-editable in /opt/eximhook and Exim 4.96. --tmpfs puts every spool,
 store and socket on a tmpfs mounted for the run (unmounted at the end): no fsync costs.
 """
@@ -41,7 +50,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +65,7 @@ from typing import Any
 
 import benchlib
 from benchlib import median, spread, table
+from servelib import VenvDaemon
 from smtpload import Session
 
 from tests.support import harness as h
@@ -123,6 +135,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # name: (label, make() keyw
     "d": ("eximhook serve", {"serve": True}),
 }
 BASES = ("a", "a2", "b")
+CUSTOMERS = 25  # d+: u<N> and 127.0.1.<N> are customer c<N % CUSTOMERS>'s
+AB = {  # --ab's variants (d0's install and snippets come from the command line)
+    "a2": VARIANTS["a2"],
+    "d0": ("eximhook serve, --ab", {"serve": True}),
+    "d": ("eximhook serve", {"serve": True}),
+    "d+": ("serve, score+customers", {"serve": True}),
+}
+AB_BASES = ("a2", "d0")
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,39 @@ BODY = (f"From: <bob@{h.DOMAIN}>\r\nTo: <alice@{h.DOMAIN}>\r\nSubject: bench\r\n
 
 
 class BenchExim(h.Exim):
-    """The e2e harness's Exim, with queue_only: deliveries would race the next variant's measurement."""
+    """The e2e harness's Exim, with queue_only: deliveries would race the next variant's measurement.
+    With ``python`` and ``snippets``, another install's eximhook (its daemon, its ${run} hook, its export) and
+    snippets (--ab's d0)."""
+
+    def __init__(self, work: Path, *, python: str | None = None, snippets: Path | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(work, **kwargs)
+        self.python, self.snippets_from = python, snippets
+        if python:
+            self.hook_cmd = f"{python} -IS {launcher(python)} --config {self.eximhook_conf}"
+            # the harness's authenticator asks the newer snippets' macro; older ones have no such check
+            self.macros.setdefault("EXIMHOOK_ALLOWED_PLAIN", "yes")
+
+    def setup(self) -> h.Exim:
+        super().setup()  # its export already the other install's (eximhook below)
+        if self.snippets_from:
+            shutil.rmtree(self.snippets)
+            shutil.copytree(self.snippets_from, self.snippets)
+            for snippet in self.snippets.iterdir():
+                snippet.chmod(0o644)
+        return self
+
+    def eximhook(self, *args: str) -> subprocess.CompletedProcess[str]:
+        if not self.python:
+            return super().eximhook(*args)
+        return subprocess.run([self.python, launcher(self.python), "--config", str(self.eximhook_conf), *args],
+                              capture_output=True, text=True, check=False)
+
+    def start_daemon(self) -> h.Daemon:
+        if not self.python:
+            return super().start_daemon()
+        self.daemon = VenvDaemon(self.eximhook_conf, python=self.python, user=h.EXIM_USER).start()
+        return self.daemon
 
     def exim_conf(self) -> str:
         conf = super().exim_conf()
@@ -155,9 +207,31 @@ class BenchExim(h.Exim):
         return conf.replace("\nacl_smtp_rcpt =", "\nqueue_only = true\nacl_smtp_rcpt =", 1)
 
 
-def start(name: str, base: str | None) -> h.Exim:
-    kwargs: dict[str, Any] = VARIANTS[name][1]
+def launcher(python: str) -> str:
+    return os.path.join(os.path.dirname(python), "eximhook")
+
+
+def score_config(work: Path) -> str:
+    """d+'s eximhook.toml additions (docs/signals.md): huge limits, nothing trips."""
+    members = work / "customers"
+    members.write_text("".join(f"auth:u{n} c{n % CUSTOMERS}\nrelay:127.0.1.{n} c{n % CUSTOMERS}\n"
+                               for n in range(1, SUBJECTS + 1)))
+    members.chmod(0o644)
+    huge = 10**9
+    return ("[limits.auth.recipients]\nmode = \"enforce\"\n[limits.relay.recipients]\nmode = \"enforce\"\n"
+            "[limits.auth.score]\nlimit = 150\nmode = \"enforce\"\n[limits.relay.score]\nlimit = 150\n"
+            f'mode = "enforce"\n[customers]\nlookup = "{members}"\nby_domain = false\n'
+            f'[limits.customer]\nlimit = {huge}\nperiod = "1h"\nmode = "enforce"\n'
+            f'[limits.customer.recipients]\nlimit = {huge}\nperiod = "1h"\nmode = "enforce"\n')
+
+
+def start(name: str, base: str | None, ab: list[str] | None = None) -> h.Exim:
+    kwargs: dict[str, Any] = dict((AB if ab else VARIANTS)[name][1])
     work = Path(tempfile.mkdtemp(prefix=f"eximhook-bench-{name}-", dir=base))
+    if name == "d0" and ab:
+        kwargs.update(python=ab[0], snippets=Path(ab[1]))
+    if name == "d+":
+        kwargs["eximhook_extra"] = score_config(work)
     ex = BenchExim(work, users=["bob", "alice", *(f"u{n}" for n in range(1, SUBJECTS + 1))], limit=LIM, **kwargs)
     try:
         ex.setup()
@@ -297,22 +371,27 @@ def run(servers: dict[str, h.Exim], opts: argparse.Namespace, sent: Sent) -> tup
     return res, done
 
 
+# The totals of counters, read by the install that wrote them (--ab: stores of two versions)
+TOTALS = ("import json, sys\nfrom eximhook.storage.counters import Counters\nwith Counters(sys.argv[1]) as c:\n"
+          "    print(json.dumps([c.get(*at).total for at in json.load(sys.stdin)]))")
+
+
 def verify(servers: dict[str, h.Exim], sent: Sent) -> list[str]:
     """Did every variant do its work? Counters, ratelimit records, paniclogs, eximhook's logs."""
-    from eximhook.storage.counters import Counters
-
     problems = []
     for v, ex in servers.items():
         if ex.log("panic"):
             problems.append(f"{v}: paniclog: {ex.log('panic')[:300]}")
-        if v in ("c", "d"):
-            with Counters(str(ex.spool / "eximhook")) as counters:
-                for (variant, ns, key, counter), n in sent.items():
-                    if variant != v or (counter == "recipients" and v != "d"):  # volume: the daemon's only
-                        continue
-                    total = counters.get(ns, key, counter).total
-                    if total != n:
-                        problems.append(f"{v}: {ns} {key}: counted {total} {counter}, sent {n}")
+        if v[0] in "cd":
+            # volume: the daemon's only
+            checked = [(at[1:], n) for at, n in sent.items() if at[0] == v and (at[3] != "recipients" or v[0] == "d")]
+            python = getattr(ex, "python", None) or sys.executable
+            totals = json.loads(subprocess.run([python, "-I", "-c", TOTALS, str(ex.spool / "eximhook")], text=True,
+                                               input=json.dumps([at for at, _ in checked]), capture_output=True,
+                                               check=True).stdout)
+            for ((ns, key, counter), n), total in zip(checked, totals, strict=True):
+                if total != n:
+                    problems.append(f"{v}: {ns} {key}: counted {total} {counter}, sent {n}")
             errors = [line for line in ex.hook_log().splitlines() if " err:" in line or " warning:" in line]
             if errors:
                 problems.append(f"{v}: {len(errors)} err/warning lines in eximhook's log, e.g. {errors[0][:200]}")
@@ -337,20 +416,21 @@ METRICS: dict[str, tuple[str, list[Row]]] = {
 }
 
 
-def report(res: Results, rounds: int) -> str:
+def report(res: Results, rounds: int, bases: tuple[str, ...] = BASES,
+           labels: dict[str, tuple[str, dict[str, Any]]] = VARIANTS) -> str:
     out = []
     for metric, (title, ((unit, fmt, higher),)) in METRICS.items():
         for side in SIDES:
             meds = {v: median(vals) for v, vals in res[metric][side.name].items()}
             rows = []
             for v, m in meds.items():
-                speed = [(m / meds[b] if higher else meds[b] / m) for b in BASES]
+                speed = [(m / meds[b] if higher else meds[b] / m) for b in bases]
                 added = (1 / m - 1 / meds["a2"]) * 1e6 if higher else (m - meds["a2"]) * 1e6
-                rows.append([f"{v:3s}{VARIANTS[v][0]}", fmt(m), spread(res[metric][side.name][v]),
+                rows.append([f"{v:3s}{labels[v][0]}", fmt(m), spread(res[metric][side.name][v]),
                              *(f"{x:.2f}" for x in speed), f"{added:+,.1f}"])
             per = "per RCPT" if metric in ("honest", "invalid") else "per msg"
             out.append(f"{title} -- {side.name}, median of {rounds} rounds")
-            out.append(table(["variant", unit, "spread", "x a", "x a2", "x b", f"us {per} vs a2"], rows))
+            out.append(table(["variant", unit, "spread", *(f"x {b}" for b in bases), f"us {per} vs a2"], rows))
             out.append("")
     return "\n".join(out)
 
@@ -366,21 +446,26 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the mix's recipients")
     parser.add_argument("--tmpfs", action="store_true", help="spools, stores and sockets on a tmpfs")
     parser.add_argument("--budget", type=float, default=900, help="start no new round after this many seconds")
+    parser.add_argument("--ab", nargs=2, metavar=("PYTHON", "SNIPPETS"), help="instead: a2, another install's "
+                        "daemon and snippets (d0), this one's (d), and this one's with the score and customers (d+)")
     parser.add_argument("--json", metavar="FILE", help="also write the per-round values and medians here")
     opts = parser.parse_args()
     counts = (opts.rounds, opts.slices, opts.invalid, opts.invalid_run, opts.messages)
     if not 1 <= opts.rcpts <= 5000 or min(counts) < 1:
         parser.error("--rcpts must be 1..5000 (recipients_max); the other counts >= 1")
+    if opts.ab and not (os.access(launcher(opts.ab[0]), os.X_OK) and os.path.isfile(f"{opts.ab[1]}/macros.conf")):
+        parser.error("--ab needs a venv's python with eximhook beside it, and a directory of snippets")
+    variants, bases = (AB, AB_BASES) if opts.ab else (VARIANTS, BASES)
     where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
     servers: dict[str, h.Exim] = {}
     sent: Sent = {}
     with benchlib.tmpfs(opts.tmpfs) as base:
         try:
-            for name in VARIANTS:
-                servers[name] = start(name, base)
+            for name in variants:
+                servers[name] = start(name, base, opts.ab)
             spools = f"tmpfs {base}" if base else f"disk ({tempfile.gettempdir()})"
-            print(f"Exim {h.EXIM}, 5 variants, spools on {spools}; {opts.rounds} rounds", file=sys.stderr)
+            print(f"Exim {h.EXIM}, {len(variants)} variants, spools on {spools}; {opts.rounds} rounds", file=sys.stderr)
             res, rounds = run(servers, opts, sent)
             problems = verify(servers, sent)
         finally:
@@ -391,13 +476,15 @@ def main() -> int:
     print(f"exim_compare: spools on {'tmpfs' if opts.tmpfs else 'disk'}; honest {opts.rcpts} RCPTs; invalid "
           f"{opts.invalid} ({opts.invalid_run} for c); mix {opts.messages} messages; x = speed vs that variant "
           "(below 1: slower)\n")
-    print(report(res, rounds))
+    if opts.ab:
+        print(f"d0: {' '.join(opts.ab)}; d, d+: {sys.executable}, {h.SNIPPETS}\n")
+    print(report(res, rounds, bases, variants))
     if opts.json:
         medians = {m: {s: {v: median(x) for v, x in by_v.items()} for s, by_v in by_s.items()}
                    for m, by_s in res.items()}
         with open(opts.json, "w") as f:
             json.dump({"eximhook": version, "tmpfs": opts.tmpfs, "rounds": rounds, "medians": medians, "values": res,
-                       "labels": {v: label for v, (label, _) in VARIANTS.items()}, "problems": problems}, f, indent=1)
+                       "labels": {v: label for v, (label, _) in variants.items()}, "problems": problems}, f, indent=1)
     for p in problems:
         print(f"PROBLEM: {p}")
     return 1 if problems else 0

@@ -50,12 +50,14 @@ from typing import Any
 
 import benchlib
 from benchlib import median, percentile, table
-from servelib import BenchDaemon, LoadResult, cpu_seconds, load
+from servelib import HUGE, BenchDaemon, LoadResult, cpu_seconds, load
 
 KEY = "user{:07d}@example.net"  # an auth id like real ones: 24 bytes
 
 
-def requests(op: str, keys: list[int]) -> list[bytes]:
+def requests(op: str, keys: list[int], rcpts: bool = True) -> list[bytes]:
+    """The requests of ``op`` over ``keys``; a message as the DATA ACL sends it, with its client's address and
+    (``rcpts``: where the daemon takes them, issue 24) its 3 recipients, new ones every message."""
     from eximhook.serve import protocol
 
     if op == "ping":
@@ -64,7 +66,9 @@ def requests(op: str, keys: list[int]) -> list[bytes]:
         return [protocol.encode("check-blocked", "auth", KEY.format(i)) for i in keys]
     if op == "message":
         return [protocol.encode("message", "auth", KEY.format(i), n="3", sender=KEY.format(i), mid=f"<{i}.{n}@mua>",
-                                id="1xVbMq-0004rw-1g") for n, i in enumerate(keys)]
+                                id="1xVbMq-0004rw-1g", ip="192.0.2.1",
+                                **({"rcpts": ", ".join(f"r{n}.{j}@example.com" for j in range(3))} if rcpts else {}))
+                for n, i in enumerate(keys)]
     return [protocol.encode("record-invalid", "auth", KEY.format(i), rcpt=f"nobody{i}@example.com",
                             ip="192.0.2.1") for i in keys]
 
@@ -108,10 +112,10 @@ def store_size(store: str, subjects: int) -> dict[str, Any]:
 
 
 def run_load(d: BenchDaemon, op: str, keys: list[int], clients: int, opts: argparse.Namespace,
-             redis_pid: int | None = None) -> LoadResult:
+             redis_pid: int | None = None, rcpts: bool = True) -> LoadResult:
     expect = b"pong" if op == "ping" else b"0"
     before, redis_before = cpu_seconds(d.pid), cpu_seconds(redis_pid) if redis_pid else 0.0
-    result = load(str(d.socket), requests(op, keys), expect, clients, opts.duration)
+    result = load(str(d.socket), requests(op, keys, rcpts), expect, clients, opts.duration)
     result.daemon_cpu = cpu_seconds(d.pid) - before
     if redis_pid:
         result.extra["redis_cpu"] = cpu_seconds(redis_pid) - redis_before
@@ -180,6 +184,86 @@ def compare_backends(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
             "answered": answered, "stats": stats, "ratios": ratios}
 
 
+VERSION_RUNS = (("message", 1), ("message", 8), ("record-invalid", 1), ("record-invalid", 8), ("check-blocked", 1))
+VERSIONS = ("before", "after", "after+score")
+CUSTOMERS = 100  # --ab's after+score: the users in customers of --keys / CUSTOMERS members each
+
+
+def score_config(work: Path, keys: int) -> str:
+    """after+score's config: the volume enforced beside the invalid recipients (two enforced counters: the score
+    is computed on every count), the score enforced, every user in a customer with enforced limits (its counts
+    go to its customer too). Huge limits: nothing trips."""
+    members = work / "customers"
+    members.write_text("".join(f"auth:{KEY.format(i)} c{i % CUSTOMERS}\n" for i in range(keys)))
+    return (f'[limits.auth.recipients]\nlimit = {HUGE}\nperiod = "1h"\nmode = "enforce"\n'
+            '[limits.auth.score]\nlimit = 150\nmode = "enforce"\n'
+            f'[customers]\nlookup = "{members}"\nby_domain = false\n'
+            f'[limits.customer]\nlimit = {HUGE}\nperiod = "1h"\nmode = "enforce"\n'
+            f'[limits.customer.recipients]\nlimit = {HUGE}\nperiod = "1h"\nmode = "enforce"\n')
+
+
+def compare_versions(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """--ab: the install of --ab's interpreter (before) against this one (after), default config, and this one
+    with the score and customer limits (after+score), served at once and loaded in turns, the order rotating each
+    round. Each gets the message its own snippets send: rcpts= only where the daemon takes it (an older one
+    answers E to it)."""
+    from eximhook.serve import protocol
+
+    keys = list(range(opts.keys))
+    daemons: dict[str, BenchDaemon] = {}
+    runs: dict[tuple[str, str, int], list[LoadResult]] = {}
+    try:
+        daemons = {"before": BenchDaemon(work, "before", closed=True, python=opts.ab),
+                   "after": BenchDaemon(work, "after", closed=True),
+                   "after+score": BenchDaemon(work, "after-score", closed=True,
+                                              extra=score_config(work, opts.keys))}
+        for d in daemons.values():
+            d.start()
+        probe = protocol.encode("message", "auth", "probe@example.org", n="1", rcpts="x@example.com")
+        rcpts = {name: d.request(probe) == b"0" for name, d in daemons.items()}
+        versions = {name: subprocess.run([d.python or sys.executable, "-I", "-c",
+                                          "import eximhook; print(eximhook.__version__)"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+                    for name, d in daemons.items()}
+        for rnd in range(opts.rounds):
+            order = VERSIONS[rnd % 3:] + VERSIONS[:rnd % 3]
+            for op, clients in VERSION_RUNS:
+                for name in order:
+                    runs.setdefault((name, op, clients), []).append(
+                        run_load(daemons[name], op, keys, clients, opts, rcpts=rcpts[name]))
+            print(f"  version round {rnd + 1}/{opts.rounds} done, load {os.getloadavg()[0]:.2f}", file=sys.stderr,
+                  flush=True)
+        exits = {name: d.stop() for name, d in daemons.items()}
+    finally:
+        for d in daemons.values():
+            d.stop()
+    stats = {f"{name} {op} x{c}": summarize(rs) for (name, op, c), rs in runs.items()}
+    for s in stats.values():
+        s["cpu_per_call"] = s["daemon_cpu"] / s["ops_s"]
+    ratios = {f"{name} {op} x{c}": {m: stats[f"{name} {op} x{c}"][m] / stats[f"before {op} x{c}"][m]
+                                    for m in ("ops_s", "p50_ms", "p99_ms", "cpu_per_call")}
+              for name in VERSIONS[1:] for op, c in VERSION_RUNS}
+    return {"versions": versions, "rcpts": rcpts, "exits": exits, "stats": stats, "ratios": ratios}
+
+
+def print_versions(cmp: dict[str, Any], opts: argparse.Namespace) -> None:
+    stats = cmp["stats"]
+    print(f"before ({opts.ab}): {cmp['versions']['before']}; after ({sys.executable}): {cmp['versions']['after']}; "
+          f"rcpts= sent to: {', '.join(n for n, r in cmp['rcpts'].items() if r) or 'none'}; {opts.rounds} rounds "
+          f"taking turns, {opts.duration:g}s a run, {opts.keys:,} users; daemon exit "
+          + ", ".join(f"{n} {e}" for n, e in cmp["exits"].items()) + "\n")
+    print(table(["op version", *HEADERS[1:]], [row(f"{op} {name}", c, stats[f"{name} {op} x{c}"])
+                                              for op, c in VERSION_RUNS for name in VERSIONS]))
+    print("\nover before (ops/s below 1, latency or daemon CPU per call above 1: slower); ops/s of each round")
+    rows = []
+    for op, c in VERSION_RUNS:
+        for name in VERSIONS:
+            ratio = cmp["ratios"].get(f"{name} {op} x{c}", {})
+            rows.append([f"{op} {name}", c, *(f"{x:.2f}x" for x in ratio.values()), *([""] * (4 - len(ratio))),
+                         " ".join(map(str, stats[f"{name} {op} x{c}"]["ops_s_rounds"]))])
+    print(table(["op version", "clients", "ops/s", "p50", "p99", "CPU/call", "ops/s rounds"], rows))
+
+
 def counted_lmdb(store: str, keys: list[int]) -> int:
     from eximhook.storage.counters import Counters
 
@@ -227,6 +311,8 @@ def main() -> int:
     parser.add_argument("--active", type=int, default=1_000, help="subjects the size comparison counts on")
     parser.add_argument("--size-rounds", type=int, default=3, help="rounds of the size comparison (default 3)")
     parser.add_argument("--redis", action="store_true", help="also LMDB against Redis, through the daemon")
+    parser.add_argument("--ab", metavar="PYTHON", help="only this: another install (that venv's python) against "
+                        "this one, and this one with the score and customer limits, loaded in turns")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     opts = parser.parse_args()
     levels = [int(c) for c in opts.clients.split(",")]
@@ -235,9 +321,23 @@ def main() -> int:
         parser.error("need 0 < --duration <= 60, 1..256 clients, --active <= --tiny and <= --subjects")
     if opts.redis and not (shutil.which("redis-server") and importlib.util.find_spec("redis")):
         parser.error("--redis needs redis-server on PATH and redis-py in this venv")
+    if opts.ab and not os.access(os.path.join(os.path.dirname(opts.ab), "eximhook"), os.X_OK):
+        parser.error(f"--ab: no eximhook beside {opts.ab}")
     where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
+    if opts.ab:
+        try:
+            cmp = compare_versions(work, opts)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        after = benchlib.fingerprint(where)
+        print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
+        print_versions(cmp, opts)
+        if opts.json:
+            with open(opts.json, "w") as f:
+                json.dump({"eximhook": version, "duration": opts.duration, "versions": cmp}, f, indent=1)
+        return 0
     daemons: list[BenchDaemon] = []
     out: dict[str, Any] = {"eximhook": version, "duration": opts.duration}
     try:

@@ -25,9 +25,11 @@ class BenchDaemon(h.Daemon):
 
     With ``redis_url`` it counts and checks in that Redis (``[store] backend = "redis"``). With
     ``closed`` a request the daemon could not answer in time gets the fallback token ``1`` (``[hooks]``
-    closed): the load counts it as an error, where the open fallback's ``0`` would pass for an answer."""
+    closed): the load counts it as an error, where the open fallback's ``0`` would pass for an answer.
+    ``python``: run by another venv's interpreter (``Daemon``); ``extra``: TOML added to the config."""
 
-    def __init__(self, work: Path, name: str, *, redis_url: str | None = None, closed: bool = False) -> None:
+    def __init__(self, work: Path, name: str, *, redis_url: str | None = None, closed: bool = False,
+                 python: str | None = None, extra: str = "") -> None:
         self.name = name
         self.dir = work / name
         self.dir.mkdir()
@@ -39,8 +41,8 @@ class BenchDaemon(h.Daemon):
         hooks = '[hooks]\ncheck = "closed"\nrecord = "closed"\n' if closed else ""
         conf.write_text(f'[store]\npath = "{self.store}"\nmirror_dir = "{self.dir}"\n{backend}{limits}{hooks}'
                         f'[notify]\nsendmail = ["/bin/true"]\n[log]\nfile = "{self.logfile}"\n'
-                        f'[serve]\nsocket = "{self.dir / "eximhook.sock"}"\n')
-        super().__init__(conf)
+                        f'[serve]\nsocket = "{self.dir / "eximhook.sock"}"\n{extra}')
+        super().__init__(conf, python=python)
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""

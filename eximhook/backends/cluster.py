@@ -17,9 +17,11 @@ from ..errors import SharedUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from ..config.load import Config
+    from ..model.counter import Counter
+    from ..storage.counters import Counters
     from .redis import RedisBackend
 
 
@@ -60,3 +62,37 @@ def shared(cfg: Config) -> Iterator[RedisBackend | None]:
                                 "command again when Redis is back (eximhook status)") from exc
     finally:
         backend.close()
+
+
+@contextlib.contextmanager
+def reader(cfg: Config, counters: Counters,
+           note: Callable[[str], None]) -> Iterator[Callable[[str, str, str], Counter]]:
+    """Where a subject's counts are, as ``read(ns, key, name)``: Redis's shared ones, or
+    this relay's (``counters``). While Redis does not answer, this relay's own, made
+    while it was down, and ``note`` is told why, once."""
+    if not shares(cfg):
+        yield counters.get
+        return
+    import redis
+
+    from .connect import describe
+    from .redis import RedisBackend
+
+    backend: RedisBackend | None = RedisBackend.from_config(cfg.store)
+
+    def read(ns: str, key: str, name: str) -> Counter:
+        nonlocal backend
+        if backend is not None:
+            try:
+                return backend.counter(ns, key, name)
+            except (redis.RedisError, OSError) as exc:
+                note(f"{describe(cfg.store)} did not answer ({type(exc).__name__}: {exc}); the counts below are "
+                     "this relay's own, made while it was down")
+                backend.close()
+                backend = None
+        return counters.get(ns, key, name)
+    try:
+        yield read
+    finally:
+        if backend is not None:
+            backend.close()

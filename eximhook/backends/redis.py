@@ -21,6 +21,8 @@ touches one slot and runs unchanged on Redis Cluster:
   eximhook:{S}:once:ID     a count done (ID: the relay's), for ONCE seconds: sent again
                            after a timeout, it is not counted twice
   eximhook:{S}:lifted      the block record last lifted, for TOMBSTONE seconds
+  eximhook:{S}:known       hash NETWORK -> until when an authenticated user (S: its auth
+                           subject) is known from it (``storage.known``), every relay's
   eximhook:exempt          hash NS NUL PATTERN -> JSON exemption (admin commands only)
 Lists across subjects (blocks, history, outbox) SCAN for them: admin commands and the
 daemons' periodic comparison, never a request.
@@ -48,13 +50,23 @@ from __future__ import annotations
 
 import json
 
-from ..errors import EximhookError, Exit
 from ..model.records import Event, Outcome, block_record
 from ..periods import format_period
-from ..storage.counters import Counter, Tally, Window
+from ..storage.counters import Counter, Tally
 from ..storage.store import queued, subject_key
 from .base import Shared
-from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTERS, RECORD, SHADOW, UNBLOCK
+from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTERS, LEARN, RECORD, SHADOW, UNBLOCK
+from .redis_values import (
+    Replayed,
+    Undecodable,
+    decoded,
+    is_exemption,
+    is_lifted,
+    is_notification,
+    is_subject,
+    prefix,
+    window,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -75,45 +87,6 @@ ONCE = 600
 TOMBSTONE = 7 * 86400
 
 
-def _prefix(obj: dict[str, Any]) -> str:
-    """``obj`` as JSON without its closing brace: the script adds the fields it knows."""
-    return json.dumps(obj)[:-1]
-
-
-def _decoded(raw: bytes | str, valid: Callable[[dict[str, Any]], bool], what: str) -> tuple[dict[str, Any] | None, str]:
-    """The JSON object ``raw`` if ``valid``, or None and why not."""
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), or not JSON
-        return None, f"not JSON: {exc}"
-    if isinstance(value, dict) and valid(value):
-        return value, ""
-    return None, f"not {what}"
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _subject(record: dict[str, Any]) -> bool:
-    return isinstance(record.get("ns"), str) and isinstance(record.get("key"), str)
-
-
-def _notification(entry: dict[str, Any]) -> bool:
-    """What ``claim`` and the relay that sends it read of an outbox entry."""
-    block = entry.get("block")
-    return (_number(entry.get("ts")) and isinstance(entry.get("node"), str) and isinstance(entry.get("kind"), str)
-            and isinstance(block, dict) and _subject(block))
-
-
-def _exemption(record: dict[str, Any]) -> bool:
-    return isinstance(record.get("ns"), str) and isinstance(record.get("pattern"), str) and _number(record.get("since"))
-
-
-def _lifted(record: dict[str, Any]) -> bool:
-    return _subject(record) and _number(record.get("since"))
-
-
 class RedisBackend(Shared):
     name = "redis"
 
@@ -127,6 +100,7 @@ class RedisBackend(Shared):
         self._clear = client.register_script(CLEAR)
         self._counters = client.register_script(COUNTERS)
         self._shadow = client.register_script(SHADOW)
+        self._learn = client.register_script(LEARN)
         self.channel = self.prefix + b":changes"
         self.k_exempt = self.prefix + b":exempt"
         # a value that is not what eximhook writes: raised (None), or handed to this and
@@ -166,10 +140,10 @@ class RedisBackend(Shared):
         return sorted(self.client.scan_iter(match=self.prefix + b":{*}:" + what, count=1000))
 
     def _load(self, raw: bytes | str, key: bytes, field: bytes | str | None = None, *,
-              valid: Callable[[dict[str, Any]], bool] = _subject, what: str = "a record") -> dict[str, Any] | None:
+              valid: Callable[[dict[str, Any]], bool] = is_subject, what: str = "a record") -> dict[str, Any] | None:
         """The JSON object ``raw`` (read from ``key``, ``field``) if ``valid``, else
         ``Undecodable``: raised, or, with ``skip``, handed to it (None)."""
-        value, why = _decoded(raw, valid, what)
+        value, why = decoded(raw, valid, what)
         if value is None:
             self._bad(Undecodable(key, field, raw, why))
         return value
@@ -191,7 +165,7 @@ class RedisBackend(Shared):
         enforce = policy.enforced and why_not is None
         kind = "blocked" if enforce else "would-block"
         # the script adds the block record and the entry's number
-        outbox = _prefix(queued(made, kind, node=self.node, hold_until=made + hold if enforce else None))
+        outbox = prefix(queued(made, kind, node=self.node, hold_until=made + hold if enforce else None))
         args: list[Any] = [repr(now), event.weight, json.dumps(event.evidence) if event.evidence else "",
                            json.dumps(event.ip) if event.ip else "", event.keep_evidence, event.keep_ips,
                            "enforce" if enforce else "shadow", int(notify_shadow and why_not is None),
@@ -209,7 +183,7 @@ class RedisBackend(Shared):
                          "counter": policy.name, "limit": limit, "period": period, "exempt": why_not,
                          "node": self.node}
             field = f"{policy.name}\0{limit}\0{period!r}".encode()
-            args += [limit, repr(period), _prefix(record), _prefix(audit), field]
+            args += [limit, repr(period), prefix(record), prefix(audit), field]
         # a counter outlives its longest window twice over, then Redis drops it
         ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
         args += [self.channel, ttl, event.once, ONCE * 1000, policy.adds, policy.minimum, *event.tags]
@@ -220,7 +194,7 @@ class RedisBackend(Shared):
             raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
         over, blocked, tripped, shadowed, count, state, number = result
         total, counts, windows, recent, ips = state
-        counter = Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
+        counter = Counter(int(total), [window(w) for w in windows], [json.loads(x) for x in recent],
                           [json.loads(x) for x in ips])
         tally = Tally(ns, key, policy, counter, [int(n) for n in counts], int(over))
         if over < 0:
@@ -253,10 +227,10 @@ class RedisBackend(Shared):
         """``block``, answering -1 if the subject was blocked already, else the number
         of its notification in the subject's outbox (0: none), for ``take``."""
         record = {**record, "node": record.get("node") or self.node}
-        audit = _prefix({"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"], "by": record["by"],
+        audit = prefix({"ts": now, "event": "blocked", "ns": record["ns"], "key": record["key"], "by": record["by"],
                          "reason": record["reason"], "note": record.get("note"), "counter": record.get("counter"),
                          "node": self.node})
-        outbox = _prefix(queued(now, "blocked", node=self.node, hold_until=now + hold)) if notify else ""
+        outbox = prefix(queued(now, "blocked", node=self.node, hold_until=now + hold)) if notify else ""
         keys = self._keys(record["ns"], record["key"], b"block", b"audit", b"outbox", b"seq")
         message = f'{{"op": "block", "node": {json.dumps(self.node)}, "record": '
         return int(self._block(keys=keys, args=[json.dumps(record), audit, outbox, self.channel, message]))
@@ -271,7 +245,7 @@ class RedisBackend(Shared):
         records, and the counters with them; 0 nothing (not blocked: counters kept)."""
         from ..model.policy import COUNTERS
 
-        audit = _prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
+        audit = prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
         message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
         keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", b"lifted",
                           *(b"c:" + n.encode() for n in COUNTERS))
@@ -281,7 +255,7 @@ class RedisBackend(Shared):
         """The subject's block record last lifted here (for ``TOMBSTONE`` seconds)."""
         k = self._key(subject_key(ns, key), b"lifted")
         data = self.client.get(k)
-        return None if data is None else self._load(data, k, valid=_lifted)
+        return None if data is None else self._load(data, k, valid=is_lifted)
 
     def take(self, ns: str, key: str, queued: int) -> bool:
         """The notification ``queued`` is this relay's to send (its own store has it): off
@@ -300,7 +274,7 @@ class RedisBackend(Shared):
         (``CLAIM`` deletes it if it is still the entry read here). One that no relay
         can send (``Undecodable``) is, with ``skip``, taken off by the one relay that
         reports it; without, raised before anything is taken."""
-        read = [(k, field, raw, *_decoded(raw, _notification, "a notification"))
+        read = [(k, field, raw, *decoded(raw, is_notification, "a notification"))
                 for k in self._scan(b"outbox") for field, raw in self.client.hgetall(k).items()]
         if self.skip is None:
             for k, field, raw, entry, why in read:
@@ -339,8 +313,8 @@ class RedisBackend(Shared):
                  "limit": limit, "period": period, "count": tally.count, "exempt": why_not, "node": self.node}
         field = f"{tally.name}\0{limit}\0{period!r}".encode()
         keys = self._keys(ns, key, b"shadow", b"audit", b"outbox", b"seq")
-        number = int(self._shadow(keys=keys, args=[field, json.dumps(record), _prefix(audit),
-                                                   _prefix(queued(now, "would-block", node=self.node)),
+        number = int(self._shadow(keys=keys, args=[field, json.dumps(record), prefix(audit),
+                                                   prefix(queued(now, "would-block", node=self.node)),
                                                    int(notify_shadow and why_not is None)]))
         return Outcome(self.is_blocked(ns, key), False, tally.count, total, shadowed=number >= 0, exempt=why_not,
                        queued=max(number, 0))
@@ -351,9 +325,27 @@ class RedisBackend(Shared):
     def counters_of(self, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Counter]:
         """The subject's counters ``names``, in one script (they share its slot)."""
         found = self._counters(keys=self._keys(ns, key, *(b"c:" + name.encode() for name in names))) if names else []
-        return {name: Counter(int(total), [_window(w) for w in windows], [json.loads(x) for x in recent],
+        return {name: Counter(int(total), [window(w) for w in windows], [json.loads(x) for x in recent],
                               [json.loads(x) for x in ips])
                 for name, (total, windows, recent, ips) in zip(names, found, strict=True)}
+
+    def learn(self, user: str, network: str, until: float) -> None:
+        """``user`` sent mail from ``network`` through some relay: known there until
+        ``until`` for every relay (``known``); at most ``storage.known.KEEP`` a user."""
+        from ..storage.known import KEEP
+
+        self._learn(keys=self._keys("auth", user, b"known"), args=[network, repr(until), KEEP])
+
+    def known(self, user: str) -> list[tuple[str, float]]:
+        """The networks ``user`` is known from on any relay (network, until); a field that
+        is not what ``learn`` writes is left out."""
+        out = []
+        for network, until in self.client.hgetall(self._keys("auth", user, b"known")[0]).items():
+            try:
+                out.append((network.decode("ascii") if isinstance(network, bytes) else network, float(until)))
+            except ValueError:  # not ASCII (UnicodeDecodeError), or no number
+                continue
+        return out
 
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         from ..model.policy import COUNTERS
@@ -381,7 +373,7 @@ class RedisBackend(Shared):
 
     def exemptions(self) -> list[dict[str, Any]]:
         """The admin's exemptions (``eximhook exempt add``), every relay's."""
-        found = (self._load(v, self.k_exempt, f, valid=_exemption, what="an exemption")
+        found = (self._load(v, self.k_exempt, f, valid=is_exemption, what="an exemption")
                  for f, v in self.client.hgetall(self.k_exempt).items())
         return sorted((r for r in found if r is not None), key=lambda r: r["since"])
 
@@ -405,23 +397,6 @@ class RedisBackend(Shared):
         self.client.close()
 
 
-class Replayed(Exception):
-    """A count sent again (the same ``Event.once``) that Redis has counted already."""
-
-
-class Undecodable(EximhookError):
-    """A value in Redis that is not what eximhook writes there (corrupt, or another
-    program's): ``key`` (and hash ``field``) holds ``raw``."""
-
-    exit_code = Exit.UNAVAILABLE
-
-    def __init__(self, key: bytes, field: bytes | str | None, raw: bytes | str, why: str) -> None:
-        self.key, self.field, self.raw = key, field, raw
-        where = key.decode("utf-8", "surrogateescape") + ("" if field is None else f" field {field!r}")
-        super().__init__(f"{where} in Redis is not what eximhook writes there ({why}): {raw[:200]!r}"
-                         + (f" ({len(raw)} bytes)" if len(raw) > 200 else ""))
-
-
 def _why_not(exempt: Exempt | None, ns: str, key: str) -> str | None:
     """Why the subject is exempt (``PATTERN: REASON``), or None."""
     if not exempt or not exempt.get(ns):
@@ -430,9 +405,3 @@ def _why_not(exempt: Exempt | None, ns: str, key: str) -> str | None:
 
     found = first(ns, key, exempt[ns])
     return None if found is None else f"{found[0]}: {found[1]}"
-
-
-def _window(exported: list[Any]) -> Window:
-    period, times, weights, crossed, crossed_limit, *tags = exported  # no tags: a counter of before issue 24
-    return Window(float(period), [float(t) for t in times], [int(w) for w in weights], [], int(crossed),
-                  int(crossed_limit), [int(x) for x in tags[0]] if tags else [])

@@ -293,3 +293,29 @@ seq = redis.call('INCR', KEYS[4])
 redis.call('HSET', KEYS[3], seq, ARGV[4] .. ', "block": ' .. ARGV[2] .. string.format(', "seq": %d}', seq))
 return seq
 """
+
+# RedisBackend.learn: a network a user sent mail from, known until ARGV[2] (a time),
+# into the user's hash KEYS[1] (network -> until), the later time kept; then only the
+# ARGV[3] known longest stay, and the hash expires when the last of them is no longer
+# known (a whole-second time, rounded up). Times compare as numbers, as Python's do.
+LEARN = r"""
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '')
+if old == nil or tonumber(ARGV[2]) > old then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+local entries = redis.call('HGETALL', KEYS[1])
+local kept, last = #entries / 2, 0
+while kept > tonumber(ARGV[3]) do
+  local first, at = nil, nil
+  for i = 1, #entries, 2 do
+    local t = tonumber(entries[i + 1]) or -1
+    if entries[i] and (at == nil or t < at) then first, at = i, t end
+  end
+  redis.call('HDEL', KEYS[1], entries[first])
+  entries[first] = false
+  kept = kept - 1
+end
+for i = 1, #entries, 2 do
+  local t = tonumber(entries[i + 1])
+  if entries[i] and t and t > last then last = t end
+end
+redis.call('EXPIREAT', KEYS[1], math.ceil(last))
+"""

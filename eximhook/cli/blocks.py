@@ -4,11 +4,9 @@ notify."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..backends import cluster
@@ -22,24 +20,27 @@ from ..model.patterns import first as first_match
 from ..model.policy import KINDS, UNITS
 from ..model.subjects import escape, own_address, shell_quote
 from ..notify import send as notify_mod
-from ..notify.describe import describe
-from ..ops import health
+from ..notify.describe import crossed_by, describe
+from ..notify.describe import shares as member_shares
+from ..ops import status
 from ..ops.stats import why
 from ..periods import format_period, format_time
 from ..storage import mirror
-from ..storage.counters import Counter, Counters
+from ..storage.counters import Counters
 from ..storage.known import networks_in
 from ..storage.store import Store
 from .commands import actor, dump, open_counters, open_store, subject, table
 from .queue import purge, release
 
 
-def send_notifications(cfg: Config, store: Store) -> tuple[int, list[str]]:
-    return notify_mod.deliver(cfg, store, Logger(cfg.log.file), notify_mod.command_line(cfg))
+def send_notifications(cfg: Config, store: Store, counters: Counters) -> tuple[int, list[str]]:
+    log = Logger(cfg.log.file)
+    with cluster.reader(cfg, counters, lambda note: log.log("notice", note)) as read:
+        return notify_mod.deliver(cfg, store, log, notify_mod.command_line(cfg), read=read)
 
 def notify(cfg: Config, opts: argparse.Namespace) -> int:
-    with open_store(cfg) as store:
-        sent, errors = send_notifications(cfg, store)
+    with open_store(cfg) as store, open_counters(cfg) as counters:
+        sent, errors = send_notifications(cfg, store, counters)
     print(sent, end="")
     return Exit.TEMPFAIL if errors else Exit.OK
 
@@ -47,7 +48,7 @@ def _notifications(store: Store, kind: str = "blocked") -> dict[tuple[str, str],
     """Each subject's notification still in the outbox: queued, held, sending or stuck.
     ``kind``: the abuse desk's ("blocked") or the owner's ("owner")."""
     now = time.time()
-    return {(d["ns"], d["key"]): d for d in (health.describe_item(i, now) for i in store.outbox())
+    return {(d["ns"], d["key"]): d for d in (status.describe_item(i, now) for i in store.outbox())
             if (d["kind"] == "owner") == (kind == "owner")}
 
 def _notification_text(item: dict[str, Any] | None) -> str:
@@ -108,43 +109,13 @@ def _list_shadows(cfg: Config, opts: argparse.Namespace) -> int:
           else "no would-block records")
     return Exit.OK
 
-@contextlib.contextmanager
-def _counts(cfg: Config, counters: Counters) -> Iterator[Callable[[str, str, str], Counter]]:
-    """Where a subject's counts are: Redis's shared ones (this relay's own while Redis
-    does not answer, said on stderr), or this relay's."""
-    if not cluster.shares(cfg):
-        yield counters.get
-        return
-    import redis
-
-    from ..backends.connect import describe
-    from ..backends.redis import RedisBackend
-
-    shared: RedisBackend | None = RedisBackend.from_config(cfg.store)
-
-    def get(ns: str, key: str, name: str) -> Counter:
-        nonlocal shared
-        if shared is not None:
-            try:
-                return shared.counter(ns, key, name)
-            except (redis.RedisError, OSError) as exc:
-                print(f"eximhook: note: {describe(cfg.store)} did not answer ({type(exc).__name__}: {exc}); the "
-                      "counts below are this relay's own, made while it was down", file=sys.stderr)
-                shared = None
-        return counters.get(ns, key, name)
-    try:
-        yield get
-    finally:
-        if shared is not None:
-            shared.close()
-
-
 def show(cfg: Config, opts: argparse.Namespace) -> int:
     from ..ops import report
 
     ns, key = subject(cfg, opts)
     now = time.time()
-    with open_store(cfg) as store, open_counters(cfg) as counters, _counts(cfg, counters) as get:
+    with (open_store(cfg) as store, open_counters(cfg) as counters,
+          cluster.reader(cfg, counters, lambda note: print(f"eximhook: note: {note}", file=sys.stderr)) as get):
         block = store.get_block(ns, key)
         exempt = store.read(exempt_in(store, cfg.exempt, ns, key))
         shadows = store.shadows(ns, key)
@@ -153,8 +124,13 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         notification = _notifications(store).get((ns, key))
         to_owner = _notifications(store, "owner").get((ns, key))
         known = store.read(lambda txn: networks_in(store, txn, key, now)) if ns in ("auth", "login") else []
-        customer = customers.of(View.of(cfg), ns, key)
+        view = View.of(cfg)
+        customer = customers.of(view, ns, key)
         customer_block = None if customer is None else store.get_block("customer", customer)
+        shares = {name: (w["period"], customers.shares(view, key, name, KINDS[name].adds, w["period"], now,
+                                                      c["evidence"], get))
+                  for name, c in counts.items() if ns == "customer" and name != "score"
+                  for w in c["windows"][:1] if w["count"]}
     invalid = counts.get("invalid")
     if opts.json:
         legacy = None
@@ -165,11 +141,15 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
         dump({"ns": ns, "key": key, "block": block, "exempt": exempt, "would_block": shadows, "history": events,
               "notification": notification, "owner_notification": to_owner, "counter": legacy,
               "counters": counts, "known": known, "customer": customer,
-              "customer_blocked": customer_block is not None})
+              "customer_blocked": customer_block is not None,
+              "shares": {name: [{"ns": m[0], "key": m[1], "count": m[2], "exact": m[3]} for m in members]
+                         for name, (_, members) in shares.items()}})
         return Exit.OK
     print(f"{ns} {escape(key)}: " + (describe(block) if block else "not blocked"))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
+        if member := crossed_by(block):
+            print(f"  crossed by its member {member}")
         if block.get("event_at") not in (None, block["since"]):  # a journaled count (serve.shared)
             print(f"  tripped by an event at {format_time(block['event_at'])}, counted when Redis answered again")
         if block.get("spool_free") is not None:
@@ -201,6 +181,9 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"  {UNITS[name]}: {c['total']} since the counter was last reset")
         for item in c["evidence"]:
             print(f"  {KINDS[name].item}: {escape(item)}")
+    for name, (period, members) in shares.items():
+        for line in member_shares(name, counts[name]["windows"][0]["count"], period, members):
+            print(f"  {line}")
     ips = list(dict.fromkeys(ip for c in counts.values() for ip in c["ips"]))
     print(f"  client IPs: {', '.join(map(escape, ips)) or '-'}")
     if known:
@@ -260,7 +243,7 @@ def block(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"eximhook: warning: {key} is this machine's own address, and the relay snippets skip "
                   "connections from the server itself (!@[]): this block freezes nothing", file=sys.stderr)
         if not opts.no_notify:
-            sent, errors = send_notifications(cfg, store)
+            sent, errors = send_notifications(cfg, store, counters)
             print(f"notification sent to {cfg.notify.to}" if sent else
                   f"notification queued, not sent: {'; '.join(errors) or 'another notify run has it'}")
             for to in found:

@@ -16,20 +16,21 @@ from ..model.policy import UNITS
 from ..model.subjects import escape
 from ..notify import send as notify_mod
 from ..ops import health
+from ..ops import status as checks_of
 from ..periods import format_period
 from ..storage import mirror
 from .commands import dump, open_store, table
 
 
 def status(cfg: Config, opts: argparse.Namespace) -> int:
-    checks = health.status(cfg, time.time())
-    checks += [health.Check("secrets", health.WARNING, text) for text in _exposed_secrets(cfg)]
-    checks += [health.Check("config", health.WARNING, text) for text in _unsafe_config(cfg)]
+    checks = checks_of.status(cfg, time.time())
+    checks += [checks_of.Check("secrets", checks_of.WARNING, text) for text in _exposed_secrets(cfg)]
+    checks += [checks_of.Check("config", checks_of.WARNING, text) for text in _unsafe_config(cfg)]
     level = max(c.level for c in checks)
     if opts.json:
-        dump({"level": health.LEVELS[level], "checks": [c.as_dict() for c in checks]})
+        dump({"level": checks_of.LEVELS[level], "checks": [c.as_dict() for c in checks]})
     else:  # one line, as a Nagios/Icinga plugin prints it
-        print(f"EXIMHOOK {health.LEVELS[level]} - " + "; ".join(f"{c.name} {escape(c.text)}" for c in checks))
+        print(f"EXIMHOOK {checks_of.LEVELS[level]} - " + "; ".join(f"{c.name} {escape(c.text)}" for c in checks))
     return level
 
 def maintain(cfg: Config, opts: argparse.Namespace) -> int:
@@ -173,6 +174,8 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
             print(f"  overrides.{ns}.{pattern!r}.{name}: {windows} ({policy.mode})")
     for ns, exempt in cfg.exempt.items():
         print(f"  exempt {ns}: {', '.join(repr(p) for p, _ in exempt) or 'none'} (counted, never blocked by a limit)")
+    for line in _customers_and_logins(cfg):
+        print(f"  {line}")
     print(f"  {_bounds(cfg)}")
     sp = cfg.spool
     print(f"  spool guard: a blocked subject's mail is refused, not frozen, below {sp.floor} KiB free in "
@@ -213,6 +216,34 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     for line in _check_exim_config(cfg):
         print(f"  {line}")
     return Exit.OK
+
+
+def _customers_and_logins(cfg: Config) -> list[str]:
+    """Who counts toward a customer (``[customers]``), and whom a login block still lets
+    in (``[logins]``), when their limits are on (docs/signals.md)."""
+    lines = []
+    c = cfg.customers
+    on = any(p.windows for p in cfg.policies.get("customer", {}).values()) or any(
+        ns == "customer" for ns, _ in cfg.overrides)
+    whom = [w for w in (c.lookup and f"the users, hosts and local users {c.lookup} lists",
+                        c.by_domain and "an authenticated user it does not list: its domain") if w]
+    if on and not whom:
+        lines.append("warning: customer limits are set, but [customers] has no lookup and by_domain = false: "
+                     "nothing counts toward a customer")
+    elif on:
+        lines.append(f"customers: {'; '.join(whom)}; a customer's block freezes every member's mail")
+        if c.by_domain:
+            lines.append("note: [customers] by_domain makes all users of one domain one customer: where your users "
+                         "share your own domain, set it to false and list customers in the lookup")
+    elif c.lookup:
+        lines.append(f"customers: {c.lookup} names customers, but no [limits.customer.COUNTER] is set: nothing "
+                     "counts toward them")
+    login = cfg.policy("login", "authfail")
+    if login is not None and login.windows:
+        lines.append(f"logins: a login block refuses AUTH for its account except from the networks it sent mail "
+                     f"from in the last {format_period(cfg.logins.known)} ([logins] known), where the "
+                     "authenticators check EXIMHOOK_ALLOWED_PLAIN or _LOGIN (docs/signals.md)")
+    return lines
 
 
 def _check_exim_config(cfg: Config, listing: str | None = None) -> list[str]:

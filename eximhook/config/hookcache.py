@@ -20,7 +20,7 @@ import os
 
 from .. import __version__
 from ..errors import ConfigError
-from ..model.subjects import wider
+from ..model.subjects import WIDER, wider
 
 TYPE_CHECKING = False  # the hooks import this module: typing costs ~10 ms
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ class View:
               "ipv6_prefix", "keep_evidence", "keep_ips", "known", "log", "map_size", "mirror_dir", "net_prefixes",
               "notify_shadow", "overrides", "owner", "owner_lookup", "owner_notify", "owner_pattern", "path",
               "policies", "record", "remember", "spool", "store", "timeout")
-    __slots__ = (*(f for f in FIELDS if f not in ("policies", "overrides")), "_limits", "_overrides", "_policies")
+    __slots__ = (*(f for f in FIELDS if f not in ("policies", "overrides")), "_limits", "_overrides", "_policies",
+                 "_wider", "_on")
 
     path: str  # the config file
     store: str  # [store] path, map_size, owner (the user it belongs to), counters_budget, mirror_dir
@@ -67,6 +68,8 @@ class View:
     notify_shadow: bool  # [limits] notify_shadow
     remember: float  # [bounces] remember
     known: float  # [logins] known
+    _wider: dict[tuple[str, str], tuple[str, str] | None]  # wider's answers, by address (``wider``)
+    _on: dict[tuple[str, tuple[str, ...]], dict[str, Policy]]  # policies_on's, per namespace without overrides
     customers_lookup: str | None  # [customers] lookup, by_domain
     customers_by_domain: bool
     keep_evidence: int  # [evidence] rcpts, ips
@@ -148,9 +151,39 @@ class View:
             _pick = pick = found
         return pick(self.policies, self.overrides, ns, counter, key)
 
+    def policies_on(self, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Policy]:
+        """The counters of ``names`` that are on for the subject, each with its policy
+        (``policy``). The same for every key of a namespace no override names: then
+        kept (the combined score asks on every count)."""
+        try:
+            kept = self._on
+        except AttributeError:
+            kept = self._on = {}
+        if (ns, names) in kept:
+            return kept[(ns, names)]
+        found = {name: p for name in names if (p := self.policy(ns, name, key)) is not None and p.windows}
+        if not any(o_ns == ns for o_ns, _ in self.overrides):
+            kept[(ns, names)] = found
+        return found
+
     def wider(self, ns: str, key: str) -> tuple[str, str] | None:
-        """As ``Config.wider``: the ``net`` subject an ``ip`` key counts in too."""
-        return wider(ns, key, *self.net_prefixes)
+        """As ``Config.wider``: the ``net`` subject an ``ip`` key counts in too. The
+        daemon asks for each message's client up to three times (``ipaddress`` parses
+        it in ~10 us): kept for the last ``_WIDER_KEPT`` addresses asked about (a key of
+        another namespace has none, and is not kept: it may be kilobytes)."""
+        if ns not in WIDER:
+            return None
+        if len(key) > 64:  # no address (an IPv6 one is at most 45 characters): not kept
+            return wider(ns, key, *self.net_prefixes)
+        try:
+            kept = self._wider
+        except AttributeError:
+            kept = self._wider = {}
+        if (ns, key) not in kept:
+            if len(kept) >= _WIDER_KEPT:
+                kept.clear()
+            kept[(ns, key)] = wider(ns, key, *self.net_prefixes)
+        return kept[(ns, key)]
 
     def guard(self) -> Guard:
         from ..model.spool import Guard  # a block's: not on a count's path
@@ -158,6 +191,7 @@ class View:
         return Guard(*self.spool)
 
 
+_WIDER_KEPT = 4096  # View.wider's answers kept (<= 64 bytes and a network each: < 2 MB), all dropped when full
 # the cache's shape: a changed field, or another release, and every cache is stale
 _FORMAT = f"{','.join(View.FIELDS)}|policies:windows,mode,minimum|{__version__}"
 def cache_path(path: str) -> str:

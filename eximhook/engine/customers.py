@@ -17,10 +17,16 @@ import os
 
 TYPE_CHECKING = False  # the hooks import this module on a count: typing costs ~10 ms
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from ..config.hookcache import View
+    from ..model.counter import Counter
     from ..storage.store import Store
 
 MEMBERS = ("auth", "relay", "local")  # who has a customer (a sender address, a client address: none)
+# the members whose counters one share report reads, at most: a customer of thousands of
+# mailboxes gets the first this many of its lookup lines and evidence, the rest summed
+SHARES_READ = 500
 # a customer id: one word, no colon (no re: it brings enum, ~2 ms on the hooks' path)
 _FIRST = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _REST = _FIRST | frozenset("._+=@-")
@@ -77,3 +83,33 @@ def publish(store: Store, lookup: str | None, by_domain: bool, ipv6_prefix: int)
     if unpack_members(store.read(lambda txn: store.mirrored_in(txn, b"customers"))) == unpack_members(data):
         return False  # the same members (a store that was never told holds the default): no rewrite
     return store.set_mirrored(b"customers", data)
+
+
+def members_of(view: View, cid: str, evidence: Iterable[str]) -> list[tuple[str, str]]:
+    """The members of customer ``cid`` one can name: the lookup file's, then those its
+    evidence names (``NS KEY: ...``, as ``events.customer_events`` writes it; with
+    ``by_domain``, the only way to name its users), each still its member."""
+    found: dict[tuple[str, str], None] = {}
+    if view.customers_lookup:
+        found.update((m, None) for m, c in listed(view.customers_lookup, view.ipv6_prefix).items() if c == cid)
+    for item in evidence:
+        ns, _, rest = item.partition(" ")
+        key = rest.split(": ", 1)[0]
+        if ns in MEMBERS and of(view, ns, key) == cid:
+            found[(ns, key)] = None
+    return list(found)
+
+
+def shares(view: View, cid: str, name: str, adds: str, period: float, now: float, evidence: Iterable[str],
+           read: Callable[[str, str, str], Counter]) -> list[tuple[str, str, int, bool]]:
+    """Each nameable member's share of customer ``cid``'s counter ``name`` in the last
+    ``period``, from the member's own counter (``read(ns, key, name)``), which counted the
+    same events: (ns, key, count, exact), the largest first, none of 0. ``exact`` is False
+    for a member whose windows are all shorter than ``period`` (its count is then a
+    lower bound). At most ``SHARES_READ`` members are read."""
+    out = []
+    for ns, key in members_of(view, cid, evidence)[:SHARES_READ]:
+        count, exact = read(ns, key, name).within(period, now, adds)
+        if count:
+            out.append((ns, key, count, exact))
+    return sorted(out, key=lambda m: -m[2])

@@ -149,14 +149,13 @@ def delivery_events(counters: Counters, txn: lmdb.Transaction, req: Request, now
     evidence = f"{f['rcpt']}: {f['evidence']}" if f.get("evidence") else f["rcpt"]
     which = f"{f['id']}\0{f['rcpt']}"
     found = []
-    if counted(view, "failrate", subjects) and counters.first_in(txn, "outcome", which, now, view.remember):
+    if (rate := counted(view, "failrate", subjects)) and counters.first_in(txn, "outcome", which, now, view.remember):
         bad = (int(outcome != "ok"),)
         found += [Event(ns, key, p, evidence=evidence if bad[0] else None, tags=bad,
-                        keep_evidence=view.keep_evidence) for ns, key, p in counted(view, "failrate", subjects)]
-    if outcome == "fail" and counted(view, "failures", subjects) and counters.first_in(txn, "fail", which, now,
-                                                                                      view.remember):
-        found += [Event(ns, key, p, evidence=evidence, keep_evidence=view.keep_evidence)
-                  for ns, key, p in counted(view, "failures", subjects)]
+                        keep_evidence=view.keep_evidence) for ns, key, p in rate]
+    if outcome == "fail" and (failures := counted(view, "failures", subjects)) and counters.first_in(
+            txn, "fail", which, now, view.remember):
+        found += [Event(ns, key, p, evidence=evidence, keep_evidence=view.keep_evidence) for ns, key, p in failures]
     return found
 
 
@@ -168,12 +167,13 @@ def recipient_tags(text: str, n: int, message_id: str) -> tuple[int, ...]:
     message that long is over the volume limit long before."""
     from ..model.evidence import CUT_END
     from ..model.ratelimit import CAP
+    from ..model.subjects import fold
 
     cut = text.endswith(CUT_END)
     listed = text.removesuffix(CUT_END).split(",")
     if cut:
         listed.pop()
-    found = dict.fromkeys(tag(x.strip().lower()) for x in listed if x.strip())
+    found = dict.fromkeys(tag(fold(x.strip())) for x in listed if x.strip())
     missing = min(max(n - len(listed), 0), CAP) if cut else 0  # a window keeps no more than CAP
     found.update(dict.fromkeys(tag(f"{message_id}\0{i}") for i in range(missing)))
     return tuple(found)

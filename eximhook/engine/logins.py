@@ -21,12 +21,26 @@ def learning(req: Request, view: View) -> tuple[str, str] | None:
     return None if net is None else (req.key, net[1])
 
 
-def learn(store: Store, req: Request, now: float, view: View) -> None:
+# (user, network) -> when this process last found it known or made it so: the daemon
+# looks in the store again only after LOOKED_FOR seconds (a read for every message
+# cost as much as counting one of its counters). At most LOOKED_KEPT, all dropped when full.
+_looked: dict[tuple[str, str], float] = {}
+LOOKED_FOR = 60.0
+LOOKED_KEPT = 65536
+
+
+def learn(store: Store, req: Request, now: float, view: View) -> tuple[str, str, float] | None:
     """Learn what ``req`` teaches (``learning``), if anything: a synced write when new.
     Called for mail that went out, not for mail a block froze (a bot's network must not
-    become one its victim's account may log in from)."""
+    become one its victim's account may log in from). What took a write: (user,
+    network, known until), for the other relays (``RedisBackend.learn``); else None."""
     found = learning(req, view)
-    if found is not None:
-        from ..storage.known import learn as note
+    if found is None or 0 <= now - _looked.get(found, -LOOKED_FOR) < LOOKED_FOR:
+        return None
+    from ..storage.known import learn as note
 
-        note(store, *found, now, view.known)
+    until = note(store, *found, now, view.known)
+    if len(_looked) >= LOOKED_KEPT:
+        _looked.clear()
+    _looked[found] = now
+    return None if until is None else (*found, until)

@@ -6,7 +6,7 @@ settles as any other (one block, or one would-block record, however many race)."
 from __future__ import annotations
 
 from ..model import score
-from ..model.policy import COUNTED
+from ..model.policy import COUNTED, KINDS
 
 TYPE_CHECKING = False  # the hooks import this module on a count: typing costs ~10 ms
 if TYPE_CHECKING:
@@ -22,18 +22,19 @@ def scores(tallies: Sequence[Tally], now: float, view: View, read: Read) -> list
     """The scores over their limit of the subjects ``tallies`` counted. A subject with an
     enforced counter over its own limit is left out (that counter blocks by itself, and
     names the block; one in shadow mode only records, and must not keep the score from
-    blocking), and so is one with fewer than two enforced counters when the score's
-    limit is 100 % or more (one counter under its limit is under it). ``read`` gives the
-    subject's counters as stored, the ones just counted included."""
+    blocking), and so is one whose enforced counters are of fewer than two groups when
+    the score's limit is 100 % or more (the score adds each group's fullest counter: one
+    under its limit is under it), without reading them. ``read`` gives the subject's
+    counters as stored, the ones just counted included."""
     out = []
     for ns, key in dict.fromkeys((t.ns, t.key) for t in tallies):
         policy = view.policy(ns, "score", key)
         if policy is None or not policy.windows or any(
                 t.over >= 0 and t.policy.enforced for t in tallies if (t.ns, t.key) == (ns, key)):
             continue
-        policies = {name: p for name in COUNTED if (p := view.policy(ns, name, key)) is not None and p.windows}
+        policies = view.policies_on(ns, key, COUNTED)
         enforced = tuple(name for name, p in policies.items() if p.enforced)
-        if len(enforced) < 2 and policy.windows[0][0] >= 100:
+        if len({KINDS[name].group for name in enforced}) < 2 and policy.windows[0][0] >= 100:
             continue
         tally = score.tally(ns, key, policy, score.parts(policies, read(ns, key, enforced), now))
         if tally.over >= 0:

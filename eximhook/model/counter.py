@@ -113,6 +113,22 @@ class Counter:
                 return w
         return Window(period)
 
+    def within(self, period: float, now: float, adds: str) -> tuple[int, bool]:
+        """Its events in the last ``period`` (of a ratio counter: the bad ones; of a
+        distinct counter: its values), from the shortest window that spans ``period``;
+        and False if none does (the count is then its longest window's, a lower bound).
+        A customer's members' shares come from their own counters so (``customers``)."""
+        from bisect import bisect_right
+
+        spans = [w for w in self.windows if w.period >= period]
+        if not spans and not self.windows:
+            return 0, True
+        w = min(spans, key=lambda w: w.period) if spans else max(self.windows, key=lambda w: w.period)
+        start = bisect_right(w.times, now - period)
+        if adds == "ratio":
+            return sum(x for x, bad in zip(w.weights[start:], w.tags[start:], strict=True) if bad), bool(spans)
+        return sum(w.weights[start:]), bool(spans)
+
     def active(self, now: float) -> bool:
         """Does any window still hold an event (one counted within its period)?"""
         return any(w.times and w.times[-1] > now - w.period for w in self.windows)

@@ -48,13 +48,21 @@ def key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
+def fold(text: str) -> str:
+    """``text`` with its ASCII letters in lower case, and nothing else changed: Exim's
+    ``${lc:}`` and lsearch's rule, for keys (``normalize``) and for recipients told apart
+    (``events.recipient_tags``)."""
+    return key_bytes(text).lower().decode("utf-8", "surrogateescape")
+
+
 def normalize(ns: str, key: str, ipv6_prefix: int = 64) -> str:
     """The canonical key Exim's snippets compute for the same subject.
 
     ASCII letters are folded to lower case, as Exim's ``${lc:}`` does and as lsearch
     compares (case-blind), so ``Bob`` cannot dodge a block on ``bob``. A relay key that
     is an IPv6 address is grouped by ``ipv6_prefix`` and written like Exim's
-    ``${mask:$sender_host_address/64}`` (``2001.0db8.0000.0001.0000.0000.0000.0000/64``).
+    ``${mask:}`` of the client's address ``/64`` (``EXIMHOOK_RELAY_KEY``:
+    ``2001.0db8.0000.0001.0000.0000.0000.0000/64``).
     """
     if ns not in NAMESPACES:
         raise BadSubject(f"unknown namespace {escape(ns)!r}: use one of {', '.join(NAMESPACES)}")
@@ -128,7 +136,7 @@ def _masked(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
 
 def wider(ns: str, key: str, ipv4_prefix: int, ipv6_prefix: int) -> tuple[str, str] | None:
     """The wider network that holds the subject, as the snippets compute it
-    (``EXIMHOOK_NET_KEY``: ``${mask:$sender_host_address/24}``, ``/48`` for IPv6), or
+    (``EXIMHOOK_NET_KEY``: ``${mask:}`` of the client's address ``/24``, ``/48`` for IPv6), or
     None: a namespace not grouped (``WIDER``), or a key that is no address."""
     wide = WIDER.get(ns)
     net = None if wide is None else network(key)

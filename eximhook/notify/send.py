@@ -22,7 +22,8 @@ from ..periods import format_period
 from ..storage import outbox
 from ..storage.store import Store
 from . import templates
-from .describe import LABELS, describe, did
+from .describe import LABELS, crossed_by, describe, did
+from .describe import shares as member_shares
 from .mails import mail, message, new_message_id, send, set_body
 from .templates import Template
 
@@ -31,6 +32,9 @@ Subject = tuple[str, str]
 if TYPE_CHECKING:
     from ..config.load import Config, EximConfig
     from ..log import Logger
+    from ..model.counter import Counter
+
+    Shares = Sequence[tuple[str, str, int, bool]]
 
 def command_line(cfg: Config) -> list[str]:
     """How to run eximhook with this config, for the commands printed in mail."""
@@ -55,18 +59,20 @@ def message_id(block: dict[str, Any], sender: str, part: str = "") -> str:
 
 
 def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[str],
-            frozen: Sequence[str] = (), template: Template | None = None) -> EmailMessage:
+            frozen: Sequence[str] = (), template: Template | None = None, members: Shares = ()) -> EmailMessage:
     """The abuse desk's mail about ``block`` (a would-block when it says ``shadow``),
     from ``template`` (default: the built-in one). ``command`` is how the admin runs
     eximhook (program and ``--config``), so the commands in the mail can be pasted as
-    they are."""
+    they are. A customer's names the member that crossed its limit and the ``members``'
+    shares (``engine.customers.shares``)."""
     kind = "shadow" if block.get("shadow") else "notify"
     counter = block.get("counter") or "invalid"
     prog = " ".join(shell_quote(c) for c in command)
     args = f"{block['ns']} {shell_quote(block['key'])}"
     values: dict[str, str | list[str]] = {
         **_facts(block), "summary": describe(block), "reason": block["reason"], "by": escape(block["by"]),
-        "note": escape(block.get("note") or "-"), "ips": ", ".join(escape(ip) for ip in block["ips"]) or "-",
+        "note": escape(block.get("note") or "-"), "counted": counted(block),
+        "ips": ", ".join(escape(ip) for ip in block["ips"]) or "-",
         "evidence_title": KINDS[counter].evidence, "evidence": [escape(r) for r in block["rcpts"]],
         "frozen": " ".join(frozen) or "-", "frozen_count": str(len(frozen)), "command": prog, "subject_args": args,
         "consequence": [f"Frozen messages ({len(frozen)} when this was sent): {' '.join(frozen) or '-'}", "",
@@ -93,6 +99,12 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         values["commands"] = [f"{prog} show {args}                # and the networks it is known from",
                               f"{prog} unblock {args}             # lift it",
                               f"{prog} show auth {shell_quote(block['key'])}   # the account's own mail"]
+    if block["ns"] == "customer" and block["reason"] == "limit":
+        crossed = crossed_by(block)
+        shares = [] if KINDS[counter].adds == "score" else member_shares(counter, block["count"], block["period"],
+                                                                          list(members))
+        values["consequence"] = [*([f"Crossed by:  its member {crossed}"] if crossed else []), *shares, "",
+                                 "A customer's block freezes the mail of every member.", *values["consequence"]]
     if "expires" in block and not block.get("shadow"):  # [expiry]
         values["consequence"] = [f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it", "",
                                  *values["consequence"]]
@@ -108,6 +120,19 @@ def compose_owner(block: dict[str, Any], *, to: str, sender: str, abuse: str,
     values: dict[str, str | list[str]] = {**_facts(block), "why": why, "abuse": escape(abuse)}
     return mail(template or templates.builtin("owner"), values, when=block["since"], to=to, sender=sender,
                  msgid=message_id(block, sender, "owner."))
+
+
+def counted(block: dict[str, Any]) -> str:
+    """The counter and its total as its kind adds up (``$counted``): a sum's events, the
+    events a distinct or ratio counter judged, none for the score."""
+    counter = block.get("counter") or "invalid"
+    adds, total = KINDS[counter].adds, block.get("total")
+    if block["reason"] != "limit" or adds == "sum":
+        return f"{counter}, {total} in all since it was last reset"
+    if adds == "score":
+        return f"{counter}, the sum of its parts below"
+    what = "distinct values in its window" if adds == "distinct" else "a percentage of its window's outcomes"
+    return f"{counter} ({what}), {total} events in all since it was last reset"
 
 
 def _facts(block: dict[str, Any]) -> dict[str, str]:
@@ -177,7 +202,8 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
                  frozen: Callable[[list[Subject]], Mapping[Subject, list[str]]] = lambda subjects: {},
                  release: set[Subject] | frozenset[Subject] = frozenset(),
                  template: Callable[[str], Template] = templates.builtin,
-                 exim: EximConfig | None = None, burst: outbox.Burst | None = None) -> tuple[int, list[str]]:
+                 exim: EximConfig | None = None, burst: outbox.Burst | None = None,
+                 shares: Callable[[dict[str, Any]], Shares] = lambda block: ()) -> tuple[int, list[str]]:
     """Send queued notifications, one claim at a time, until none is left or ``budget``
     seconds have passed (Exim kills a ``${run}`` after 60 s); returns (sent, errors):
     the notifications sent, a digest counting all it names. Held notifications wait,
@@ -186,7 +212,8 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
     digest_every; see ``outbox``); an owner mail goes to the address its block looked
     up. ``frozen`` freezes what the subjects have queued, and lists their frozen mail.
     ``template`` gives the template of each kind of mail; ``exim`` the Exim whose name
-    a customer's mail gives (None: the default [exim])."""
+    a customer's mail gives (None: the default [exim]); ``shares`` a customer's members'
+    shares of what its block or would-block counted."""
     sent, errors, failed = 0, [], set[int]()
     deadline = clock() + budget
     while clock() < deadline and (item := outbox.claim_next(store, clock(), stale_after, failed, release,
@@ -204,7 +231,7 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
             block = members[0]["block"]
             msg = compose(block, to=to, sender=sender, command=command,
                           frozen=frozen([(block["ns"], block["key"])]).get((block["ns"], block["key"]), ()),
-                          template=template("notify"))
+                          template=template("notify"), members=shares(block))
             item["to"] = to
         elif item.get("kind") == "owner":
             msg = compose_owner(block, to=item["to"], sender=sender, abuse=to, template=template("owner"))
@@ -226,7 +253,7 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
             subject = (block["ns"], block["key"])
             msg = compose(block, to=to, sender=sender, command=command,
                           frozen=() if shadow else frozen([subject]).get(subject, ()),
-                          template=template("shadow" if shadow else "notify"))
+                          template=template("shadow" if shadow else "notify"), members=shares(block))
             item["to"] = to
         error = send(msg, sendmail, item["to"], timeout)
         outbox.finish(store, item, clock(), error)
@@ -240,15 +267,17 @@ def send_pending(store: Store, *, to: str, sender: str, sendmail: Sequence[str],
 
 def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
             release: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
-            reported: Callable[[str, str], list[str]] = lambda ns, key: []) -> tuple[int, list[str]]:
+            reported: Callable[[str, str], list[str]] = lambda ns, key: [],
+            read: Callable[[str, str, str], Counter] | None = None) -> tuple[int, list[str]]:
     """Send what the outbox holds, as ``eximhook notify`` and the daemon do: first freeze
     the subject's mail still queued (``[exim] freeze_queued``), then list its frozen
     messages in the mail, the ``reported`` ones (the tripping message, which may not be
     in the spool yet) first. Each failure is logged, and returned. The templates are
     read when the first mail needs them: one that no longer loads is logged, and the
-    built-in one sent instead."""
+    built-in one sent instead. ``read(ns, key, name)`` reads a subject's counter, for a
+    customer's members' shares (None: the mail lists none)."""
     from ..engine.actions import freeze_queued
-    from ..errors import ConfigError, EximError
+    from ..errors import ConfigError, EximError, EximhookError
     from ..exim.queue import Exim
 
     exim = Exim.from_config(cfg.exim)
@@ -281,11 +310,25 @@ def deliver(cfg: Config, store: Store, log: Logger, command: Sequence[str], *,
                 loaded[kind] = templates.builtin(kind)
         return loaded[kind]
 
+    def shares(block: dict[str, Any]) -> Shares:
+        counter = block.get("counter") or "invalid"
+        if read is None or block["ns"] != "customer" or block["reason"] != "limit" or KINDS[counter].adds == "score":
+            return ()
+        from ..config.hookcache import View
+        from ..engine.customers import shares as of_members
+
+        try:
+            return of_members(View.of(cfg), block["key"], counter, KINDS[counter].adds, block["period"], time.time(),
+                              block["rcpts"], read)
+        except (EximhookError, OSError) as exc:  # the mail goes out without them
+            log.log("err", f"could not read the members' shares of customer {escape(block['key'])}: {exc}")
+            return ()
+
     n = cfg.notify
     sent, errors = send_pending(
         store, to=n.to, sender=n.sender, sendmail=n.sendmail, timeout=n.timeout,
         stale_after=n.stale_after, budget=n.budget, command=command, clock=time.time,
-        frozen=frozen, release=release, template=template, exim=cfg.exim, burst=n.digest())
+        frozen=frozen, release=release, template=template, exim=cfg.exim, burst=n.digest(), shares=shares)
     for error in errors:
         log.log("err", f"notification left queued: {error}")
     return sent, errors

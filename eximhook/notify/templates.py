@@ -26,8 +26,8 @@ from ..model.placeholders import problem
 # burst of one namespace's blocks, to the abuse desk ([notify] digest_after)
 KINDS = ("notify", "shadow", "owner", "digest")
 _FACTS = frozenset({"label", "ns", "key", "counter", "count", "limit", "period", "total", "date", "host"})
-_DESK = _FACTS | {"summary", "reason", "by", "note", "ips", "evidence_title", "evidence", "frozen", "frozen_count",
-                  "command", "subject_args", "commands", "consequence"}
+_DESK = _FACTS | {"summary", "reason", "by", "note", "counted", "ips", "evidence_title", "evidence", "frozen",
+                  "frozen_count", "command", "subject_args", "commands", "consequence"}
 # The owner is a customer: what the block says about their own account, never the admin
 # commands, the admin's note, or addresses and IPs that may be someone else's.
 # A digest names many subjects: what they share, then a list with a few lines each

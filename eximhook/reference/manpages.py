@@ -26,7 +26,7 @@ from ..config import DEFAULT_PATH, ENV_VAR, hookcache
 from ..config.load import load
 from ..exim import debian
 from ..model.subjects import LSEARCH_FILES
-from ..ops import health
+from ..ops import health, status
 from ..storage import mirror
 from .roff import bold, escape, italic, item, paragraph, request, title
 from .tomlpage import eximhook_toml_5
@@ -92,7 +92,7 @@ def eximhook_8(parser: argparse.ArgumentParser, date: str) -> str:
                                                        "Exim's ${run} reserves for a command it could not run.")]
     for code, name, meaning in exit_codes():
         lines += item(bold(f"{code} {name}"), escape(meaning))
-    levels = ", ".join(f"{i} {name}" for i, name in enumerate(health.LEVELS))
+    levels = ", ".join(f"{i} {name}" for i, name in enumerate(status.LEVELS))
     lines += paragraph(f"eximhook status, a monitoring plugin, exits as Nagios and Icinga expect instead: {levels}.")
     lines += [request("SH", "FILES")]
     for path, what in files():

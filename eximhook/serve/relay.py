@@ -13,7 +13,7 @@ from ..engine import actions, settle
 from ..errors import NotBlocked
 from ..model.records import block_record
 from ..periods import format_time
-from ..storage import mirror
+from ..storage import known, mirror
 from ..storage import relay_copy as local
 
 TYPE_CHECKING = False
@@ -21,12 +21,13 @@ if TYPE_CHECKING:
     import asyncio
     from typing import Any, Protocol
 
-    from ..backends.redis import RedisBackend, Undecodable
+    from ..backends.redis import RedisBackend
+    from ..backends.redis_values import Undecodable
     from ..config.hookcache import View
     from ..config.load import Config
     from ..log import Logger
     from ..model.records import Outcome, Request
-    from ..storage.counters import Counters, Tally
+    from ..storage.counters import Counter, Counters, Tally
     from ..storage.store import Store
     from .connection import Connection
     from .worker import Outbox
@@ -72,6 +73,16 @@ class Relay:
                                        "counting on this relay alone until it answers")
             local.counting_alone(self.server.store, time.time())
 
+    def counter(self, ns: str, key: str, name: str) -> Counter:
+        """A subject's counter in Redis; this relay's own while Redis is down (a customer's
+        members' shares, for the outbox thread)."""
+        if self.up:
+            try:
+                return self.backend.counter(ns, key, name)
+            except self.unreachable as exc:
+                self.down(exc)
+        return self.server.counters.get(ns, key, name)
+
     def where(self) -> str:
         from ..backends.connect import describe
 
@@ -106,6 +117,7 @@ class Relay:
         if outcome.tripped:
             record = self.backend.get_block(ns, key)
             if record is not None:  # else lifted meanwhile
+                self.know([record], now)
                 find = settle.owner_of(self.server.view, log)
                 to = None if find is None else find(ns, key) or ""
                 # the sync thread may have copied the published record first, without
@@ -131,15 +143,38 @@ class Relay:
         server = self.server
         settle.after(server.store, server.view, server.log, tally, outcome, frozen=frozen, outbox=server.outbox)
 
+    def learned(self, found: tuple[str, str, float] | None) -> None:
+        """A network this relay learned an account sends from (``logins.learn``), for
+        every relay: a login block there refuses the account's AUTH only from networks
+        none of them knows it from. While Redis is down, this relay's alone."""
+        if found is not None and self.up:
+            try:
+                self.backend.learn(*found)
+            except self.unreachable as exc:
+                self.down(exc)
+
+    def know(self, records: list[dict[str, Any]], now: float) -> None:
+        """For each login block of ``records``, the networks its account is known from on
+        any relay, into this store before its mirror is written (``storage.known``)."""
+        for record in records:
+            if record["ns"] == "login" and self.up:
+                try:
+                    learned = self.backend.known(record["key"])
+                except self.unreachable as exc:
+                    self.down(exc)
+                    return
+                known.merge(self.server.store, record["key"], learned, now)
+
     def copy(self, ns: str, key: str, now: float) -> None:
         """A block in Redis, into this store and mirror if it is not there yet."""
         store = self.server.store
         if not store.is_blocked(ns, key):
             record = self.backend.get_block(ns, key)
             if record is not None and store.block(record, now, False):
-                self.copied([record])
+                self.copied([record], now)
 
-    def copied(self, records: list[dict[str, Any]]) -> None:
+    def copied(self, records: list[dict[str, Any]], now: float) -> None:
+        self.know(records, now)
         for record in records:
             self.server.log.log("notice", f"blocked {record['ns']} {record['key']}: copied from Redis ({record['by']} "
                                           f"on {record.get('node')}, since {format_time(record['since'])})")

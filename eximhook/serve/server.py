@@ -36,17 +36,18 @@ from typing import Any
 from ..backends import cluster
 from ..backends.lmdb import LmdbBackend, exempt_in
 from ..config.hookcache import View
-from ..config.load import Config, load
+from ..config.load import Config
 from ..engine import customers, events, logins, settle, spool
-from ..errors import BadRequest, BadSubject, ConfigError, EximhookError, UsageError
+from ..errors import BadRequest, BadSubject, EximhookError, UsageError
 from ..log import Logger
 from ..model.records import Request
 from ..model.subjects import SILENT
 from ..storage import mirror
-from ..storage.counters import Counters, Tally
+from ..storage.counters import Counter, Counters, Tally
 from ..storage.store import Store
 from . import protocol, sockets
 from .connection import Connection, describe
+from .reload import reread
 from .sweeper import Sweeper
 from .throttle import Throttle
 from .worker import Outbox
@@ -67,12 +68,6 @@ class _Job:
 
 
 _RETRY = 0.001  # seconds before the loop tries the counters' lock again
-# what SIGHUP cannot change: the socket, the store and the Redis the daemon holds open
-_RESTART = (("serve", "socket"), ("store", "path"), ("store", "map_size"), ("store", "counters_budget"),
-            ("store", "backend"), ("store", "redis_url"), ("store", "redis_timeout"), ("store", "redis_sentinels"),
-            ("store", "redis_service"), ("store", "redis_cluster"), ("store", "node"))
-
-
 class Server:
     def __init__(self, cfg: Config, store: Store, counters: Counters, backend: RedisBackend | None = None) -> None:
         self.cfg, self.view = cfg, View.of(cfg)
@@ -84,7 +79,7 @@ class Server:
         self.flush_scheduled = False
         self.mirror_check_asked = False  # one request to the store thread at a time
         self.trips: queue.SimpleQueue[Any] = queue.SimpleQueue()  # counts over the limit, for the store thread
-        self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log)
+        self.outbox = Outbox(store, lambda: self.cfg, lambda: self.log, self.counter)
         self.store_thread = threading.Thread(target=self._store_loop, name="eximhook-store", daemon=True)
         self.failure = Throttle(lambda: self.log)
         self.sweeper = Sweeper(store, counters, lambda: self.cfg, lambda: self.log, self.failure)
@@ -94,6 +89,10 @@ class Server:
             from .shared import Shared
 
             self.shared = Shared(self, backend)
+
+    def counter(self, ns: str, key: str, name: str) -> Counter:
+        """A subject's counter where it counts: Redis's, or this relay's."""
+        return self.counters.get(ns, key, name) if self.shared is None else self.shared.counter(ns, key, name)
 
     # -- the event loop ------------------------------------------------------------
 
@@ -357,20 +356,11 @@ class Server:
         return await self.loop.create_unix_server(lambda: Connection(self), sock=sock)
 
     def reload(self) -> None:
-        """SIGHUP: read the config again; a broken one is logged and the old one kept."""
-        try:
-            new = load(self.cfg.path)
-        except ConfigError as exc:
-            self.log.log("err", f"SIGHUP: {exc}; still serving with the config read before")
+        """SIGHUP: read the config again (``reload.reread``); a broken one is logged and
+        the old one kept."""
+        new = reread(self.cfg, self.log)
+        if new is None:
             return
-        kept = [f"[{section}] {key}" for section, key in _RESTART
-                if getattr(getattr(self.cfg, section), key) != getattr(getattr(new, section), key)]
-        if kept:
-            import dataclasses
-
-            new = dataclasses.replace(new, store=self.cfg.store,
-                                      serve=dataclasses.replace(new.serve, socket=self.cfg.serve.socket))
-            self.log.log("warning", f"SIGHUP: {', '.join(kept)} changed; that takes a restart, the rest is in force")
         self.cfg, self.view = new, View.of(new)
         self.log = Logger(new.log.file)
         self.log.log("notice", f"SIGHUP: config {new.path} read again")

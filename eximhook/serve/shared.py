@@ -98,8 +98,8 @@ class Shared(Relay):
                     self.down(exc)
             if blocked is None:  # each event with its id: one Redis ran after all is not counted twice
                 blocked = self._serve_alone(req, events, now)
-            if not blocked:  # mail that goes out teaches where its sender logs in (this relay's store)
-                logins.learn(self.server.store, req, now, self.server.view)
+            if not blocked:  # mail that goes out teaches where its sender logs in: here, then every relay
+                self.learned(logins.learn(self.server.store, req, now, self.server.view))
         except Exception as exc:  # a store failure or a bug: the fallback, logged
             loop.call_soon_threadsafe(self.server.fail, conn, req, exc)
         else:

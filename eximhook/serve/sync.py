@@ -102,7 +102,7 @@ class Sync:
         """The journaled counts, into Redis once each (a count already there: a crash
         between sending it and forgetting it), each at its own time; a block one makes
         is made ``now``."""
-        from ..backends.redis import Replayed
+        from ..backends.redis_values import Replayed
 
         cfg, store, sent = self.server.cfg, self.server.store, 0
         for item in local.journaled(store):
@@ -133,7 +133,7 @@ class Sync:
         theirs = self.backend.blocks()
         have = {(r["ns"], r["key"]) for r in theirs}
         added = [r for r in theirs if not store.is_blocked(r["ns"], r["key"]) and store.block(r, now, False)]
-        self.relay.copied(added)
+        self.relay.copied(added, now)
         for (ns, key), record in mine.items():
             if (ns, key) in have:
                 continue

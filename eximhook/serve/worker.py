@@ -18,6 +18,7 @@ from ..config.load import Config
 from ..log import Logger
 from ..notify import send as notify
 from ..storage import outbox
+from ..storage.counters import Counter
 from ..storage.store import Store
 
 Subject = tuple[str, str]
@@ -25,9 +26,11 @@ _MAX_REPORTED = 20  # ids kept per subject: the tripping message and a few after
 
 
 class Outbox(threading.Thread):
-    def __init__(self, store: Store, config: Callable[[], Config], log: Callable[[], Logger]) -> None:
+    def __init__(self, store: Store, config: Callable[[], Config], log: Callable[[], Logger],
+                 read: Callable[[str, str, str], Counter]) -> None:
         super().__init__(name="eximhook-outbox", daemon=True)
         self.store, self.config, self.log = store, config, log
+        self.read = read  # a subject's counter, for a customer's members' shares
         self.wake = threading.Event()
         self.stopping = False
         self._lock = threading.Lock()
@@ -79,7 +82,7 @@ class Outbox(threading.Thread):
             release = set(self._reported)
             reported = {s: list(ids) for s, ids in self._reported.items()}
         notify.deliver(cfg, self.store, log, notify.command_line(cfg), release=release,
-                       reported=lambda ns, key: reported.get((ns, key), []))
+                       reported=lambda ns, key: reported.get((ns, key), []), read=self.read)
         now = time.time()
         held = self._held(now)
         with self._lock:  # forget subjects whose notification went out (not those that tripped meanwhile)

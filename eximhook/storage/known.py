@@ -39,21 +39,27 @@ def networks_in(store: Store, txn: lmdb.Transaction, user: str, now: float) -> l
     return [net for net, until in _entries_in(store, txn, user) if until > now]
 
 
-def learn(store: Store, user: str, network: str, now: float, keep_for: float) -> bool:
+def learn(store: Store, user: str, network: str, now: float, keep_for: float) -> float | None:
     """Note that ``user`` sent mail from ``network`` now, known for ``keep_for`` seconds
-    more; True if that took a write."""
+    more; when that took a write, until when (for the other relays: ``merge``)."""
     until = dict(store.read(lambda txn: _entries_in(store, txn, user))).get(network, float("-inf"))
     if until - now > keep_for - REFRESH:
-        return False
+        return None
+    merge(store, user, [(network, now + keep_for)], now)
+    return now + keep_for
 
+
+def merge(store: Store, user: str, learned: list[tuple[str, float]], now: float) -> None:
+    """Add the networks ``learned`` elsewhere (network, until) to ``user``'s, each known
+    until the later of the two; the ``KEEP`` known longest are kept."""
     def body(txn: lmdb.Transaction) -> None:
         entries = dict(_entries_in(store, txn, user))
-        entries[network] = now + keep_for
+        for network, until in learned:
+            entries[network] = max(until, entries.get(network, until))
         kept = sorted(((n, t) for n, t in entries.items() if t > now), key=lambda e: e[1])[-KEEP:]
         data = b"".join(_ENTRY.pack(t, len(raw)) + raw for n, t in kept if len(raw := n.encode()) < 256)
         txn.put(subject_key("auth", user), data, db=store.db(txn, KNOWN))
     store.update(body)
-    return True
 
 
 def _entries_in(store: Store, txn: lmdb.Transaction, user: str) -> list[tuple[str, float]]:

@@ -4,6 +4,8 @@ Exim with the shipped snippets and the daemon: the distinct recipients of a send
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import smtplib
 from collections.abc import Iterator
@@ -209,6 +211,32 @@ def test_a_spray_locks_the_account_only_against_strangers(exim: h.Exim) -> None:
     assert history(exim, "login", "bob").count("blocked") == 1
 
 
+@needs_redis
+def test_a_network_one_relay_learned_logs_in_through_another(own_redis: RedisServer) -> None:
+    """Two relays on one Redis: bob sends mail through relay a only; a spray through relay
+    b locks bob's login. Relay b still lets bob log in from the network relay a learned,
+    and refuses strangers, as relay a does."""
+    a, b = (h.make(["bob", "alice"], limit=50, serve=True, settings={
+        "store.backend": "redis", "store.redis_url": own_redis.url, "store.node": name,
+        "limits.login.authfail.limit": 5, "limits.login.authfail.mode": "enforce"}) for name in "ab")
+    try:
+        for node in (a, b):
+            node.setup().start()
+        assert a.send([f"alice@{h.DOMAIN}"], user="bob", source="127.0.0.1") == {}
+        assert b.show("auth", "bob")["known"] == [], "relay b has seen no mail of bob's"
+        assert [try_login(b, f"127.60.{i}.1", "guess") for i in range(6)] == [535] * 6
+        for node in (a, b):
+            h.wait_for("the login block", lambda node=node: node.show("login", "bob")["block"])  # type: ignore[misc]
+        assert b.show("auth", "bob")["known"] == ["127.0.0.0/24"], "relay a's network, copied with the block"
+        assert try_login(b, "127.0.0.9", h.PASSWORD) == 235, "bob's own network logs in through relay b"
+        assert try_login(b, "127.70.0.1", h.PASSWORD) == 535, "a stranger is refused"
+        assert try_login(a, "127.0.0.9", h.PASSWORD) == 235
+        assert history(a, "login", "bob").count("blocked") == 1
+    finally:
+        for node in (a, b):
+            h.cleanup(node)
+
+
 HACKED = ["u1@hacked.example", "u2@hacked.example", "u3@hacked.example"]
 
 
@@ -230,7 +258,8 @@ def hacked() -> Iterator[h.Exim]:
 def test_a_hacked_customer_trips_its_total(hacked: h.Exim) -> None:
     """Three mailboxes of one domain, each under its own limit (6 of 8 recipients): 18
     together, over their customer's 12; the customer (the domain, by default) is blocked
-    once, the member that crossed is named, and every member's next message is frozen."""
+    once, the member that crossed is named, with each member's share (``show`` and the
+    abuse desk's mail), and every member's next message is frozen."""
     exim = hacked
     for user in HACKED[:2]:
         assert exim.send(remote(*(f"{user[:2]}r{i}" for i in range(6))), user=user) == {}
@@ -243,6 +272,17 @@ def test_a_hacked_customer_trips_its_total(hacked: h.Exim) -> None:
     assert all(exim.show("auth", u)["block"] is None for u in HACKED), "no member over its own limit"
     crossed = block["rcpts"][-1].split(": ")[1].split()[0]
     assert crossed in exim.queue(frozen=True)
+    members = exim.show("customer", "hacked.example")["shares"]["recipients"]
+    shares = [(m["key"], m["count"], m["exact"]) for m in members]
+    assert sorted(shares) == [(HACKED[0], 6, True), (HACKED[1], 6, True), (HACKED[2], 1, True)]
+    text = exim.eximhook("show", "customer", "hacked.example").stdout
+    assert "crossed by its member user u3@hacked.example" in text
+    assert "  user u1@hacked.example: 6 (46 %)\n" in text and "  user u3@hacked.example: 1 (7 %)\n" in text
+    [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
+    mail = email.message_from_bytes(note, policy=email.policy.default).get_content()  # type: ignore[attr-defined]
+    assert "Crossed by:  its member user u3@hacked.example" in mail
+    assert "Members' recipients in the last 1h, from their own counters:" in mail, mail
+    assert "  user u2@hacked.example: 6 (46 %)\n" in mail
     before = set(exim.queue(frozen=True))
     assert exim.send(remote("y1"), user=HACKED[0]) == {}
     assert exim.send([f"alice@{h.DOMAIN}"], user="bob") == {}  # another customer's mail flows

@@ -8,6 +8,7 @@ client of the one redis-server (a real one, ``support/redis_server.py``).
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import uuid
 from collections.abc import Callable, Iterator
@@ -432,7 +433,7 @@ def test_an_undecodable_entry_is_reported_once_and_the_others_go_on(relays: tupl
     daemon reports it (``skip``) and goes on; a notification no relay can read is taken
     off by the one relay that reports it. Without ``skip``, it is an error, not a crash
     of some later step."""
-    from eximhook.backends.redis import Undecodable
+    from eximhook.backends.redis_values import Undecodable
 
     a, b = relays
     policy = enforce((0, 3600.0))
@@ -576,7 +577,7 @@ def test_a_count_sent_again_is_counted_once(redis_url: str) -> None:
     """A relay sends again the counts it made alone: after a call that timed out (which
     Redis may have run after all), or a crash between sending one and forgetting it:
     each counted once."""
-    from eximhook.backends.redis import Replayed
+    from eximhook.backends.redis_values import Replayed
 
     backend = RedisBackend.open(redis_url, node="a")
     try:
@@ -609,3 +610,26 @@ def test_every_key_of_a_subject_shares_its_hash_tag(redis_url: str) -> None:
         assert len({key_slot(k) for k in subject_keys}) == 3  # Redis Cluster's slot of each: one per subject
     finally:
         backend.close()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(user=any_bytes, learned=st.lists(st.tuples(st.integers(0, 23), st.floats(2e9, 3e9)), min_size=1, max_size=60,
+                                        unique_by=lambda x: x[1]))
+def test_the_networks_an_account_is_known_from_are_shared_and_bounded(
+        relays: tuple[RedisBackend, RedisBackend], user: str, learned: list[tuple[int, float]]) -> None:
+    """What relays learn an account sends from (``learn``) every relay reads (``known``):
+    each network with the latest time any relay learned, the ``KEEP`` latest of them,
+    and the hash expires when the last of them does."""
+    from eximhook.storage.known import KEEP
+
+    a, b = relays
+    a.client.delete(a._keys("auth", user, b"known")[0])
+    for i, (net, until) in enumerate(learned):
+        (a, b)[i % 2].learn(user, f"10.0.{net}.0/24", until)
+    latest: dict[str, float] = {}
+    for net, until in learned:
+        latest[f"10.0.{net}.0/24"] = max(until, latest.get(f"10.0.{net}.0/24", until))
+    expected = sorted(latest.items(), key=lambda e: e[1])[-KEEP:]
+    assert sorted(a.known(user), key=lambda e: e[1]) == expected
+    key = a._keys("auth", user, b"known")[0]
+    assert int(a.client.execute_command("EXPIRETIME", key)) == math.ceil(expected[-1][1])

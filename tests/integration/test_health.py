@@ -18,6 +18,7 @@ from eximhook.config.load import load
 from eximhook.hooks import FALLBACK_STAMP
 from eximhook.model.records import block_record
 from eximhook.ops import health
+from eximhook.ops import status as checks
 from eximhook.storage.store import Store
 
 from ..support.config import write_config
@@ -68,10 +69,10 @@ def test_notification_failing_for_long_is_a_warning(tmp_path: Path, cli: Run, ma
         hook(config, "record-invalid", "auth", "bob")
     cli("notify", config_path=config)
     cfg = load(str(config))
-    [now] = [c for c in health.status(cfg, time.time()) if c.name == "outbox"]
-    assert now.level == health.OK and now.data["items"][0]["state"] == "queued"
-    [later] = [c for c in health.status(cfg, time.time() + 700) if c.name == "outbox"]
-    assert later.level == health.WARNING and "auth bob: not sent since" in later.text
+    [now] = [c for c in checks.status(cfg, time.time()) if c.name == "outbox"]
+    assert now.level == checks.OK and now.data["items"][0]["state"] == "queued"
+    [later] = [c for c in checks.status(cfg, time.time() + 700) if c.name == "outbox"]
+    assert later.level == checks.WARNING and "auth bob: not sent since" in later.text
     assert "1 attempt(s); /" in later.text and "stand-in failure" in later.text
 
 

@@ -28,7 +28,7 @@ from eximhook.config.load import _SECTIONS, Config, load
 from eximhook.errors import Exit
 from eximhook.exim import debian
 from eximhook.model.subjects import LSEARCH_FILES
-from eximhook.ops.health import LEVELS
+from eximhook.ops.status import LEVELS
 from eximhook.reference import example, manpages, roff, tomlpage
 from eximhook.storage import mirror
 

@@ -18,10 +18,14 @@ class Daemon:
     unit runs it, or else as root with --allow-root (unit tests in pytest's private
     tmp_path, the benchmark)."""
 
-    def __init__(self, config: Path, user: str | None = None, held: socket.socket | None = None) -> None:
+    def __init__(self, config: Path, user: str | None = None, held: socket.socket | None = None,
+                 python: str | None = None) -> None:
         import tomllib
 
         self.config, self.user = config, user
+        # another venv's interpreter, its eximhook beside it: two installs served at once,
+        # for a benchmark's A/B in one run (bench/serve.py --ab); None: this one's
+        self.python = python
         self.held = held  # a listening socket passed as systemd's socket activation does
         self.socket = tomllib.loads(config.read_text())["serve"]["socket"]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,7 +52,9 @@ class Daemon:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start the process, and return at once."""
-        argv = [sys.executable, "-IS", EXIMHOOK, "--config", str(self.config), "serve"]
+        python, script = (sys.executable, EXIMHOOK) if self.python is None else (
+            self.python, os.path.join(os.path.dirname(self.python), "eximhook"))
+        argv = [python, "-IS", script, "--config", str(self.config), "serve"]
         if self.user:
             argv = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups", *argv]
         else:

@@ -137,6 +137,20 @@ def test_check_config_names_redis_without_its_password(cli: Run, tmp_path: Path)
         "0.5s) as relay 'mx2'" in out and "s3cret" not in out, "parsed, not connected to: nothing listens there"
 
 
+def test_check_config_says_who_counts_toward_a_customer_and_whom_a_login_block_lets_in(
+        cli: Run, tmp_path: Path) -> None:
+    customer = {"limits.customer.recipients.limit": 20000, "limits.customer.recipients.period": "1h"}
+    out = cli("check-config", config_path=write_config(tmp_path, settings=customer))[1]
+    assert "  customers: an authenticated user it does not list: its domain; a customer's block freezes every " \
+        "member's mail\n" in out and "note: [customers] by_domain makes all users of one domain one customer" in out
+    listed_none = write_config(tmp_path, settings={**customer, "customers.by_domain": False})
+    out = cli("check-config", config_path=listed_none)[1]
+    assert "warning: customer limits are set, but [customers] has no lookup and by_domain = false" in out
+    out = cli("check-config", config_path=write_config(tmp_path, settings={"limits.login.authfail.limit": 5}))[1]
+    assert "logins: a login block refuses AUTH for its account except from the networks it sent mail from in the " \
+        "last 30d ([logins] known)" in out and "customers:" not in out
+
+
 def test_admin_config_error(tmp_path: Path, cli: Run) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[limits.auth]\nlimit = -1\n")

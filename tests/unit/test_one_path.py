@@ -62,3 +62,13 @@ def test_a_bounce_is_one_request_by_either_door(sender: str, mid: str, failed: s
 def test_a_check_is_one_request_by_either_door() -> None:
     assert same(hooks.request("check-blocked", ["auth", "bob"], 64)[0],
                 door(protocol.encode("check-blocked", "auth", "bob")))
+
+
+def test_recipients_are_told_apart_as_exim_compares_them() -> None:
+    """Distinct recipients (rcpts) fold ASCII letters only, as Exim's ``${lc:}`` and the
+    subjects' keys do: ``Bob@`` is ``bob@``, while ``Ärger@`` and ``ärger@`` are two
+    mailboxes (``str.lower`` made them one); a repeated address counts once."""
+    from eximhook.engine.events import recipient_tags
+
+    tags = recipient_tags("Bob@example.com, bob@EXAMPLE.com,Ärger@example.com, ärger@example.com", 4, "id")
+    assert len(tags) == 3

@@ -162,7 +162,8 @@ def test_a_custom_template_fills_every_placeholder(tmp_path: Path, utc: None) ->
         "label": "user", "ns": "auth", "key": "bob@example.com", "counter": "invalid", "count": "6", "limit": "5",
         "period": "1h", "total": "7", "date": "Tue, 14 Nov 2023 22:13:20 +0000", "host": host,
         "summary": "user bob@example.com blocked because has sent mail to 6 invalid recipients during 1h (limit 5).",
-        "reason": "limit", "by": "eximhook", "note": "-", "ips": "192.0.2.1, 192.0.2.7",
+        "reason": "limit", "by": "eximhook", "note": "-", "counted": "invalid, 7 in all since it was last reset",
+        "ips": "192.0.2.1, 192.0.2.7",
         "evidence_title": "Last invalid recipients", "frozen": "1xVbMq-0004rw-1g", "frozen_count": "1",
         "command": "eximhook --config '/e/o t.toml'", "subject_args": "auth bob@example.com",
     }
