@@ -23,7 +23,7 @@ import pytest
 
 from ..support import harness as h
 from ..support.debian import PRIVATE_CONFIG
-from ..support.marks import needs_exim, needs_root
+from ..support.marks import needs_exim, needs_redis, needs_root
 from ..support.paths import EXIM, EXIMHOOK
 from ..support.peer import Peer
 from ..support.waiting import wait_for
@@ -48,12 +48,15 @@ def settings(failures: dict[str, object] | None = None, failrate: dict[str, obje
 
 @pytest.fixture
 def world(request: pytest.FixtureRequest) -> Iterator[tuple[h.Exim, Peer]]:
-    peer = Peer().start()
     param = getattr(request, "param", {})
+    shared: dict[str, object] = {}
+    if param.get("redis"):  # counted in a Redis (the relay's daemon's own, started by the test)
+        shared = {"store.backend": "redis", "store.redis_url": request.getfixturevalue("own_redis").url}
+    peer = Peer().start()
     server = h.make(["bob", "alice"], serve=True, routers=peer.router("peer", PEER),
                     transports=peer.transport("peer", wired=param.get("wired", True)),
                     macros={"EXIMHOOK_VERIFY": "recipient"}, activated=param.get("activated", False),
-                    settings=settings(param.get("failures"), param.get("failrate")))
+                    settings={**settings(param.get("failures"), param.get("failrate")), **shared})
     try:
         server.setup().start()
         yield server, peer
@@ -135,11 +138,17 @@ def test_outcomes_count_against_the_user_and_its_sender(world: tuple[h.Exim, Pee
     assert exim.log("panic") == ""
 
 
-@pytest.mark.parametrize("world", [{"failures": {"limit": 3, "period": "1h", "mode": "enforce"}}], indirect=True)
+FAILURES = {"failures": {"limit": 3, "period": "1h", "mode": "enforce"}}
+
+
+@pytest.mark.parametrize("world", [pytest.param(FAILURES, id="lmdb"),
+                                   pytest.param({**FAILURES, "redis": True}, id="redis", marks=needs_redis)],
+                         indirect=True)
 def test_refusals_block_once_across_parallel_deliveries(world: tuple[h.Exim, Peer]) -> None:
     """Eight messages at once, each with a refused recipient, delivered by as many
     processes: over the limit of 3 the user is blocked once, the abuse desk told once,
-    and every refusal counted once (as many as Exim logged)."""
+    and every refusal counted once (as many as Exim logged), in this relay's store or
+    in Redis."""
     exim, peer = world
     for n in range(8):
         peer.rcpt[f"gone{n}"] = REFUSED.format(f"gone{n}")
@@ -159,11 +168,16 @@ def test_refusals_block_once_across_parallel_deliveries(world: tuple[h.Exim, Pee
     assert len(blocks(exim, "auth", "bob")) == 1 and len(notifications(exim)) == 1
 
 
-@pytest.mark.parametrize("world", [{"failrate": {"limit": 30, "period": "1h", "minimum": 6, "mode": "enforce"}}],
+FAILRATE = {"failrate": {"limit": 30, "period": "1h", "minimum": 6, "mode": "enforce"}}
+
+
+@pytest.mark.parametrize("world", [pytest.param(FAILRATE, id="lmdb"),
+                                   pytest.param({**FAILRATE, "redis": True}, id="redis", marks=needs_redis)],
                          indirect=True)
 def test_the_failure_ratio_blocks_once(world: tuple[h.Exim, Peer]) -> None:
     """Half of the remote recipients refused, in parallel deliveries: once 6 were
-    tried, more than 30 % is over the limit: one block, one notification."""
+    tried, more than 30 % is over the limit: one block, one notification (counted in
+    this relay's store, or in Redis)."""
     exim, peer = world
     for n in range(8):
         peer.rcpt[f"gone{n}"] = REFUSED.format(f"gone{n}")

@@ -237,6 +237,34 @@ def test_a_network_one_relay_learned_logs_in_through_another(own_redis: RedisSer
             h.cleanup(node)
 
 
+@needs_redis
+def test_two_relays_on_one_redis_add_up_recipients_and_customers(own_redis: RedisServer) -> None:
+    """Distinct recipients and a customer's total across two relays: a recipient sent
+    to through both counts once, the members' volumes add up, each blocked once."""
+    a, b = (h.make(["bob", *HACKED], limit=50, serve=True, settings={
+        **HACKED_LIMITS, "store.backend": "redis", "store.redis_url": own_redis.url, "store.node": name,
+        "limits.auth.rcpts.limit": 4, "limits.auth.rcpts.mode": "enforce"}) for name in "ab")
+    try:
+        for node in (a, b):
+            node.setup().start()
+        assert a.send(remote("r1", "r2", "r3"), user="bob") == {}
+        assert b.send(remote("r3", "r4"), user="bob") == {}
+        assert count(b, "rcpts") == 4 and b.show("auth", "bob")["block"] is None, "r3 once"
+        assert a.send(remote("r5"), user="bob") == {}
+        block = h.wait_for("bob's block on relay b", lambda: b.show("auth", "bob")["block"])
+        assert (block["counter"], block["count"], block["node"]) == ("rcpts", 5, "a")
+        assert a.send(remote(*(f"a{i}" for i in range(6))), user=HACKED[0]) == {}
+        assert b.send(remote(*(f"b{i}" for i in range(6))), user=HACKED[1]) == {}
+        assert b.show("customer", "hacked.example")["block"] is None
+        assert a.send(remote("c1"), user=HACKED[2]) == {}
+        block = h.wait_for("the customer's block on relay b", lambda: b.show("customer", "hacked.example")["block"])
+        assert (block["counter"], block["count"]) == ("recipients", 13)
+        assert history(b, "customer", "hacked.example").count("blocked") == 1
+    finally:
+        for node in (a, b):
+            h.cleanup(node)
+
+
 HACKED = ["u1@hacked.example", "u2@hacked.example", "u3@hacked.example"]
 
 

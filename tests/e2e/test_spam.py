@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ..support import harness as h
-from ..support.marks import needs_exim, needs_root, needs_rspamd
+from ..support.marks import needs_exim, needs_redis, needs_root, needs_rspamd
 from ..support.rspamd_server import GTUBE, GTUBE_ADD_HEADER, GTUBE_NO_ACTION, RspamdServer
 from .test_seed004 import submit
 
@@ -197,8 +197,13 @@ def test_parallel_senders_are_each_counted_once(make: Make) -> None:
     h.wait_for("all 24 delivered", lambda: len(exim.maildir("alice")) == 24)
 
 
-def test_parallel_senders_over_the_limit_are_blocked_once(make: Make) -> None:
-    exim = make(**enforced())
+@pytest.mark.parametrize("backend", ["lmdb", pytest.param("redis", marks=needs_redis)])
+def test_parallel_senders_over_the_limit_are_blocked_once(make: Make, backend: str,
+                                                          request: pytest.FixtureRequest) -> None:
+    """Counted in this relay's store, or in a Redis shared with others: the same."""
+    shared = {} if backend == "lmdb" else {"store.backend": "redis",
+                                           "store.redis_url": request.getfixturevalue("own_redis").url}
+    exim = make(**enforced(), **shared)
     h.at_once(8, lambda n: [send(exim, GTUBE, subject=f"bot {n}.{i}".encode()) for i in range(2)])
     # the first LIMIT counted are delivered; every message after them is frozen
     assert len(exim.queue(frozen=True)) == 16 - LIMIT
