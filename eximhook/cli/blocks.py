@@ -18,7 +18,7 @@ from ..errors import Exit
 from ..log import Logger
 from ..model.patterns import first as first_match
 from ..model.policy import KINDS, UNITS
-from ..model.subjects import escape, own_address, shell_quote
+from ..model.subjects import FREEZING, escape, own_address, shell_quote
 from ..notify import send as notify_mod
 from ..notify.describe import crossed_by, describe
 from ..notify.describe import shares as member_shares
@@ -145,14 +145,15 @@ def show(cfg: Config, opts: argparse.Namespace) -> int:
               "shares": {name: [{"ns": m[0], "key": m[1], "count": m[2], "exact": m[3]} for m in members]
                          for name, (_, members) in shares.items()}})
         return Exit.OK
-    print(f"{ns} {escape(key)}: " + (describe(block) if block else "not blocked"))
+    print(f"{ns} {escape(key)}: " + (describe(block) if block else "not blocked" + (
+        f", but its customer {escape(customer)} is: its mail is frozen" if customer and customer_block else "")))
     if block:
         print(f"  blocked at {format_time(block['since'])} by {block['by']}")
         if member := crossed_by(block):
             print(f"  crossed by its member {member}")
         if block.get("event_at") not in (None, block["since"]):  # a journaled count (serve.shared)
             print(f"  tripped by an event at {format_time(block['event_at'])}, counted when Redis answered again")
-        if block.get("spool_free") is not None:
+        if block.get("spool_free") is not None and ns in FREEZING:  # the others' mail is never frozen
             print(f"  spool: {block['spool_free']} KiB free then; its mail is refused, not frozen, below "
                   f"{block['spool_low']} KiB or [spool] floor ({cfg.spool.floor} KiB)")
         if lift := expiry.lift_text(cfg, block):

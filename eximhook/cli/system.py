@@ -21,6 +21,10 @@ from ..periods import format_period
 from ..storage import mirror
 from .commands import dump, open_store, table
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..exim.queue import Exim
+
 
 def status(cfg: Config, opts: argparse.Namespace) -> int:
     checks = checks_of.status(cfg, time.time())
@@ -218,6 +222,24 @@ def check_config(cfg: Config, opts: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _not_members(cfg: Config, path: str, subjects: list[tuple[str, str]]) -> list[str]:
+    """The customers file's subjects that never match a member: another namespace than
+    ``customers.MEMBERS``, or a relay network where the snippets key one host (an IPv4
+    address, an IPv6 /[relay] ipv6_prefix)."""
+    from ..engine.customers import MEMBERS
+    from ..model.subjects import network
+
+    out = []
+    for ns, key in subjects:
+        net = network(key) if ns == "relay" else None
+        if ns not in MEMBERS:
+            out.append(f"warning: {path}: {ns}:{escape(key)} is no member (only {', '.join(MEMBERS)} are): skipped")
+        elif net is not None and net.prefixlen != (32 if net.version == 4 else cfg.relay.ipv6_prefix):
+            out.append(f"warning: {path}: relay:{escape(key)} is a network, and a relay subject is one host (an IPv4 "
+                       f"address, an IPv6 /{cfg.relay.ipv6_prefix}): it matches none; list each host")
+    return out
+
+
 def _customers_and_logins(cfg: Config) -> list[str]:
     """Who counts toward a customer (``[customers]``), and whom a login block still lets
     in (``[logins]``), when their limits are on (docs/signals.md)."""
@@ -255,17 +277,34 @@ def _check_exim_config(cfg: Config, listing: str | None = None) -> list[str]:
     from ..exim.queue import Exim
 
     listing = listing or debian.TRUSTED_CONFIGS
+    exim = Exim.from_config(cfg.exim)
+    found = _check_authenticators(cfg, exim)
     if not cfg.exim.config or debian.trusted(cfg.exim.config, listing):
-        return []
+        return found
     try:
-        if Exim.from_config(cfg.exim).option("deliver_drop_privilege") == "deliver_drop_privilege":
-            return []  # Exim drops root for it anyway, and says nothing
+        if exim.option("deliver_drop_privilege") == "deliver_drop_privilege":
+            return found  # Exim drops root for it anyway, and says nothing
     except EximError:
         pass
-    return [f"warning: [exim] config {cfg.exim.config} is not listed in {listing}: each time the Exim user (the "
-            "hooks, eximhook serve, relaytest) runs exim -C with it, Exim drops root and writes \"exim user lost "
+    return [*found, f"warning: [exim] config {cfg.exim.config} is not listed in {listing}: each time the Exim user "
+            "(the hooks, eximhook serve, relaytest) runs exim -C with it, Exim drops root and writes \"exim user lost "
             f"privilege for using -C option\" to its paniclog. Add the path as a line of {listing} (owned by root, "
             "not writable by others), or set deliver_drop_privilege = true in that config"]
+
+
+def _check_authenticators(cfg: Config, exim: Exim) -> list[str]:
+    """A login block's wiring in Exim's authenticators (``exim.authenticators``); nothing
+    when Exim's config cannot be read (the other checks say so)."""
+    from ..errors import EximError
+    from ..exim import authenticators
+
+    try:
+        found = authenticators.parse(exim.authenticators())
+        allowed = {v for m in ("EXIMHOOK_ALLOWED_PLAIN", "EXIMHOOK_ALLOWED_LOGIN") if (v := exim.macro(m))}
+    except EximError:
+        return []
+    login = cfg.policy("login", "authfail")
+    return authenticators.problems(found, allowed, login is not None and login.enforced)
 
 
 def _bounds(cfg: Config) -> str:
@@ -306,6 +345,8 @@ def _check_mail(cfg: Config) -> list[str]:
             raise ConfigError(f"{path}: " + "; ".join(problems[:10]) +
                               (f"; and {len(problems) - 10} more" if len(problems) > 10 else ""))
         lines.append(f"{section} lookup {path}: {len(entries)} subject(s)")
+        if section == "customers":
+            lines += _not_members(cfg, path, list(entries))
         files.append(path)
     patterns = ", ".join(f"{ns} = {p!r}" for ns, p in cfg.owner.pattern) or "none"
     lines.append(f"owner notification {'on' if cfg.owner.notify else 'off'} (pattern: {patterns}; blocks by hand "

@@ -179,6 +179,19 @@ class Exim:
         ``no_name``)."""
         return self._exim("-n", "-bP", name).decode("utf-8", "replace").strip()
 
+    def authenticators(self) -> str:
+        """``exim -bP authenticators``: each authenticator's options, macros substituted
+        (``exim.authenticators`` reads it)."""
+        return self._exim("-bP", "authenticators").decode("utf-8", "replace")
+
+    def macro(self, name: str) -> str | None:
+        """The value of the config's macro ``name`` (None: not defined)."""
+        try:
+            found = self._exim("-bP", "macro", name).decode("utf-8", "replace").rstrip("\n")
+        except EximError:
+            return None  # Exim says "macro NAME not found" and exits 1
+        return found.partition("=")[2] if found.startswith(f"{name}=") else None
+
     def lists_ids(self) -> bool:
         """Whether this Exim lists the queue's ids itself (``-bpi``, from 4.97), as
         ``exim -bV`` says its version; asked once. Where it does not (4.96, or a binary

@@ -41,11 +41,13 @@ def shares(name: str, count: int, period: float, members: list[tuple[str, str, i
     ns, key, count, exact), as ``show`` and the notification print them: a heading,
     then a line each, the largest first. Of a sum, each with its percentage of the
     customer's ``count``, and what members no one can name sent; a distinct counter's
-    members may share values, a ratio's counts are the bad outcomes."""
+    members may share values, a ratio's counts are the bad outcomes. A member's own
+    counter also holds what it counted before it was the customer's, or before the
+    customer's limit was set: then the shares add up to more than the total."""
     kind = KINDS[name]
     lines = [f"Members' {UNITS[name]} in the last {format_period(period)}, from their own counters:"]
     for ns, key, n, exact in members[:SHARES_SHOWN]:
-        part = f" ({n * 100 // count} %)" if kind.adds == "sum" and count else ""
+        part = f" ({(n * 200 + count) // (2 * count)} %)" if kind.adds == "sum" and count else ""  # rounded
         short = "" if exact else " (at least: its windows are shorter)"
         lines.append(f"  {LABELS.get(ns, ns)} {escape(key)}: {n}{part}{short}")
     if len(members) > SHARES_SHOWN:

@@ -92,6 +92,9 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
                               f"{prog} unblock {args}              # lift it (a customer's NAT, say)",
                               f"{prog} exempt add {args} --reason ...  # and never block it again"]
     if block["ns"] == "login":  # a spray at one account: refused only from where it never sent mail
+        # its key is the user name tried: the evidence is where the guesses came from
+        values["evidence_title"] = "Last client addresses that tried it"
+        values["evidence"] = [escape(ip) for ip in block["ips"]]
         values["consequence"] = ["From now on SMTP AUTH for this account is refused from every network it has",
                                  "not sent mail from lately, with the right password too (a 535, as for a",
                                  "wrong one); from its own networks it logs in as before. Nothing is frozen.",
@@ -99,6 +102,9 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
         values["commands"] = [f"{prog} show {args}                # and the networks it is known from",
                               f"{prog} unblock {args}             # lift it",
                               f"{prog} show auth {shell_quote(block['key'])}   # the account's own mail"]
+    if block["ns"] == "customer":
+        values["consequence"] = [line.replace("everything this sender submits", "everything its members submit")
+                                 for line in values["consequence"]]
     if block["ns"] == "customer" and block["reason"] == "limit":
         crossed = crossed_by(block)
         shares = [] if KINDS[counter].adds == "score" else member_shares(counter, block["count"], block["period"],
@@ -124,10 +130,13 @@ def compose_owner(block: dict[str, Any], *, to: str, sender: str, abuse: str,
 
 def counted(block: dict[str, Any]) -> str:
     """The counter and its total as its kind adds up (``$counted``): a sum's events, the
-    events a distinct or ratio counter judged, none for the score."""
+    events a distinct or ratio counter judged, none for the score; "-" for a block by
+    hand, which no counter made."""
+    if block["reason"] != "limit":
+        return "-"
     counter = block.get("counter") or "invalid"
     adds, total = KINDS[counter].adds, block.get("total")
-    if block["reason"] != "limit" or adds == "sum":
+    if adds == "sum":
         return f"{counter}, {total} in all since it was last reset"
     if adds == "score":
         return f"{counter}, the sum of its parts below"

@@ -305,10 +305,12 @@ def test_a_hacked_customer_trips_its_total(hacked: h.Exim) -> None:
     assert sorted(shares) == [(HACKED[0], 6, True), (HACKED[1], 6, True), (HACKED[2], 1, True)]
     text = exim.eximhook("show", "customer", "hacked.example").stdout
     assert "crossed by its member user u3@hacked.example" in text
-    assert "  user u1@hacked.example: 6 (46 %)\n" in text and "  user u3@hacked.example: 1 (7 %)\n" in text
+    assert "  user u1@hacked.example: 6 (46 %)\n" in text and "  user u3@hacked.example: 1 (8 %)\n" in text
     [note] = h.wait_for("the notification", lambda: exim.maildir("abuse"))  # type: ignore[misc]
     mail = email.message_from_bytes(note, policy=email.policy.default).get_content()  # type: ignore[attr-defined]
     assert "Crossed by:  its member user u3@hacked.example" in mail
+    assert exim.eximhook("show", "auth", HACKED[0]).stdout.startswith(
+        "auth u1@hacked.example: not blocked, but its customer hacked.example is: its mail is frozen\n")
     assert "Members' recipients in the last 1h, from their own counters:" in mail, mail
     assert "  user u2@hacked.example: 6 (46 %)\n" in mail
     before = set(exim.queue(frozen=True))

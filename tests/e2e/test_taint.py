@@ -87,7 +87,13 @@ def test_a_relay_customer_given_on_the_command_line(exim: h.Exim) -> None:
 
 def test_auth_in_a_local_session(exim: h.Exim) -> None:
     """``exim -bs`` with no client address: AUTH is answered (no address key to expand,
-    which made it a 451 before), and a failure counts against no address."""
+    which made it a 451 before), and a failure counts nothing and sends the daemon
+    nothing (it had answered an empty key with E). A login block refuses the account
+    there too (no network it is known from), with a 535, not an expansion error's 435."""
     assert session(exim, None, plain("wrong")) == [220, 250, 535, 221]
     assert session(exim, None, plain(h.PASSWORD)) == [220, 250, 235, 221]
     assert json.loads(exim.eximhook("top", "authfail", "--json").stdout) == []
+    assert exim.eximhook("block", "--no-notify", "login", "bob").returncode == 0
+    assert session(exim, None, plain(h.PASSWORD)) == [220, 250, 535, 221]
+    assert "bad request" not in exim.hook_log()
+    assert "not given an IP address" not in exim.log()

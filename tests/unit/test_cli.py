@@ -146,6 +146,15 @@ def test_check_config_says_who_counts_toward_a_customer_and_whom_a_login_block_l
     listed_none = write_config(tmp_path, settings={**customer, "customers.by_domain": False})
     out = cli("check-config", config_path=listed_none)[1]
     assert "warning: customer limits are set, but [customers] has no lookup and by_domain = false" in out
+    listed = tmp_path / "customers"
+    listed.write_text("auth:bob@example.com acme\nrelay:192.0.2.7 acme\nrelay:2001:db8::7 acme\nrelay:radius-42 acme\n"
+                      "relay:192.0.2.0/24 acme\nlogin:bob acme\n")
+    with_file = write_config(tmp_path, settings={**customer, "customers.lookup": str(listed)})
+    out = cli("check-config", config_path=with_file)[1]
+    assert f"  customers lookup {listed}: 6 subject(s)\n" in out
+    assert f"warning: {listed}: relay:192.0.2.0/24 is a network, and a relay subject is one host" in out
+    assert f"warning: {listed}: login:bob is no member (only auth, relay, local are): skipped" in out
+    assert out.count(f"warning: {listed}") == 2, "a host, an IPv6 host's /64 and a RADIUS id are members"
     out = cli("check-config", config_path=write_config(tmp_path, settings={"limits.login.authfail.limit": 5}))[1]
     assert "logins: a login block refuses AUTH for its account except from the networks it sent mail from in the " \
         "last 30d ([logins] known)" in out and "customers:" not in out

@@ -109,7 +109,7 @@ relay user 192.0.2.7 blocked by hand (admin:root): phished.
 Namespace:   relay
 Key:         192.0.2.7
 Blocked at:  Tue, 14 Nov 2023 22:13:20 +0000
-Counter:     invalid, 0 in all since it was last reset
+Counter:     -
 Client IPs:  -
 Last invalid recipients:
   -
@@ -143,6 +143,19 @@ def test_the_built_in_templates_are_todays_mail(utc: None, name: str, block: dic
     frozen = ["1xVbMq-0004rw-1g", "1xVbMq-0004rw-2h"] if name == "block" else []
     msg = notify.compose(block, to="abuse@example.net", sender="root@example.net", command=COMMAND, frozen=frozen)
     assert msg.as_bytes() == TODAY[name].encode()
+
+
+def test_a_login_block_shows_where_the_guesses_came_from_and_a_customer_speaks_of_its_members(utc: None) -> None:
+    """A login block's key is the user name the guesses tried: its evidence is their
+    client addresses. A customer's block freezes every member's mail, and says so."""
+    login = dict(BLOCK, ns="login", key="bob@example.com", counter="authfail", rcpts=[])
+    text = notify.compose(login, to="abuse@example.net", sender="root@example.net", command=COMMAND).get_content()
+    assert "Last client addresses that tried it:\n  192.0.2.1\n  192.0.2.7\n" in text
+    customer = dict(BLOCK, ns="customer", key="acme", counter="recipients", rcpts=["auth bob@example.com: 1x (3 rcpt)"])
+    text = notify.compose(customer, to="abuse@example.net", sender="root@example.net", command=COMMAND,
+                          members=[("auth", "bob@example.com", 6, True)]).get_content()
+    assert "Crossed by:  its member user bob@example.com\n" in text and "  user bob@example.com: 6 (100 %)\n" in text
+    assert "everything its members submit is accepted and frozen" in text and "this sender" not in text
 
 
 def test_a_custom_template_fills_every_placeholder(tmp_path: Path, utc: None) -> None:
