@@ -339,8 +339,19 @@ class RedisBackend(Shared):
     def known(self, user: str) -> list[tuple[str, float]]:
         """The networks ``user`` is known from on any relay (network, until); a field that
         is not what ``learn`` writes is left out."""
+        return self._networks(self._keys("auth", user, b"known")[0])
+
+    def known_everyone(self) -> list[tuple[str, list[tuple[str, float]]]]:
+        """``known`` of every user a relay learned networks of (SCAN: for the block of
+        all logins, once per copy); a user stored by digest (a name past 400 bytes) is
+        left out, as the relays' stores leave it out."""
+        head, tail = self.prefix + b":{auth\0", b"}:known"
+        return [(k[len(head):-len(tail)].decode("utf-8", "surrogateescape"), self._networks(k))
+                for k in self._scan(b"known") if k.startswith(head) and k.endswith(tail)]
+
+    def _networks(self, k: bytes) -> list[tuple[str, float]]:
         out = []
-        for network, until in self.client.hgetall(self._keys("auth", user, b"known")[0]).items():
+        for network, until in self.client.hgetall(k).items():
             try:
                 out.append((network.decode("ascii") if isinstance(network, bytes) else network, float(until)))
             except ValueError:  # not ASCII (UnicodeDecodeError), or no number

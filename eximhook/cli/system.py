@@ -303,8 +303,8 @@ def _check_authenticators(cfg: Config, exim: Exim) -> list[str]:
         allowed = {v for m in ("EXIMHOOK_ALLOWED_PLAIN", "EXIMHOOK_ALLOWED_LOGIN") if (v := exim.macro(m))}
     except EximError:
         return []
-    login = cfg.policy("login", "authfail")
-    return authenticators.problems(found, allowed, login is not None and login.enforced)
+    enforced = any(p is not None and p.enforced for p in (cfg.policy(ns, "authfail") for ns in ("login", "all")))
+    return authenticators.problems(found, allowed, enforced)
 
 
 def _bounds(cfg: Config) -> str:

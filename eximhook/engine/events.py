@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..model.ratelimit import tag
 from ..model.records import Event
+from ..model.subjects import ALL_LOGINS
 
 # what reads and marks the message references in the counters' write transaction: a
 # message is remembered for its bounces, a bounce recalls the message it reports, a
@@ -99,6 +100,8 @@ def _events_in(counters: Counters, txn: lmdb.Transaction | None, req: Request, n
     subjects = record_subjects(req.ns, req.key, view.wider(req.ns, req.key))
     if req.kind == "authfail" and f.get("user"):  # the account tried, from whichever address (spraying)
         subjects.append(("login", f["user"]))
+    if req.kind == "authfail":  # and every failure together (a spray of few guesses at each of many)
+        subjects.append(("all", ALL_LOGINS))
     told = f.get("rcpt") or f.get("evidence") or None
     return [Event(ns, key, p, weight=int(f.get("n") or 1), evidence=None if ns == "login" else told,  # its key
                   ip=ip, keep_evidence=view.keep_evidence, keep_ips=view.keep_ips)

@@ -49,6 +49,7 @@ def problems(found: dict[str, dict[str, str]], allowed: set[str], login_enforced
     servers = [name for name, options in found.items() if serving(options)]
     if login_enforced and servers and not any(SIGNATURE in found[name].get("server_condition", "")
                                               for name in servers):
-        out.append(f"warning: [limits.login.authfail] is enforced, but no authenticator ({', '.join(servers)}) "
-                   "checks EXIMHOOK_ALLOWED_PLAIN or _LOGIN: a login block refuses nothing (docs/signals.md)")
+        out.append(f"warning: [limits.login.authfail] or [limits.all.authfail] is enforced, but no authenticator "
+                   f"({', '.join(servers)}) checks EXIMHOOK_ALLOWED_PLAIN or _LOGIN: a login block refuses nothing "
+                   "(docs/signals.md)")
     return out

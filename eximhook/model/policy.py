@@ -96,6 +96,11 @@ DEFAULT_WINDOWS: dict[tuple[str, str], tuple[tuple[int, float], ...]] = {
     # can be low: a spray gets at most this many guesses an hour at an account, and one
     # more (the failure that makes the block)
     ("login", "authfail"): ((5, HOUR),),
+    # and a spray of a few guesses at each of very many accounts, which no account's
+    # count shows: every failed AUTH together; its block refuses AUTH for every account
+    # from the networks it is not known from. A server's own rate of stale passwords
+    # sets the limit: measure it (shadow) with `eximhook top authfail --ns all`
+    ("all", "authfail"): ((1000, HOUR),),
     # issue 24's signals, measured before they block (shadow): more distinct recipients
     # in an hour than cPanel's default cap; more client networks in a day than a
     # traveller's hotel, phone and office; a fifth of the remote recipients of at least
@@ -129,7 +134,7 @@ def default_mode(counter: str, ns: str = "") -> str:
     """Blocking counters whose limits are well understood (invalid recipients, password
     guessing per address) enforce; the seed-004 counters and issue 24's signals (the
     spraying of one account from many addresses among them) measure first."""
-    return "enforce" if counter in ("invalid", "authfail") and ns not in ("login", "customer") else "shadow"
+    return "enforce" if counter in ("invalid", "authfail") and ns not in ("login", "customer", "all") else "shadow"
 
 
 class Policy:

@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 # such addresses ([net] prefixes: IPv4 /24, IPv6 /48), counted beside each of them;
 # login: an account as a failed SMTP AUTH names it, from any address (password
 # spraying): its block refuses AUTH for it only from networks it is not known from;
-# customer: the users, hosts and local users of one customer together (``engine.customers``)
-NAMESPACES = ("auth", "relay", "sender", "local", "ip", "net", "login", "customer")
+# customer: the users, hosts and local users of one customer together (``engine.customers``);
+# all: one subject, ``ALL_LOGINS``, every failed SMTP AUTH together (a spray of a few
+# guesses at each of very many accounts): its block refuses AUTH for every account
+# from the networks it is not known from, as a login block does for one
+NAMESPACES = ("auth", "relay", "sender", "local", "ip", "net", "login", "customer", "all")
+ALL_LOGINS = "logins"
 # A namespace whose events also count against the wider network that holds the key:
 # a /48 holds 65,536 /64s, each with a limit of its own (fail2ban's and CSF's answer)
 WIDER = {"ip": "net"}
@@ -36,7 +40,7 @@ FREEZING = ("auth", "relay", "sender", "local", "customer")
 # Whose block answers no request: a login's acts where the account logs in (the
 # authenticator's EXIMHOOK_ALLOWED_*), not on the connection whose failure counted it,
 # which the address's own block answers
-SILENT = ("login",)
+SILENT = ("login", "all")
 
 MAX_KEY_BYTES = 16384
 # Exim's lsearch reads a line into a 4096-byte buffer (src/lookups/lsearch.c); a
@@ -77,6 +81,8 @@ def normalize(ns: str, key: str, ipv6_prefix: int = 64) -> str:
     if len(raw) > MAX_KEY_BYTES:
         raise BadSubject(f"key is {len(raw)} bytes long; the limit is {MAX_KEY_BYTES}")
     raw = raw.lower()
+    if ns == "all" and raw != ALL_LOGINS.encode():
+        raise BadSubject(f"the namespace all has one key, {ALL_LOGINS}: every failed SMTP AUTH together")
     if ns == "net":
         return _network_key(raw)
     if ns in ("relay", "ip") and b":" in raw:

@@ -10,7 +10,7 @@ from ..model.subjects import escape
 from ..periods import format_period
 
 LABELS = {"auth": "user", "relay": "relay user", "sender": "sender", "local": "local user", "ip": "client",
-          "net": "network", "login": "login", "customer": "customer"}
+          "net": "network", "login": "login", "customer": "customer", "all": "all"}
 
 
 def describe(block: dict[str, Any]) -> str:

@@ -111,6 +111,14 @@ def compose(block: dict[str, Any], *, to: str, sender: str, command: Sequence[st
                                                                           list(members))
         values["consequence"] = [*([f"Crossed by:  its member {crossed}"] if crossed else []), *shares, "",
                                  "A customer's block freezes the mail of every member.", *values["consequence"]]
+    if block["ns"] == "all":  # a spray across many accounts: each refused only from where it never sent mail
+        values["consequence"] = ["From now on SMTP AUTH for EVERY account is refused from every network it has not",
+                                 "sent mail from lately, with the right password too (a 535, as for a wrong one);",
+                                 "from their own networks accounts log in as before: a user on a new network cannot,",
+                                 "until you lift it. Nothing is frozen. Decide:"]
+        values["commands"] = [f"{prog} show {args}",
+                              f"{prog} top authfail --ns login       # the accounts the spray tried",
+                              f"{prog} unblock {args}             # lift it"]
     if "expires" in block and not block.get("shadow"):  # [expiry]
         values["consequence"] = [f"Lifts at:    {when(block)}; eximhook show says if frozen mail holds it", "",
                                  *values["consequence"]]

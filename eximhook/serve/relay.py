@@ -155,15 +155,18 @@ class Relay:
 
     def know(self, records: list[dict[str, Any]], now: float) -> None:
         """For each login block of ``records``, the networks its account is known from on
-        any relay, into this store before its mirror is written (``storage.known``)."""
+        any relay, into this store before its mirror is written (``storage.known``); for
+        the block of all logins, every account's."""
         for record in records:
-            if record["ns"] == "login" and self.up:
-                try:
-                    learned = self.backend.known(record["key"])
-                except self.unreachable as exc:
-                    self.down(exc)
-                    return
-                known.merge(self.server.store, record["key"], learned, now)
+            if record["ns"] not in ("login", "all") or not self.up:
+                continue
+            try:  # one account's, or (all logins) every account's
+                learned = ([(record["key"], self.backend.known(record["key"]))] if record["ns"] == "login"
+                           else self.backend.known_everyone())
+            except self.unreachable as exc:
+                self.down(exc)
+                return
+            known.merge(self.server.store, learned, now)
 
     def copy(self, ns: str, key: str, now: float) -> None:
         """A block in Redis, into this store and mirror if it is not there yet."""

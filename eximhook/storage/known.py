@@ -39,26 +39,42 @@ def networks_in(store: Store, txn: lmdb.Transaction, user: str, now: float) -> l
     return [net for net, until in _entries_in(store, txn, user) if until > now]
 
 
+def everyone_in(store: Store, txn: lmdb.Transaction, now: float) -> list[tuple[str, list[str]]]:
+    """Every user and the networks it is known from now (for the block of all logins:
+    the mirror then lists them all; at most ``KEEP`` a user). A user whose name was too
+    long to keep whole (stored by digest) is left out: it is refused from everywhere."""
+    from .store import decode_subject_key
+
+    out = []
+    for sk, _ in txn.cursor(db=store.db(txn, KNOWN)):
+        user = decode_subject_key(bytes(sk))[1]
+        if user is not None and (networks := networks_in(store, txn, user, now)):
+            out.append((user, networks))
+    return out
+
+
 def learn(store: Store, user: str, network: str, now: float, keep_for: float) -> float | None:
     """Note that ``user`` sent mail from ``network`` now, known for ``keep_for`` seconds
     more; when that took a write, until when (for the other relays: ``merge``)."""
     until = dict(store.read(lambda txn: _entries_in(store, txn, user))).get(network, float("-inf"))
     if until - now > keep_for - REFRESH:
         return None
-    merge(store, user, [(network, now + keep_for)], now)
+    merge(store, [(user, [(network, now + keep_for)])], now)
     return now + keep_for
 
 
-def merge(store: Store, user: str, learned: list[tuple[str, float]], now: float) -> None:
-    """Add the networks ``learned`` elsewhere (network, until) to ``user``'s, each known
-    until the later of the two; the ``KEEP`` known longest are kept."""
+def merge(store: Store, learned: list[tuple[str, list[tuple[str, float]]]], now: float) -> None:
+    """Add the networks ``learned`` elsewhere (user, [(network, until)]) to each user's,
+    each known until the later of the two; the ``KEEP`` known longest are kept. One
+    write transaction for them all."""
     def body(txn: lmdb.Transaction) -> None:
-        entries = dict(_entries_in(store, txn, user))
-        for network, until in learned:
-            entries[network] = max(until, entries.get(network, until))
-        kept = sorted(((n, t) for n, t in entries.items() if t > now), key=lambda e: e[1])[-KEEP:]
-        data = b"".join(_ENTRY.pack(t, len(raw)) + raw for n, t in kept if len(raw := n.encode()) < 256)
-        txn.put(subject_key("auth", user), data, db=store.db(txn, KNOWN))
+        for user, networks in learned:
+            entries = dict(_entries_in(store, txn, user))
+            for network, until in networks:
+                entries[network] = max(until, entries.get(network, until))
+            kept = sorted(((n, t) for n, t in entries.items() if t > now), key=lambda e: e[1])[-KEEP:]
+            data = b"".join(_ENTRY.pack(t, len(raw)) + raw for n, t in kept if len(raw := n.encode()) < 256)
+            txn.put(subject_key("auth", user), data, db=store.db(txn, KNOWN))
     store.update(body)
 
 

@@ -5,7 +5,8 @@
   support staff keep working.
 - ``blocked_subjects.cdb``: keys ``NS:KEY`` for the snippets' check (and the spool
   guard's threshold, ``spool.LOW_KEY``; for a blocked login, ``known:NET:USER`` for
-  each network its account is known from when the file is written: ``storage.known``),
+  each network its account is known from when the file is written: ``storage.known``;
+  for every account, while all logins are blocked),
   ``${lookup{auth:$acl_m_user}cdb{...}}``: a cdb lookup costs ~4 µs in Exim, against
   ~12 ms for a Python ``${run}``.
 
@@ -29,7 +30,7 @@ from ..errors import FileError, UnsafePath
 from ..model import spool
 from ..model.subjects import LSEARCH_FILES, lsearch_line
 from ..perms import TMP, Dir, Locked, read_file, replace_files
-from .known import networks_in
+from .known import everyone_in, networks_in
 from .store import Store
 
 CDB_FILE = "blocked_subjects.cdb"
@@ -84,6 +85,7 @@ def rewrite(store: Store, mirror_dir: str, timeout: float = 10.0, if_behind: boo
             remove_stale_temp_files(mirror_dir, store.path)
             generation, blocks, floor, known, members = store.read(lambda txn: (
                 store.generation_in(txn), store.blocks_in(txn), store.spool_floor_in(txn),
+                everyone_in(store, txn, now) if store.blocks_in(txn, "all") else
                 [(b["key"], networks_in(store, txn, b["key"], now)) for b in store.blocks_in(txn, "login")],
                 store.mirrored_in(txn, b"customers")))
             if if_behind and current(store, generation):

@@ -81,7 +81,8 @@ def test_check_config_warns_of_an_authenticator_that_takes_any_password(tmp_path
     assert warnings(BESIDE) == [] and warnings(BESIDE, enforced=True) == []
     assert warnings(None, dovecot=True, enforced=True) == [], "dovecot checks the password before the macro"
     [refuses_nothing] = warnings('"${if eq{$auth3}{secret}{1}{0}}"', enforced=True)
-    assert "[limits.login.authfail] is enforced, but no authenticator (plain_server) checks" in refuses_nothing
+    assert "[limits.login.authfail] or [limits.all.authfail] is enforced, but no authenticator (plain_server) " \
+        "checks" in refuses_nothing
     assert warnings('"${if eq{$auth3}{secret}{1}{0}}"') == [], "in shadow mode a login block refuses nothing anyway"
     assert warnings(None, enforced=True) == [], "no AUTH offered"
     code, out, _ = cli("check-config", config_path=write_config(tmp_path, settings={

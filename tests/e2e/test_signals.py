@@ -181,11 +181,11 @@ def test_two_relays_on_one_redis_add_up_one_score(own_redis: RedisServer) -> Non
             h.cleanup(node)
 
 
-def try_login(exim: h.Exim, source: str, password: str) -> int:
-    """One AUTH as bob from ``source``: Exim's reply code."""
+def try_login(exim: h.Exim, source: str, password: str, user: str = "bob") -> int:
+    """One AUTH as ``user`` from ``source``: Exim's reply code."""
     with exim.connect(source) as smtp:
         try:
-            return int(smtp.login("bob", password)[0])
+            return int(smtp.login(user, password)[0])
         except smtplib.SMTPAuthenticationError as exc:
             return exc.smtp_code
 
@@ -211,27 +211,56 @@ def test_a_spray_locks_the_account_only_against_strangers(exim: h.Exim) -> None:
     assert history(exim, "login", "bob").count("blocked") == 1
 
 
+@pytest.mark.parametrize("exim", [{"limits.all.authfail.limit": 10, "limits.all.authfail.mode": "enforce"}],
+                         indirect=True)
+def test_a_spray_across_accounts_locks_every_account_only_against_strangers(exim: h.Exim) -> None:
+    """One wrong password for each of eleven accounts, each from a network of its own:
+    no address, network or account is near its limit, but every failure together is
+    over 10: all logins are blocked, once. Bob still logs in from the network he sent
+    mail from, and nobody from a stranger's; alice, who sent no mail, from nowhere;
+    unblocking all logins lets her in again."""
+    assert exim.send([f"alice@{h.DOMAIN}"], user="bob", source="127.0.0.1") == {}
+    h.wait_for("bob's network learned", lambda: exim.show("auth", "bob")["known"] == ["127.0.0.0/24"])
+    codes = [try_login(exim, f"127.80.{i}.1", "guess", user=f"user{i}") for i in range(11)]
+    assert codes == [535] * 11
+    block = h.wait_for("the block of all logins", lambda: exim.show("all", "logins")["block"])
+    assert (block["counter"], block["limit"], block["count"]) == ("authfail", 10, 11)
+    assert try_login(exim, "127.0.0.9", h.PASSWORD) == 235, "bob's own network"
+    assert try_login(exim, "127.70.0.1", h.PASSWORD) == 535, "a stranger's network, the right password"
+    assert try_login(exim, "127.0.0.9", h.PASSWORD, user="alice") == 535, "alice has sent no mail from there"
+    assert [b["ns"] for b in json.loads(exim.eximhook("list", "--json").stdout)] == ["all"], "no address blocked"
+    assert history(exim, "all", "logins").count("blocked") == 1
+    assert exim.eximhook("unblock", "all", "logins").returncode == 0
+    assert try_login(exim, "127.70.0.1", h.PASSWORD, user="alice") == 235
+
+
 @needs_redis
-def test_a_network_one_relay_learned_logs_in_through_another(own_redis: RedisServer) -> None:
+@pytest.mark.parametrize("spray", ["login", "all"])
+def test_a_network_one_relay_learned_logs_in_through_another(own_redis: RedisServer, spray: str) -> None:
     """Two relays on one Redis: bob sends mail through relay a only; a spray through relay
-    b locks bob's login. Relay b still lets bob log in from the network relay a learned,
-    and refuses strangers, as relay a does."""
+    b locks bob's login (or all logins). Relay b still lets bob log in from the network
+    relay a learned, and refuses strangers, as relay a does."""
     a, b = (h.make(["bob", "alice"], limit=50, serve=True, settings={
         "store.backend": "redis", "store.redis_url": own_redis.url, "store.node": name,
-        "limits.login.authfail.limit": 5, "limits.login.authfail.mode": "enforce"}) for name in "ab")
+        "limits.login.authfail.limit": 5, "limits.login.authfail.mode": "enforce",
+        "limits.all.authfail.limit": 10, "limits.all.authfail.mode": "enforce"}) for name in "ab")
+    subject = ("login", "bob") if spray == "login" else ("all", "logins")
     try:
         for node in (a, b):
             node.setup().start()
         assert a.send([f"alice@{h.DOMAIN}"], user="bob", source="127.0.0.1") == {}
         assert b.show("auth", "bob")["known"] == [], "relay b has seen no mail of bob's"
-        assert [try_login(b, f"127.60.{i}.1", "guess") for i in range(6)] == [535] * 6
+        if spray == "login":
+            assert [try_login(b, f"127.60.{i}.1", "guess") for i in range(6)] == [535] * 6
+        else:
+            assert [try_login(b, f"127.60.{i}.1", "guess", user=f"user{i}") for i in range(11)] == [535] * 11
         for node in (a, b):
-            h.wait_for("the login block", lambda node=node: node.show("login", "bob")["block"])  # type: ignore[misc]
+            h.wait_for("the block", lambda node=node: node.show(*subject)["block"])  # type: ignore[misc]
         assert b.show("auth", "bob")["known"] == ["127.0.0.0/24"], "relay a's network, copied with the block"
         assert try_login(b, "127.0.0.9", h.PASSWORD) == 235, "bob's own network logs in through relay b"
         assert try_login(b, "127.70.0.1", h.PASSWORD) == 535, "a stranger is refused"
         assert try_login(a, "127.0.0.9", h.PASSWORD) == 235
-        assert history(a, "login", "bob").count("blocked") == 1
+        assert history(a, *subject).count("blocked") == 1
     finally:
         for node in (a, b):
             h.cleanup(node)

@@ -617,7 +617,8 @@ def test_every_key_of_a_subject_shares_its_hash_tag(redis_url: str) -> None:
                                         unique_by=lambda x: x[1]))
 def test_the_networks_an_account_is_known_from_are_shared_and_bounded(
         relays: tuple[RedisBackend, RedisBackend], user: str, learned: list[tuple[int, float]]) -> None:
-    """What relays learn an account sends from (``learn``) every relay reads (``known``):
+    """What relays learn an account sends from (``learn``) every relay reads (``known``,
+    ``known_everyone``):
     each network with the latest time any relay learned, the ``KEEP`` latest of them,
     and the hash expires when the last of them does."""
     from eximhook.storage.known import KEEP
@@ -631,5 +632,8 @@ def test_the_networks_an_account_is_known_from_are_shared_and_bounded(
         latest[f"10.0.{net}.0/24"] = max(until, latest.get(f"10.0.{net}.0/24", until))
     expected = sorted(latest.items(), key=lambda e: e[1])[-KEEP:]
     assert sorted(a.known(user), key=lambda e: e[1]) == expected
+    everyone = dict(b.known_everyone())  # the block of all logins: every user's, by a SCAN
+    if len(user.encode("utf-8", "surrogateescape")) <= 400:  # past that stored by digest: no name to give
+        assert sorted(everyone[user], key=lambda e: e[1]) == expected
     key = a._keys("auth", user, b"known")[0]
     assert int(a.client.execute_command("EXPIRETIME", key)) == math.ceil(expected[-1][1])

@@ -152,7 +152,7 @@ def test_check_config_reads_the_lookup_file(tmp_path: Path, cli: Run, config: Pa
     assert err == (f"eximhook: error: {tmp_path / 'owners'}: line 2: the quoted key has no closing double quote; "
                    "line 3: auth bob is on line 1 already (the first one counts); line 4: 'not-an-address' is not a "
                    "plain address (user@domain: letters, digits, . _ + = -); line 5: not 'NS:KEY ADDRESS' with NS one "
-                   "of auth, relay, sender, local, ip, net, login, customer; line 6: bad escape at byte 3 of the "
+                   "of auth, relay, sender, local, ip, net, login, customer, all; line 6: bad escape at byte 3 of the "
                    "quoted key: use \\\\, \\\" or \\xNN; line 7: no address after the key (NS:KEY ADDRESS)\n")
     (tmp_path / "owners").unlink()
     code, _, err = cli("check-config")
