@@ -55,6 +55,7 @@ from ..periods import format_period
 from ..storage.counters import Counter, Tally
 from ..storage.store import queued, subject_key
 from .base import Shared
+from .redis_known import KnownNetworks
 from .redis_lua import BLOCK, CLAIM, CLEAR, COUNTERS, LEARN, RECORD, SHADOW, UNBLOCK
 from .redis_values import (
     Replayed,
@@ -87,7 +88,7 @@ ONCE = 600
 TOMBSTONE = 7 * 86400
 
 
-class RedisBackend(Shared):
+class RedisBackend(KnownNetworks, Shared):
     name = "redis"
 
     def __init__(self, client: Client, prefix: str = "eximhook", node: str = "eximhook") -> None:
@@ -328,35 +329,6 @@ class RedisBackend(Shared):
         return {name: Counter(int(total), [window(w) for w in windows], [json.loads(x) for x in recent],
                               [json.loads(x) for x in ips])
                 for name, (total, windows, recent, ips) in zip(names, found, strict=True)}
-
-    def learn(self, user: str, network: str, until: float) -> None:
-        """``user`` sent mail from ``network`` through some relay: known there until
-        ``until`` for every relay (``known``); at most ``storage.known.KEEP`` a user."""
-        from ..storage.known import KEEP
-
-        self._learn(keys=self._keys("auth", user, b"known"), args=[network, repr(until), KEEP])
-
-    def known(self, user: str) -> list[tuple[str, float]]:
-        """The networks ``user`` is known from on any relay (network, until); a field that
-        is not what ``learn`` writes is left out."""
-        return self._networks(self._keys("auth", user, b"known")[0])
-
-    def known_everyone(self) -> list[tuple[str, list[tuple[str, float]]]]:
-        """``known`` of every user a relay learned networks of (SCAN: for the block of
-        all logins, once per copy); a user stored by digest (a name past 400 bytes) is
-        left out, as the relays' stores leave it out."""
-        head, tail = self.prefix + b":{auth\0", b"}:known"
-        return [(k[len(head):-len(tail)].decode("utf-8", "surrogateescape"), self._networks(k))
-                for k in self._scan(b"known") if k.startswith(head) and k.endswith(tail)]
-
-    def _networks(self, k: bytes) -> list[tuple[str, float]]:
-        out = []
-        for network, until in self.client.hgetall(k).items():
-            try:
-                out.append((network.decode("ascii") if isinstance(network, bytes) else network, float(until)))
-            except ValueError:  # not ASCII (UnicodeDecodeError), or no number
-                continue
-        return out
 
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         from ..model.policy import COUNTERS

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ..model.policy import COUNTERS
     from ..model.subjects import NAMESPACES
-    from . import blocks, exempt, queue, relaytest, system
+    from . import blocks, checks, exempt, queue, relaytest, system
 
     parser = argparse.ArgumentParser(
         prog="eximhook", description="Block senders who mail many nonexistent recipients, cause many bounces or send "
@@ -251,5 +251,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uninstall", action="store_true",
                    help="with remove, as the package's prerm runs it: refuse while a file of Exim's configuration "
                         "other than eximhook's own lines includes the snippets, which go with the package")
-    add("check-config", system.check_config, "validate the config and refresh the hooks' cache of it")
+    add("check-config", checks.check_config, "validate the config and refresh the hooks' cache of it")
     return parser

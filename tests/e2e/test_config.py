@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eximhook.cli.system import _check_exim_config
+from eximhook.cli.checks import _check_exim_config
 from eximhook.config.load import load
 
 from ..support.config import write_config
