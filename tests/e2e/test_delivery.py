@@ -138,6 +138,16 @@ def test_outcomes_count_against_the_user_and_its_sender(world: tuple[h.Exim, Pee
     assert exim.log("panic") == ""
 
 
+def half_refused_at_once(exim: h.Exim, peer: Peer) -> None:
+    """Eight messages at once, each to a recipient the peer takes and one it refuses,
+    delivered by as many processes; returns once bob is blocked and Exim is done."""
+    for n in range(8):
+        peer.rcpt[f"gone{n}"] = REFUSED.format(f"gone{n}")
+    h.at_once(8, lambda n: exim.send([f"ok{n}@{PEER}", f"gone{n}@{PEER}"], user="bob", subject=f"run {n}"))
+    wait_for("the block", lambda: blocks(exim, "auth", "bob"))
+    exim.settled()
+
+
 FAILURES = {"failures": {"limit": 3, "period": "1h", "mode": "enforce"}}
 
 
@@ -150,11 +160,7 @@ def test_refusals_block_once_across_parallel_deliveries(world: tuple[h.Exim, Pee
     and every refusal counted once (as many as Exim logged), in this relay's store or
     in Redis."""
     exim, peer = world
-    for n in range(8):
-        peer.rcpt[f"gone{n}"] = REFUSED.format(f"gone{n}")
-    h.at_once(8, lambda n: exim.send([f"ok{n}@{PEER}", f"gone{n}@{PEER}"], user="bob", subject=f"run {n}"))
-    wait_for("the block", lambda: blocks(exim, "auth", "bob"))
-    exim.settled()
+    half_refused_at_once(exim, peer)
     [block] = blocks(exim, "auth", "bob")
     assert block["counter"] == "failures"
     assert len(notifications(exim)) == 1
@@ -179,11 +185,7 @@ def test_the_failure_ratio_blocks_once(world: tuple[h.Exim, Peer]) -> None:
     tried, more than 30 % is over the limit: one block, one notification (counted in
     this relay's store, or in Redis)."""
     exim, peer = world
-    for n in range(8):
-        peer.rcpt[f"gone{n}"] = REFUSED.format(f"gone{n}")
-    h.at_once(8, lambda n: exim.send([f"ok{n}@{PEER}", f"gone{n}@{PEER}"], user="bob", subject=f"run {n}"))
-    wait_for("the block", lambda: blocks(exim, "auth", "bob"))
-    exim.settled()
+    half_refused_at_once(exim, peer)
     assert len(blocks(exim, "auth", "bob")) == 1
     block = exim.show("auth", "bob")["block"]
     assert (block["counter"], block["limit"]) == ("failrate", 30) and block["count"] > 30
