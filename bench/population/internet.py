@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.redis_server import stop_process
 from tests.support.rspamd_server import GTUBE
 
 DOMAINS = "*.inet.example"
@@ -135,13 +136,7 @@ class Internet:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 if __name__ == "__main__":

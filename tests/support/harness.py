@@ -36,6 +36,7 @@ from .daemon import Daemon
 from .loopback import LoopbackServer
 from .paths import EXIM, EXIM_USER, EXIMHOOK, EXIPICK, SNIPPETS
 from .ports import free_port
+from .redis_server import stop_process
 from .waiting import wait_for
 
 DOMAIN = "test.example"
@@ -324,13 +325,7 @@ plain:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
         self.stop_daemon()
         if self.held is not None:
