@@ -20,12 +20,16 @@ users), with record-invalid from 1 and 8 clients and check-blocked (`0`: nobody 
 the fallback `1` ([hooks] closed), so a request the daemon could not answer in time fails the run instead of
 passing for a `0`; and each store must hold one event per record-invalid call it answered. Printed with the
 redis-server's CPU and the ratios Redis/LMDB.
+With --windows, only this: record-invalid on --full subjects whose window holds 1,000 events (filled through the
+backend, times over the last hour) against --keys fresh ones, in turns on one daemon (and, with --redis, on a Redis
+one too), from 1 and 8 clients; target: the full ones' p50 within 1.1x of the fresh ones'.
 Prints medians over rounds of ops/s, p50/p99 latency over all calls, the CPU the daemon and the clients used
 (2 cores here: 100 % is one core), and the targets: >= 10,000 record-invalid/s with 8 clients and p99 <= 2 ms;
 the big store within 1.2x of the tiny one's latency; <= 300 bytes per subject.
 
     /opt/eximhook/bin/python bench/serve.py [--duration 3] [--rounds 2] [--subjects 1000000] [--json FILE]
     /opt/eximhook/bin/python bench/serve.py --duration 2 --rounds 3 --subjects 100000 --redis  # ~2 min
+    /opt/eximhook/bin/python bench/serve.py --windows --redis --duration 2 --rounds 3  # ~5 min
 
 As root, with eximhook installed non-editable in the venv (and, for --redis, redis-py in it and redis-server
 on PATH). Everything is stopped and removed at the end.
@@ -76,6 +80,7 @@ def requests(op: str, keys: list[int], rcpts: bool = True) -> list[bytes]:
 def fill(path: str, subjects: int, seed: int = 1) -> float:
     """Counters for ``subjects`` subjects, one invalid recipient each, written in batches of 10,000; seconds."""
     from eximhook.model.policy import Policy
+    from eximhook.model.records import Event
     from eximhook.storage.counters import Counters
 
     order = list(range(subjects))
@@ -84,10 +89,99 @@ def fill(path: str, subjects: int, seed: int = 1) -> float:
     unlimited = Policy("invalid", ((10**9, 3600.0),), "enforce")
     with Counters(path) as counters:
         for start in range(0, subjects, 10_000):
-            counters.update_many([counters.event("auth", KEY.format(i), now, unlimited,
-                                                 evidence=f"n{i}@example.com", ip="192.0.2.1")
+            counters.update_many([counters.event(Event("auth", KEY.format(i), unlimited, evidence=f"n{i}@example.com",
+                                                       ip="192.0.2.1"), now)
                                   for i in order[start:start + 10_000]])
     return time.monotonic() - began
+
+
+FULL = 1_000  # events in a full subject's window: --windows
+
+
+def fill_windows(d: BenchDaemon, keys: list[int], redis_url: str | None) -> float:
+    """``FULL`` invalid recipients in the last hour for each of ``keys``, through the backend ``d`` counts in
+    (the daemon's own policy: HUGE an hour), so its window holds them all; seconds."""
+    from eximhook.model.policy import Policy
+    from eximhook.model.records import Event
+
+    began, now = time.monotonic(), time.time()
+    policy = Policy("invalid", ((HUGE, 3600.0),), "enforce")
+    times = [now - 3000 + i * 3000 / FULL for i in range(FULL)]  # all still in the window during the runs
+    events = [(Event("auth", KEY.format(k), policy, evidence=f"n{n}@example.com", ip="192.0.2.1"), t)
+              for k in keys for n, t in enumerate(times)]
+    if redis_url:
+        from eximhook.backends.redis import RedisBackend
+
+        with RedisBackend.open(redis_url) as backend:
+            for e, t in events:
+                backend.record(e, t)
+    else:
+        from eximhook.storage.counters import Counters
+
+        with Counters(str(d.store)) as counters:
+            for start in range(0, len(events), 10_000):
+                counters.update_many([counters.event(e, t) for e, t in events[start:start + 10_000]])
+    return time.monotonic() - began
+
+
+WINDOW_RUNS = (("full", 1), ("fresh", 1), ("full", 8), ("fresh", 8))
+
+
+def compare_windows(work: Path, opts: argparse.Namespace) -> dict[str, Any]:
+    """--windows: record-invalid on subjects whose window holds ``FULL`` events against fresh ones (each counted
+    a few times in the run), in turns, on LMDB and, with --redis, on Redis. The full subjects' windows stay full
+    (their events are an hour old at most, and each run adds to them: past 1,024 they compact)."""
+    from tests.support.redis_server import RedisServer
+
+    backends = ("lmdb", "redis") if opts.redis else ("lmdb",)
+    redis = RedisServer(work / "redis-server") if opts.redis else None
+    daemons: dict[str, BenchDaemon] = {}
+    full, fresh = list(range(opts.full)), list(range(10**6, 10**6 + opts.keys))
+    runs: dict[tuple[str, str, int], list[LoadResult]] = {}
+    fill_s: dict[str, float] = {}
+    try:
+        if redis:
+            redis.start()
+        for name in backends:
+            d = BenchDaemon(work, f"windows-{name}", closed=True, redis_url=redis.url if name == "redis" and redis
+                            else None)
+            daemons[name] = d.start()
+            fill_s[name] = fill_windows(d, full, redis.url if name == "redis" and redis else None)
+            print(f"  filled {name}: {opts.full:,} subjects of {FULL:,} events in {fill_s[name]:.1f}s",
+                  file=sys.stderr, flush=True)
+        for rnd in range(opts.rounds):
+            for name in backends:
+                for which, clients in WINDOW_RUNS if rnd % 2 == 0 else WINDOW_RUNS[::-1]:
+                    runs.setdefault((name, which, clients), []).append(run_load(
+                        daemons[name], "record-invalid", full if which == "full" else fresh, clients, opts,
+                        redis.pid if name == "redis" and redis else None))
+            print(f"  windows round {rnd + 1}/{opts.rounds} done", file=sys.stderr, flush=True)
+        exits = {name: d.stop() for name, d in daemons.items()}
+    finally:
+        for d in daemons.values():
+            d.stop()
+        if redis:
+            redis.close()
+    stats = {f"{name} {which} x{c}": summarize(rs) for (name, which, c), rs in runs.items()}
+    ratios = {f"{name} x{c}": {m: stats[f"{name} full x{c}"][m] / stats[f"{name} fresh x{c}"][m]
+                               for m in ("ops_s", "p50_ms", "p99_ms")}
+              for name in backends for c in (1, 8)}
+    return {"exits": exits, "fill_seconds": fill_s, "stats": stats, "ratios": ratios}
+
+
+def print_windows(cmp: dict[str, Any], opts: argparse.Namespace) -> None:
+    stats = cmp["stats"]
+    print(f"record-invalid on {opts.full:,} subjects whose window holds {FULL:,} events (full) against {opts.keys:,} "
+          f"fresh ones, {opts.rounds} rounds taking turns, {opts.duration:g}s a run; daemon exit "
+          + ", ".join(f"{n} {e}" for n, e in cmp["exits"].items()) + "\n")
+    print(table(["backend window", *HEADERS[1:]], [row(f"{key.rsplit(' ', 1)[0]}", int(key.rsplit("x", 1)[1]), s)
+                                                   for key, s in stats.items()]))
+    print("\nfull / fresh (ops/s below 1, latency above 1: the full window costs more); target p50 <= 1.1x")
+    rows = [[key, *(f"{x:.2f}x" for x in r.values())] for key, r in cmp["ratios"].items()]
+    print(table(["backend clients", "ops/s", "p50", "p99"], rows))
+    for key, r in cmp["ratios"].items():
+        print(f"  {'met   ' if r['p50_ms'] <= 1.1 else 'MISSED'} {key}: full p50 within 1.1x of fresh: "
+              f"{r['p50_ms']:.2f}x")
 
 
 def store_size(store: str, subjects: int) -> dict[str, Any]:
@@ -313,6 +407,9 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="also LMDB against Redis, through the daemon")
     parser.add_argument("--ab", metavar="PYTHON", help="only this: another install (that venv's python) against "
                         "this one, and this one with the score and customer limits, loaded in turns")
+    parser.add_argument("--windows", action="store_true", help="only this: subjects with full windows against "
+                        "fresh ones (with --redis: on both backends)")
+    parser.add_argument("--full", type=int, default=100, help=f"--windows: subjects with {FULL:,} events each")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     opts = parser.parse_args()
     levels = [int(c) for c in opts.clients.split(",")]
@@ -326,6 +423,18 @@ def main() -> int:
     where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
+    if opts.windows:
+        try:
+            cmp = compare_windows(work, opts)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        after = benchlib.fingerprint(where)
+        print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
+        print_windows(cmp, opts)
+        if opts.json:
+            with open(opts.json, "w") as f:
+                json.dump({"eximhook": version, "duration": opts.duration, "windows": cmp}, f, indent=1)
+        return 0
     if opts.ab:
         try:
             cmp = compare_versions(work, opts)

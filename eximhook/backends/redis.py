@@ -11,9 +11,12 @@ recording at the same moment make exactly one block and one notification.
 Key layout (``S``: ``store.subject_key``, the same bytes LMDB uses). Every key a script
 touches is one subject's, and all of them share the hash tag ``{S}``, so each script
 touches one slot and runs unchanged on Redis Cluster:
-  eximhook:{S}:c:COUNTER   msgpack (cmsgpack) of the counter: total, windows (period,
-                           event times and weights, the last crossing), evidence, IPs;
-                           it expires at twice its longest window
+  eximhook:{S}:c2:COUNTER  msgpack (cmsgpack) of the counter: total, windows (period,
+                           events as packed strings with their sums, the last
+                           crossing), evidence, IPs; it expires at twice its longest
+                           window. ("c:" held windows as lists before their sums were
+                           kept: a relay of either version counts in its own during a
+                           rolling upgrade, and the old ones expire.)
   eximhook:{S}:block       JSON block record, as LMDB stores it, plus the relay ("node")
   eximhook:{S}:shadow      hash COUNTER NUL LIMIT NUL PERIOD -> JSON would-block record
   eximhook:{S}:audit       list of JSON events, numbered by eximhook:{S}:seq
@@ -52,7 +55,7 @@ import json
 
 from ..model.records import Event, Outcome, block_record
 from ..periods import format_period
-from ..storage.counters import Counter, Tally
+from ..storage.counters import Counter, Tally, Window
 from ..storage.store import queued, subject_key
 from .base import Shared
 from .redis_known import KnownNetworks
@@ -68,6 +71,8 @@ from .redis_values import (
     prefix,
     window,
 )
+
+COUNTER = b"c2:"  # a counter's key: see the layout above
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -188,15 +193,17 @@ class RedisBackend(KnownNetworks, Shared):
         # a counter outlives its longest window twice over, then Redis drops it
         ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
         args += [self.channel, ttl, event.once, ONCE * 1000, policy.adds, policy.minimum, *event.tags]
-        keys = self._keys(ns, key, b"c:" + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
+        keys = self._keys(ns, key, COUNTER + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
                           b"once:" + event.once.encode("utf-8", "surrogateescape"))
         result = self._record(keys=keys, args=args)
         if result[0] == -2:
             raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
         over, blocked, tripped, shadowed, count, state, number = result
-        total, counts, windows, recent, ips = state
-        counter = Counter(int(total), [window(w) for w in windows], [json.loads(x) for x in recent],
-                          [json.loads(x) for x in ips])
+        total, counts, crossings, recent, ips = state
+        # the windows' crossings, not their events (``Tally``)
+        counter = Counter(int(total), [Window(period, crossed=int(x), crossed_limit=int(limit))
+                                       for (_, period), (x, limit) in zip(policy.windows, crossings, strict=True)],
+                          [json.loads(x) for x in recent], [json.loads(x) for x in ips])
         tally = Tally(ns, key, policy, counter, [int(n) for n in counts], int(over))
         if over < 0:
             count = max(tally.counts, default=0)
@@ -249,7 +256,7 @@ class RedisBackend(KnownNetworks, Shared):
         audit = prefix({"ts": now, "event": event, "ns": ns, "key": key, "by": by, "node": self.node})
         message = json.dumps({"op": "unblock", "node": self.node, "ns": ns, "key": key, "by": by, "event": event})
         keys = self._keys(ns, key, b"block", b"audit", b"seq", b"shadow", b"lifted",
-                          *(b"c:" + n.encode() for n in COUNTERS))
+                          *(COUNTER + n.encode() for n in COUNTERS))
         return int(self._unblock(keys=keys, args=[audit, self.channel, message, TOMBSTONE]))
 
     def lifted(self, ns: str, key: str) -> dict[str, Any] | None:
@@ -325,7 +332,7 @@ class RedisBackend(KnownNetworks, Shared):
 
     def counters_of(self, ns: str, key: str, names: tuple[str, ...]) -> dict[str, Counter]:
         """The subject's counters ``names``, in one script (they share its slot)."""
-        found = self._counters(keys=self._keys(ns, key, *(b"c:" + name.encode() for name in names))) if names else []
+        found = self._counters(keys=self._keys(ns, key, *(COUNTER + name.encode() for name in names))) if names else []
         return {name: Counter(int(total), [window(w) for w in windows], [json.loads(x) for x in recent],
                               [json.loads(x) for x in ips])
                 for name, (total, windows, recent, ips) in zip(names, found, strict=True)}
@@ -333,7 +340,7 @@ class RedisBackend(KnownNetworks, Shared):
     def reset(self, ns: str, key: str, names: tuple[str, ...] | None = None) -> None:
         from ..model.policy import COUNTERS
 
-        self.client.delete(*self._keys(ns, key, *(b"c:" + name.encode() for name in names or COUNTERS)))
+        self.client.delete(*self._keys(ns, key, *(COUNTER + name.encode() for name in names or COUNTERS)))
 
     def shadows(self, ns: str | None = None, key: str | None = None) -> list[dict[str, Any]]:
         hashes = self._keys(ns, key, b"shadow") if ns is not None and key is not None else self._scan(b"shadow")

@@ -17,7 +17,7 @@ ASCII bytes, and what a script would decide from an entry's fields Python decide
 """
 
 _COMMON = r"""
-local CAP = 1024
+local CAP, U32 = 1024, 4294967295
 local function floordiv(x, y)  -- Python's float //, exactly (CPython float_divmod)
   local mod = math.fmod(x, y)
   local div = (x - mod) / y
@@ -31,59 +31,83 @@ local function load(key)
   if raw then return cmsgpack.unpack(raw) end
   return {total = 0, windows = {}, recent = {}, ips = {}}
 end
+-- a window's events are three strings, as the LMDB counters keep them (model.counter):
+-- times ('<d'), weights ('<I4'), tags ('<I8', a distinct or ratio counter's), with the
+-- sums of the weights and of the bad events' beside them (ratelimit.Window)
 local function export_window(w)
-  local times = {}
-  for j = 1, #w.times do times[j] = string.format('%.17g', w.times[j]) end
-  return {string.format('%.17g', w.period), times, w.weights, w.crossed, w.crossed_limit, w.tags or {}}
+  return {string.format('%.17g', w.period), w.times, w.weights, w.crossed, w.crossed_limit, w.tags, w.sum, w.bad}
 end
 """
 
-# ratelimit.record, in Lua: the same window, the same compaction past CAP, the same
+# ratelimit.add, in Lua: the same window, the same compaction past CAP, the same
 # crossing (counters.Counters.event); then backends.lmdb.settle's decision and Store.block/shadow.
+# As in Python, a count takes off only the events that left (each leaves once) and
+# copies the strings whole: its cost does not grow with the window.
 # KEYS: the subject's counter, block, shadow, audit, outbox, seq, and the key that
 # marks the count done (ARGV once: the relay's id for it; '' for none).
 RECORD = _COMMON + r"""
-local function bisect_right(a, x)
-  local lo, hi = 1, #a + 1
-  while lo < hi do
+local function time_at(w, j) return (struct.unpack('<d', w.times, 8 * j - 7)) end
+local function weight_at(w, j) return (struct.unpack('<I4', w.weights, 4 * j - 3)) end
+local function tag_at(w, j) return (struct.unpack('<I8', w.tags, 8 * j - 7)) end
+local function cut(w, first, last)  -- keep events first..last (1-based)
+  w.times = string.sub(w.times, 8 * first - 7, 8 * last)
+  w.weights = string.sub(w.weights, 4 * first - 3, 4 * last)
+  if #w.tags > 0 then w.tags = string.sub(w.tags, 8 * first - 7, 8 * last) end
+end
+local function push(w, t, weight, tag)
+  w.times = w.times .. struct.pack('<d', t)
+  w.weights = w.weights .. struct.pack('<I4', weight)
+  if tag then w.tags = w.tags .. struct.pack('<I8', tag) end
+end
+-- ratelimit.expire: the events out of (now - period, now] off the window and its sums;
+-- the time to count at (a clock that steps back counts at the newest seen)
+local function expire(w, now)
+  local n = #w.times / 8
+  if n > 0 and now < time_at(w, n) then now = time_at(w, n) end
+  local lo, hi, edge = 1, n + 1, now - w.period
+  while lo < hi do  -- bisect_right
     local mid = math.floor((lo + hi) / 2)
-    if x < a[mid] then hi = mid else lo = mid + 1 end
+    if edge < time_at(w, mid) then hi = mid else lo = mid + 1 end
   end
-  return lo
-end
-local function compact(times, weights, slot)
-  local ot, ow, last = {}, {}, nil
-  for j = 1, #times do
-    local n = floordiv(times[j], slot)
-    if n == last then ow[#ow] = ow[#ow] + weights[j]
-    else ot[#ot + 1] = times[j]; ow[#ow + 1] = weights[j]; last = n end
+  if lo > 1 then
+    for j = 1, lo - 1 do
+      local x = weight_at(w, j)
+      w.sum = w.sum - x
+      if w.bad ~= 0 and tag_at(w, j) == 1 then w.bad = w.bad - x end
+    end
+    cut(w, lo, n)
   end
-  return ot, ow
+  return now
 end
--- ratelimit.judge_ratio: the percentage of bad events (rounded down), and whether it is
--- over the limit with at least the minimum counted
-local function judge(weights, tags, first, limit, minimum)
-  local total, bad = 0, 0
-  for j = first, #weights do
-    total = total + weights[j]
-    if tags[j] ~= 0 then bad = bad + weights[j] end
-  end
-  if total == 0 then return 0, false end
-  return math.floor(bad * 100 / total), total >= minimum and bad * 100 > limit * total
-end
--- ratelimit.compact_tagged: per slot, one entry per tag
-local function compact_tagged(times, weights, tags, slot)
+-- ratelimit.compact: each slot's events merged into its first (of the same tag)
+local function compact(w, slot)
+  local tagged = #w.tags > 0
   local ot, ow, ox, first, last = {}, {}, {}, {}, nil
-  for j = 1, #times do
-    local n = floordiv(times[j], slot)
-    if n ~= last then first, last = {}, n end
-    local at = first[tags[j]]
-    if at then ow[at] = ow[at] + weights[j]
-    else
-      ot[#ot + 1] = times[j]; ow[#ow + 1] = weights[j]; ox[#ox + 1] = tags[j]; first[tags[j]] = #ot
+  for j = 1, #w.times / 8 do
+    local t, x = time_at(w, j), weight_at(w, j)
+    local flag = tagged and tag_at(w, j) or 0
+    local k = floordiv(t, slot)
+    if k ~= last then first, last = {}, k end
+    local at = first[flag]
+    if at then ow[at] = math.min(ow[at] + x, U32)
+    else ot[#ot + 1] = t; ow[#ow + 1] = x; ox[#ox + 1] = flag; first[flag] = #ot end
+  end
+  local pt, pw, px, sum, bad = {}, {}, {}, 0, 0
+  for j = 1, #ot do
+    pt[j] = struct.pack('<d', ot[j]); pw[j] = struct.pack('<I4', ow[j]); sum = sum + ow[j]
+    if tagged then
+      px[j] = struct.pack('<I8', ox[j])
+      if ox[j] == 1 then bad = bad + ow[j] end
     end
   end
-  return ot, ow, ox
+  w.times, w.weights, w.tags, w.sum = table.concat(pt), table.concat(pw), table.concat(px), sum
+  if w.bad ~= 0 then w.bad = bad end
+end
+-- ratelimit.judge: the percentage of bad events (rounded down), and whether it is
+-- over the limit with at least the minimum counted
+local function judge(total, bad, limit, minimum)
+  if total == 0 then return 0, false end
+  return math.floor(bad * 100 / total), total >= minimum and bad * 100 > limit * total
 end
 local function append(list, item, keep)
   list[#list + 1] = item
@@ -116,53 +140,49 @@ local c = load(KEYS[1])
 local windows, counts, over = {}, {}, -1
 for i = 1, nwin do
   local limit, period = tonumber(ARGV[7 + 5 * i]), tonumber(ARGV[8 + 5 * i])
-  local w = {period = period, times = {}, weights = {}, crossed = 0, crossed_limit = 0}
+  local w = {period = period, times = '', weights = '', tags = '', sum = 0, bad = 0, crossed = 0, crossed_limit = 0}
   for _, old in ipairs(c.windows) do
     if old.period == period then w = old; break end
   end
-  local oldtags = w.tags or {}
-  local t = now
-  if #w.times > 0 and t < w.times[#w.times] then t = w.times[#w.times] end
-  local times, weights, tags = {}, {}, {}
-  local start = bisect_right(w.times, t - period)
+  local t = expire(w, now)
   local count, is_over, crossed
-  if adds == 'distinct' then  -- ratelimit.record_distinct
-    local before = #w.times - start + 1
-    for j = start, #w.times do
-      if not fresh[oldtags[j]] then times[#times + 1] = w.times[j]; tags[#tags + 1] = oldtags[j] end
+  if adds == 'distinct' then  -- ratelimit._distinct
+    local before = #w.times / 8
+    for _, x in ipairs(new) do
+      local packed = struct.pack('<I8', x)
+      local at = string.find(w.tags, packed, 1, true)
+      while at and (at - 1) % 8 ~= 0 do at = string.find(w.tags, packed, at + 1, true) end
+      if at then
+        local j = (at + 7) / 8
+        w.times = string.sub(w.times, 1, 8 * j - 8) .. string.sub(w.times, 8 * j + 1)
+        w.weights = string.sub(w.weights, 1, 4 * j - 4) .. string.sub(w.weights, 4 * j + 1)
+        w.tags = string.sub(w.tags, 1, 8 * j - 8) .. string.sub(w.tags, 8 * j + 1)
+      end
     end
-    for _, x in ipairs(new) do times[#times + 1] = t; tags[#tags + 1] = x end
-    local keep = math.min(limit + 1, CAP)
-    if #times > keep then
-      local kt, kx = {}, {}
-      for j = #times - keep + 1, #times do kt[#kt + 1] = times[j]; kx[#kx + 1] = tags[j] end
-      times, tags = kt, kx
-    end
-    for j = 1, #times do weights[j] = 1 end
-    count = #times
+    for _, x in ipairs(new) do push(w, t, 1, x) end
+    local n, keep = #w.times / 8, math.min(limit + 1, CAP)
+    if n > keep then cut(w, n - keep + 1, n) end
+    w.sum = #w.times / 8
+    count = w.sum
     is_over = count > limit
     crossed = is_over and before <= limit
-  elseif adds == 'ratio' then  -- ratelimit.record_ratio
-    for j = start, #w.times do
-      times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]; tags[#tags + 1] = oldtags[j]
-    end
-    local _, was = judge(weights, tags, 1, limit, minimum)
-    times[#times + 1] = t; weights[#weights + 1] = weight; tags[#tags + 1] = (new[1] or 0) ~= 0 and 1 or 0
-    if #times > CAP then times, weights, tags = compact_tagged(times, weights, tags, period / (CAP / 4)) end
-    count, is_over = judge(weights, tags, 1, limit, minimum)
+  elseif adds == 'ratio' then
+    local _, was = judge(w.sum, w.bad, limit, minimum)
+    local bad = (new[1] or 0) ~= 0
+    push(w, t, weight, bad and 1 or 0)
+    w.sum = w.sum + weight
+    if bad then w.bad = w.bad + weight end
+    if #w.times / 8 > CAP then compact(w, period / (CAP / 4)) end
+    count, is_over = judge(w.sum, w.bad, limit, minimum)
     crossed = is_over and not was
   else
-    for j = start, #w.times do
-      times[#times + 1] = w.times[j]; weights[#weights + 1] = w.weights[j]
-    end
-    times[#times + 1] = t; weights[#weights + 1] = weight
-    if #times > CAP then times, weights = compact(times, weights, period / (CAP / 2)) end
-    count = 0
-    for j = 1, #weights do count = count + weights[j] end
+    push(w, t, weight, nil)
+    w.sum = w.sum + weight
+    if #w.times / 8 > CAP then compact(w, period / (CAP / 2)) end
+    count = w.sum
     is_over = count > limit
     crossed = is_over and count - weight <= limit
   end
-  w.times, w.weights, w.tags = times, weights, tags
   if crossed then w.crossed, w.crossed_limit = count, limit end
   windows[i], counts[i] = w, count
   if is_over and over < 0 then over = i end
@@ -184,10 +204,11 @@ if ip ~= '' then
 end
 redis.call('SET', KEYS[1], cmsgpack.pack(c), 'PX', ttl)
 
-local exported = {}
-for i = 1, nwin do exported[i] = export_window(windows[i]) end
+-- no window's events in the reply: a count's cost must not grow with its window
+local crossings = {}
+for i = 1, nwin do crossings[i] = {windows[i].crossed, windows[i].crossed_limit} end
 local blocked = redis.call('EXISTS', KEYS[2])
-local state = {c.total, counts, exported, c.recent, c.ips}
+local state = {c.total, counts, crossings, c.recent, c.ips}
 if over < 0 then return {-1, blocked, 0, 0, 0, state, 0} end
 
 local limit, w = tonumber(ARGV[7 + 5 * over]), windows[over]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from ..errors import EximhookError, Exit
-from ..storage.counters import Window
+from ..model.ratelimit import Window, unpacked
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -73,6 +73,8 @@ class Undecodable(EximhookError):
 
 
 def window(exported: list[Any]) -> Window:
-    period, times, weights, crossed, crossed_limit, *tags = exported  # no tags: a counter of before issue 24
-    return Window(float(period), [float(t) for t in times], [int(w) for w in weights], [], int(crossed),
-                  int(crossed_limit), [int(x) for x in tags[0]] if tags else [])
+    """A window as ``redis_lua.COUNTERS`` exports it: its events as the strings it keeps."""
+    period, times, weights, crossed, crossed_limit, tags, total, bad = exported
+    w = Window(float(period), crossed=int(crossed), crossed_limit=int(crossed_limit), total=int(total), bad=int(bad))
+    w.times, w.weights, w.tags = unpacked("d", times), unpacked("I", weights), unpacked("Q", tags)
+    return w

@@ -12,7 +12,13 @@ same slot of ``period / (CAP / 2)`` (7 s of an hour) merge into the slot's first
 so a merged event leaves the window up to one slot early. The count is then never more
 than the true one and never less than the events of the last ``period`` minus one slot,
 and a window holds at most ``CAP`` entries (12 KB) whatever the rate.
-Pure functions; the clock is an argument.
+
+What a count costs does not grow with what the window holds: the window (``Window``)
+keeps its events in arrays and their sums beside them, so a count adds the new event
+and takes off only the events that left (each event leaves once), and the arrays are
+read and written whole as bytes (a copy, not a Python object per event). Compaction
+alone walks the window, once per ``CAP / 2`` events at most.
+Pure functions of the window they are given; the clock is an argument.
 
 Two other ways to add up a window (``policy.Kind.adds``), each event with a tag:
 
@@ -27,132 +33,209 @@ Two other ways to add up a window (``policy.Kind.adds``), each event with a tag:
 
 from __future__ import annotations
 
+import sys
+from array import array
 from bisect import bisect_right
 
+TYPE_CHECKING = False  # typing costs ~10 ms to import on the hooks' path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from .policy import Policy
+
 CAP = 1024
+_U32 = 0xFFFFFFFF  # a stored weight's most: a merged slot past it is kept at it
+# a window's arrays are kept little-endian (``counter``, and Redis's Lua: ``<d``, ``<I4``,
+# ``<I8``); a big-endian host swaps them on the way in and out
+_SWAP = sys.byteorder == "big"
 
 
-def record(times: list[float], weights: list[int], now: float, weight: int, limit: int,
-           period: float) -> tuple[list[float], list[int], int, bool]:
-    """Add an event of ``weight`` at ``now`` to the window (``times`` sorted).
+def unpacked(code: str, data: bytes | memoryview) -> array[Any]:
+    """The array of ``code`` ("d" times, "I" weights, "Q" tags) stored as ``data``."""
+    a = array(code)
+    a.frombytes(data)
+    if _SWAP:
+        a.byteswap()
+    return a
 
-    Returns the window to keep, the count now in it and whether it is over ``limit``.
-    A clock that steps back counts the event at the newest time already seen, so the
-    times stay sorted.
-    """
+
+def packed(a: array[Any]) -> bytes | memoryview:
+    """The bytes ``unpacked`` reads ``a`` back from: a view of the array itself, not a
+    copy (on a little-endian host), for ``bytes.join`` to copy once."""
+    if _SWAP:
+        a = array(a.typecode, a)
+        a.byteswap()
+        return a.tobytes()
+    return memoryview(a)
+
+
+class Window:
+    """One window of a counter: the events in its period (see ``ratelimit``), the
+    highest count it reached on each of the last PEAK_DAYS days, and the count at the
+    event that last took it over its limit (``crossed``).
+
+    ``crossed`` is what a block record reports. Processes count in one order (the
+    counters' write lock) but settle trips in another: a hook that counted the 51st
+    event may be overtaken by the daemon settling the 56th. Whoever makes the block, it
+    names the event that crossed the limit, as it would without the race. The limit is
+    kept with it: after an admin changes the limit, an old crossing names nothing."""
+
+    __slots__ = ("bad", "crossed", "crossed_limit", "peaks", "period", "tags", "times", "total", "weights")
+
+    def __init__(self, period: float, times: Sequence[float] = (), weights: Sequence[int] = (),
+                 peaks: list[tuple[int, int]] | None = None, crossed: int = 0, crossed_limit: int = 0,
+                 tags: Sequence[int] = (), total: int | None = None, bad: int | None = None) -> None:
+        self.period = period
+        self.times = array("d", times)
+        self.weights = array("I", weights)
+        self.tags = array("Q", tags)  # a distinct or ratio counter's (``ratelimit``); empty for a sum
+        # the sums of the weights, and of the bad events' (a ratio's tag 1): a count
+        # takes off what leaves rather than adding up what stays (``ratelimit``)
+        self.total = sum(self.weights) if total is None else total
+        self.bad = sum(x for x, t in zip(self.weights, self.tags, strict=False) if t == 1) if bad is None else bad
+        self.peaks = peaks or []
+        self.crossed, self.crossed_limit = crossed, crossed_limit
+
+    def sums(self, now: float, period: float | None = None) -> tuple[int, int]:
+        """The weights of the events in the last ``period`` (default: the window's) up to
+        ``now``, and of the bad ones among them: the sums, less the events before it."""
+        start = bisect_right(self.times, now - (self.period if period is None else period))
+        if not start:
+            return self.total, self.bad
+        gone = self.weights[:start]
+        bad = sum(x for x, t in zip(gone, self.tags[:start], strict=True) if t == 1) if self.bad else 0
+        return self.total - sum(gone), self.bad - bad
+
+    def count(self, now: float, policy: Policy | None = None) -> int:
+        """The count now, as the counter's kind adds it up (``policy``: its ``adds`` and
+        ``minimum``; None: a sum): a sum, the distinct values, or a ratio's percentage."""
+        total, bad = self.sums(now)
+        if policy is not None and policy.adds == "ratio":
+            return judge(total, bad, 100, policy.minimum)[0]
+        return total
+
+    def judged(self, now: float, minimum: int) -> bool:
+        """Does a ratio window hold ``minimum`` events now, enough to be over its limit?"""
+        return self.sums(now)[0] >= minimum
+
+    def peak(self, since: float) -> tuple[int, int]:
+        """The highest count from the day of ``since`` on, and its day (0, 0 if none)."""
+        day = int(since // 86400)
+        return max(((c, d) for d, c in self.peaks if d >= day), default=(0, 0))
+
+
+def expire(w: Window, now: float) -> float:
+    """Drop the events out of ``(now - period, now]`` and take them off the window's
+    sums. Returns the time to count a new event at: ``now``, or, if the clock stepped
+    back, the newest time already seen (so the times stay sorted)."""
+    times = w.times
     if times and now < times[-1]:
         now = times[-1]
-    start = bisect_right(times, now - period)
-    times, weights = times[start:], weights[start:]
-    times.append(now)
-    weights.append(weight)
-    if len(times) > CAP:
-        times, weights = compact(times, weights, period / (CAP // 2))
-    count = sum(weights)
-    return times, weights, count, count > limit
+    start = bisect_right(times, now - w.period)
+    if start:
+        gone = w.weights[:start]
+        w.total -= sum(gone)
+        if w.bad:
+            w.bad -= sum(x for x, bad in zip(gone, w.tags[:start], strict=True) if bad == 1)
+        del times[:start], w.weights[:start]
+        if w.tags:
+            del w.tags[:start]
+    return now
 
 
-def compact(times: list[float], weights: list[int], slot: float) -> tuple[list[float], list[int]]:
-    """Merge the events of each ``slot`` into its first: within one period that leaves
-    at most period / slot + 1 entries."""
-    out_t: list[float] = []
-    out_w: list[int] = []
-    last = None
-    for t, w in zip(times, weights, strict=True):
-        n = t // slot
-        if n == last:
-            out_w[-1] += w
-        else:
-            out_t.append(t)
-            out_w.append(w)
-            last = n
-    return out_t, out_w
-
-
-def add(adds: str, times: list[float], weights: list[int], tags: list[int], now: float, weight: int,
-        new: tuple[int, ...], limit: int, minimum: int,
-        period: float) -> tuple[list[float], list[int], list[int], int, bool, bool]:
-    """Count an event in a window as its counter's kind adds up (``policy.Kind.adds``):
-    ``weight`` for a sum, the values ``new`` for a distinct counter, a good (``new``
-    (0,)) or bad ((1,)) event of ``weight`` for a ratio. Returns the window to keep
-    (times, weights, tags), the count, whether it is over ``limit``, and whether this
-    event took it over (it was not before)."""
+def add(w: Window, adds: str, now: float, weight: int, new: tuple[int, ...], limit: int,
+        minimum: int) -> tuple[int, bool, bool]:
+    """Count an event in the window ``w`` (changed in place) as its counter's kind adds up
+    (``policy.Kind.adds``): ``weight`` for a sum, the values ``new`` for a distinct
+    counter, a good (``new`` (0,)) or bad ((1,)) event of ``weight`` for a ratio.
+    Returns the count, whether it is over ``limit``, and whether this event took it
+    over (it was not before)."""
+    now = expire(w, now)
     if adds == "distinct":
-        before = len(times) - bisect_right(times, max(now, times[-1] if times else now) - period)
-        times, tags, count, over = record_distinct(times, tags, now, list(new), limit, period)
-        return times, [1] * len(times), tags, count, over, over and before <= limit
+        return _distinct(w, now, new, limit)
     if adds == "ratio":
-        start = bisect_right(times, max(now, times[-1] if times else now) - period)
-        was = judge_ratio(weights[start:], tags[start:], limit, minimum)[1]
-        times, weights, tags, count, over = record_ratio(times, weights, tags, now, weight, bool(new and new[0]),
-                                                         limit, minimum, period)
-        return times, weights, tags, count, over, over and not was
-    times, weights, count, over = record(times, weights, now, weight, limit, period)
-    return times, weights, [], count, over, over and count - weight <= limit
+        was = judge(w.total, w.bad, limit, minimum)[1]
+        bad = bool(new and new[0])
+        w.times.append(now)
+        w.weights.append(weight)
+        w.tags.append(int(bad))
+        w.total += weight
+        w.bad += weight if bad else 0
+        if len(w.times) > CAP:
+            compact(w, w.period / (CAP // 4))
+        count, over = judge(w.total, w.bad, limit, minimum)
+        return count, over, over and not was
+    w.times.append(now)
+    w.weights.append(weight)
+    w.total += weight
+    if len(w.times) > CAP:
+        compact(w, w.period / (CAP // 2))
+    count = w.total
+    return count, count > limit, count > limit and count - weight <= limit
 
 
-def record_distinct(times: list[float], tags: list[int], now: float, new: list[int], limit: int,
-                    period: float) -> tuple[list[float], list[int], int, bool]:
-    """Add the values ``new`` (tags) seen at ``now`` to a distinct window: returns the
-    window to keep (times, tags), the number of distinct values in it, and whether
-    that is over ``limit``. The weights of such a window are all 1."""
-    if times and now < times[-1]:
-        now = times[-1]
-    start = bisect_right(times, now - period)
+def _distinct(w: Window, now: float, new: tuple[int, ...], limit: int) -> tuple[int, bool, bool]:
+    """A distinct window: the values ``new`` move to (or join at) ``now``, and the newest
+    ``limit + 1`` (at most CAP) are kept. The weights of such a window are all 1."""
+    before = len(w.times)
+    raw = w.tags.tobytes()
     fresh = dict.fromkeys(new)
-    kept = [(t, x) for t, x in zip(times[start:], tags[start:], strict=True) if x not in fresh]
-    kept += [(now, x) for x in fresh]
-    kept = kept[-min(limit + 1, CAP):]
-    return [t for t, _ in kept], [x for _, x in kept], len(kept), len(kept) > limit
+    for x in fresh:  # the value's place, found in the tags' bytes at C speed
+        value = array("Q", (x,)).tobytes()
+        at = raw.find(value)
+        while at >= 0 and at % 8:
+            at = raw.find(value, at + 1)
+        if at >= 0:
+            i = at // 8
+            del w.times[i], w.weights[i], w.tags[i]
+            raw = w.tags.tobytes()
+    for x in fresh:
+        w.times.append(now)
+        w.weights.append(1)
+        w.tags.append(x)
+    extra = len(w.times) - min(limit + 1, CAP)
+    if extra > 0:
+        del w.times[:extra], w.weights[:extra], w.tags[:extra]
+    w.total = count = len(w.times)
+    return count, count > limit, count > limit and before <= limit
 
 
-def record_ratio(times: list[float], weights: list[int], tags: list[int], now: float, weight: int, bad: bool,
-                 limit: int, minimum: int, period: float) -> tuple[list[float], list[int], list[int], int, bool]:
-    """Add an event of ``weight`` (``bad`` or not) to a ratio window: returns the window
-    to keep, the percentage of bad events in it (rounded down) and whether that is over
-    ``limit`` percent with at least ``minimum`` events counted."""
-    if times and now < times[-1]:
-        now = times[-1]
-    start = bisect_right(times, now - period)
-    times, weights, tags = [*times[start:], now], [*weights[start:], weight], [*tags[start:], int(bad)]
-    if len(times) > CAP:
-        times, weights, tags = compact_tagged(times, weights, tags, period / (CAP // 4))
-    percent, over = judge_ratio(weights, tags, limit, minimum)
-    return times, weights, tags, percent, over
-
-
-def judge_ratio(weights: list[int], tags: list[int], limit: int, minimum: int) -> tuple[int, bool]:
-    """A ratio window's percentage of bad events (rounded down; 0 when empty), and
-    whether it is over ``limit`` with at least ``minimum`` events (never below that: the
-    percentage is shown all the same, to tune the limit from)."""
-    total = sum(weights)
-    if total == 0:
-        return 0, False
-    bad = sum(w for w, x in zip(weights, tags, strict=True) if x)
-    return bad * 100 // total, total >= minimum and bad * 100 > limit * total
-
-
-def compact_tagged(times: list[float], weights: list[int], tags: list[int],
-                   slot: float) -> tuple[list[float], list[int], list[int]]:
-    """``compact`` for a ratio window: the events of each slot merge into the slot's
-    first of the same tag (two tags: at most 2 (period / slot + 1) entries)."""
-    out_t: list[float] = []
-    out_w: list[int] = []
-    out_x: list[int] = []
+def compact(w: Window, slot: float) -> None:
+    """Merge the events of each ``slot`` into its first (of the same tag, in a ratio
+    window): within one period that leaves at most period / slot + 1 entries (twice
+    that with two tags). A merged weight past 32 bits is kept at 2**32 - 1, far over any
+    limit; the sums are counted again from what is kept."""
+    times, weights, tags = array("d"), array("I"), array("Q")
     first: dict[int, int] = {}
     last = None
-    for t, w, x in zip(times, weights, tags, strict=True):
+    tagged = bool(w.tags)
+    for j, (t, x) in enumerate(zip(w.times, w.weights, strict=True)):
         n = t // slot
         if n != last:
             first, last = {}, n
-        if x in first:
-            out_w[first[x]] += w
+        flag = w.tags[j] if tagged else 0
+        at = first.get(flag)
+        if at is None:
+            first[flag] = len(times)
+            times.append(t)
+            weights.append(x)
+            if tagged:
+                tags.append(flag)
         else:
-            first[x] = len(out_t)
-            out_t.append(t)
-            out_w.append(w)
-            out_x.append(x)
-    return out_t, out_w, out_x
+            weights[at] = min(weights[at] + x, _U32)
+    w.times, w.weights, w.tags = times, weights, tags
+    w.total = sum(weights)
+    w.bad = sum(x for x, bad in zip(weights, tags, strict=True) if bad == 1) if w.bad else 0
+
+
+def judge(total: int, bad: int, limit: int, minimum: int) -> tuple[int, bool]:
+    """A ratio window's percentage of bad events (rounded down; 0 when empty), and
+    whether it is over ``limit`` with at least ``minimum`` events (never below that: the
+    percentage is shown all the same, to tune the limit from)."""
+    if total == 0:
+        return 0, False
+    return bad * 100 // total, total >= minimum and bad * 100 > limit * total
 
 
 def tag(value: str) -> int:
@@ -162,8 +245,3 @@ def tag(value: str) -> int:
     from hashlib import blake2b
 
     return int.from_bytes(blake2b(value.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big") >> 12
-
-
-def in_window(times: list[float], weights: list[int], now: float, period: float) -> int:
-    """The count in ``(now - period, now]``."""
-    return sum(weights[bisect_right(times, now - period) :])

@@ -12,7 +12,8 @@ would-block as any counter does (``settle``), and its evidence names its parts.
 
 from __future__ import annotations
 
-from .counter import Counter, Tally, Window
+from .counter import Counter, Tally
+from .ratelimit import Window
 
 TYPE_CHECKING = False  # the hooks import this module on a count: typing costs ~10 ms
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 _RECONNECT = 1.0  # seconds between two tries of the sync thread to reach Redis again
 _MINE_AFTER = 10.0  # a notification this relay queued and did not take: it stopped in between
 _ORPHAN_AFTER = 60.0  # one no relay took: the relay that queued it is down
+_FORGET = 256  # journaled counts sent to Redis, forgotten in one synced write
 
 
 class Sync:
@@ -81,7 +82,7 @@ class Sync:
         then what Redis holds comes here (blocks, lifts, exemptions, notifications no
         relay took). After a failure, the relay counts in Redis again only then."""
         store, node = self.server.store, self.backend.node
-        pushed = 0
+        pushed, began = 0, time.monotonic()
         for record in store.blocks():
             if record.get("node") is None:  # made here alone: the ${run} hooks, or while Redis was down
                 self.backend.block_queued(dict(record, node=node), now, notify=False)  # mailed here already
@@ -93,7 +94,8 @@ class Sync:
             self.relay.up = True
             replayed += self._replay(time.time())  # counted here while the first pass ran
             self.server.log.log("notice", f"{self.relay.where()} answers again: {pushed} block(s) made here "
-                                          f"and {replayed} count(s) sent to it; counting there again")
+                                          f"and {replayed} count(s) sent to it in {time.monotonic() - began:.2f} s; "
+                                          "counting there again")
         self._exemptions()
         self._compare(now)
         self._claim(now)
@@ -101,26 +103,37 @@ class Sync:
     def _replay(self, now: float) -> int:
         """The journaled counts, into Redis once each (a count already there: a crash
         between sending it and forgetting it), each at its own time; a block one makes
-        is made ``now``."""
+        is made ``now``. Forgotten here a batch at a time (one synced write per
+        ``_FORGET`` counts, not per count): a crash before a batch is forgotten sends it
+        again, and Redis, which keeps each count's id for ``redis.ONCE`` seconds, counts
+        none of it twice."""
         from ..backends.redis_values import Replayed
 
         cfg, store, sent = self.server.cfg, self.server.store, 0
-        for item in local.journaled(store):
-            policy = cfg.policy(item["ns"], item["counter"], item["key"])
-            if policy is not None and policy.windows:
-                event = Event(item["ns"], item["key"], policy, weight=item["weight"], evidence=item["evidence"],
-                              ip=item["ip"], keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips,
-                              once=item["once"], tags=tuple(item.get("tags", ())))
-                try:
-                    tally, outcome = self.backend.record(event, item["ts"], hold=item["hold"],
-                                                         notify_shadow=cfg.notify_shadow,
-                                                         exempt=self.relay.exempt(event.ns), made=now)
-                except Replayed:
-                    pass
-                else:
-                    self.relay.keep(tally, outcome, now, item["hold"], "", at=item["ts"])
-                    sent += 1
-            local.sent(store, item["seq"])
+        done: list[int] = []
+        try:
+            for item in local.journaled(store):
+                policy = cfg.policy(item["ns"], item["counter"], item["key"])
+                if policy is not None and policy.windows:
+                    event = Event(item["ns"], item["key"], policy, weight=item["weight"], evidence=item["evidence"],
+                                  ip=item["ip"], keep_evidence=cfg.evidence.rcpts, keep_ips=cfg.evidence.ips,
+                                  once=item["once"], tags=tuple(item.get("tags", ())))
+                    try:
+                        tally, outcome = self.backend.record(event, item["ts"], hold=item["hold"],
+                                                             notify_shadow=cfg.notify_shadow,
+                                                             exempt=self.relay.exempt(event.ns), made=now)
+                    except Replayed:
+                        pass
+                    else:
+                        self.relay.keep(tally, outcome, now, item["hold"], "", at=item["ts"])
+                        sent += 1
+                done.append(item["seq"])
+                if len(done) >= _FORGET:
+                    local.sent(store, done)
+                    done = []
+        finally:  # Redis stopped answering halfway: what it counted is forgotten all the same
+            if done:
+                local.sent(store, done)
         return sent
 
     def _compare(self, now: float) -> None:

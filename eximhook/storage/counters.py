@@ -35,8 +35,9 @@ import os
 import struct
 
 from ..errors import EximhookError
-from ..model.counter import PEAK_DAYS, Counter, Tally, Window, touched_of
+from ..model.counter import PEAK_DAYS, Counter, Tally, touched_of
 from ..model.evidence import cut, newest
+from ..model.ratelimit import Window
 from ..perms import Dir, replace_files
 from .budget import COUNTERS, DROP, TOUCHED, Budgeted, touch_key
 from .refs import REFS, ref_digest
@@ -58,7 +59,7 @@ __all__ = ["PEAK_DAYS", "Counter", "Counters", "Tally", "Window", "ref_digest"]
 _DBS = (COUNTERS, REFS, TOUCHED)
 _BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
-_FORMAT = "5"  # windows whose events may carry tags; a stamp of another format wipes them, as a reboot does
+_FORMAT = "6"  # windows that keep their sums; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
 _BATCH = 256  # counters per sweeping transaction: hooks wait for the lock meanwhile
 _SWEPT, _HEARTBEAT = b"\0swept", b"\0heartbeat"
@@ -235,8 +236,7 @@ class Counters(Budgeted):
             day = int(now // 86400)
             for i, (limit, period) in enumerate(policy.windows):
                 w = c.window(period)
-                w.times, w.weights, w.tags, count, is_over, crossed = ratelimit.add(
-                    policy.adds, w.times, w.weights, w.tags, now, weight, tags, limit, policy.minimum, period)
+                count, is_over, crossed = ratelimit.add(w, policy.adds, now, weight, tags, limit, policy.minimum)
                 if crossed:  # this event took the window over its limit
                     w.crossed, w.crossed_limit = count, limit
                 # a ratio's peak only once judged: 100 % of a first refusal is no figure to tune from

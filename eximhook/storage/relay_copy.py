@@ -18,6 +18,8 @@ from .store import SEQ, Store, subject_key
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import lmdb
 
 _ALONE = b"redis-alone"  # in the meta database: a double, since when
@@ -68,6 +70,10 @@ def journaled(store: Store) -> list[dict[str, Any]]:
     return store.read(lambda txn: [json.loads(bytes(v)) for _, v in txn.cursor(db=store.db(txn, b"journal"))])
 
 
-def sent(store: Store, seq: int) -> None:
-    """The journaled count ``seq`` is in Redis."""
-    store.update(lambda txn: txn.delete(SEQ.pack(seq), db=store.db(txn, b"journal")))
+def sent(store: Store, seqs: Sequence[int]) -> None:
+    """The journaled counts ``seqs`` are in Redis: forgotten in one synced write."""
+    def body(txn: lmdb.Transaction) -> None:
+        db = store.db(txn, b"journal")
+        for seq in seqs:
+            txn.delete(SEQ.pack(seq), db=db)
+    store.update(body)

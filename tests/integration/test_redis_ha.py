@@ -85,7 +85,7 @@ def test_the_cluster_refuses_a_script_with_keys_in_two_slots(redis_cluster: Clus
     a, b = subject_key("auth", "carol"), subject_key("auth", "dave")
     backend = RedisBackend.from_config(StoreConfig(backend="redis", redis_url=redis_cluster_url, redis_cluster=True))
     two_slots = [backend._key(a, b"block"), backend._key(b, b"block")]
-    one_slot = [backend._key(a, b"block"), backend._key(a, b"c:invalid")]
+    one_slot = [backend._key(a, b"block"), backend._key(a, b"c2:invalid")]
     assert key_slot(two_slots[0]) != key_slot(two_slots[1]) and key_slot(one_slot[0]) == key_slot(one_slot[1])
     script = "redis.call('SET', KEYS[1], 1); return redis.call('SET', KEYS[2], 2)"
     try:

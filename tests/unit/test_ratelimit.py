@@ -1,6 +1,7 @@
 """The sliding window against a brute-force oracle: the event at t trips when the
 weights of the events in (t - PERIOD, t], its own included, add up to more than LIMIT.
-Exact up to CAP events in a window; past that, within one slot of the period."""
+Exact up to CAP events in a window; past that, within one slot of the period. The sums
+a window keeps beside its events always equal what the events add up to."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eximhook.model import ratelimit
-from eximhook.model.ratelimit import CAP, in_window, record
+from eximhook.model.counter import Counter, Window
+from eximhook.model.ratelimit import CAP
+
+
+def record(w: Window, now: float, weight: int, limit: int) -> tuple[int, bool]:
+    count, over, _ = ratelimit.add(w, "sum", now, weight, (), limit, 0)
+    assert w.total == sum(w.weights), "the running sum is the window's"
+    return count, over
 
 
 def oracle(events: list[tuple[float, int]], period: float, i: int, slack: float = 0.0) -> int:
@@ -17,12 +25,12 @@ def oracle(events: list[tuple[float, int]], period: float, i: int, slack: float 
 
 
 def incremental(events: list[tuple[float, int]], limit: int, period: float) -> tuple[list[int], list[bool]]:
-    times: list[float] = []
-    weights: list[int] = []
+    window = Window(period)
     counts, verdicts = [], []
     for t, w in events:
-        times, weights, count, over = record(times, weights, t, w, limit, period)
-        assert len(times) <= CAP, "memory per window is bounded"
+        count, over = record(window, t, w, limit)
+        assert len(window.times) <= CAP, "memory per window is bounded"
+        window = Counter.decode(Counter(windows=[window]).encode()).windows[0]  # as the store keeps it
         counts.append(count)
         verdicts.append(over)
     return counts, verdicts
@@ -76,25 +84,32 @@ def test_a_heavy_event_trips_at_once() -> None:
 
 
 def test_events_leave_the_window() -> None:
-    times: list[float] = []
-    weights: list[int] = []
+    w = Window(10.0)
     for t in (0.0, 1.0, 2.0):
-        times, weights, _, _ = record(times, weights, t, 1, 3, 10.0)
-    times, weights, count, over = record(times, weights, 10.0, 1, 3, 10.0)  # t=0 is out of (0, 10]
-    assert (count, over) == (3, False)
-    assert in_window(times, weights, 10.0, 10.0) == 3
-    assert in_window(times, weights, 11.5, 10.0) == 2  # (1.5, 11.5] holds 2.0 and 10.0
-    assert in_window(times, weights, 12.0, 10.0) == 1
+        record(w, t, 1, 3)
+    assert record(w, 10.0, 1, 3) == (3, False)  # t=0 is out of (0, 10]
+    assert w.count(10.0) == 3
+    assert w.count(11.5) == 2  # (1.5, 11.5] holds 2.0 and 10.0
+    assert w.count(12.0) == 1
 
 
 def test_clock_stepping_back_keeps_state_sorted() -> None:
-    times, weights, _, _ = record([], [], 100.0, 1, 5, 10.0)
-    times, weights, count, _ = record(times, weights, 50.0, 2, 5, 10.0)
-    assert times == [100.0, 100.0] and count == 3
+    w = Window(10.0)
+    record(w, 100.0, 1, 5)
+    count, _ = record(w, 50.0, 2, 5)
+    assert list(w.times) == [100.0, 100.0] and count == 3
 
 
 def test_compact_merges_a_slot_into_its_first_event() -> None:
-    assert ratelimit.compact([0.0, 0.4, 1.2, 1.9, 5.0], [1, 2, 3, 4, 5], 1.0) == ([0.0, 1.2, 5.0], [3, 7, 5])
+    w = Window(10.0, [0.0, 0.4, 1.2, 1.9, 5.0], [1, 2, 3, 4, 5])
+    ratelimit.compact(w, 1.0)
+    assert (list(w.times), list(w.weights), w.total) == ([0.0, 1.2, 5.0], [3, 7, 5], 15)
+
+
+def test_a_merged_slot_past_32_bits_is_kept_at_the_most() -> None:
+    w = Window(10.0, [0.0, 0.5], [2**31, 2**31])
+    ratelimit.compact(w, 1.0)
+    assert list(w.weights) == [2**32 - 1] and w.total == 2**32 - 1
 
 
 # -- distinct values and ratios (issue 24) ------------------------------------------------
@@ -110,18 +125,16 @@ def test_distinct_is_exact_up_to_the_limit_and_crosses_once_per_rise(batches: li
     count is at most the limit, and says "crossed" exactly when it goes from at most the
     limit to over it (the window just before this event held at most the limit)."""
     period, t = 20.0, 0.0
-    times: list[float] = []
-    weights: list[int] = []
-    tags: list[int] = []
+    w = Window(period)
     seen: list[tuple[float, int]] = []
     for gap, values in batches:
         t += gap
         before = len({x for u, x in seen if u > t - period})  # what the window held just before
         seen += [(t, x) for x in values]
-        times, weights, tags, count, over, crossed = ratelimit.add("distinct", times, weights, tags, t, 1,
-                                                                   tuple(values), limit, 0, period)
+        count, over, crossed = ratelimit.add(w, "distinct", t, 1, tuple(values), limit, 0)
         true = len({x for u, x in seen if u > t - period})
-        assert len(times) <= limit + 1 and len(set(tags)) == len(tags) and weights == [1] * len(times)
+        assert len(w.times) <= limit + 1 and len(set(w.tags)) == len(w.tags) and list(w.weights) == [1] * len(w.times)
+        assert w.total == len(w.times) and list(w.times) == sorted(w.times)
         assert count == true if true <= limit else count == limit + 1
         assert over == (true > limit) and crossed == (over and before <= limit)
 
@@ -135,19 +148,32 @@ def test_a_ratio_window_stays_bounded_and_close(events: list[tuple[float, int, b
     and its good and bad totals never more than the true ones nor less than the events
     of the last period minus one slot."""
     period, t = 60.0, 0.0
-    times: list[float] = []
-    weights: list[int] = []
-    tags: list[int] = []
+    window = Window(period)
     seen: list[tuple[float, int, bool]] = []
     for gap, w, bad in events:
         t += gap
         seen.append((t, w, bad))
-        times, weights, tags, *_ = ratelimit.add("ratio", times, weights, tags, t, w, (int(bad),),
-                                                               limit, minimum, period)
-        assert len(times) <= CAP
+        count, over, _ = ratelimit.add(window, "ratio", t, w, (int(bad),), limit, minimum)
+        assert len(window.times) <= CAP
+        assert window.total == sum(window.weights)
+        assert window.bad == sum(x for x, flag in zip(window.weights, window.tags, strict=True) if flag)
+        assert (count, over) == ratelimit.judge(window.total, window.bad, limit, minimum)
     slot = period / (CAP // 4)
     for flag in (0, 1):
-        kept = sum(w for w, x in zip(weights, tags, strict=True) if x == flag)
+        kept = sum(w for w, x in zip(window.weights, window.tags, strict=True) if x == flag)
         most = sum(w for u, w, b in seen if u > t - period and b == flag)
         least = sum(w for u, w, b in seen if u > t - period + slot and b == flag)
         assert least <= kept <= most
+
+
+def test_a_window_is_stored_little_endian_and_read_back_whole() -> None:
+    """The events' arrays go into a counter as the bytes Redis's Lua reads (``<d``, ``<I4``,
+    ``<I8``), and come back with their sums."""
+    import struct
+
+    w = Window(60.0, [1.5, 2.25], [3, 2**31], tags=[1, (1 << 52) - 1])
+    assert bytes(ratelimit.packed(w.times)) == struct.pack("<2d", 1.5, 2.25)
+    assert bytes(ratelimit.packed(w.weights)) == struct.pack("<2I", 3, 2**31)
+    assert bytes(ratelimit.packed(w.tags)) == struct.pack("<2Q", 1, (1 << 52) - 1)
+    (back,) = Counter.decode(Counter(windows=[w]).encode()).windows
+    assert (back.times, back.weights, back.tags, back.total, back.bad) == (w.times, w.weights, w.tags, 2**31 + 3, 3)

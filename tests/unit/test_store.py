@@ -229,9 +229,7 @@ def test_the_combined_score_adds_the_enforced_counters_fullest_windows() -> None
     tally = score.tally("auth", "bob", Policy("score", ((150, 0.0),), "enforce"), found)
     assert (tally.counts, tally.over, tally.count) == ([185], 0, 185)
     assert sorted(tally.counter.recent) == ["failrate: 25 / 20", "recipients: 600 / 1000"]
-    counters["failrate"].windows[0].tags = [1, 0, 0]  # below its minimum: not judged yet
-    counters["failrate"].windows[0].times.pop()
-    counters["failrate"].windows[0].weights.pop()
+    counters["failrate"].windows[0] = Window(3600.0, [990.0] * 3, [1] * 3, tags=[1, 0, 0])  # below its minimum
     assert sorted(score.parts(policies, counters, now)) == [("invalid", 85, 100), ("recipients", 600, 1000)]
 
 
