@@ -76,7 +76,7 @@ COUNTER = b"c2:"  # a counter's key: see the layout above
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
     from ..config.load import StoreConfig
@@ -165,6 +165,42 @@ class RedisBackend(KnownNetworks, Shared):
         ``now``, the event's time (a count sent late, from a relay's journal: counted in
         the windows when it happened; its block dated when Redis made it, with the
         event's time as evidence, ``event_at``)."""
+        keys, args, why_not = self._record_call(event, now, hold, notify_shadow, exempt, made)
+        return self._recorded(event, self._record(keys=keys, args=args), why_not)
+
+    def record_many(self, items: Sequence[tuple[Event, float, float, Exempt | None]], *,
+                    notify_shadow: bool = False) -> list[tuple[Tally, Outcome] | Exception]:
+        """``record`` for each (event, now, hold, exempt) in one round trip (a pipeline,
+        not a transaction: each script runs alone, as one call would). Each answer in
+        order: the count, or the error its script raised (``Replayed``: counted already).
+        A connection that fails raises for all of them: some may have run (their ids
+        tell them apart when they are sent again)."""
+        import redis
+
+        pipe = self.client.pipeline(transaction=False)
+        calls = []
+        for event, now, hold, exempt in items:
+            keys, args, why_not = self._record_call(event, now, hold, notify_shadow, exempt, None)
+            # EVALSHA itself: handing the pipeline the script would cost a SCRIPT EXISTS first
+            pipe.evalsha(self._record.sha, len(keys), *keys, *args)
+            calls.append((event, keys, args, why_not))
+        out: list[tuple[Tally, Outcome] | Exception] = []
+        for (event, keys, args, why_not), result in zip(calls, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(result, (redis.ConnectionError, redis.TimeoutError)):
+                raise result
+            try:
+                if isinstance(result, redis.exceptions.NoScriptError):  # not run: once more, loading it
+                    result = self._record(keys=keys, args=args)
+                out.append(result if isinstance(result, Exception) else self._recorded(event, result, why_not))
+            except (redis.ConnectionError, redis.TimeoutError):
+                raise
+            except (Replayed, redis.RedisError) as exc:
+                out.append(exc)
+        return out
+
+    def _record_call(self, event: Event, now: float, hold: float, notify_shadow: bool, exempt: Exempt | None,
+                     made: float | None) -> tuple[list[bytes], list[Any], str | None]:
+        """The keys and arguments of ``RECORD`` for ``event``, and why it blocks nothing."""
         ns, key, policy = event.ns, event.key, event.policy
         made = now if made is None else made
         why_not = _why_not(exempt, ns, key)
@@ -188,14 +224,17 @@ class RedisBackend(KnownNetworks, Shared):
                 audit = {"ts": made, "event": "would-block", "ns": ns, "key": key, "by": "eximhook",
                          "counter": policy.name, "limit": limit, "period": period, "exempt": why_not,
                          "node": self.node}
-            field = f"{policy.name}\0{limit}\0{period!r}".encode()
-            args += [limit, repr(period), prefix(record), prefix(audit), field]
+            args += [limit, repr(period), prefix(record), prefix(audit), f"{policy.name}\0{limit}\0{period!r}"]
         # a counter outlives its longest window twice over, then Redis drops it
         ttl = max(1000, int(2000 * max((p for _, p in policy.windows), default=0.5)))
-        args += [self.channel, ttl, event.once, ONCE * 1000, policy.adds, policy.minimum, *event.tags]
+        args += [self.channel.decode(), ttl, event.once, ONCE * 1000, policy.adds, policy.minimum, *event.tags]
         keys = self._keys(ns, key, COUNTER + policy.name.encode(), b"block", b"shadow", b"audit", b"outbox", b"seq",
                           b"once:" + event.once.encode("utf-8", "surrogateescape"))
-        result = self._record(keys=keys, args=args)
+        return keys, [json.dumps(args)], why_not
+
+    def _recorded(self, event: Event, result: list[Any], why_not: str | None) -> tuple[Tally, Outcome]:
+        """What ``RECORD`` answered for ``event``, as a tally and an outcome."""
+        ns, key, policy = event.ns, event.key, event.policy
         if result[0] == -2:
             raise Replayed(f"{ns} {key!r}: counted already ({event.once})")
         over, blocked, tripped, shadowed, count, state, number = result

@@ -44,7 +44,7 @@ end
 # As in Python, a count takes off only the events that left (each leaves once) and
 # copies the strings whole: its cost does not grow with the window.
 # KEYS: the subject's counter, block, shadow, audit, outbox, seq, and the key that
-# marks the count done (ARGV once: the relay's id for it; '' for none).
+# marks the count done (A's once: the relay's id for it; '' for none).
 RECORD = _COMMON + r"""
 local function time_at(w, j) return (struct.unpack('<d', w.times, 8 * j - 7)) end
 local function weight_at(w, j) return (struct.unpack('<I4', w.weights, 4 * j - 3)) end
@@ -116,30 +116,33 @@ local function append(list, item, keep)
   return out
 end
 
-local now = tonumber(ARGV[1])
-local weight = tonumber(ARGV[2])
-local evidence, ip = ARGV[3], ARGV[4]
-local keep_evidence, keep_ips = tonumber(ARGV[5]), tonumber(ARGV[6])
-local enforce, notify = ARGV[7] == 'enforce', ARGV[8] == '1'
-local node, outbox_prefix, nwin = ARGV[9], ARGV[10], tonumber(ARGV[11])
-local channel, ttl, once = ARGV[12 + 5 * nwin], tonumber(ARGV[13 + 5 * nwin]), ARGV[14 + 5 * nwin]
+-- one argument, a JSON array of the script's arguments: redis-py packs one string, not
+-- thirty (ASCII strings and numbers only, so cjson reads it whatever the keys hold)
+local A = cjson.decode(ARGV[1])
+local now = tonumber(A[1])
+local weight = tonumber(A[2])
+local evidence, ip = A[3], A[4]
+local keep_evidence, keep_ips = tonumber(A[5]), tonumber(A[6])
+local enforce, notify = A[7] == 'enforce', A[8] == 1
+local node, outbox_prefix, nwin = A[9], A[10], tonumber(A[11])
+local channel, ttl, once = A[12 + 5 * nwin], tonumber(A[13 + 5 * nwin]), A[14 + 5 * nwin]
 -- how the counter adds up (policy.Kind.adds), a ratio's minimum, the event's tags
-local adds, minimum = ARGV[16 + 5 * nwin], tonumber(ARGV[17 + 5 * nwin])
+local adds, minimum = A[16 + 5 * nwin], tonumber(A[17 + 5 * nwin])
 local new, fresh = {}, {}
-for j = 18 + 5 * nwin, #ARGV do
-  local x = tonumber(ARGV[j])
+for j = 18 + 5 * nwin, #A do
+  local x = tonumber(A[j])
   if not fresh[x] then fresh[x] = true; new[#new + 1] = x end
 end
 
 -- a relay whose call timed out counts the event alone and sends it again later with
 -- the same id: counted once, whether or not Redis ran the first call after all
-if once ~= '' and not redis.call('SET', KEYS[7], 1, 'NX', 'PX', tonumber(ARGV[15 + 5 * nwin])) then
+if once ~= '' and not redis.call('SET', KEYS[7], 1, 'NX', 'PX', tonumber(A[15 + 5 * nwin])) then
   return {-2}
 end
 local c = load(KEYS[1])
 local windows, counts, over = {}, {}, -1
 for i = 1, nwin do
-  local limit, period = tonumber(ARGV[7 + 5 * i]), tonumber(ARGV[8 + 5 * i])
+  local limit, period = tonumber(A[7 + 5 * i]), tonumber(A[8 + 5 * i])
   local w = {period = period, times = '', weights = '', tags = '', sum = 0, bad = 0, crossed = 0, crossed_limit = 0}
   for _, old in ipairs(c.windows) do
     if old.period == period then w = old; break end
@@ -208,27 +211,28 @@ redis.call('SET', KEYS[1], cmsgpack.pack(c), 'PX', ttl)
 local crossings = {}
 for i = 1, nwin do crossings[i] = {windows[i].crossed, windows[i].crossed_limit} end
 local blocked = redis.call('EXISTS', KEYS[2])
-local state = {c.total, counts, crossings, c.recent, c.ips}
+local shown = over >= 0  -- the evidence, for a record only: a count under its limits has none to make
+local state = {c.total, counts, crossings, shown and c.recent or {}, shown and c.ips or {}}
 if over < 0 then return {-1, blocked, 0, 0, 0, state, 0} end
 
-local limit, w = tonumber(ARGV[7 + 5 * over]), windows[over]
+local limit, w = tonumber(A[7 + 5 * over]), windows[over]
 local count = counts[over]
 if w.crossed_limit == limit and limit < w.crossed and w.crossed <= count then count = w.crossed end
 if enforce and blocked == 1 then return {over - 1, 1, 0, 0, count, state, 0} end
-local record = ARGV[9 + 5 * over] .. string.format(', "count": %d, "total": %d, "ips": [', count, c.total)
+local record = A[9 + 5 * over] .. string.format(', "count": %d, "total": %d, "ips": [', count, c.total)
   .. table.concat(c.ips, ', ') .. '], "rcpts": [' .. table.concat(c.recent, ', ') .. ']}'
 if enforce then
   redis.call('SET', KEYS[2], record)
   redis.call('PUBLISH', channel, '{"op": "block", "node": ' .. node .. ', "record": ' .. record .. '}')
 else
-  if redis.call('HSETNX', KEYS[3], ARGV[11 + 5 * over], record) == 0 then
+  if redis.call('HSETNX', KEYS[3], A[11 + 5 * over], record) == 0 then
     return {over - 1, blocked, 0, 0, count, state, 0}
   end
 end
 local seq = redis.call('INCR', KEYS[6])
 local tail = string.format(', "seq": %d}', seq)
 if not enforce then tail = string.format(', "count": %d', count) .. tail end  -- as Store.shadow's event
-redis.call('RPUSH', KEYS[4], ARGV[10 + 5 * over] .. tail)
+redis.call('RPUSH', KEYS[4], A[10 + 5 * over] .. tail)
 local queued = 0
 if enforce or notify then
   queued = redis.call('INCR', KEYS[6])

@@ -158,8 +158,9 @@ def touched_of(data: bytes | memoryview) -> float:
 class Tally:
     """One event counted for one subject: the counter after it, the count in each of
     the policy's windows, and the first window it is over (-1: none). A Redis count's
-    counter has its windows' crossings but not their events: reading those back would
-    cost in proportion to the window (``RedisBackend.counter`` reads them)."""
+    counter has its windows' crossings but not their events (reading those back would
+    cost in proportion to the window: ``RedisBackend.counter`` reads them), and its
+    evidence only when it is over a limit (a record's)."""
 
     __slots__ = ("counter", "counts", "key", "ns", "over", "policy")
 

@@ -27,8 +27,11 @@ A value in Redis that is not what eximhook writes (``RedisBackend.skip``) is log
 once and passed over, as is a published message that is not eximhook's: one bad
 entry never stops the sync.
 
-The event loop never calls Redis: each request is a job for a small thread pool, and
-the connection's own deadline answers the fallback token when Redis is slow.
+The event loop never calls Redis: the requests of one turn of the loop are one job for
+a small thread pool, which counts their events in one round trip (a pipeline of the
+counting script: each script still runs alone), and the connection's own deadline
+answers the fallback token when Redis is slow. As the LMDB path groups a turn's counts
+in one transaction, this groups them in one round trip.
 """
 
 from __future__ import annotations
@@ -52,10 +55,13 @@ if TYPE_CHECKING:
 
     from ..backends.base import Backend
     from ..backends.redis import RedisBackend
+    from ..config.hookcache import View
     from ..model.records import Outcome
     from ..storage.counters import Tally
     from .connection import Connection
     from .relay import Server
+
+    Keep = Callable[[Tally, Outcome, float, float, str], None]  # what a count decided, into this relay
 
 _WORKERS = 4  # Redis calls at once; each waits at most [store] redis_timeout
 
@@ -68,6 +74,7 @@ class Shared(Relay):
         # the ids of this daemon's counts: unique across relays and restarts
         self.run, self.ids = f"{backend.node}:{os.getpid()}:{time.time_ns()}", itertools.count()
         self.pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="eximhook-redis")
+        self.pending: list[tuple[Connection, Request, float]] = []  # this turn's requests (the loop's thread)
         self.sync = Sync(self)
 
     def start(self) -> None:
@@ -82,65 +89,98 @@ class Shared(Relay):
     # -- requests ------------------------------------------------------------------
 
     def submit(self, conn: Connection, req: Request, now: float) -> None:
-        """Answer ``req`` from a worker thread (the loop goes on at once)."""
-        self.pool.submit(self._job, conn, req, now)
+        """Answer ``req`` from a worker thread (the loop goes on at once), with the other
+        requests of this turn of the loop: their counts go to Redis in one round trip."""
+        self.pending.append((conn, req, now))
+        if len(self.pending) == 1:
+            self.server.loop.call_soon(self._flush)
 
-    def _job(self, conn: Connection, req: Request, now: float) -> None:
-        loop = self.server.loop
-        if conn.state != "waiting":  # answered with the fallback at its deadline: Redis was slow
-            return
-        try:
-            events, blocked = self._events(req, now), None  # once: they mark message references
-            if self.up:
-                try:
-                    blocked = self._serve(req, events, now)
-                except self.unreachable as exc:
-                    self.down(exc)
-            if blocked is None:  # each event with its id: one Redis ran after all is not counted twice
-                blocked = self._serve_alone(req, events, now)
-            if not blocked:  # mail that goes out teaches where its sender logs in: here, then every relay
-                self.learned(logins.learn(self.server.store, req, now, self.server.view))
-        except Exception as exc:  # a store failure or a bug: the fallback, logged
-            loop.call_soon_threadsafe(self.server.fail, conn, req, exc)
-        else:
-            loop.call_soon_threadsafe(conn.answer, protocol.YES if blocked else protocol.NO)
+    def _flush(self) -> None:
+        jobs, self.pending = self.pending, []
+        self.pool.submit(self._jobs, jobs)
 
-    def _serve(self, req: Request, events: list[Event], now: float) -> bool:
-        """Count the request's events in Redis (none for a check); is any of its subjects
-        blocked? Each block it finds or makes is in this relay's store and mirror first."""
-        return self._count(req, events, now, self.backend, self.keep, self.exempt)
+    def _jobs(self, jobs: list[tuple[Connection, Request, float]]) -> None:
+        """One turn's requests: counted in Redis together (``_serve_many``), or, with
+        Redis down, each alone; each answered, or failed alone (a store failure or a bug:
+        the fallback, logged)."""
+        loop, live, conns = self.server.loop, [], []
+        for conn, req, now in jobs:
+            if conn.state != "waiting":  # answered with the fallback at its deadline: Redis was slow
+                continue
+            try:
+                live.append(_Count(req, now, self._events(req, now), self.server.view))  # once: they mark
+            except Exception as exc:  # message references
+                loop.call_soon_threadsafe(self.server.fail, conn, req, exc)
+            else:
+                conns.append(conn)
+        if self.up and live:
+            try:
+                self._serve_many(live)
+            except self.unreachable as exc:
+                self.down(exc)
+                for c in live:
+                    c.answer = None
+        for conn, c in zip(conns, live, strict=True):
+            try:
+                if isinstance(c.failed, Exception):
+                    raise c.failed
+                blocked = c.answer
+                if blocked is None:  # each event with its id: one Redis ran after all is not counted twice
+                    blocked = self._serve_alone(c.req, c.events, c.now)
+                if not blocked:  # mail that goes out teaches where its sender logs in: here, then every relay
+                    self.learned(logins.learn(self.server.store, c.req, c.now, self.server.view))
+            except Exception as exc:
+                loop.call_soon_threadsafe(self.server.fail, conn, c.req, exc)
+            else:
+                loop.call_soon_threadsafe(conn.answer, protocol.YES if blocked else protocol.NO)
+
+    def _serve_many(self, counts: list[_Count]) -> None:
+        """Count the requests' events in Redis (none for a check), a request's first
+        events together in one round trip, then their second ones, and so on (a request
+        skips the addresses of a network it found blocked); set each one's ``blocked``,
+        or what failed it. Each block it finds or makes is in this relay's store and
+        mirror first."""
+        view = self.server.view
+        while batch := [(c, event) for c in counts if c.failed is None and (event := c.pending(view)) is not None]:
+            found = self.backend.record_many([(event, c.now, c.hold, self.exempt(event.ns)) for c, event in batch],
+                                             notify_shadow=view.notify_shadow)
+            for (c, event), out in zip(batch, found, strict=True):
+                if isinstance(out, Exception):
+                    c.failed = out
+                else:
+                    c.took(event, *out, self.keep)
+        for c in counts:
+            if c.failed is None:
+                c.answer = self._settle(c, self.backend, self.keep, self.exempt)
 
     def _serve_alone(self, req: Request, events: list[Event], now: float) -> bool:
-        """``_serve`` on this relay's own store and counters (Redis is down): each count
-        journaled, for Redis when it is back; the checks against the blocks copied so far."""
-        return self._count(req, events, now, self.local, lambda tally, outcome, _now, _hold, frozen: self.made(
-            tally, outcome, frozen), lambda ns: self.server.view.exempt)
+        """The request's events counted on this relay's own store and counters (Redis is
+        down): each count journaled, for Redis when it is back; the checks against the
+        blocks copied so far. Is any of its subjects blocked?"""
+        c, view = _Count(req, now, events, self.server.view), self.server.view
 
-    def _count(self, req: Request, events: list[Event], now: float, backend: Backend,
-               keep: Callable[[Tally, Outcome, float, float, str], None],
-               exempt: Callable[[str], Mapping[str, Sequence[tuple[str, str]]]]) -> bool:
-        """Record each event in ``backend`` and ``keep`` what it decided; is any of the
-        request's subjects blocked? A blocked network stands for its addresses."""
-        view, hold = self.server.view, settle.hold(req, self.server.view)
-        frozen = settle.frozen(req)
-        blocked, seen, covered, tallies = False, set(), set(), []
-        for event in events:
-            if view.wider(event.ns, event.key) in covered:
-                continue
-            tally, outcome = backend.record(event, now, hold=hold, notify_shadow=view.notify_shadow,
-                                            exempt=exempt(event.ns))
-            keep(tally, outcome, now, hold, frozen)
-            tallies.append(tally)
-            seen.add((event.ns, event.key))
-            if outcome.blocked and tally.ns not in SILENT:
-                blocked = True
-                covered.add((event.ns, event.key))
-        for tally in scores(tallies, now, view, backend.counters_of):  # no script counts them: settled here
-            outcome = backend.settle(tally, now, hold=hold, notify_shadow=view.notify_shadow, exempt=exempt(tally.ns))
-            keep(tally, outcome, now, hold, frozen)
-            blocked = blocked or (outcome.blocked and tally.ns not in SILENT)
-        if (req.ns, req.key) in seen or not backend.is_blocked(req.ns, req.key):
-            return blocked
+        def keep(tally: Tally, outcome: Outcome, _now: float, _hold: float, frozen: str) -> None:
+            self.made(tally, outcome, frozen)
+
+        while (event := c.pending(view)) is not None:
+            tally, outcome = self.local.record(event, now, hold=c.hold, notify_shadow=view.notify_shadow,
+                                               exempt=view.exempt)
+            c.took(event, tally, outcome, keep)
+        return self._settle(c, self.local, keep, lambda ns: view.exempt)
+
+    def _settle(self, c: _Count, backend: Backend, keep: Keep,
+                exempt: Callable[[str], Mapping[str, Sequence[tuple[str, str]]]]) -> bool:
+        """After a request's counts: the combined scores (no script counts them: settled
+        here), and whether its subject is blocked when none of its counts said so."""
+        view, now = self.server.view, c.now
+        for tally in scores(c.tallies, now, view, backend.counters_of):
+            outcome = backend.settle(tally, now, hold=c.hold, notify_shadow=view.notify_shadow,
+                                     exempt=exempt(tally.ns))
+            keep(tally, outcome, now, c.hold, c.frozen)
+            c.blocked = c.blocked or (outcome.blocked and tally.ns not in SILENT)
+        req = c.req
+        if (req.ns, req.key) in c.seen or not backend.is_blocked(req.ns, req.key):
+            return c.blocked
         if backend is self.backend:  # blocked in Redis: into this store and mirror before the answer
             self.copy(req.ns, req.key, now)
         return True
@@ -154,3 +194,42 @@ class Shared(Relay):
         for event in found:
             event.once = f"{self.run}:{next(self.ids)}"
         return found
+
+
+class _Count:
+    """One request's counting: its events, the next to count, what those counted found
+    (``blocked``), the answer once settled (None until then) or what failed the request
+    alone (``failed``)."""
+
+    __slots__ = ("answer", "blocked", "covered", "events", "failed", "frozen", "hold", "next", "now", "req", "seen",
+                 "tallies")
+
+    def __init__(self, req: Request, now: float, events: list[Event], view: View) -> None:
+        self.req, self.now, self.events = req, now, events
+        self.hold, self.frozen = settle.hold(req, view), settle.frozen(req)
+        self.next = 0
+        self.blocked = False
+        self.answer: bool | None = None
+        self.failed: Exception | None = None
+        self.seen: set[tuple[str, str]] = set()
+        self.covered: set[tuple[str, str]] = set()
+        self.tallies: list[Tally] = []
+
+    def pending(self, view: View) -> Event | None:
+        """The next event to count, past those of a network found blocked (a blocked
+        network stands for its addresses); None: all counted."""
+        while self.next < len(self.events):
+            event = self.events[self.next]
+            self.next += 1
+            if view.wider(event.ns, event.key) not in self.covered:
+                return event
+        return None
+
+    def took(self, event: Event, tally: Tally, outcome: Outcome, keep: Keep) -> None:
+        """``event`` counted: ``keep`` what its backend decided."""
+        keep(tally, outcome, self.now, self.hold, self.frozen)
+        self.tallies.append(tally)
+        self.seen.add((event.ns, event.key))
+        if outcome.blocked and tally.ns not in SILENT:
+            self.blocked = True
+            self.covered.add((event.ns, event.key))

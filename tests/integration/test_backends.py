@@ -622,6 +622,28 @@ def test_a_count_sent_again_is_counted_once(redis_url: str) -> None:
         backend.close()
 
 
+def test_one_turns_counts_in_one_round_trip_each_once(make_redis: Make) -> None:
+    """``record_many`` (a turn of the daemon's loop): each count as ``record`` makes it,
+    in order, the one that crosses the limit blocking once; sent again, each is counted
+    already; after Redis forgot the script (a restart, a failover), it is loaded again."""
+    from eximhook.backends.redis_values import Replayed
+
+    backend = make_redis(0)
+    assert isinstance(backend, RedisBackend)
+    policy = enforce((3, 60.0))
+    items = [(Event("auth", k, policy, once=f"t:{i}"), NOW + i, 0.0, None) for i, k in enumerate("abaaa")]
+    found = [x for x in backend.record_many(items) if not isinstance(x, Exception)]
+    assert [(t.key, t.counts, o.tripped, o.blocked) for t, o in found] == [
+        ("a", [1], False, False), ("b", [1], False, False), ("a", [2], False, False), ("a", [3], False, False),
+        ("a", [4], True, True)]
+    assert all(isinstance(x, Replayed) for x in backend.record_many(items))
+    assert [backend.counter("auth", k).total for k in "ab"] == [4, 1]
+    assert [e["event"] for e in backend.history("auth", "a")] == ["blocked"]
+    backend.client.script_flush()
+    (again,) = backend.record_many([(Event("auth", "c", policy, once="t:new"), NOW, 0.0, None)])
+    assert not isinstance(again, Exception) and again[0].counts == [1]
+
+
 @needs_redis
 def test_every_key_of_a_subject_shares_its_hash_tag(redis_url: str) -> None:
     from redis.crc import key_slot
