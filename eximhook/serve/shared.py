@@ -120,6 +120,7 @@ class Shared(Relay):
                 self.down(exc)
                 for c in live:
                     c.answer = None
+        answers = []
         for conn, c in zip(conns, live, strict=True):
             try:
                 if isinstance(c.failed, Exception):
@@ -132,7 +133,9 @@ class Shared(Relay):
             except Exception as exc:
                 loop.call_soon_threadsafe(self.server.fail, conn, c.req, exc)
             else:
-                loop.call_soon_threadsafe(conn.answer, protocol.YES if blocked else protocol.NO)
+                answers.append((conn, protocol.YES if blocked else protocol.NO))
+        if answers:  # one wake-up of the loop for the turn's answers, not one each
+            loop.call_soon_threadsafe(_answer, answers)
 
     def _serve_many(self, counts: list[_Count]) -> None:
         """Count the requests' events in Redis (none for a check), a request's first
@@ -194,6 +197,11 @@ class Shared(Relay):
         for event in found:
             event.once = f"{self.run}:{next(self.ids)}"
         return found
+
+
+def _answer(answers: list[tuple[Connection, bytes]]) -> None:
+    for conn, token in answers:
+        conn.answer(token)
 
 
 class _Count:
