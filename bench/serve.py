@@ -464,7 +464,7 @@ def main() -> int:
         stopped = main_d.stop()
         sizes, fill_s, stores = {}, {}, {}
         for name, n in (("tiny", opts.tiny), ("big", opts.subjects)):
-            d = BenchDaemon(work, name)
+            d = BenchDaemon(work, name, budget="4G")  # both within it: the B-tree's depth, not the budget's trim
             fill_s[name] = fill(str(d.store), n)
             sizes[name] = store_size(str(d.store), n)
             print(f"  filled {name}: {n:,} subjects in {fill_s[name]:.1f}s", file=sys.stderr, flush=True)

@@ -26,10 +26,12 @@ class BenchDaemon(h.Daemon):
     With ``redis_url`` it counts and checks in that Redis (``[store] backend = "redis"``). With
     ``closed`` a request the daemon could not answer in time gets the fallback token ``1`` (``[hooks]``
     closed): the load counts it as an error, where the open fallback's ``0`` would pass for an answer.
-    ``python``: run by another venv's interpreter (``Daemon``); ``extra``: TOML added to the config."""
+    ``python``: run by another venv's interpreter (``Daemon``); ``extra``: TOML added to the config;
+    ``budget``: ``[store] counters_budget`` (a store filled with a million subjects needs more than the default,
+    or the daemon spends the measurement forgetting them)."""
 
     def __init__(self, work: Path, name: str, *, redis_url: str | None = None, closed: bool = False,
-                 python: str | None = None, extra: str = "") -> None:
+                 python: str | None = None, extra: str = "", budget: str | None = None) -> None:
         self.name = name
         self.dir = work / name
         self.dir.mkdir()
@@ -37,6 +39,7 @@ class BenchDaemon(h.Daemon):
         self.logfile = self.dir / "eximhook.log"
         conf = self.dir / "eximhook.toml"
         backend = f'backend = "redis"\nredis_url = "{redis_url}"\nnode = "bench"\n' if redis_url else ""
+        backend += f'counters_budget = "{budget}"\n' if budget else ""
         limits = "".join(f'[limits.{ns}]\nlimit = {HUGE}\nperiod = "1h"\n' for ns in ("auth", "relay"))
         hooks = '[hooks]\ncheck = "closed"\nrecord = "closed"\n' if closed else ""
         conf.write_text(f'[store]\npath = "{self.store}"\nmirror_dir = "{self.dir}"\n{backend}{limits}{hooks}'

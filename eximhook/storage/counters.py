@@ -62,6 +62,7 @@ BOOT_FILE = "boot_id"  # the boot these counts were written in, and their format
 _FORMAT = "6"  # windows that keep their sums; a stamp of another format wipes them, as a reboot does
 LOCK_FILE = "write.lock"
 _BATCH = 256  # counters per sweeping transaction: hooks wait for the lock meanwhile
+_YIELD = 0.05  # seconds the upkeep waits at most, between two batches, for the loop to write
 _SWEPT, _HEARTBEAT = b"\0swept", b"\0heartbeat"
 
 
@@ -78,6 +79,9 @@ class Counters(Budgeted):
                  readonly: bool = False) -> None:
         self._lock_fd = -1
         self._writing = _thread.allocate_lock()  # this process's writer, between its threads
+        # the daemon's loop only tries the locks: when it found them taken (``wanted``),
+        # the upkeep lets it in between two of its batches (``_let_loop_in``)
+        self._wanted, self._written = False, 0
         try:
             super().__init__(os.path.join(store_path, "counters"), _DBS, map_size=budget, owner=owner,
                              sync=False, config_key="[store] path", readonly=readonly, budget=budget)
@@ -154,21 +158,36 @@ class Counters(Budgeted):
         upkeep makes room, off the event loop (which drops a few itself only when the
         upkeep falls behind)."""
         if not self._writing.acquire(False):
+            self._wanted = True
             return None
         try:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                self._wanted = True
                 return None
             try:
                 self._room_first(DROP)
                 out = super().update_many(bodies)
                 self.pressed = self.over(self.marks()[0])
+                self._wanted, self._written = False, self._written + 1
                 return out
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         finally:
             self._writing.release()
+
+    def _let_loop_in(self) -> None:
+        """Between two batches of the upkeep (another thread of the daemon): if the
+        loop found the locks taken meanwhile, wait until it has written, at most
+        ``_YIELD`` seconds. Else the upkeep, taking the locks again at once, could keep
+        the loop, which only tries them, out until its requests' deadlines (a million
+        counters trimmed to the budget left a request unanswered for a second)."""
+        import time
+
+        seen, deadline = self._written, time.monotonic() + _YIELD
+        while self._wanted and self._written == seen and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def heartbeat(self, now: float) -> None:
         """A real write, to prove the counters take writes (a NUL first: no counter's key)."""
@@ -281,6 +300,7 @@ class Counters(Budgeted):
             if n == 0:
                 break
             dropped += n
+            self._let_loop_in()
         self.pressed = False
         return dropped
 
@@ -307,6 +327,7 @@ class Counters(Budgeted):
         while start is not None:
             start, n, q = self.update(self._sweep_body(start, now, first_day, keep))
             dropped, quieted = dropped + n, quieted + q
+            self._let_loop_in()
         return dropped, quieted
 
     def _sweep_body(self, start: bytes, now: float, first_day: int,

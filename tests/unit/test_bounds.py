@@ -235,3 +235,49 @@ def test_the_loop_never_waits_for_another_thread_writing(tmp_path: Path) -> None
         loop.join()
     assert counters.try_update_many([lambda txn: 1]) == [1]
     counters.close()
+
+
+def test_the_upkeep_lets_the_loop_in_between_two_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upkeep trims the counters to their budget a few hundred at a time, taking the
+    locks for each batch; the daemon's loop only tries them. Once the loop found them
+    taken, the upkeep's next batch waits for the loop's write (a million counters over
+    the budget once kept a request out until its deadline, answered uncounted)."""
+    from eximhook.storage import counters as module
+
+    policy = Policy("invalid", ((10**9, 3600.0),), "enforce")
+    now = time.time()
+    with Counters(str(tmp_path)) as big:
+        big.update_many([big.event(Event("auth", f"u{i}", policy, evidence="x" * 200), now) for i in range(6000)])
+    size = (tmp_path / "counters" / "data.mdb").stat().st_size
+    counters = Counters(str(tmp_path), size + size // 20 // 4096 * 4096)  # a budget it is over
+    assert counters.over(counters.marks()[0]), "batches of trimming to do"
+    monkeypatch.setattr(module, "_YIELD", 60.0)  # only the loop's write ends the wait
+    order: list[str] = []
+    batch, tried = threading.Event(), threading.Event()
+    drop = counters._drop
+
+    def one_batch(until: int, most: int | None = None) -> int:
+        if threading.current_thread() is not upkeep_thread:  # the loop makes a little room itself
+            return drop(until, most)
+        order.append("drop")
+        batch.set()
+        assert tried.wait(30)
+        return drop(until, most)
+
+    monkeypatch.setattr(counters, "_drop", one_batch)
+    upkeep_thread = threading.Thread(target=counters.trim)
+    upkeep_thread.start()
+    try:
+        assert batch.wait(30)
+        body = counters.event(Event("auth", "loop", policy), now)
+        assert counters.try_update_many([body]) is None, "taken: the loop tries again next turn"
+        tried.set()
+        while counters.try_update_many([body]) is None:  # the loop's next turns
+            pass
+        order.append("write")
+    finally:
+        tried.set()
+        upkeep_thread.join(60)
+    assert order[:3] == ["drop", "write", "drop"]
+    assert not counters.over(counters.marks()[0])
+    counters.close()
