@@ -423,29 +423,19 @@ def main() -> int:
     where, version = benchlib.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="eximhook-bench-serve-", dir="/var/tmp"))
-    if opts.windows:
+    if opts.windows or opts.ab:  # only this comparison
+        compare, show, name = ((compare_windows, print_windows, "windows") if opts.windows
+                               else (compare_versions, print_versions, "versions"))
         try:
-            cmp = compare_windows(work, opts)
+            cmp = compare(work, opts)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         after = benchlib.fingerprint(where)
         print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
-        print_windows(cmp, opts)
+        show(cmp, opts)
         if opts.json:
             with open(opts.json, "w") as f:
-                json.dump({"eximhook": version, "duration": opts.duration, "windows": cmp}, f, indent=1)
-        return 0
-    if opts.ab:
-        try:
-            cmp = compare_versions(work, opts)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        after = benchlib.fingerprint(where)
-        print(f"eximhook {version}" + ("" if after == version else f"; CHANGED during the run to {after}"))
-        print_versions(cmp, opts)
-        if opts.json:
-            with open(opts.json, "w") as f:
-                json.dump({"eximhook": version, "duration": opts.duration, "versions": cmp}, f, indent=1)
+                json.dump({"eximhook": version, "duration": opts.duration, name: cmp}, f, indent=1)
         return 0
     daemons: list[BenchDaemon] = []
     out: dict[str, Any] = {"eximhook": version, "duration": opts.duration}
