@@ -105,7 +105,7 @@ class Sync:
         between sending it and forgetting it), each at its own time; a block one makes
         is made ``now``. Forgotten here a batch at a time (one synced write per
         ``_FORGET`` counts, not per count): a crash before a batch is forgotten sends it
-        again, and Redis, which keeps each count's id for ``redis.ONCE`` seconds, counts
+        again, and Redis, which keeps each count's id for ``redis_count.ONCE`` seconds, counts
         none of it twice."""
         from ..backends.redis_values import Replayed
 
