@@ -65,7 +65,6 @@ from typing import Any
 
 import benchlib
 from benchlib import median, spread, table
-from servelib import VenvDaemon
 from smtpload import Session
 
 from tests.support import harness as h
@@ -196,7 +195,7 @@ class BenchExim(h.Exim):
     def start_daemon(self) -> h.Daemon:
         if not self.python:
             return super().start_daemon()
-        self.daemon = VenvDaemon(self.eximhook_conf, python=self.python, user=h.EXIM_USER).start()
+        self.daemon = h.Daemon(self.eximhook_conf, user=h.EXIM_USER, python=self.python).start()
         return self.daemon
 
     def exim_conf(self) -> str:
