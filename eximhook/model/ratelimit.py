@@ -93,19 +93,22 @@ class Window:
         # the sums of the weights, and of the bad events' (a ratio's tag 1): a count
         # takes off what leaves rather than adding up what stays (``ratelimit``)
         self.total = sum(self.weights) if total is None else total
-        self.bad = sum(x for x, t in zip(self.weights, self.tags, strict=False) if t == 1) if bad is None else bad
+        self.bad = _bad(self.weights, self.tags) if bad is None else bad
         self.peaks = peaks or []
         self.crossed, self.crossed_limit = crossed, crossed_limit
 
     def sums(self, now: float, period: float | None = None) -> tuple[int, int]:
         """The weights of the events in the last ``period`` (default: the window's) up to
         ``now``, and of the bad ones among them: the sums, less the events before it."""
-        start = bisect_right(self.times, now - (self.period if period is None else period))
+        return self.after(bisect_right(self.times, now - (self.period if period is None else period)))
+
+    def after(self, start: int) -> tuple[int, int]:
+        """The sums of the events from the ``start``-th on: the window's, less those
+        before it (which leave first: a count walks only them)."""
         if not start:
             return self.total, self.bad
         gone = self.weights[:start]
-        bad = sum(x for x, t in zip(gone, self.tags[:start], strict=True) if t == 1) if self.bad else 0
-        return self.total - sum(gone), self.bad - bad
+        return self.total - sum(gone), self.bad - (_bad(gone, self.tags[:start]) if self.bad else 0)
 
     def count(self, now: float, policy: Policy | None = None) -> int:
         """The count now, as the counter's kind adds it up (``policy``: its ``adds`` and
@@ -134,10 +137,7 @@ def expire(w: Window, now: float) -> float:
         now = times[-1]
     start = bisect_right(times, now - w.period)
     if start:
-        gone = w.weights[:start]
-        w.total -= sum(gone)
-        if w.bad:
-            w.bad -= sum(x for x, bad in zip(gone, w.tags[:start], strict=True) if bad == 1)
+        w.total, w.bad = w.after(start)
         del times[:start], w.weights[:start]
         if w.tags:
             del w.tags[:start]
@@ -226,7 +226,12 @@ def compact(w: Window, slot: float) -> None:
             weights[at] = min(weights[at] + x, _U32)
     w.times, w.weights, w.tags = times, weights, tags
     w.total = sum(weights)
-    w.bad = sum(x for x, bad in zip(weights, tags, strict=True) if bad == 1) if w.bad else 0
+    w.bad = _bad(weights, tags) if w.bad else 0
+
+
+def _bad(weights: Sequence[int], tags: Sequence[int]) -> int:
+    """The weight of a ratio's bad events (tag 1) among ``weights``."""
+    return sum(x for x, tag in zip(weights, tags, strict=False) if tag == 1)
 
 
 def judge(total: int, bad: int, limit: int, minimum: int) -> tuple[int, bool]:
